@@ -1,0 +1,17 @@
+# Two entry points (see README): `make demo` and `make test`. Both set up .venv first.
+.PHONY: setup setup-dev demo test lint bench
+
+setup:
+	bash scripts/setup.sh
+
+setup-dev:
+	bash scripts/setup.sh dev
+
+demo: setup
+	.venv/bin/vaelens explain sdxl --size 1024x1024
+
+test: setup-dev
+	.venv/bin/python -m pytest
+
+lint: setup-dev
+	.venv/bin/ruff check src tests benchmarks
