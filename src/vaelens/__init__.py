@@ -1,0 +1,8 @@
+"""vaelens: what a diffusion model's VAE does to an image, and what it costs in memory."""
+
+from vaelens.errors import VaeLensError
+from vaelens.options import DType, PixelRequest
+
+__version__ = "0.1.0"
+
+__all__ = sorted(["DType", "PixelRequest", "VaeLensError", "__version__"])

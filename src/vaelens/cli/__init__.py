@@ -1,0 +1,78 @@
+"""The `vaelens` command: a thin shell over the Python API. Every command has --json.
+
+Each command lives in its own module `vaelens.cli.<name>` with `register(subparsers)`; the module
+sets `func` (args -> exit code) as the parser default. Bad input raises VaeLensError, which is
+printed as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from vaelens import __version__
+from vaelens.errors import VaeLensError
+
+# Order is the order of `vaelens --help`. A module that is not there yet is skipped.
+COMMAND_MODULES = (
+    "families",
+    "shapes",
+    "explain",
+    "trace",
+    "memory",
+    "pipeline",
+    "encode",
+    "decode",
+    "roundtrip",
+    "inspect",
+)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2 (no usage dump)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"vaelens {self.prog.split(' ', 1)[-1] if ' ' in self.prog else ''}: error: "
+                  f"{message} (see --help)\n".replace("vaelens : ", "vaelens: "))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="vaelens",
+        description="See what a diffusion model's VAE does to an image: shapes, latents, tokens, memory.",
+    )
+    parser.add_argument("--version", action="version", version=f"vaelens {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"vaelens.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"vaelens.cli.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except VaeLensError as exc:
+        print(f"vaelens {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vaelens: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

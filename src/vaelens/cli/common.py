@@ -1,0 +1,62 @@
+"""Arguments shared by commands (model, size, frames, batch, dtype, --json) and output helpers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from vaelens.errors import VaeLensError
+from vaelens.options import DType, parse_size
+
+
+def add_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="family name (see `vaelens families`), or a diffusers config.json / model folder",
+    )
+
+
+def add_size(parser: argparse.ArgumentParser, *, video: bool = True) -> None:
+    g = parser.add_argument_group("size")
+    g.add_argument("--size", metavar="WxH", help="pixel size, width first (default: the family's)")
+    g.add_argument("--width", type=int, metavar="W")
+    g.add_argument("--height", type=int, metavar="H")
+    if video:
+        g.add_argument("--frames", type=int, metavar="N", help="video frames (default: the family's)")
+    g.add_argument("--batch", type=int, default=1, metavar="B")
+    g.add_argument("--dtype", default="fp32", metavar="D", help="fp32 | fp16 | bf16 (default fp32)")
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def size_from_args(args: argparse.Namespace) -> tuple[int, int] | None:
+    """--size WxH | --width/--height -> (width, height), or None for the family's default."""
+    if args.size is not None:
+        if args.width is not None or args.height is not None:
+            raise VaeLensError("give either --size WxH or --width/--height, not both")
+        return parse_size(args.size)
+    if (args.width is None) != (args.height is None):
+        raise VaeLensError(
+            f"--width {args.width} --height {args.height}: give both, or --size WxH"
+        )
+    if args.width is None:
+        return None
+    return parse_size(f"{args.width}x{args.height}")
+
+
+def dtype_from_args(args: argparse.Namespace) -> DType:
+    return DType.parse(args.dtype)
+
+
+def emit_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)

@@ -1,0 +1,89 @@
+"""Options shared by every stage: dtype and the pixel request (size, frames, batch)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from vaelens.errors import SizeError, VaeLensError
+
+# A size beyond this is refused before any work: 16384² RGB at fp32 is already 3 GiB of pixels,
+# and the decode activations of an f8 VAE at that size pass a terabyte.
+MAX_SIDE = 16384
+MAX_FRAMES = 1025
+MAX_BATCH = 4096
+
+
+class DType(str, enum.Enum):
+    """Floating dtypes a VAE runs in."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+    @property
+    def itemsize(self) -> int:
+        return 4 if self is DType.FP32 else 2
+
+    @property
+    def torch(self):  # -> torch.dtype (torch imported lazily)
+        import torch
+
+        return {DType.FP32: torch.float32, DType.FP16: torch.float16, DType.BF16: torch.bfloat16}[self]
+
+    @classmethod
+    def parse(cls, value: str | DType) -> DType:
+        """'fp32' | 'float32' | 'fp16' | 'half' | 'bf16' | 'bfloat16' -> DType"""
+        if isinstance(value, DType):
+            return value
+        aliases = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+        key = aliases.get(str(value).lower(), str(value).lower())
+        try:
+            return cls(key)
+        except ValueError:
+            raise VaeLensError(
+                f"dtype {value!r} is not supported; choose one of: fp32, fp16, bf16"
+            ) from None
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'WxH' -> (width, height). Width first, as image tools write it.
+
+    >>> parse_size("1024x768")
+    (1024, 768)
+    """
+    raw = text.strip().lower().replace("×", "x")
+    parts = raw.split("x")
+    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise SizeError(f"size {text!r} is not WIDTHxHEIGHT; write e.g. 1024x1024 or 832x480")
+    width, height = (int(p) for p in parts)
+    check_side("width", width)
+    check_side("height", height)
+    return width, height
+
+
+def check_side(name: str, value: int) -> None:
+    if value <= 0:
+        raise SizeError(f"{name} {value} must be a positive number of pixels (1..{MAX_SIDE})")
+    if value > MAX_SIDE:
+        raise SizeError(f"{name} {value} is above vaelens' limit of {MAX_SIDE} pixels per side")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PixelRequest:
+    """What the user asked for: pixels [batch, 3, (frames,) height, width] at dtype."""
+
+    width: int
+    height: int
+    frames: int | None = None
+    batch: int = 1
+    dtype: DType = DType.FP32
+
+    def __post_init__(self) -> None:
+        check_side("width", self.width)
+        check_side("height", self.height)
+        if not 1 <= self.batch <= MAX_BATCH:
+            raise VaeLensError(f"batch {self.batch} must be between 1 and {MAX_BATCH}")
+        if self.frames is not None and not 1 <= self.frames <= MAX_FRAMES:
+            raise VaeLensError(f"frames {self.frames} must be between 1 and {MAX_FRAMES}")
+        object.__setattr__(self, "dtype", DType.parse(self.dtype))
