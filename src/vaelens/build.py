@@ -61,14 +61,51 @@ def build_module(
     """
     import torch
 
+    from diffusers.utils import logging as dlogging
+
     cfg = source.diffusers_config() if isinstance(source, FamilySpec) else dict(source)
     cls = diffusers_class(str(cfg.get("_class_name")))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            with torch.device(device):
-                module = cls.from_config(cfg)
-        except (TypeError, ValueError, KeyError, AssertionError) as exc:
-            raise ConfigError(f"diffusers {cls.__name__} could not be built from this config: {exc}") from None
-    module = module.to(dtype=DType.parse(dtype).torch)
+    # diffusers logs about unexpected config keys and fp32-kept modules on every build; a released
+    # config is what it is, so keep the terminal quiet and restore the caller's verbosity after.
+    verbosity = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                with torch.device(device):
+                    module = cls.from_config(cfg)
+            except (TypeError, ValueError, KeyError, AssertionError) as exc:
+                raise ConfigError(
+                    f"diffusers {cls.__name__} could not be built from this config: {exc}"
+                ) from None
+            module = module.to(dtype=DType.parse(dtype).torch)
+    finally:
+        dlogging.set_verbosity(verbosity)
     return module.eval()
+
+
+def run_encode(module, pixels):
+    """pixels [B,3,(F,)H,W] -> raw latent [B,C,(F',)h,w]: the distribution's mode for KL VAEs,
+    the deterministic latent otherwise (DC-AE `.latent`, AutoencoderTiny `.latents`)."""
+    out = module.encode(pixels)
+    if isinstance(out, tuple):
+        out = out[0]
+    dist = getattr(out, "latent_dist", None)
+    if dist is not None:
+        return dist.mode()
+    for name in ("latent", "latents"):
+        value = getattr(out, name, None)
+        if value is not None:
+            return value
+    if hasattr(out, "mode"):
+        return out.mode()
+    return out
+
+
+def run_decode(module, latent):
+    """raw latent [B,C,(F',)h,w] -> pixels [B,3,(F,)H,W] (the `.sample` of the decoder output)."""
+    out = module.decode(latent)
+    if isinstance(out, tuple):
+        out = out[0]
+    return getattr(out, "sample", out)

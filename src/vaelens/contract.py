@@ -1,0 +1,244 @@
+"""Pure shape math: pixels -> latent -> tokens -> pixels, with each family's size and frame rules.
+
+No torch here: every number follows from the FamilySpec, and tests/test_contract.py confirms each
+one by running the real diffusers module on the meta device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vaelens.errors import FrameError, SizeError, VaeLensError
+from vaelens.families import FamilySpec, FrameRuleKind, SizeRuleKind, get_family
+from vaelens.options import PixelRequest
+
+Shape = tuple[int, ...]
+
+
+def _looks_like_path(text: str) -> bool:
+    return "/" in text or "\\" in text or text.endswith(".json") or Path(text).expanduser().exists()
+
+
+def resolve_model(name_or_path: str | FamilySpec) -> FamilySpec:
+    """'sdxl' | alias | path to config.json | model folder -> FamilySpec.
+
+    A path gives a spec derived from its config and the module itself (see families.from_config),
+    never from the registry's table.
+
+    >>> resolve_model("flux").name
+    'flux1'
+    """
+    if isinstance(name_or_path, FamilySpec):
+        return name_or_path
+    text = str(name_or_path)
+    if _looks_like_path(text):
+        from vaelens.families.from_config import spec_from_config_path
+
+        return spec_from_config_path(text)
+    return get_family(text)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShapePlan:
+    """pixels [B,3,(F,)H,W] -> latent [B,C,(F',)h,w] -> tokens [B,N,D] -> decoded [B,3,(F,)H,W]."""
+
+    family: str
+    request: PixelRequest
+    used_size: tuple[int, int]  # (height, width) after the family's size rule
+    frames: int | None  # pixel frames after the frame rule (None for image VAEs)
+    pixel_shape: Shape
+    latent_shape: Shape
+    decoded_shape: Shape
+    token_count: int | None
+    token_dim: int | None
+    token_patch: Shape | None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def itemsize(self) -> int:
+        return self.request.dtype.itemsize
+
+    @property
+    def pixel_elements(self) -> int:
+        return math.prod(self.pixel_shape)
+
+    @property
+    def latent_elements(self) -> int:
+        return math.prod(self.latent_shape)
+
+    @property
+    def compression(self) -> float:
+        """pixel elements ÷ latent elements (the same ratio in bytes at one dtype)."""
+        return self.pixel_elements / self.latent_elements
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable keys of `vaelens shapes --json` that come from shape math alone."""
+        tokens = None
+        if self.token_count is not None:
+            tokens = {"count": self.token_count, "dim": self.token_dim, "patch": list(self.token_patch or ())}
+        return {
+            "family": self.family,
+            "pixel_shape": list(self.pixel_shape),
+            "used_size": list(self.used_size),
+            "frames": self.frames,
+            "latent_shape": list(self.latent_shape),
+            "decoded_shape": list(self.decoded_shape),
+            "tokens": tokens,
+            "elements": {"pixels": self.pixel_elements, "latent": self.latent_elements},
+            "bytes": {
+                "pixels": self.pixel_elements * self.itemsize,
+                "latent": self.latent_elements * self.itemsize,
+            },
+            "dtype": self.request.dtype.value,
+            "compression": round(self.compression, 4),
+            "warnings": list(self.warnings),
+        }
+
+
+def _nearest_multiples(value: int, multiple: int) -> tuple[int, int]:
+    low = (value // multiple) * multiple
+    return low, low + multiple
+
+
+def apply_size_rule(spec: FamilySpec, name: str, value: int) -> tuple[int, str | None]:
+    """One side in pixels -> (side used, warning or None); raises SizeError per the family's rule.
+
+    >>> apply_size_rule(get_family("flux1"), "height", 1000)[0]
+    992
+    """
+    rule = spec.size_rule
+    m = rule.multiple
+    if value % m == 0:
+        return value, None
+    low, high = _nearest_multiples(value, m)
+    if rule.kind is SizeRuleKind.FLOOR and low > 0:
+        return low, f"{name} {value} → {low}: {spec.name} floors to a multiple of {m} (as its pipeline does)"
+    choices = f"{low} or {high}" if low > 0 else f"{high}"
+    raise SizeError(f"{name} {value} is not a multiple of {m} for {spec.name}; nearest valid: {choices}")
+
+
+def latent_frames(spec: FamilySpec, frames: int) -> int:
+    """pixel frames F -> latent frames F' = (F - 1) // t + 1 (causal video VAEs keep frame 0 alone)."""
+    assert spec.temporal is not None
+    return (frames - 1) // spec.temporal.factor + 1
+
+
+def apply_frame_rule(spec: FamilySpec, frames: int | None) -> tuple[int | None, str | None]:
+    """requested frames -> (frames used, warning or None); None for image VAEs.
+
+    >>> apply_frame_rule(get_family("wan21"), 80)
+    (77, 'frames 80 → 77: wan21 needs 4k+1 frames and floors to the nearest (as its pipeline does)')
+    """
+    if spec.temporal is None:
+        if frames not in (None, 1):
+            raise FrameError(
+                f"frames {frames}: {spec.name} is an image VAE; --frames applies to video families "
+                "(wan21, wan22, cogvideox-2b, cogvideox-5b, hunyuanvideo, ltx-video, mochi)"
+            )
+        return None, None
+    t = spec.temporal.factor
+    if frames is None:
+        frames = spec.default_frames or (4 * t + 1)
+    if (frames - 1) % t == 0 or spec.temporal.rule is FrameRuleKind.ANY:
+        return frames, None
+    low = (frames - 1) // t * t + 1
+    high = low + t
+    if spec.temporal.rule is FrameRuleKind.FLOOR:
+        return low, (
+            f"frames {frames} → {low}: {spec.name} needs {t}k+1 frames and floors to the nearest "
+            "(as its pipeline does)"
+        )
+    raise FrameError(f"frames {frames} is not {t}k+1 for {spec.name}; nearest valid: {low} or {high}")
+
+
+def plan_shapes(spec: FamilySpec, request: PixelRequest) -> ShapePlan:
+    """PixelRequest -> ShapePlan: pixel, latent, token and decoded shapes after the family's rules.
+
+    Image VAEs: pixels [B,3,H,W] -> latent [B,C,H/f,W/f]. Video VAEs: [B,3,F,H,W] -> [B,C,(F-1)//t+1,H/f,W/f].
+
+    >>> plan = plan_shapes(get_family("sdxl"), PixelRequest(width=1024, height=1024))
+    >>> plan.latent_shape
+    (1, 4, 128, 128)
+    """
+    notes: list[str] = []
+    height, warn_h = apply_size_rule(spec, "height", request.height)
+    width, warn_w = apply_size_rule(spec, "width", request.width)
+    frames, warn_f = apply_frame_rule(spec, request.frames)
+    notes += [w for w in (warn_h, warn_w, warn_f) if w]
+    f = spec.spatial_factor
+    if height % f or width % f:  # a size rule coarser than f always divides; a custom spec may not
+        raise SizeError(
+            f"size {width}x{height} is not a multiple of {spec.name}'s spatial factor {f}"
+        )
+    b, c = request.batch, spec.latent_channels
+    h, w = height // f, width // f
+    if frames is not None:
+        lf = latent_frames(spec, frames)
+        pixel: Shape = (b, 3, frames, height, width)
+        latent: Shape = (b, c, lf, h, w)
+        decoded: Shape = (b, 3, (lf - 1) * spec.temporal.factor + 1, height, width)  # type: ignore[union-attr]
+    elif spec.video_module:
+        pixel, latent, decoded = (b, 3, 1, height, width), (b, c, 1, h, w), (b, 3, 1, height, width)
+    else:
+        pixel, latent, decoded = (b, 3, height, width), (b, c, h, w), (b, 3, height, width)
+
+    count = dim = patch = None
+    if spec.tokens is not None:
+        patch = tuple(spec.tokens.patch)
+        dims = latent[2:]
+        if len(patch) > len(dims):
+            raise VaeLensError(f"{spec.name}: token patch {patch} has more axes than latent {latent}")
+        lead, tail = dims[: len(dims) - len(patch)], dims[len(dims) - len(patch):]
+        for axis, (n, p) in enumerate(zip(tail, patch)):
+            if n % p:
+                raise SizeError(
+                    f"{spec.name}: latent axis {axis} of size {n} is not divisible by the token patch {p}; "
+                    f"choose a size that is a multiple of {f * p} pixels"
+                )
+        count = math.prod(lead) * math.prod(n // p for n, p in zip(tail, patch))
+        dim = c * math.prod(patch)
+    return ShapePlan(
+        family=spec.name,
+        request=request,
+        used_size=(height, width),
+        frames=frames,
+        pixel_shape=pixel,
+        latent_shape=latent,
+        decoded_shape=decoded,
+        token_count=count,
+        token_dim=dim,
+        token_patch=patch,
+        warnings=tuple(notes),
+    )
+
+
+def default_request(spec: FamilySpec, **overrides: Any) -> PixelRequest:
+    """The family's default size (and frames), with any field overridden."""
+    width, height = spec.default_size
+    fields: dict[str, Any] = {"width": width, "height": height, "frames": spec.default_frames}
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return PixelRequest(**fields)
+
+
+def shapes(
+    model: str | FamilySpec,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    frames: int | None = None,
+    batch: int = 1,
+    dtype: str = "fp32",
+) -> ShapePlan:
+    """MODEL + size -> ShapePlan (pixels -> latent -> tokens -> decoded); unset sizes use the family's.
+
+    >>> shapes("flux1", width=1024, height=1024).token_count
+    4096
+    """
+    spec = resolve_model(model)
+    if (width is None) != (height is None):
+        raise SizeError(f"width {width} and height {height}: give both or neither")
+    request = default_request(spec, width=width, height=height, frames=frames, batch=batch, dtype=dtype)
+    return plan_shapes(spec, request)

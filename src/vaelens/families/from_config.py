@@ -1,0 +1,155 @@
+"""A diffusers config.json (any VAE, not only the registry's) -> FamilySpec derived from the module.
+
+The latent channels and the spatial and temporal factors are read off the real module by running
+encode on meta tensors (no memory, no weights); the normalisation comes from the config's own
+scaling_factor / shift_factor / latents_mean / latents_std. Nothing is taken from the registry.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from vaelens.errors import ConfigError
+from vaelens.families.spec import (
+    FamilySpec,
+    FrameRuleKind,
+    Normalization,
+    NormKind,
+    SizeRule,
+    SizeRuleKind,
+    TemporalRule,
+)
+
+_PROBE_SIDE = 256  # divisible by every spatial factor in use (8, 16, 32, 64)
+
+
+def _encode_shape(module, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    import torch
+
+    from vaelens.build import run_encode
+
+    x = torch.empty(shape, device="meta", dtype=next(module.parameters()).dtype)
+    try:
+        with torch.inference_mode():
+            return tuple(run_encode(module, x).shape)
+    except Exception:  # noqa: BLE001 — a probe that the module rejects is information, not an error
+        return None
+
+
+def _normalization(cfg: dict[str, Any], source: str, module) -> Normalization:
+    bn = getattr(module, "bn", None)
+    if bn is not None and hasattr(bn, "running_mean"):
+        # FLUX.2-style: BatchNorm statistics over p×p-patchified latents live in the checkpoint.
+        p = cfg.get("patch_size") or [2, 2]
+        return Normalization(
+            kind=NormKind.BATCHNORM_PATCHED,
+            patch=(int(p[0]), int(p[1])),
+            eps=float(getattr(bn, "eps", 1e-4)),
+            stats_from="bn",
+            source=f"{source} (patch_size, batch_norm_eps); module buffers bn.running_mean/var",
+        )
+    buffers = dict(module.named_buffers())
+    if "latents_mean" in buffers and "latents_std" in buffers and not cfg.get("latents_mean"):
+        # LTX-style: per-channel statistics are buffers of the checkpoint, not config values.
+        return Normalization(
+            kind=NormKind.PER_CHANNEL,
+            scale=float(cfg.get("scaling_factor") or 1.0),
+            stats_from="latents_mean",
+            source=f"{source} (scaling_factor); module buffers latents_mean/latents_std",
+        )
+    mean, std = cfg.get("latents_mean"), cfg.get("latents_std")
+    scale = cfg.get("scaling_factor")
+    shift = cfg.get("shift_factor")
+    if isinstance(mean, list) and isinstance(std, list) and mean and std:
+        return Normalization(
+            kind=NormKind.PER_CHANNEL,
+            scale=float(scale if scale is not None else 1.0),
+            mean=tuple(float(v) for v in mean),
+            std=tuple(float(v) for v in std),
+            source=f"{source} (latents_mean, latents_std, scaling_factor)",
+        )
+    if scale is None or (float(scale) == 1.0 and not shift):
+        return Normalization(kind=NormKind.NONE, source=f"{source} (no scaling_factor other than 1.0)")
+    return Normalization(
+        kind=NormKind.AFFINE,
+        scale=float(scale),
+        shift=float(shift or 0.0),
+        source=f"{source} (scaling_factor, shift_factor)",
+    )
+
+
+def spec_from_config(cfg: dict[str, Any], *, source: str) -> FamilySpec:
+    """config dict (with _class_name) -> FamilySpec whose geometry is probed from the meta module."""
+    from vaelens.build import build_module
+
+    module = build_module(cfg)
+    s = _PROBE_SIDE
+    out4 = _encode_shape(module, (1, 3, s, s))
+    temporal: TemporalRule | None = None
+    video_module = False
+    if out4 is not None and len(out4) == 4:
+        channels, f = out4[1], s // out4[2]
+    else:
+        # 5-D module: probe two frame counts to read the temporal factor off (F - 1) // t + 1.
+        probes = {}
+        for frames in (9, 17, 33):
+            out = _encode_shape(module, (1, 3, frames, s, s))
+            if out is not None and len(out) == 5:
+                probes[frames] = out
+        if not probes:
+            raise ConfigError(
+                f"{cfg['_class_name']} from {source}: encode rejected both [1,3,{s},{s}] and "
+                f"[1,3,F,{s},{s}] probes; vaelens cannot read its latent geometry"
+            )
+        first = next(iter(probes.values()))
+        channels, f = first[1], s // first[3]
+        video_module = True
+        if len(probes) >= 2:
+            (f1, o1), (f2, o2) = list(probes.items())[:2]
+            steps = o2[2] - o1[2]
+            t = (f2 - f1) // steps if steps else 1
+            if t > 1:
+                temporal = TemporalRule(
+                    factor=t, rule=FrameRuleKind.RAISE, source=f"probed: encode of {f1} and {f2} frames"
+                )
+    sample = cfg.get("sample_size")
+    side = int(sample[0] if isinstance(sample, (list, tuple)) else sample or 512)
+    side = max(f, side // f * f)
+    name = Path(source).parent.name if Path(source).name == "config.json" else Path(source).stem
+    return FamilySpec(
+        name=name or cfg["_class_name"],
+        title=f"{cfg['_class_name']} from {source}",
+        diffusers_class=cfg["_class_name"],
+        config={k: v for k, v in cfg.items() if not k.startswith("_")},
+        config_source=source,
+        latent_channels=int(channels),
+        spatial_factor=int(f),
+        temporal=temporal,
+        video_module=video_module and temporal is None,
+        normalization=_normalization(cfg, source, module),
+        tokens=None,
+        size_rule=SizeRule(
+            kind=SizeRuleKind.FLOOR,
+            multiple=int(f),
+            source="diffusers VaeImageProcessor floors to a multiple of vae_scale_factor",
+        ),
+        default_size=(side, side),
+        default_frames=(4 * temporal.factor + 1) if temporal else None,
+        notes="derived from a config.json: geometry probed on the meta device; no pipeline rules known",
+        sources={"latent_channels": "probed", "spatial_factor": f"probed: encode of {s}x{s} on meta"},
+    )
+
+
+def spec_from_config_path(path: str) -> FamilySpec:
+    """config.json | folder with config.json or vae/config.json -> derived FamilySpec."""
+    from vaelens.build import load_config
+
+    p = Path(path).expanduser()
+    cfg = load_config(p)
+    src = p if p.is_file() else (p / "config.json" if (p / "config.json").is_file() else p / "vae" / "config.json")
+    spec = spec_from_config(cfg, source=str(src))
+    if math.prod(spec.default_size) <= 0:  # pragma: no cover - defensive
+        raise ConfigError(f"{path}: could not derive a default size")
+    return spec
