@@ -1,0 +1,194 @@
+"""`vaelens explain`: a narrated walk from pixels to latent to tokens and back, with this family's
+numbers at every step. Each step names the state object, the axis that changes, and the trade-off."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Callable
+
+from vaelens.contract import ShapePlan, plan_shapes
+from vaelens.families import FamilySpec, NormKind, get_family
+from vaelens.render import human_bytes, norm_formula, shape_str, table, tokens_str
+
+_WIDTH = 100
+# Families a reader is likely to know, in the order they are offered for comparison.
+_CONTRAST = ("sd15", "flux1", "wan21", "sana", "sdxl")
+
+
+def _para(text: str, indent: str = "   ") -> str:
+    return textwrap.fill(" ".join(text.split()), _WIDTH, initial_indent=indent, subsequent_indent=indent)
+
+
+def _gaussian(spec: FamilySpec) -> bool:
+    # diffusers names every VAE whose encoder outputs a DiagonalGaussianDistribution AutoencoderKL*.
+    return spec.diffusers_class.startswith("AutoencoderKL")
+
+
+def _encoder_width(spec: FamilySpec) -> int | None:
+    cfg = spec.config
+    for key in ("block_out_channels", "encoder_block_out_channels"):
+        value = cfg.get(key)
+        if isinstance(value, (list, tuple)) and value:
+            return int(max(value))
+    if "base_dim" in cfg and "dim_mult" in cfg:
+        return int(cfg["base_dim"]) * int(max(cfg["dim_mult"]))
+    return None
+
+
+def contrast_families(spec: FamilySpec, n: int = 2) -> list[FamilySpec]:
+    """Two well-known families whose constants differ from `spec`'s (for the comparison table)."""
+    out: list[FamilySpec] = []
+    for name in _CONTRAST:
+        other = get_family(name)
+        if other.name == spec.name or other.normalization == spec.normalization:
+            continue
+        out.append(other)
+        if len(out) == n:
+            break
+    return out
+
+
+def _decode_peak(spec: FamilySpec, plan: ShapePlan) -> str | None:
+    """The memory model's decode peak, or None while the model is not available."""
+    try:
+        from vaelens.memory import estimate_memory
+    except ImportError:
+        return None
+    try:
+        est = estimate_memory(spec, plan.request, op="decode")
+    except Exception as exc:  # noqa: BLE001 — explain must not die on a memory-model gap
+        return f"(the memory model could not estimate it here: {exc})"
+    latent_bytes = plan.latent_elements * plan.itemsize
+    return (
+        f"the memory model predicts a decode peak of {human_bytes(est.peak_bytes)} on a CUDA GPU "
+        f"({est.peak_bytes / latent_bytes:,.0f}× the {human_bytes(latent_bytes)} latent) at "
+        f"{plan.request.dtype.value}, on top of {human_bytes(est.weights_bytes)} of weights; the peak "
+        f"happens in {est.peak_at}."
+    )
+
+
+def explain(spec: FamilySpec, plan: ShapePlan, *, peak: Callable[[FamilySpec, ShapePlan], str | None] = _decode_peak) -> str:
+    """FamilySpec + ShapePlan -> narrated text (one numbered step per state object)."""
+    b = plan.request.batch
+    item = plan.itemsize
+    dt = plan.request.dtype.value
+    f, c = spec.spatial_factor, spec.latent_channels
+    height, width = plan.used_size
+    video = plan.frames is not None
+    out: list[str] = []
+    title = f"{spec.title} — {spec.diffusers_class}, {width}x{height}"
+    title += f", {plan.frames} frames" if video else ""
+    out += [title, "=" * len(title), ""]
+    for note in plan.warnings:
+        out += [_para(f"Note: {note}.", ""), ""]
+
+    px = plan.pixel_elements
+    out.append(f"1. pixels {shape_str(plan.pixel_shape)}  ({px:,} values, {human_bytes(px * item)} at {dt})")
+    axes = "[B, C=3, F, H, W]" if video else "[B, C=3, H, W]"
+    out.append(_para(
+        f"The state is an RGB tensor {axes}, values scaled from [0, 255] to [-1, 1]. "
+        f"The size rule of the {spec.name} pipeline: height and width must be multiples of "
+        f"{spec.size_rule.multiple} ({spec.size_rule.kind.value} otherwise). "
+        + (f"Video frames follow {spec.temporal.factor}k+1: frame 0 is encoded alone, every later group "
+           f"of {spec.temporal.factor} frames shares one latent frame." if spec.temporal else "")
+    ))
+    out.append("")
+
+    wide = _encoder_width(spec)
+    step = f"2. encoder: space ÷{f}" + (f", time ÷{spec.temporal.factor}" if spec.temporal else "")
+    out.append(step)
+    out.append(_para(
+        f"Convolution stacks halve height and width {int(math.log2(f))} times (÷{f} per side, ÷{f * f} in "
+        f"area) while widening the channel axis"
+        + (f" to {wide} feature maps" if wide else "")
+        + ". The trade-off: every halving makes the later denoiser cheaper, but the encoder must squeeze "
+        "more detail into each latent position, so fine texture is what a stronger compression loses."
+    ))
+    out.append("")
+
+    if _gaussian(spec):
+        mom = list(plan.latent_shape)
+        mom[1] = 2 * c
+        out.append(f"3. moments {shape_str(mom)}: mean and log-variance")
+        out.append(_para(
+            f"The encoder's last convolution outputs 2×{c} channels: a mean and a log-variance per latent "
+            "position — a diagonal Gaussian. Pipelines take the mean (mode) or sample from it; the spread "
+            "is what makes the latent space smooth enough to denoise in."
+        ))
+    else:
+        out.append("3. latent (deterministic)")
+        out.append(_para(
+            f"{spec.diffusers_class} outputs the latent directly: no mean and variance, nothing to sample."
+        ))
+    out.append("")
+
+    lat = plan.latent_elements
+    out.append(f"4. latent {shape_str(plan.latent_shape)}  ({lat:,} values, {human_bytes(lat * item)}; "
+               f"{plan.compression:.1f}× fewer than the pixels)")
+    out.append(_para(
+        f"The channel axis now holds {c} learned features. Latent channels are not colours: channel 0 is "
+        "not red and no channel is a brightness map. Each is a feature the encoder learned, and vaelens "
+        "shows them as separate heat-maps in latent units; any RGB picture of a latent is an approximation "
+        f"(a fitted linear projection) and is labelled so. The trade-off: {c} channels at ÷{f} keep "
+        f"{c}/{3 * f * f:.0f} = {c / (3 * f * f):.3f} of the pixel values per frame; more channels "
+        "reconstruct better but give the denoiser a harder distribution to learn."
+    ))
+    out.append("")
+
+    out.append(f"5. normalise: {norm_formula(spec)}")
+    n = spec.normalization
+    why = {
+        NormKind.NONE: "This family feeds the raw latent to its model: no rescaling.",
+        NormKind.AFFINE: "The shift and scale bring the latent to roughly zero mean and unit variance, "
+        "the scale the diffusion noise schedule assumes.",
+        NormKind.PER_CHANNEL: "Each channel gets its own mean and standard deviation, measured on the "
+        "training data: channels differ too much in range for one scalar.",
+        NormKind.BATCHNORM_PATCHED: "FLUX.2 first packs 2×2 latent patches into channels and then "
+        "normalises each packed channel with BatchNorm running statistics stored in the checkpoint.",
+    }[n.kind]
+    out.append(_para(why + f" Source: {n.source}."))
+    others = contrast_families(spec)
+    rows = [[s.name, s.latent_channels, f"÷{s.spatial_factor}",
+             f"÷{s.temporal.factor}" if s.temporal else "–", norm_formula(s), tokens_str(s)]
+            for s in (spec, *others)]
+    out.append("")
+    out.append(textwrap.indent(table(["family", "C", "space", "time", "normalisation", "tokens"], rows,
+                                     right=(1,)), "   "))
+    out.append("")
+
+    if plan.token_count is not None:
+        patch = "×".join(str(p) for p in plan.token_patch or ())
+        out.append(f"6. tokens [{b}, {plan.token_count:,}, {plan.token_dim}]: {patch} patches → one token each")
+        out.append(_para(
+            f"The transformer sees a sequence: each {patch} block of the normalised latent becomes one token "
+            f"of {plan.token_dim} numbers (C·{patch.replace('×', '·')}). The trade-off: attention cost grows "
+            f"with the square of the {plan.token_count:,} tokens, so doubling the side quadruples N and "
+            "multiplies attention by sixteen."
+        ))
+    else:
+        out.append("6. tokens: none")
+        out.append(_para(
+            "This family's denoiser (a UNet, or none at all) convolves the latent grid directly; nothing is "
+            "packed into tokens."
+        ))
+    out.append("")
+
+    out.append(f"7. decode → pixels {shape_str(plan.decoded_shape)}: where memory spikes")
+    text = (
+        "Decoding runs the encoder's path backwards: the latent is un-normalised, then upsampled "
+        f"×{f} per side through blocks that hold hundreds of channels at full resolution. That is why decode, "
+        "not the denoiser's latent, sets the peak memory of a pipeline."
+    )
+    spike = peak(spec, plan)
+    out.append(_para(text + (" " + spike[0].upper() + spike[1:] if spike else
+                             " Run `vaelens memory` for the predicted peak.")))
+    return "\n".join(out)
+
+
+def explain_family(model: str | FamilySpec, **size: int | str | None) -> str:
+    """MODEL + size keywords (width, height, frames, batch, dtype) -> narrated text."""
+    from vaelens.contract import default_request, resolve_model
+
+    spec = resolve_model(model)
+    return explain(spec, plan_shapes(spec, default_request(spec, **size)))

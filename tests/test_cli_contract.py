@@ -1,0 +1,101 @@
+"""The families / shapes / explain commands: JSON contract, golden text, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+BAD_INPUT = [
+    (["shapes", "sdx"], "unknown family 'sdx'; did you mean"),
+    (["shapes", "sdxl", "--size", "1024x"], "size '1024x' is not WIDTHxHEIGHT"),
+    (["shapes", "sdxl", "--size", "0x512"], "width 0 must be a positive number"),
+    (["shapes", "sdxl", "--size", "-8x8"], "width -8 must be a positive number"),
+    (["shapes", "sdxl", "--size", "abc"], "size 'abc' is not WIDTHxHEIGHT"),
+    (["shapes", "sdxl", "--size", "1024x1020"], "height 1020 is not a multiple of 8 for sdxl; nearest valid: 1016 or 1024"),
+    (["shapes", "sdxl", "--size", "99999x512"], "width 99999 is above vaelens' limit of 16384"),
+    (["shapes", "wan21", "--size", "832x480", "--frames", "0"], "frames 0 must be between 1 and"),
+    (["shapes", "cogvideox-5b", "--size", "720x480", "--frames", "50"], "frames 50 is not 4k+1"),
+    (["shapes", "sdxl", "--frames", "9"], "sdxl is an image VAE"),
+    (["shapes", "sdxl", "--dtype", "fp8"], "dtype 'fp8' is not supported; choose one of: fp32, fp16, bf16"),
+    (["shapes", "sdxl", "--batch", "0"], "batch 0 must be between 1 and"),
+    (["shapes", "sdxl", "--width", "512"], "give both"),
+    (["shapes", "/nonexistent/config.json"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_INPUT)
+def test_bad_input_is_one_line_exit_2(cli, argv, message):
+    res = cli(*argv)
+    assert res.code == 2
+    assert res.out == ""
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1, res.err
+    assert message in lines[0]
+    assert "Traceback" not in res.err
+
+
+def test_unknown_option_is_one_line(cli):
+    res = cli("shapes", "sdxl", "--sise", "1x1")
+    assert res.code == 2 and len(res.err.strip().splitlines()) == 1
+
+
+def test_shapes_json_contract(cli):
+    res = cli("shapes", "sdxl", "--size", "1024x1024", "--json")
+    assert res.code == 0
+    data = res.json()
+    for key in ("family", "pixel_shape", "used_size", "latent_shape", "decoded_shape", "tokens",
+                "normalization", "bytes", "compression"):
+        assert key in data
+    assert data["latent_shape"] == [1, 4, 128, 128]
+    assert data["tokens"] is None
+    assert data["normalization"]["scale"] == 0.13025
+
+
+def test_shapes_flux_tokens_and_wan_video(cli):
+    flux = cli("shapes", "flux1", "--size", "1024x1024", "--json").json()
+    assert flux["tokens"]["count"] == 4096 and flux["tokens"]["dim"] == 64
+    wan = cli("shapes", "wan21", "--size", "832x480", "--frames", "81", "--json").json()
+    assert wan["latent_shape"] == [1, 16, 21, 60, 104]
+    assert wan["used_size"] == [480, 832]
+
+
+def test_floor_warning_on_stderr(cli):
+    res = cli("shapes", "flux1", "--size", "1000x1000", "--json")
+    assert res.code == 0
+    assert "1000 → 992" in res.err
+    assert res.json()["used_size"] == [992, 992]
+
+
+def test_families_table_golden(cli, golden):
+    res = cli("families")
+    assert res.code == 0
+    golden("families.out", res.out)
+
+
+def test_families_json_lists_all(cli):
+    from vaelens.families import family_names
+
+    data = cli("families", "--json").json()
+    assert [d["name"] for d in data] == family_names()
+
+
+def test_shapes_table_golden(cli, golden):
+    golden("shapes_sdxl_1024.out", cli("shapes", "sdxl", "--size", "1024x1024").out)
+    golden("shapes_wan21_832x480x81_bf16.out",
+           cli("shapes", "wan21", "--size", "832x480", "--frames", "81", "--dtype", "bf16").out)
+
+
+def test_explain_says_what_matters(cli):
+    res = cli("explain", "sdxl", "--size", "1024x1024")
+    assert res.code == 0
+    text = res.out
+    assert "Latent channels are not colours" in text
+    assert "[1, 4, 128, 128]" in text and "0.13025" in text
+    assert "memory spikes" in text
+    # compares with two other families' constants
+    assert "sd15" in text and "flux1" in text
+
+
+def test_explain_video(cli):
+    res = cli("explain", "wan21", "--size", "832x480", "--frames", "81")
+    assert res.code == 0
+    assert "[1, 16, 21, 60, 104]" in res.out and "4k+1" in res.out
