@@ -91,6 +91,9 @@ class SizeRule:
 
     kind: SizeRuleKind
     multiple: int
+    # A check some pipelines run before flooring: a side off this multiple raises even when kind is
+    # FLOOR (Wan2.2 TI2V-5B: check_inputs raises on % 16, then __call__ floors to 16 · patch 2 = 32).
+    raise_multiple: int | None = None
     source: str = ""
 
 

@@ -1,0 +1,232 @@
+"""The registry's claims against the real diffusers modules (meta device: no memory, no weights).
+
+Each family's module is built from its spec, run through encode and decode on meta tensors, and its
+config is compared with every constant of the spec. Pipeline formulas for the scale factors mirror
+the cited files of diffusers 0.42.1 (src/diffusers/pipelines/…).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from functools import cache
+
+import pytest
+import torch
+
+from vaelens.build import build_module, run_decode, run_encode
+from vaelens.families import FAMILIES, NormKind, get_family
+from vaelens.families.spec import FamilySpec
+
+EXPECTED_NAMES = [
+    "sd15", "sd2", "sdxl", "sd3", "flux1", "flux2", "sana", "taesd", "taesdxl", "taef1", "qwen-image",
+    "wan21", "wan22", "cogvideox-2b", "cogvideox-5b", "hunyuanvideo", "ltx-video", "mochi",
+]  # fmt: skip
+IDS = [s.name for s in FAMILIES]
+
+
+@cache
+def _module(name: str):
+    return build_module(get_family(name))
+
+
+def _kl_f(m) -> int:  # pipelines/{stable_diffusion,stable_diffusion_xl,stable_diffusion_3,flux,flux2}/…
+    return 2 ** (len(m.config.block_out_channels) - 1)
+
+
+# vae_scale_factor (spatial) exactly as each family's pipeline computes it from the VAE.
+PIPELINE_SPATIAL = {
+    "sd15": _kl_f, "sd2": _kl_f, "sdxl": _kl_f, "sd3": _kl_f, "flux1": _kl_f, "flux2": _kl_f,
+    "taesd": _kl_f, "taesdxl": _kl_f, "taef1": _kl_f,  # AutoencoderTiny registers block_out_channels too
+    "sana": lambda m: 2 ** (len(m.config.encoder_block_out_channels) - 1),  # sana/pipeline_sana.py
+    "qwen-image": lambda m: 2 ** len(m.temperal_downsample),  # qwenimage/pipeline_qwenimage.py
+    "wan21": lambda m: m.config.scale_factor_spatial,  # wan/pipeline_wan.py
+    "wan22": lambda m: m.config.scale_factor_spatial,
+    "cogvideox-2b": _kl_f, "cogvideox-5b": _kl_f,  # cogvideo/pipeline_cogvideox.py
+    "hunyuanvideo": lambda m: m.spatial_compression_ratio,  # hunyuan_video/pipeline_hunyuan_video.py
+    "ltx-video": lambda m: m.spatial_compression_ratio,  # ltx/pipeline_ltx.py
+    "mochi": lambda m: 8,  # mochi/pipeline_mochi.py hard-codes vae_spatial_scale_factor = 8
+}  # fmt: skip
+PIPELINE_TEMPORAL = {
+    "wan21": lambda m: m.config.scale_factor_temporal,
+    "wan22": lambda m: m.config.scale_factor_temporal,
+    "cogvideox-2b": lambda m: m.config.temporal_compression_ratio,
+    "cogvideox-5b": lambda m: m.config.temporal_compression_ratio,
+    "hunyuanvideo": lambda m: m.temporal_compression_ratio,
+    "ltx-video": lambda m: m.temporal_compression_ratio,
+    "mochi": lambda m: 6,  # mochi/pipeline_mochi.py hard-codes vae_temporal_scale_factor = 6
+}
+
+
+def test_registry_holds_every_family_once():
+    assert [s.name for s in FAMILIES] == EXPECTED_NAMES
+    seen: dict[str, str] = {}
+    for spec in FAMILIES:
+        for key in (spec.name, *spec.aliases):
+            assert key == key.lower().strip(), f"{spec.name}: alias {key!r} must be lower-case"
+            assert key not in seen, f"{key!r} names both {seen[key]} and {spec.name}"
+            seen[key] = spec.name
+            assert get_family(key) is spec
+            assert get_family(key.upper()) is spec
+
+
+@pytest.mark.parametrize("spec", FAMILIES, ids=IDS)
+def test_every_constant_has_a_source(spec: FamilySpec):
+    assert spec.config_source and spec.normalization.source and spec.size_rule.source
+    if spec.tokens is not None:
+        assert spec.tokens.source
+    if spec.temporal is not None:
+        assert spec.temporal.source and spec.default_frames
+        assert (spec.default_frames - 1) % spec.temporal.factor == 0
+    w, h = spec.default_size
+    assert w % spec.size_rule.multiple == 0 and h % spec.size_rule.multiple == 0
+
+
+def _frame_counts(spec: FamilySpec) -> list[int | None]:
+    if spec.temporal is None:
+        return [None]
+    t = spec.temporal.factor
+    return [2 * t + 1, 4 * t + 1]
+
+
+@pytest.mark.parametrize("spec", FAMILIES, ids=IDS)
+def test_meta_encode_decode_shapes_follow_the_spec(spec: FamilySpec):
+    module = _module(spec.name)
+    f, c, b = spec.spatial_factor, spec.latent_channels, 2
+    height, width = 2 * f, 3 * f  # not square: a swapped H/W would show
+    for frames in _frame_counts(spec):
+        if frames is None:
+            pixels_shape = (b, 3, 1, height, width) if spec.video_module else (b, 3, height, width)
+            expected = (b, c, 1, 2, 3) if spec.video_module else (b, c, 2, 3)
+        else:
+            t = spec.temporal.factor  # type: ignore[union-attr]
+            pixels_shape = (b, 3, frames, height, width)
+            expected = (b, c, (frames - 1) // t + 1, 2, 3)
+        pixels = torch.empty(pixels_shape, device="meta")
+        with torch.inference_mode():
+            latent = run_encode(module, pixels)
+            assert tuple(latent.shape) == expected, f"{spec.name} frames={frames}"
+            decoded = run_decode(module, latent)
+        assert tuple(decoded.shape) == pixels_shape, f"{spec.name} frames={frames}"
+
+
+@pytest.mark.parametrize("spec", FAMILIES, ids=IDS)
+def test_spec_config_is_what_the_module_holds(spec: FamilySpec):
+    """Every config key is an argument the class takes (none silently dropped) and keeps its value."""
+    module = _module(spec.name)
+    assert type(module).__name__ == spec.diffusers_class
+    cfg = dict(module.config)
+    for key, value in spec.config.items():
+        assert key in cfg, f"{spec.name}: {key!r} is not an argument of {spec.diffusers_class}"
+        got = cfg[key]
+        if isinstance(value, (list, tuple)):
+            assert _nested_list(got) == _nested_list(value), f"{spec.name}: {key}"
+        else:
+            assert got == value, f"{spec.name}: {key}"
+
+
+def _nested_list(v):
+    return [_nested_list(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+@pytest.mark.parametrize("spec", FAMILIES, ids=IDS)
+def test_latent_channels_and_factors_match_module_and_pipeline(spec: FamilySpec):
+    module = _module(spec.name)
+    cfg = module.config
+    assert cfg.get("latent_channels", cfg.get("z_dim")) == spec.latent_channels
+    assert PIPELINE_SPATIAL[spec.name](module) == spec.spatial_factor
+    ratio = getattr(module, "spatial_compression_ratio", None)
+    if ratio is not None:  # the module's own claim, where diffusers records one
+        assert ratio == spec.spatial_factor
+    if spec.temporal is None:
+        assert spec.name not in PIPELINE_TEMPORAL
+    else:
+        assert PIPELINE_TEMPORAL[spec.name](module) == spec.temporal.factor
+
+
+@pytest.mark.parametrize("spec", FAMILIES, ids=IDS)
+def test_normalization_constants_match_module(spec: FamilySpec):
+    module, norm, cfg = _module(spec.name), spec.normalization, _module(spec.name).config
+    if norm.kind is NormKind.NONE:
+        assert cfg.scaling_factor == 1.0 and not cfg.get("shift_factor")
+    elif norm.kind is NormKind.AFFINE:
+        assert cfg.scaling_factor == norm.scale
+        assert (cfg.get("shift_factor") or 0.0) == norm.shift
+        assert not cfg.get("latents_mean") and not cfg.get("latents_std")
+    elif norm.kind is NormKind.PER_CHANNEL:
+        assert cfg.get("scaling_factor", 1.0) == norm.scale
+        if norm.mean is not None:
+            assert tuple(cfg.latents_mean) == norm.mean and tuple(cfg.latents_std) == norm.std
+            assert len(norm.mean) == len(norm.std) == spec.latent_channels
+        else:  # statistics are checkpoint buffers (LTX): check they exist, per channel
+            assert norm.stats_from == "latents_mean"
+            buffers = dict(module.named_buffers())
+            assert buffers["latents_mean"].shape == buffers["latents_std"].shape == (spec.latent_channels,)
+    elif norm.kind is NormKind.BATCHNORM_PATCHED:
+        bn = getattr(module, norm.stats_from)
+        assert isinstance(bn, torch.nn.BatchNorm2d) and not bn.affine
+        assert bn.num_features == spec.latent_channels * math.prod(norm.patch)
+        assert bn.eps == cfg.batch_norm_eps == norm.eps
+        assert tuple(cfg.patch_size) == norm.patch
+    else:  # pragma: no cover
+        pytest.fail(f"unknown kind {norm.kind}")
+
+
+def test_tokens_match_the_pipelines_own_packing():
+    """FLUX.1, Qwen-Image, FLUX.2 and LTX pack in the pipeline: run their static packers."""
+    from diffusers import Flux2Pipeline, FluxPipeline, LTXPipeline, QwenImagePipeline
+
+    def packed(spec: FamilySpec, dims: tuple[int, ...]) -> tuple[int, int]:
+        n = math.prod(d // p for d, p in zip(dims, spec.tokens.patch, strict=True))  # type: ignore[union-attr]
+        return n, spec.latent_channels * math.prod(spec.tokens.patch)  # type: ignore[union-attr]
+
+    z = torch.empty(2, 16, 6, 4, device="meta")
+    assert FluxPipeline._pack_latents(z, 2, 16, 6, 4).shape[1:] == packed(get_family("flux1"), (6, 4))
+    z5 = torch.empty(2, 1, 16, 6, 4, device="meta")  # QwenImage prepare_latents shape [B, 1, C, H, W]
+    qwen = QwenImagePipeline._pack_latents(z5, 2, 16, 6, 4).shape[1:]
+    assert qwen == packed(get_family("qwen-image"), (6, 4))
+    z32 = torch.empty(2, 32, 6, 4, device="meta")
+    flux2 = Flux2Pipeline._pack_latents(Flux2Pipeline._patchify_latents(z32)).shape[1:]
+    assert flux2 == packed(get_family("flux2"), (6, 4))
+    ltx = get_family("ltx-video")
+    p_t, p, _ = ltx.tokens.patch  # type: ignore[union-attr]
+    z128 = torch.empty(2, 128, 3, 4, 6, device="meta")
+    assert LTXPipeline._pack_latents(z128, p, p_t).shape[1:] == packed(ltx, (3, 4, 6))
+
+
+def _thw(a) -> tuple[int, int, int]:
+    return (a["patch_size_t"] or 1, a["patch_size"], a["patch_size"])
+
+
+# Families whose transformer patchifies inside: the spec's patch against the class' own default.
+TRANSFORMER_PATCH = {
+    "sd3": ("SD3Transformer2DModel", lambda a: (a["patch_size"],) * 2),
+    "sana": ("SanaTransformer2DModel", lambda a: (a["patch_size"],) * 2),
+    "wan21": ("WanTransformer3DModel", lambda a: tuple(a["patch_size"])),
+    "wan22": ("WanTransformer3DModel", lambda a: tuple(a["patch_size"])),
+    "cogvideox-2b": ("CogVideoXTransformer3DModel", _thw),
+    "cogvideox-5b": ("CogVideoXTransformer3DModel", _thw),
+    "hunyuanvideo": ("HunyuanVideoTransformer3DModel", _thw),
+    "mochi": ("MochiTransformer3DModel", lambda a: (1, a["patch_size"], a["patch_size"])),
+    "flux1": ("FluxTransformer2DModel", lambda a: a["in_channels"]),  # packed width D
+    "flux2": ("Flux2Transformer2DModel", lambda a: a["in_channels"]),
+    "qwen-image": ("QwenImageTransformer2DModel", lambda a: a["in_channels"]),
+    "ltx-video": ("LTXVideoTransformer3DModel", _thw),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", FAMILIES, ids=IDS)
+def test_token_patch_matches_the_transformer(spec: FamilySpec):
+    import diffusers
+
+    if spec.tokens is None:
+        assert spec.name not in TRANSFORMER_PATCH
+        return
+    cls_name, read = TRANSFORMER_PATCH[spec.name]
+    sig = inspect.signature(getattr(diffusers, cls_name).__init__)
+    defaults = {k: p.default for k, p in sig.parameters.items()}
+    got = read(defaults)
+    if isinstance(got, int):  # the transformer takes pre-packed tokens of width D
+        assert got == spec.latent_channels * math.prod(spec.tokens.patch)
+    else:
+        assert got == spec.tokens.patch
