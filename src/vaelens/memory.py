@@ -1,0 +1,223 @@
+"""Allocator-level memory model: a traced encode/decode -> the CUDA peak above resident memory.
+
+Trace (one event per aten operator) -> MemoryEstimate: peak_bytes = max over operators of
+(activation bytes alive before it + its outputs + the temporaries its CUDA kernel takes), every
+allocation rounded as the CUDA caching allocator rounds it (vaelens.allocator), temporaries from the
+per-operator rules in vaelens.memory_rules. peak_bytes is DESIGN.md's definition:
+torch.cuda.max_memory_allocated() during the call minus memory_allocated() before it, weights and
+input resident, the output counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from vaelens.allocator import CachingAllocator
+from vaelens.errors import VaeLensError
+from vaelens.memory_rules import transient
+from vaelens.options import DType, PixelRequest
+from vaelens.trace import Op, Trace, trace
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayerMemory:
+    """One module call of the timeline: activation bytes alive after it and the peak inside it."""
+
+    path: str
+    type: str
+    depth: int
+    output_shape: tuple[int, ...] | None
+    live_bytes: int
+    peak_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryEstimate:
+    """op on pixels/latent of a given shape -> predicted CUDA peak above weights + input."""
+
+    op: Op
+    dtype: DType
+    peak_bytes: int
+    peak_at: str  # module path of the innermost layer running at the peak ("" = the top module)
+    peak_op: str  # the aten operator running at the peak
+    weights_bytes: int
+    input_shape: tuple[int, ...]
+    input_bytes: int
+    output_shape: tuple[int, ...] | None
+    output_bytes: int
+    tiled: bool = False
+    sliced: bool = False
+    timeline: tuple[LayerMemory, ...] = ()
+
+    @property
+    def total_bytes(self) -> int:
+        """weights + input + peak: what the GPU must hold at the peak (CUDA context not included)."""
+        return self.weights_bytes + self.input_bytes + self.peak_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "peak_bytes": self.peak_bytes,
+            "peak_at": self.peak_at,
+            "peak_op": self.peak_op,
+            "input_shape": list(self.input_shape),
+            "input_bytes": self.input_bytes,
+            "output_shape": list(self.output_shape) if self.output_shape else None,
+            "output_bytes": self.output_bytes,
+            "total_bytes": self.total_bytes,
+            "tiled": self.tiled,
+            "sliced": self.sliced,
+        }
+
+
+def simulate(tr: Trace, *, dtype: DType | None = None, tiled: bool = False, sliced: bool = False) -> MemoryEstimate:
+    """Trace -> MemoryEstimate: replay every allocation, free and kernel temporary in order."""
+    alloc = CachingAllocator()
+    peak = 0
+    peak_event = -1
+    per_event_peak: list[int] = []
+    for ev in tr.events:
+        for sid in ev.frees_before:
+            alloc.free(sid)
+        before = alloc.allocated
+        for sid, nbytes in ev.allocs:
+            alloc.malloc(sid, nbytes)
+        temp = transient(ev)
+        during = alloc.allocated + (alloc.transient(temp) if temp else 0)
+        during = max(during, before)
+        per_event_peak.append(during)
+        if during > peak:
+            peak, peak_event = during, ev.index
+    for sid in tr.final_frees:
+        alloc.free(sid)
+    layers = tr.layers
+    peak_at, peak_op = "", ""
+    if peak_event >= 0:
+        ev = tr.events[peak_event]
+        peak_op = ev.name
+        inner = [r for r in layers if r.first_op <= peak_event < r.last_op]
+        if inner:
+            peak_at = max(inner, key=lambda r: (r.depth, r.first_op)).path
+    timeline = tuple(
+        LayerMemory(
+            path=r.path, type=r.type, depth=r.depth, output_shape=r.output_shape, live_bytes=r.live_bytes,
+            peak_bytes=max(per_event_peak[r.first_op:r.last_op], default=r.live_bytes),
+        )
+        for r in layers
+    )
+    if dtype is None:
+        first = tr.events[0].inputs[0].dtype if tr.events and tr.events[0].inputs else None
+        dtype = DType.parse(str(first).replace("torch.", "")) if first is not None else DType.FP32
+    return MemoryEstimate(
+        op=tr.op, dtype=dtype, peak_bytes=peak, peak_at=peak_at, peak_op=peak_op,
+        weights_bytes=tr.weights_bytes, input_shape=tr.input_shapes[0] if tr.input_shapes else (),
+        input_bytes=tr.input_bytes, output_shape=tr.output_shape, output_bytes=tr.output_bytes,
+        tiled=tiled, sliced=sliced, timeline=timeline,
+    )
+
+
+def _module_and_spec(model: Any, dtype: DType):
+    """FamilySpec | name | config path | config dict | nn.Module -> (meta module, spec or None)."""
+    import torch
+
+    from vaelens.build import build_module
+    from vaelens.families.spec import FamilySpec
+
+    if isinstance(model, torch.nn.Module):
+        return model, None
+    if isinstance(model, Mapping):
+        return build_module(model, device="meta", dtype=dtype), None
+    if isinstance(model, (str, FamilySpec)):
+        from vaelens.contract import resolve_model
+
+        spec = resolve_model(model)
+        return build_module(spec, device="meta", dtype=dtype), spec
+    raise VaeLensError(
+        f"model {type(model).__name__} is not supported; give a family name, a FamilySpec, a config "
+        "dict with _class_name, or an nn.Module"
+    )
+
+
+def _pixel_shape(module: Any, request: PixelRequest) -> tuple[int, ...]:
+    """pixels [B,3,H,W] for image VAEs, [B,3,F,H,W] for modules with 3-D convolutions."""
+    import torch
+
+    video = request.frames is not None or any(isinstance(m, torch.nn.Conv3d) for m in module.modules())
+    if video:
+        return (request.batch, 3, request.frames or 1, request.height, request.width)
+    return (request.batch, 3, request.height, request.width)
+
+
+def input_shapes(model: Any, request: PixelRequest) -> tuple[Any, tuple[int, ...], tuple[int, ...]]:
+    """model + request -> (meta module, pixel shape, latent shape) after the family's size rules."""
+    import torch
+
+    dtype = DType.parse(request.dtype)
+    module, spec = _module_and_spec(model, dtype)
+    if spec is not None:
+        from vaelens.contract import plan_shapes
+
+        plan = plan_shapes(spec, request)
+        return module, tuple(plan.pixel_shape), tuple(plan.latent_shape)
+    pixel = _pixel_shape(module, request)
+    from vaelens.trace import call_op
+
+    x = torch.empty(pixel, device="meta", dtype=dtype.torch)
+    with torch.inference_mode():
+        latent = tuple(call_op(module, Op.ENCODE, [x]).shape)
+    return module, pixel, latent
+
+
+def _apply_modes(module: Any, tiled: bool, sliced: bool) -> tuple[bool, bool]:
+    """Set diffusers' enable_tiling()/enable_slicing() state; returns the previous flags."""
+    prev = (bool(getattr(module, "use_tiling", False)), bool(getattr(module, "use_slicing", False)))
+    for flag, name in ((tiled, "tiling"), (sliced, "slicing")):
+        if flag and not hasattr(module, f"enable_{name}"):
+            raise VaeLensError(f"--{'tiled' if name == 'tiling' else 'sliced'}: {type(module).__name__} "
+                               f"has no enable_{name}() in diffusers")
+    if hasattr(module, "use_tiling"):
+        module.use_tiling = tiled
+    if hasattr(module, "use_slicing"):
+        module.use_slicing = sliced
+    return prev
+
+
+def estimate_memory(
+    model: Any, request: PixelRequest, *, op: str | Op = "decode", tiled: bool = False, sliced: bool = False,
+) -> MemoryEstimate:
+    """model + PixelRequest -> MemoryEstimate of encode (pixels -> latent) or decode (latent -> pixels).
+
+    `model` is a family name, a FamilySpec, a diffusers config dict (with _class_name) or an
+    nn.Module (built on meta for a prediction without memory). `tiled` / `sliced` predict diffusers'
+    enable_tiling() / enable_slicing().
+
+    >>> from vaelens.options import PixelRequest, DType
+    >>> est = estimate_memory("sdxl", PixelRequest(width=512, height=512, dtype=DType.BF16), op="decode")
+    >>> est.output_shape, est.peak_bytes > est.output_bytes
+    ((1, 3, 512, 512), True)
+    """
+    import torch
+
+    op = Op.parse(op)
+    if op is Op.FORWARD:
+        raise VaeLensError("op 'forward' has no pixel/latent contract; use op='encode' or op='decode'")
+    dtype = DType.parse(request.dtype)
+    module, pixel, latent = input_shapes(model, request)
+    shape = pixel if op is Op.ENCODE else latent
+    prev = _apply_modes(module, tiled, sliced)
+    try:
+        tr = trace(module, [torch.empty(shape, device="meta", dtype=dtype.torch)], op=op)
+    finally:
+        _apply_modes(module, *prev)
+    return simulate(tr, dtype=dtype, tiled=tiled, sliced=sliced)
+
+
+def latent_multiple(est: MemoryEstimate, latent_shape: tuple[int, ...]) -> float:
+    """peak ÷ latent bytes: how many latents' worth of memory the call needs at its peak."""
+    return est.peak_bytes / max(1, math.prod(latent_shape) * est.dtype.itemsize)
+
+
+def with_request(request: PixelRequest, **changes: Any) -> PixelRequest:
+    return replace(request, **changes)
