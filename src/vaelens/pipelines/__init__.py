@@ -1,0 +1,56 @@
+"""Whole-pipeline memory: text encoders, denoiser and VAE of a diffusers pipeline, stage by stage."""
+
+from __future__ import annotations
+
+import difflib
+
+from vaelens.errors import VaeLensError
+from vaelens.pipelines.catalog import PIPELINES
+from vaelens.pipelines.estimate import (
+    Offload,
+    PipelineEstimate,
+    PipelineRequest,
+    estimate_pipeline,
+)
+from vaelens.pipelines.spec import ComponentSpec, Guidance, PipelineSpec, Role
+
+
+class UnknownPipelineError(VaeLensError):
+    """A pipeline name that is not built in (the message lists the built-in ones)."""
+
+
+def pipeline_names() -> list[str]:
+    """Built-in pipeline names, in catalog order."""
+    return [p.name for p in PIPELINES]
+
+
+def get_pipeline(name: str) -> PipelineSpec:
+    """'flux1-dev' | alias -> PipelineSpec; unknown names raise with the list of built-in pipelines.
+
+    >>> get_pipeline("FLUX-DEV").name
+    'flux1-dev'
+    """
+    key = name.strip().lower()
+    for spec in PIPELINES:
+        if key == spec.name or key in spec.aliases:
+            return spec
+    keys = [k for p in PIPELINES for k in (p.name, *p.aliases)]
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise UnknownPipelineError(f"unknown pipeline {name!r}; {hint}built-in: {', '.join(pipeline_names())}")
+
+
+__all__ = [
+    "PIPELINES",
+    "ComponentSpec",
+    "Guidance",
+    "Offload",
+    "PipelineEstimate",
+    "PipelineRequest",
+    "PipelineSpec",
+    "Role",
+    "UnknownPipelineError",
+    "estimate_pipeline",
+    "get_pipeline",
+    "pipeline_names",
+]

@@ -1,0 +1,131 @@
+"""Budgets: does the pipeline fit in N bytes per offload mode, and which one change would make it fit.
+
+PipelineEstimate + budget -> BudgetReport. Changes are tried one at a time, each a new estimate
+(same memory model): another offload mode, VAE tiling, a 2-byte dtype, a smaller size.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from vaelens.errors import VaeLensError
+from vaelens.options import DType
+from vaelens.pipelines.estimate import (
+    EstimateCache,
+    Offload,
+    PipelineEstimate,
+    PipelineRequest,
+    estimate_pipeline,
+)
+
+_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def parse_bytes(text: str) -> int:
+    """'24GiB' | '24 GB' | '80e9' -> bytes (GiB/MiB binary, GB/MB decimal).
+
+    >>> parse_bytes("24GiB")
+    25769803776
+    """
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise VaeLensError(f"budget {text!r} is not a size; write e.g. 24GiB, 80GB, 12000MiB")
+    value = int(float(m.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise VaeLensError(f"budget {text!r} must be more than 0 bytes")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fix:
+    """One change and the peak it gives (under `mode`)."""
+
+    change: str
+    mode: Offload
+    peak_bytes: int
+    fits: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetReport:
+    budget_bytes: int
+    mode: Offload  # the mode asked for
+    fits: tuple[tuple[Offload, bool, int], ...]  # (mode, fits, peak) for every mode
+    fixes: tuple[Fix, ...]  # only when the asked mode does not fit
+
+    def to_json(self) -> dict:
+        return {
+            "budget_bytes": self.budget_bytes,
+            "fits": {m.value: ok for m, ok, _ in self.fits},
+            "fixes": [{"change": f.change, "offload": f.mode.value, "peak_bytes": f.peak_bytes, "fits": f.fits}
+                      for f in self.fixes],
+        }
+
+
+def _sizes_below(width: int, height: int, step: int = 64) -> list[tuple[int, int]]:
+    """Same aspect, smaller: sides scaled by 7/8 … 1/8, snapped down to multiples of `step`."""
+    out = []
+    for k in range(7, 0, -1):
+        w, h = max(step, width * k // 8 // step * step), max(step, height * k // 8 // step * step)
+        if (w, h) not in out and (w, h) != (width, height):
+            out.append((w, h))
+    return out
+
+
+def check_budget(
+    est: PipelineEstimate, budget_bytes: int, *, mode: Offload | str = Offload.NONE,
+    cache: EstimateCache | None = None, estimate=estimate_pipeline,
+) -> BudgetReport:
+    """estimate + budget -> which offload modes fit, and (if `mode` does not) the changes that would.
+
+    Tries, keeping everything else as asked: each other offload mode; VAE tiling; bf16 (from fp32);
+    the largest smaller size of the same aspect (multiples of 64) that fits under `mode`.
+    """
+    mode = Offload.parse(mode)
+    cache = cache if cache is not None else EstimateCache()
+    fits = tuple((r.mode, r.peak_bytes <= budget_bytes, r.peak_bytes) for r in est.offload)
+    if est.mode(mode).peak_bytes <= budget_bytes:
+        return BudgetReport(budget_bytes=budget_bytes, mode=mode, fits=fits, fixes=())
+    req = est.request
+    fixes: list[Fix] = []
+    for m, ok, peak in fits:
+        if m is not mode:
+            fixes.append(Fix(change=f"--offload {m.value}", mode=m, peak_bytes=peak, fits=ok))
+
+    def trial(change: str, new: PipelineRequest) -> PipelineEstimate | None:
+        try:
+            e = estimate(new, cache=cache)
+        except VaeLensError:
+            return None
+        peak = e.mode(mode).peak_bytes
+        fixes.append(Fix(change=change, mode=mode, peak_bytes=peak, fits=peak <= budget_bytes))
+        return e
+
+    if not req.vae_tiling:
+        trial("--vae-tiling", replace(req, vae_tiling=True))
+    if req.dtype is DType.FP32:
+        trial("--dtype bf16", replace(req, dtype=DType.BF16))
+    # Largest smaller size that fits: the peak grows with the size, so bisect the candidates.
+    sizes = _sizes_below(req.width, req.height)
+    peaks: dict[int, int] = {}
+
+    def peak_at(i: int) -> int:
+        if i not in peaks:
+            w, h = sizes[i]
+            peaks[i] = estimate(replace(req, width=w, height=h), cache=cache).mode(mode).peak_bytes
+        return peaks[i]
+
+    if sizes and peak_at(len(sizes) - 1) <= budget_bytes:
+        lo, hi = 0, len(sizes) - 1  # sizes[hi] fits; find the first (largest) that does
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if peak_at(mid) <= budget_bytes:
+                hi = mid
+            else:
+                lo = mid + 1
+        w, h = sizes[hi]
+        fixes.append(Fix(change=f"--size {w}x{h}", mode=mode, peak_bytes=peak_at(hi), fits=True))
+    return BudgetReport(budget_bytes=budget_bytes, mode=mode, fits=fits, fixes=tuple(fixes))

@@ -1,0 +1,379 @@
+"""Whole-pipeline memory: text encoders, one denoising step, VAE decode — stage by stage.
+
+PipelineRequest -> PipelineEstimate. Every stage is one component call of the pipeline's __call__:
+
+    stage peak = weights resident on the GPU during the call          (offload mode decides)
+               + tensors the pipeline holds across the call (carried) (embeddings, latents, inputs)
+               + the call's activation peak above weights + input     (vaelens.memory on a meta trace)
+
+Offload modes follow diffusers/accelerate:
+  none        every component resident all along
+  model       enable_model_cpu_offload: calling a component loads it and offloads its predecessor in
+              `model_cpu_offload_seq` (accelerate CpuOffload hooks), so a component called again out
+              of order (SD3's negative prompt) finds a later one still resident
+  sequential  enable_sequential_cpu_offload: only the weights of the module running at the moment;
+              vaelens adds the component's largest single module's weights (an upper bound)
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vaelens.errors import VaeLensError
+from vaelens.options import DType, PixelRequest
+from vaelens.pipelines.components import ComponentSize, build_component, measure_component
+from vaelens.pipelines.inputs import CallPlan, denoiser_plan, module_call, text_encoder_plan
+from vaelens.pipelines.spec import ComponentSpec, Guidance, PipelineSpec, Role
+
+
+class Offload(str, enum.Enum):
+    """diffusers' offload modes: none | model (enable_model_cpu_offload) | sequential."""
+
+    NONE = "none"
+    MODEL = "model"
+    SEQUENTIAL = "sequential"
+
+    @classmethod
+    def parse(cls, value: str | Offload) -> Offload:
+        if isinstance(value, Offload):
+            return value
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            raise VaeLensError(f"offload {value!r} is not supported; choose one of: none, model, sequential") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActivationPeak:
+    """One traced call -> its peak above resident weights + inputs (the output counted), and where."""
+
+    peak_bytes: int
+    peak_at: str
+    output_bytes: int = 0
+
+
+# module + CallPlan + dtype -> ActivationPeak. Tests swap in a synthetic one; the default traces the
+# call on the meta device and replays it through the memory model (vaelens.memory.simulate).
+PeakFn = Callable[[Any, CallPlan, DType], ActivationPeak]
+# family name + PixelRequest + tiled -> (decode ActivationPeak, latent shape [B,C,(F',)h,w])
+DecodeFn = Callable[[str, PixelRequest, bool], tuple[ActivationPeak, tuple[int, ...]]]
+
+
+def trace_peak(module: Any, plan: CallPlan, dtype: DType) -> ActivationPeak:
+    """module + call plan -> ActivationPeak from vaelens.trace + vaelens.memory (meta, no weights)."""
+    from vaelens.memory import simulate
+    from vaelens.trace import trace
+
+    tr = trace(module_call(module, plan), plan.make_tensors(dtype))
+    est = simulate(tr, dtype=dtype)
+    at = est.peak_at[len("inner."):] if est.peak_at.startswith("inner.") else est.peak_at.replace("inner", "")
+    return ActivationPeak(peak_bytes=est.peak_bytes, peak_at=at, output_bytes=est.output_bytes)
+
+
+def estimate_decode(family: str, request: PixelRequest, tiled: bool) -> tuple[ActivationPeak, tuple[int, ...]]:
+    """VAE family + request -> (decode ActivationPeak, latent shape) from vaelens.memory.estimate_memory."""
+    from vaelens.memory import estimate_memory
+
+    est = estimate_memory(family, request, op="decode", tiled=tiled)
+    peak = ActivationPeak(peak_bytes=est.peak_bytes, peak_at=est.peak_at, output_bytes=est.output_bytes)
+    return peak, tuple(est.input_shape)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineRequest:
+    """What to estimate: pipeline, pixels [B,3,(F,)H,W] at dtype, VAE tiling."""
+
+    pipeline: PipelineSpec
+    width: int
+    height: int
+    frames: int | None = None
+    batch: int = 1
+    dtype: DType = DType.BF16
+    vae_tiling: bool = False
+
+    def pixel_request(self, dtype: DType | None = None) -> PixelRequest:
+        return PixelRequest(width=self.width, height=self.height, frames=self.frames, batch=self.batch,
+                            dtype=dtype or self.dtype)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ComponentReport:
+    """One model of the pipeline: class, config source, exact size from the meta-built module."""
+
+    name: str
+    title: str
+    role: Role
+    class_name: str
+    config_source: str
+    params: int
+    weights_bytes: int
+    largest_leaf_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stage:
+    """One component call of the run (offload-independent part)."""
+
+    label: str  # "text_encoder_2 (T5-XXL encoder)", "transformer ×2 (CFG batch)", "vae decode"
+    component: str
+    role: Role
+    call_batch: int
+    activation_bytes: int  # peak above weights + inputs, the output counted (memory model)
+    peak_at: str
+    carried_bytes: int  # tensors the pipeline holds during the call (inputs, embeddings, latents)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageMemory:
+    """A stage under one offload mode: what is resident, and the stage's peak."""
+
+    stage: Stage
+    resident: tuple[str, ...]  # components whose weights are on the GPU during the call
+    weights_bytes: int
+    peak_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OffloadReport:
+    mode: Offload
+    stages: tuple[StageMemory, ...]
+
+    @property
+    def peak(self) -> StageMemory:
+        return max(self.stages, key=lambda s: s.peak_bytes)
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.peak.peak_bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineEstimate:
+    """The whole run: components, stages, and per offload mode the stage peaks and the overall peak."""
+
+    request: PipelineRequest
+    latent_shape: tuple[int, ...]
+    components: tuple[ComponentReport, ...]
+    stages: tuple[Stage, ...]
+    offload: tuple[OffloadReport, ...]
+    notes: tuple[str, ...] = ()
+
+    def mode(self, mode: Offload | str) -> OffloadReport:
+        mode = Offload.parse(mode)
+        return next(r for r in self.offload if r.mode is mode)
+
+    def to_json(self) -> dict[str, Any]:
+        req = self.request
+        spec = req.pipeline
+        return {
+            "pipeline": spec.name,
+            "pipeline_class": spec.pipeline_class,
+            "repo": spec.repo,
+            "dtype": req.dtype.value,
+            "size": [req.width, req.height],
+            "frames": req.frames,
+            "batch": req.batch,
+            "vae_tiling": req.vae_tiling,
+            "guidance": spec.guidance.value,
+            "latent_shape": list(self.latent_shape),
+            "components": [
+                {"name": c.name, "title": c.title, "role": c.role.value, "class": c.class_name,
+                 "config_source": c.config_source, "params": c.params, "weights_bytes": c.weights_bytes}
+                for c in self.components
+            ],
+            "stages": [
+                {"label": s.label, "component": s.component, "role": s.role.value, "call_batch": s.call_batch,
+                 "activation_bytes": s.activation_bytes, "peak_at": s.peak_at, "carried_bytes": s.carried_bytes}
+                for s in self.stages
+            ],
+            "offload": {
+                r.mode.value: {
+                    "peak_bytes": r.peak_bytes,
+                    "peak_stage": r.peak.stage.label,
+                    "stages": [{"label": m.stage.label, "resident": list(m.resident),
+                                "weights_bytes": m.weights_bytes, "peak_bytes": m.peak_bytes}
+                               for m in r.stages],
+                }
+                for r in self.offload
+            },
+            "notes": list(self.notes),
+        }
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def _kept_bytes(component: ComponentSpec, batch: int, itemsize: int) -> int:
+    """Embeddings the pipeline keeps from one text encoder call: [B, kept_tokens, kept_dim] + pooled."""
+    call = component.call
+    assert call is not None
+    return batch * (call.kept_tokens * call.kept_dim + call.pooled_dim) * itemsize
+
+
+def build_stages(
+    req: PipelineRequest, modules: dict[str, Any], *, latent_shape: tuple[int, ...],
+    decode: ActivationPeak, peak_fn: PeakFn,
+) -> tuple[Stage, ...]:
+    """Request + meta-built modules -> the run's stages in order (text calls, denoiser calls, decode)."""
+    spec, dtype, B = req.pipeline, req.dtype, req.batch
+    item = dtype.itemsize
+    stages: list[Stage] = []
+    cache: dict[str, ActivationPeak] = {}
+    kept = 0
+    for enc, negative in spec.text_calls():
+        if enc.name not in cache:
+            cache[enc.name] = peak_fn(modules[enc.name], text_encoder_plan(enc, batch=B), dtype)
+        peak = cache[enc.name]
+        plan = text_encoder_plan(enc, batch=B)
+        stages.append(Stage(
+            label=f"{enc.name}{' (negative)' if negative else ''}", component=enc.name,
+            role=Role.TEXT_ENCODER, call_batch=B, activation_bytes=peak.peak_bytes, peak_at=peak.peak_at,
+            carried_bytes=kept + plan.input_bytes(dtype),
+        ))
+        kept += _kept_bytes(enc, B, item)
+    cfg = spec.guidance
+    if cfg is not Guidance.NONE and not spec.encodes_negative:
+        kept *= 2  # zero-filled negative embeddings of the same shapes (SDXL)
+    latent_bytes = _numel(latent_shape) * item
+    den = spec.denoiser
+    call_batch = 2 * B if cfg is Guidance.BATCH else B
+    plan = denoiser_plan(spec, latent_shape, batch=call_batch)
+    peak = peak_fn(modules[den.name], plan, dtype)
+    # Held during the call: the scheduler's latents, the call's inputs (the batched copy under CFG
+    # batching), and all prompt embeddings; under sequential CFG the first call's output too.
+    carried = latent_bytes + plan.input_bytes(dtype) + kept
+    calls = [("", 0)] if cfg is not Guidance.SEQUENTIAL else [(" (cond)", 0), (" (uncond)", latent_bytes)]
+    for suffix, extra in calls:
+        label = f"{den.name}{suffix}" if cfg is not Guidance.BATCH else f"{den.name} (CFG batch ×2)"
+        stages.append(Stage(label=f"{label} · 1 step", component=den.name, role=Role.DENOISER,
+                            call_batch=call_batch, activation_bytes=peak.peak_bytes, peak_at=peak.peak_at,
+                            carried_bytes=carried + extra))
+    vae_peak = decode
+    stages.append(Stage(label="vae decode" + (" (tiled)" if req.vae_tiling else ""), component="vae",
+                        role=Role.VAE, call_batch=B, activation_bytes=vae_peak.peak_bytes,
+                        peak_at=vae_peak.peak_at, carried_bytes=kept + latent_bytes))
+    return tuple(stages)
+
+
+def resident_sets(spec: PipelineSpec, stages: tuple[Stage, ...], mode: Offload) -> list[tuple[str, ...]]:
+    """Stages -> the components whose weights are on the GPU during each stage, for one offload mode.
+
+    model: accelerate's CpuOffload hook of component k offloads the component before k in
+    model_cpu_offload_seq, then loads k; nothing else moves.
+    """
+    names = [*(c.name for c in spec.components), "vae"]
+    if mode is Offload.NONE:
+        return [tuple(names)] * len(stages)
+    if mode is Offload.SEQUENTIAL:
+        return [(s.component,) for s in stages]
+    seq = [n for n in spec.offload_seq if n in names]
+    prev = {seq[i]: seq[i - 1] for i in range(1, len(seq))}
+    on_gpu: list[str] = []
+    out = []
+    for s in stages:
+        p = prev.get(s.component)
+        if p in on_gpu:
+            on_gpu.remove(p)
+        if s.component not in on_gpu:
+            on_gpu.append(s.component)
+        out.append(tuple(n for n in names if n in on_gpu))
+    return out
+
+
+def offload_reports(spec: PipelineSpec, stages: tuple[Stage, ...], sizes: dict[str, ComponentSize]) -> tuple[OffloadReport, ...]:
+    """Stages + component sizes -> one OffloadReport per mode (none, model, sequential)."""
+    reports = []
+    for mode in Offload:
+        rows = []
+        for stage, resident in zip(stages, resident_sets(spec, stages, mode), strict=True):
+            if mode is Offload.SEQUENTIAL:
+                weights = sizes[stage.component].largest_leaf_bytes
+            else:
+                weights = sum(sizes[n].weights_bytes for n in resident)
+            rows.append(StageMemory(stage=stage, resident=resident, weights_bytes=weights,
+                                    peak_bytes=weights + stage.carried_bytes + stage.activation_bytes))
+        reports.append(OffloadReport(mode=mode, stages=tuple(rows)))
+    return tuple(reports)
+
+
+@dataclass(slots=True)
+class EstimateCache:
+    """Reuse within one session (e.g. a --budget search): meta modules by (component, dtype), call
+    peaks by (module size, call plan, dtype). Create one per question; never module-global."""
+
+    modules: dict = field(default_factory=dict)
+    peaks: dict = field(default_factory=dict)
+
+    def module(self, spec: ComponentSpec, dtype: DType):
+        key = (spec.name, spec.config_source, dtype)
+        if key not in self.modules:
+            self.modules[key] = build_component(spec, dtype=dtype)
+        return self.modules[key]
+
+    def wrap(self, peak_fn: PeakFn) -> PeakFn:
+        def cached(module: Any, plan: CallPlan, dtype: DType) -> ActivationPeak:
+            key = (type(module).__name__, sum(p.numel() for p in module.parameters()), repr(plan), dtype)
+            if key not in self.peaks:
+                self.peaks[key] = peak_fn(module, plan, dtype)
+            return self.peaks[key]
+
+        return cached
+
+
+def estimate_pipeline(
+    request: PipelineRequest, *, peak_fn: PeakFn = trace_peak, decode_fn: DecodeFn = estimate_decode,
+    cache: EstimateCache | None = None,
+) -> PipelineEstimate:
+    """PipelineRequest -> PipelineEstimate: components built on meta, stages traced, offload modes.
+
+    >>> from vaelens.pipelines import get_pipeline
+    >>> est = estimate_pipeline(PipelineRequest(pipeline=get_pipeline("sd15"), width=256, height=256))
+    >>> [s.label for s in est.stages]
+    ['text_encoder', 'text_encoder (negative)', 'unet (CFG batch ×2) · 1 step', 'vae decode']
+    """
+    spec, dtype = request.pipeline, request.dtype
+    cache = cache if cache is not None else EstimateCache()
+    peak_fn = cache.wrap(peak_fn)
+    modules = {c.name: cache.module(c, dtype) for c in spec.components}
+    sizes = {name: measure_component(m) for name, m in modules.items()}
+    vae_dtype = dtype
+    notes = []
+    if spec.upcasts_fp16_vae and dtype is DType.FP16:
+        vae_dtype = DType.FP32
+        notes.append("the pipeline upcasts the fp16 VAE to fp32 for the decode (force_upcast)")
+    vae_peak, latent_shape = decode_fn(spec.vae_family, request.pixel_request(vae_dtype), request.vae_tiling)
+    sizes["vae"] = _vae_size(spec.vae_family, vae_dtype)
+    stages = build_stages(request, modules, latent_shape=latent_shape, decode=vae_peak, peak_fn=peak_fn)
+    components = tuple(
+        ComponentReport(name=c.name, title=c.title, role=c.role, class_name=c.class_name,
+                        config_source=c.config_source, params=sizes[c.name].params,
+                        weights_bytes=sizes[c.name].weights_bytes,
+                        largest_leaf_bytes=sizes[c.name].largest_leaf_bytes)
+        for c in spec.components
+    ) + (_vae_report(spec, sizes["vae"], vae_dtype),)
+    if spec.notes:
+        notes.append(spec.notes)
+    return PipelineEstimate(request=request, latent_shape=latent_shape, components=components, stages=stages,
+                            offload=offload_reports(spec, stages, sizes), notes=tuple(notes))
+
+
+def _vae_size(family: str, dtype: DType) -> ComponentSize:
+    """The registry family's real diffusers VAE, built on meta -> its ComponentSize."""
+    from vaelens.build import build_module
+    from vaelens.families import get_family
+
+    return measure_component(build_module(get_family(family), device="meta", dtype=dtype))
+
+
+def _vae_report(spec: PipelineSpec, size: ComponentSize, dtype: DType) -> ComponentReport:
+    from vaelens.families import get_family
+
+    fam = get_family(spec.vae_family)
+    return ComponentReport(name="vae", title=f"VAE ({fam.name})", role=Role.VAE, class_name=fam.diffusers_class,
+                           config_source=fam.config_source, params=size.params, weights_bytes=size.weights_bytes,
+                           largest_leaf_bytes=size.largest_leaf_bytes)

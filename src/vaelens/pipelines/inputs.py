@@ -1,0 +1,187 @@
+"""The inputs a pipeline hands each component, as meta tensors, laid out the way its __call__ does.
+
+text encoder: input_ids [B, tokens] (+ attention_mask)      -> hidden states
+denoiser:     latent [b, C, (F',) h, w] or its packed tokens, text context [b, L, D], timestep [b]
+              with b = 2B where the pipeline batches classifier-free guidance.
+
+A `ModuleCall` wraps the component so `vaelens.trace(call, tensors)` runs exactly one forward with
+these keyword arguments; the tensors are passed positionally so the tracer counts them as inputs
+(resident before the call), as they are in the real pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vaelens.options import DType
+from vaelens.pipelines.spec import ComponentSpec, DenoiserKind, PipelineSpec
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TensorSpec:
+    """One input tensor: name, shape and dtype name ('model' = the component's dtype)."""
+
+    name: str
+    shape: Shape
+    dtype: str = "model"  # "model" | "float32" | "int64"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallPlan:
+    """tensors + constants -> the keyword arguments of one component call."""
+
+    tensors: tuple[TensorSpec, ...]
+    constants: tuple[tuple[str, Any], ...] = ()
+    # Keyword names whose tensors are grouped into one tuple argument: (kwarg, (tensor names…)).
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    nested: tuple[tuple[str, tuple[str, ...]], ...] = ()  # kwarg -> dict of these tensors
+
+    def input_bytes(self, dtype: DType) -> int:
+        size = {"model": dtype.itemsize, "float32": 4, "int64": 8}
+        total = 0
+        for t in self.tensors:
+            n = 1
+            for d in t.shape:
+                n *= d
+            total += n * size[t.dtype]
+        return total
+
+    def make_tensors(self, dtype: DType, device: str = "meta") -> list:
+        import torch
+
+        kinds = {"model": dtype.torch, "float32": torch.float32, "int64": torch.int64}
+        return [torch.empty(t.shape, dtype=kinds[t.dtype], device=device) for t in self.tensors]
+
+    def kwargs(self, tensors: Sequence[Any]) -> dict[str, Any]:
+        by_name = {t.name: x for t, x in zip(self.tensors, tensors, strict=True)}
+        grouped = {n for _, names in (*self.groups, *self.nested) for n in names}
+        out: dict[str, Any] = {k: v for k, v in by_name.items() if k not in grouped}
+        for key, names in self.groups:
+            out[key] = tuple(by_name[n] for n in names)
+        for key, names in self.nested:
+            out[key] = {n: by_name[n] for n in names}
+        out.update(dict(self.constants))
+        return out
+
+
+def module_call(module, plan: CallPlan):
+    """nn.Module + CallPlan -> a thin nn.Module whose forward(*tensors) calls module(**kwargs)."""
+    import torch
+
+    class ModuleCall(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = module
+
+        def forward(self, *tensors):
+            return self.inner(**plan.kwargs(tensors))
+
+    return ModuleCall()
+
+
+def text_encoder_plan(component: ComponentSpec, *, batch: int) -> CallPlan:
+    """text encoder -> input_ids [B, tokens] (+ attention_mask [B, tokens]) as its pipeline passes them."""
+    call = component.call
+    assert call is not None, component.name
+    tensors = [TensorSpec(name="input_ids", shape=(batch, call.tokens), dtype="int64")]
+    # The padding mask is left out: whether transformers materialises it depends on its values
+    # (`padding_mask.all()` in masking_utils), which meta tensors do not have. Traced this way the
+    # prompt fills the max length; a padded prompt adds a [B,1,L,L] boolean mask (B·L² bytes).
+    constants: list[tuple[str, Any]] = []
+    if call.output_hidden_states:
+        constants.append(("output_hidden_states", True))
+    if component.class_name == "Qwen2_5_VLForConditionalGeneration":
+        # Text-only prompt: the 3-axis M-RoPE positions are arange(L) on every axis (get_rope_index);
+        # passed in, because computing them reads the token ids (data, which meta tensors lack).
+        tensors.append(TensorSpec(name="position_ids", shape=(3, batch, call.tokens), dtype="int64"))
+    return CallPlan(tensors=tuple(tensors), constants=tuple(constants))
+
+
+def _context(spec: PipelineSpec) -> tuple[int, int, int]:
+    """-> (text tokens, text width, pooled width) the denoiser receives per prompt."""
+    encs = spec.text_encoders
+    pooled = sum(e.call.pooled_dim for e in encs if e.call)
+    if spec.denoiser_kind is DenoiserKind.UNET:
+        width = sum(e.call.kept_dim for e in encs if e.call)  # SDXL concatenates CLIP-L and bigG
+        return encs[0].call.kept_tokens, width, pooled  # type: ignore[union-attr]
+    if spec.denoiser_kind is DenoiserKind.SD3:
+        clip_tokens = encs[0].call.kept_tokens  # type: ignore[union-attr]
+        t5 = encs[-1].call
+        return clip_tokens + t5.kept_tokens, t5.kept_dim, pooled  # type: ignore[union-attr]
+    main = max((e for e in encs if e.call and e.call.kept_tokens), key=lambda e: e.call.kept_tokens)
+    return main.call.kept_tokens, main.call.kept_dim, pooled  # type: ignore[union-attr]
+
+
+def denoiser_plan(spec: PipelineSpec, latent: Shape, *, batch: int) -> CallPlan:
+    """pipeline + latent [B,C,(F',)h,w] + call batch b -> the denoiser's inputs for one step."""
+    cfg = spec.denoiser.config
+    L, D, pooled = _context(spec)
+    C = latent[1]
+    b = batch
+    kind = spec.denoiser_kind
+    ts = TensorSpec(name="timestep", shape=(b,), dtype="float32")
+    ctx = TensorSpec(name="encoder_hidden_states", shape=(b, L, D))
+    if kind is DenoiserKind.UNET:
+        h, w = latent[-2:]
+        tensors = [TensorSpec(name="sample", shape=(b, C, h, w)), ts, ctx]
+        nested: tuple[tuple[str, tuple[str, ...]], ...] = ()
+        if cfg.get("addition_embed_type") == "text_time":  # SDXL: pooled bigG + 6 size/crop ids
+            tensors += [TensorSpec(name="text_embeds", shape=(b, pooled)), TensorSpec(name="time_ids", shape=(b, 6))]
+            nested = (("added_cond_kwargs", ("text_embeds", "time_ids")),)
+        return CallPlan(tensors=tuple(tensors), nested=nested, constants=(("return_dict", False),))
+    if kind in (DenoiserKind.SD3, DenoiserKind.SANA):
+        h, w = latent[-2:]
+        tensors = [TensorSpec(name="hidden_states", shape=(b, C, h, w)), ts, ctx]
+        if kind is DenoiserKind.SD3:
+            tensors.append(TensorSpec(name="pooled_projections", shape=(b, pooled)))
+        else:
+            tensors.append(TensorSpec(name="encoder_attention_mask", shape=(b, L), dtype="int64"))
+        return CallPlan(tensors=tuple(tensors), constants=(("return_dict", False),))
+    if kind in (DenoiserKind.FLUX, DenoiserKind.QWEN):
+        h, w = latent[-2:]
+        n = (h // 2) * (w // 2)  # 2×2 patches packed into tokens (_pack_latents)
+        tensors = [TensorSpec(name="hidden_states", shape=(b, n, C * 4)), ts, ctx]
+        constants: list[tuple[str, Any]] = [("return_dict", False)]
+        if kind is DenoiserKind.FLUX:
+            tensors += [TensorSpec(name="pooled_projections", shape=(b, pooled)),
+                        TensorSpec(name="img_ids", shape=(n, 3)), TensorSpec(name="txt_ids", shape=(L, 3))]
+            if cfg.get("guidance_embeds"):
+                tensors.append(TensorSpec(name="guidance", shape=(b,), dtype="float32"))
+        else:
+            tensors.append(TensorSpec(name="encoder_hidden_states_mask", shape=(b, L), dtype="int64"))
+            constants.append(("img_shapes", [[(1, h // 2, w // 2)]] * b))
+        return CallPlan(tensors=tuple(tensors), constants=tuple(constants))
+    if kind in (DenoiserKind.WAN, DenoiserKind.HUNYUAN):
+        tensors = [TensorSpec(name="hidden_states", shape=(b, *latent[1:])), ts, ctx]
+        if kind is DenoiserKind.HUNYUAN:
+            tensors += [TensorSpec(name="encoder_attention_mask", shape=(b, L), dtype="int64"),
+                        TensorSpec(name="pooled_projections", shape=(b, pooled)),
+                        TensorSpec(name="guidance", shape=(b,), dtype="float32")]
+        return CallPlan(tensors=tuple(tensors), constants=(("return_dict", False),))
+    if kind is DenoiserKind.LTX:
+        f, h, w = latent[2:]
+        tensors = [TensorSpec(name="hidden_states", shape=(b, f * h * w, C)), ts, ctx,
+                   TensorSpec(name="encoder_attention_mask", shape=(b, L), dtype="int64")]
+        # rope_interpolation_scale = (temporal ratio / frame_rate, spatial, spatial): pipeline_ltx.py,
+        # frame_rate=25, VAE ratios 8 and 32 of the LTX VAE.
+        constants = (("num_frames", f), ("height", h), ("width", w),
+                     ("rope_interpolation_scale", (8 / 25, 32, 32)), ("return_dict", False))
+        return CallPlan(tensors=tuple(tensors), constants=constants)
+    if kind is DenoiserKind.COGVIDEOX:
+        f, h, w = latent[2:]
+        p = int(cfg["patch_size"])
+        n = f * (h // p) * (w // p)
+        head = int(cfg["attention_head_dim"])
+        tensors = [TensorSpec(name="hidden_states", shape=(b, f, C, h, w)), ts, ctx,
+                   TensorSpec(name="rope_cos", shape=(n, head), dtype="float32"),
+                   TensorSpec(name="rope_sin", shape=(n, head), dtype="float32")]
+        return CallPlan(tensors=tuple(tensors), groups=(("image_rotary_emb", ("rope_cos", "rope_sin")),),
+                        constants=(("return_dict", False),))
+    raise AssertionError(kind)
+
+
+PlanFn = Callable[..., CallPlan]
