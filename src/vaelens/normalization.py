@@ -56,6 +56,19 @@ def _checked(t: Any, what: str):
     return t
 
 
+def _stat_paths(stats_from: str) -> tuple[str, str]:
+    """'latents_mean' -> ('latents_mean', 'latents_std'); 'a,b' -> ('a', 'b')."""
+    if "," in stats_from:
+        mean_path, std_path = (p.strip() for p in stats_from.split(",", 1))
+        return mean_path, std_path
+    head, _, last = stats_from.rpartition(".")
+    if "mean" not in last:
+        raise VaeLensError(
+            f"stats_from {stats_from!r}: name the mean buffer (e.g. 'latents_mean') or both ('a,b')"
+        )
+    return stats_from, (f"{head}." if head else "") + last.replace("mean", "std")
+
+
 def _stats(norm: Normalization, module: Any) -> tuple[Any, Any]:
     """-> (mean, std) as 1-D tensors; std already includes eps for BatchNorm statistics."""
     import torch
@@ -78,15 +91,7 @@ def _stats(norm: Normalization, module: Any) -> tuple[Any, Any]:
         eps = norm.eps if norm.eps > 0 else float(getattr(bn, "eps", 0.0))
         # flux2 pipeline: torch.sqrt(vae.bn.running_var + vae.config.batch_norm_eps)
         return mean, torch.sqrt(var + eps)
-    if "," in norm.stats_from:
-        mean_path, std_path = (p.strip() for p in norm.stats_from.split(",", 1))
-    else:
-        head, _, last = norm.stats_from.rpartition(".")
-        if "mean" not in last:
-            raise VaeLensError(
-                f"stats_from {norm.stats_from!r}: name the mean buffer (e.g. 'latents_mean') or both ('a,b')"
-            )
-        mean_path, std_path = norm.stats_from, (f"{head}." if head else "") + last.replace("mean", "std")
+    mean_path, std_path = _stat_paths(norm.stats_from)
     mean = _checked(_attr(module, mean_path), mean_path)
     std = _checked(_attr(module, std_path), std_path)
     return mean, std
@@ -184,7 +189,7 @@ def describe(norm: Normalization) -> str:
     """
     kind = norm.kind
     if kind is NormKind.NONE:
-        return "identity: the latent is used as is (scaling_factor 1.0)"
+        return "identity (scaling_factor 1.0: the latent is used as is)"
     if kind is NormKind.AFFINE:
         body = f"(z − {_num(norm.shift)})" if norm.shift else "z"
         return f"{body} × {_num(norm.scale)}"
@@ -193,7 +198,9 @@ def describe(norm: Normalization) -> str:
         if norm.mean is not None:
             where = f"{len(norm.mean)} per-channel constants from the config"
         else:
-            where = f"per-channel statistics from the checkpoint buffers ({norm.stats_from} / std)"
+            where = "per-channel statistics from the checkpoint buffers " + ", ".join(
+                _stat_paths(norm.stats_from or "latents_mean")
+            )
         return f"(z − mean_c){scale} / std_c, {where}"
     if kind is NormKind.BATCHNORM_PATCHED:
         ph, pw = _patch(norm)
