@@ -1,0 +1,114 @@
+"""Arguments shared by the real-weights commands (encode, decode, roundtrip, inspect), and their loading."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+from typing import Any
+
+from vaelens.cli.common import warn
+from vaelens.errors import VaeLensError
+
+
+def add_vae(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    g = parser.add_argument_group("weights")
+    g.add_argument(
+        "--vae",
+        metavar="PATH_OR_ID",
+        required=required,
+        help="diffusers folder (or pipeline folder with vae/), single .safetensors file (diffusers or original "
+        "keys, or a full checkpoint), or a repo id in the local Hugging Face cache"
+        + ("" if required else "; default: vaelens' built-in demo VAE"),
+    )
+    g.add_argument(
+        "--family",
+        metavar="NAME",
+        help="family (or config.json) the weights must be; default: detected from the tensor shapes",
+    )
+    g.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow .ckpt/.pt/.bin pickle checkpoints (read with torch.load(weights_only=True))",
+    )
+    g.add_argument("--device", help="cuda | cpu | cuda:N (default: cuda if torch sees one, else cpu)")
+    g.add_argument("--dtype", default="fp32", metavar="D", help="fp32 | fp16 | bf16 (default fp32)")
+    g.add_argument(
+        "--upcast",
+        default="auto",
+        choices=("auto", "always", "never"),
+        help="auto (default): fp32 when the config says force_upcast and dtype is fp16, and redo a "
+        "step in fp32 when it produces NaN/Inf; always; never",
+    )
+
+
+def load_from_args(args: argparse.Namespace, *, default_demo: bool = False):
+    """--vae/--family/--device/--dtype -> LoadedVae (the demo model when --vae is absent and allowed)."""
+    from vaelens.weights import load_vae
+
+    if args.vae is None:
+        if not default_demo:
+            raise VaeLensError(
+                "--vae is required: a diffusers folder, a .safetensors file, or a cached repo id"
+            )
+        from vaelens.demo import demo_weights_path
+
+        source: Any = demo_weights_path()
+        if not Path(source).is_file():
+            raise VaeLensError(f"the demo weights {source} are missing from this install; pass --vae")
+    else:
+        source = args.vae
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vae = load_vae(
+            source, family=args.family, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle
+        )
+    for w in caught:
+        if "weights_only" in str(w.message) or "pickle" in str(w.message):
+            warn(str(w.message))
+    return vae
+
+
+def progress(enabled: bool):
+    """-> a rich Progress on stderr (transient), or a no-op stand-in when disabled."""
+    if enabled:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+
+    class _Null:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def add_task(self, *a, **k):
+            return 0
+
+        def advance(self, *a, **k):
+            return None
+
+    return _Null()
+
+
+def step_line(report) -> str:
+    """StepReport -> 'encode 0.41 s fp32, peak 25.2 MB (CPU RSS)' (+ upcast / NaN notes)."""
+    mem = report.memory.get("peak_bytes")
+    where = "CUDA" if "cuda" in report.memory.get("method", "") else "CPU RSS"
+    text = f"{report.op} {report.seconds:.2f} s at {report.dtype_used.value}"
+    if mem is not None:
+        text += f", peak {mem / 1e6:.1f} MB ({where})"
+    if report.upcast_reason:
+        text += f"; upcast: {report.upcast_reason}"
+    if report.nonfinite:
+        text += f"; WARNING {report.nonfinite} NaN/Inf values in the output"
+    return text

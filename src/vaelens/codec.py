@@ -1,0 +1,369 @@
+"""Encode, decode and round-trip with real weights: normalisation, fp32 upcast, NaN/Inf checks,
+time and peak memory, PSNR and SSIM.
+
+pixels [B,3,H,W] in [-1,1] -> encode -> raw latent z [B,C,h,w] -> normalise -> latent
+latent -> denormalise -> decode -> pixels [B,3,H,W] (float32 on CPU; not clamped)
+Video families take a still image as one frame: pixels [B,3,1,H,W].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import math
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vaelens.errors import VaeLensError
+from vaelens.options import DType
+from vaelens.weights import LoadedVae, cast_module
+
+
+class Upcast(str, enum.Enum):
+    """When to run a step in fp32 although --dtype asked for fp16/bf16."""
+
+    AUTO = "auto"  # as diffusers: fp32 when config.force_upcast and fp16; and redo in fp32 on NaN/Inf
+    ALWAYS = "always"
+    NEVER = "never"
+
+    @classmethod
+    def parse(cls, value: str | Upcast) -> Upcast:
+        try:
+            return cls(value)
+        except ValueError:
+            raise VaeLensError(f"upcast {value!r} is not one of: auto, always, never") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepReport:
+    """One encode or decode call: the dtype it ran in, why, what went non-finite, time and memory."""
+
+    op: str
+    dtype_requested: DType
+    dtype_used: DType
+    upcast_reason: str | None
+    nonfinite_first: int  # NaN/Inf elements in the first attempt's output
+    nonfinite: int  # … in the output returned
+    seconds: float
+    memory: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "op": self.op,
+            "dtype_requested": self.dtype_requested.value,
+            "dtype_used": self.dtype_used.value,
+            "upcast": self.upcast_reason,
+            "nonfinite_first_attempt": self.nonfinite_first,
+            "nonfinite": self.nonfinite,
+            "seconds": round(self.seconds, 4),
+            "memory": self.memory,
+        }
+
+
+# --------------------------------------------------------------------------------------- memory
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            import os
+
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@contextlib.contextmanager
+def measure_memory(device: str) -> Iterator[dict[str, Any]]:
+    """Peak memory of the block. CUDA: max_memory_allocated − memory_allocated before (vaelens' peak_bytes
+    definition). CPU: resident-set size sampled every 2 ms minus RSS before (allocator caching included;
+    not comparable with CUDA numbers). Other platforms: not measured."""
+    import torch
+
+    out: dict[str, Any] = {}
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        try:
+            yield out
+        finally:
+            torch.cuda.synchronize()
+            out.update(
+                peak_bytes=int(torch.cuda.max_memory_allocated() - before),
+                method="torch.cuda.max_memory_allocated() - memory_allocated() before the call",
+            )
+        return
+    start = _rss_bytes()
+    if start is None:
+        out.update(peak_bytes=None, method="not measured on this platform (no /proc/self/statm)")
+        yield out
+        return
+    peak = [start]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            rss = _rss_bytes()
+            if rss is not None and rss > peak[0]:
+                peak[0] = rss
+            stop.wait(0.002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        thread.join()
+        end = _rss_bytes() or start
+        peak[0] = max(peak[0], end)
+        out.update(
+            peak_bytes=int(peak[0] - start),
+            method="CPU: peak resident-set size (sampled every 2 ms) minus RSS before the call; "
+            "includes allocator caching, not comparable with CUDA peak_bytes",
+        )
+
+
+# ------------------------------------------------------------------------------------------ steps
+
+
+def _nonfinite(t) -> int:
+    import torch
+
+    return int((~torch.isfinite(t)).sum().item())
+
+
+def _dtype_of(module) -> DType:
+    import torch
+
+    d = next(module.parameters()).dtype
+    return {torch.float32: DType.FP32, torch.float16: DType.FP16, torch.bfloat16: DType.BF16}[d]
+
+
+def _run(vae: LoadedVae, op: str, x, fn, upcast: Upcast) -> tuple[Any, StepReport]:
+    """Run fn(module, x) at the module's dtype, or in fp32 per `upcast`; module's dtype restored after."""
+    import torch
+
+    module = vae.module
+    requested = _dtype_of(module)
+    forced = None
+    if requested is not DType.FP32:
+        if upcast is Upcast.ALWAYS:
+            forced = "--upcast always"
+        elif upcast is Upcast.AUTO and requested is DType.FP16 and vae.spec.config.get("force_upcast"):
+            # diffusers pipelines (e.g. stable_diffusion_xl/pipeline_stable_diffusion_xl.py: needs_upcasting)
+            # run a force_upcast VAE in fp32 when the pipeline runs in fp16.
+            forced = "config force_upcast with fp16 (as diffusers pipelines do)"
+    t0 = time.perf_counter()
+    with measure_memory(vae.device) as mem:
+        try:
+            used = DType.FP32 if forced else requested
+            if forced:
+                cast_module(module, dtype=torch.float32)
+            with torch.inference_mode():
+                out = fn(module, x.to(vae.device, used.torch))
+            first = _nonfinite(out)
+            reason = forced
+            final = first
+            if first and used is not DType.FP32 and upcast is Upcast.AUTO:
+                cast_module(module, dtype=torch.float32)
+                with torch.inference_mode():
+                    out = fn(module, x.to(vae.device, torch.float32))
+                used, final = DType.FP32, _nonfinite(out)
+                reason = f"{first} NaN/Inf values at {requested.value}; redone in fp32"
+        finally:
+            cast_module(module, dtype=requested.torch)
+    seconds = time.perf_counter() - t0
+    report = StepReport(
+        op=op,
+        dtype_requested=requested,
+        dtype_used=used,
+        upcast_reason=reason,
+        nonfinite_first=first,
+        nonfinite=final,
+        seconds=seconds,
+        memory=dict(mem),
+    )
+    return out.float().cpu(), report
+
+
+def _as_module_input(vae: LoadedVae, pixels):
+    """pixels [B,3,H,W] -> [B,3,1,H,W] for modules that take video (one frame)."""
+    if (vae.spec.is_video or vae.spec.video_module) and pixels.ndim == 4:
+        return pixels.unsqueeze(2)
+    return pixels
+
+
+def _check_input(t, what: str) -> None:
+    bad = _nonfinite(t)
+    if bad:
+        raise VaeLensError(f"{what} holds {bad} NaN/Inf values of {t.numel()}; nothing finite to run on")
+
+
+def encode(
+    vae: LoadedVae,
+    pixels,
+    *,
+    sample: bool = False,
+    seed: int = 0,
+    normalized: bool = True,
+    upcast: Upcast | str = Upcast.AUTO,
+) -> tuple[Any, StepReport]:
+    """pixels [B,3,H,W] in [-1,1] -> (latent [B,C,(1,)h,w] float32 CPU, normalised unless told not, StepReport).
+
+    `sample` draws from the posterior with a seeded generator; otherwise its mode (the mean for KL VAEs).
+    """
+    import torch
+
+    from vaelens.normalization import normalize
+
+    _check_input(pixels, "pixels")
+    upcast = Upcast.parse(upcast)
+    x = _as_module_input(vae, pixels)
+
+    def fn(module, inp):
+        out = module.encode(inp)
+        out = out[0] if isinstance(out, tuple) else out
+        dist = getattr(out, "latent_dist", None)
+        if dist is None:
+            from vaelens.build import run_encode
+
+            return run_encode(module, inp)
+        if sample:
+            gen = torch.Generator(device=inp.device).manual_seed(seed)
+            return dist.sample(generator=gen)
+        return dist.mode()
+
+    z, report = _run(vae, "encode", x, fn, upcast)
+    if normalized:
+        z = normalize(z, vae.spec.normalization, module=vae.module)
+        z = z.float().cpu()
+    return z, report
+
+
+def decode(
+    vae: LoadedVae, latent, *, normalized: bool = True, upcast: Upcast | str = Upcast.AUTO
+) -> tuple[Any, StepReport]:
+    """latent (normalised unless told not) -> (pixels [B,3,(F,)H,W] float32 CPU, not clamped, StepReport)."""
+    from vaelens.build import run_decode
+    from vaelens.normalization import denormalize
+
+    _check_input(latent, "latent")
+    upcast = Upcast.parse(upcast)
+    z = latent
+    if normalized:
+        z = denormalize(latent.to(vae.device), vae.spec.normalization, module=vae.module)
+    pixels, report = _run(vae, "decode", z, run_decode, upcast)
+    if pixels.ndim == 5 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    return pixels, report
+
+
+# ------------------------------------------------------------------------------------- metrics
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """arrays in [0,1] (same shape) -> PSNR in dB (inf when equal).
+
+    >>> round(psnr(np.zeros((4, 4)), np.full((4, 4), 0.1)), 6)
+    20.0
+    """
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> np.ndarray:
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    return g / g.sum()
+
+
+def _filter_valid(img: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """[H,W] -> separable Gaussian filter, 'valid' region only (windows wholly inside the image)."""
+    k = len(g)
+    rows = np.lib.stride_tricks.sliding_window_view(img, k, axis=1) @ g
+    return np.lib.stride_tricks.sliding_window_view(rows, k, axis=0) @ g
+
+
+def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float = 1.0, sigma: float = 1.5) -> float:
+    """arrays [H,W] or [H,W,C] in [0, data_range] -> mean SSIM (Wang et al. 2004), channels averaged.
+
+    Gaussian window σ = 1.5 (11 taps), K1 = 0.01, K2 = 0.03, population covariances, means over the
+    positions whose window lies inside the image — the paper's settings (skimage's structural_similarity
+    with gaussian_weights=True, use_sample_covariance=False gives the same).
+    """
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise VaeLensError(f"ssim: shapes differ, {list(a.shape)} vs {list(b.shape)}")
+    if a.ndim == 3:
+        return float(
+            np.mean(
+                [ssim(a[..., c], b[..., c], data_range=data_range, sigma=sigma) for c in range(a.shape[2])]
+            )
+        )
+    g = _gaussian_window(sigma)
+    if min(a.shape) < len(g):
+        raise VaeLensError(f"ssim: image {list(a.shape)} is smaller than the {len(g)}-pixel Gaussian window")
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = _filter_valid(a, g), _filter_valid(b, g)
+    var_a = _filter_valid(a * a, g) - mu_a**2
+    var_b = _filter_valid(b * b, g) - mu_b**2
+    cov = _filter_valid(a * b, g) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(s.mean())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Roundtrip:
+    """pixels -> latent -> pixels, scored: PSNR/SSIM on [0,1] images, per-pixel error map."""
+
+    latent: Any
+    reconstruction: np.ndarray  # [B,H,W,3] in [0,1]
+    error: np.ndarray  # [B,H,W] mean |input − reconstruction| over RGB, in [0,1] units
+    psnr: tuple[float, ...]
+    ssim: tuple[float, ...]
+    encode: StepReport
+    decode: StepReport
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "psnr_db": [round(v, 4) for v in self.psnr],
+            "ssim": [round(v, 5) for v in self.ssim],
+            "latent_shape": list(self.latent.shape),
+            "mean_abs_error": [round(float(e.mean()), 6) for e in self.error],
+            "max_abs_error": [round(float(e.max()), 6) for e in self.error],
+            "seconds": round(self.encode.seconds + self.decode.seconds, 4),
+            "encode": self.encode.to_json(),
+            "decode": self.decode.to_json(),
+        }
+
+
+def roundtrip(
+    vae: LoadedVae, pixels, *, sample: bool = False, seed: int = 0, upcast: Upcast | str = Upcast.AUTO
+) -> Roundtrip:
+    """pixels [B,3,H,W] in [-1,1] -> Roundtrip (the latent passes through the family's normalisation)."""
+    from vaelens.images import from_pixels
+
+    latent, enc = encode(vae, pixels, sample=sample, seed=seed, upcast=upcast)
+    out, dec = decode(vae, latent, upcast=upcast)
+    src, rec = from_pixels(pixels), from_pixels(out)
+    if rec.shape != src.shape:
+        raise VaeLensError(f"decoder returned {list(out.shape)} for input {list(pixels.shape)}")
+    err = np.abs(src - rec).mean(axis=-1)
+    return Roundtrip(
+        latent=latent,
+        reconstruction=rec,
+        error=err,
+        psnr=tuple(psnr(s, r) for s, r in zip(src, rec, strict=True)),
+        ssim=tuple(ssim(s, r) for s, r in zip(src, rec, strict=True)),
+        encode=enc,
+        decode=dec,
+    )

@@ -1,0 +1,303 @@
+"""Latents as data: per-channel statistics, the scaling factor they imply, channel correlations, a
+least-squares latent→RGB projection (an approximation, never the latent's "colours"), and latent files
+(vaelens' own safetensors with metadata, and ComfyUI's .latent).
+
+latent [B,C,(F,)h,w] -> ChannelStats (C rows) | projection W [3,C], b [3] | file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vaelens.errors import VaeLensError
+
+FORMAT = "vaelens.latent/1"
+# ComfyUI nodes.py SaveLatent writes {"latent_tensor": samples, "latent_format_version_0": tensor([])};
+# LoadLatent multiplies by 1/0.18215 when the version key is absent (files from before the format change).
+# LATENT samples in ComfyUI are raw VAE latents: the model's latent_format.process_in scales them inside
+# sampling (comfy/model_base.py process_latent_in, comfy/latent_formats.py).
+COMFY_KEY = "latent_tensor"
+COMFY_VERSION_KEY = "latent_format_version_0"
+COMFY_LEGACY_MULTIPLIER = 1.0 / 0.18215
+
+
+def _channels_last(latent) -> np.ndarray:
+    """latent [B,C,...] (torch or numpy) -> float64 array [N, C] of every position's channel vector."""
+    a = latent.detach().float().cpu().numpy() if hasattr(latent, "detach") else np.asarray(latent)
+    if a.ndim < 3:
+        raise VaeLensError(f"latent shape {list(a.shape)} is not [B, C, (F,) h, w]")
+    return np.moveaxis(a.astype(np.float64), 1, -1).reshape(-1, a.shape[1])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelStats:
+    """latent [B,C,...] -> per-channel mean, std, min, max (population std), and across all channels."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    min: tuple[float, ...]
+    max: tuple[float, ...]
+    overall_mean: float
+    overall_std: float
+    correlation: tuple[tuple[float, ...], ...]  # C×C Pearson correlation between channels
+    nonfinite: int
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    @property
+    def implied_scale(self) -> float:
+        """1 / std over all latent elements: the latent-diffusion paper's rule for scaling_factor
+        (Rombach et al. 2022, §G; CompVis/latent-diffusion: scale_by_std)."""
+        return 1.0 / self.overall_std if self.overall_std > 0 else float("inf")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "channels": self.channels,
+            "per_channel": [
+                {
+                    "channel": c,
+                    "mean": self.mean[c],
+                    "std": self.std[c],
+                    "min": self.min[c],
+                    "max": self.max[c],
+                }
+                for c in range(self.channels)
+            ],
+            "overall": {"mean": self.overall_mean, "std": self.overall_std},
+            "implied_scaling_factor": self.implied_scale,
+            "correlation": [list(row) for row in self.correlation],
+            "nonfinite": self.nonfinite,
+        }
+
+
+def channel_stats(latent) -> ChannelStats:
+    """latent [B,C,(F,)h,w] -> ChannelStats over batch, frames and positions (NaN/Inf counted, then skipped).
+
+    >>> import numpy as np
+    >>> channel_stats(np.arange(8.0).reshape(1, 2, 2, 2)).mean
+    (1.5, 5.5)
+    """
+    x = _channels_last(latent)
+    finite = np.isfinite(x).all(axis=1)
+    nonfinite = int((~np.isfinite(x)).sum())
+    x = x[finite]
+    if x.shape[0] == 0:
+        raise VaeLensError("latent has no finite values: every position holds NaN or Inf")
+    corr = np.corrcoef(x, rowvar=False) if x.shape[0] > 1 else np.eye(x.shape[1])
+    corr = np.atleast_2d(np.nan_to_num(corr, nan=0.0))
+
+    def r(v) -> tuple[float, ...]:
+        return tuple(round(float(t), 6) for t in v)
+
+    return ChannelStats(
+        mean=r(x.mean(0)),
+        std=r(x.std(0)),
+        min=r(x.min(0)),
+        max=r(x.max(0)),
+        overall_mean=round(float(x.mean()), 6),
+        overall_std=round(float(x.std()), 6),
+        correlation=tuple(r(row) for row in corr),
+        nonfinite=nonfinite,
+    )
+
+
+# ------------------------------------------------------------------------------------ projection
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RgbProjection:
+    """latent vector [C] -> rgb [3] in [0,1] as weight @ z + bias: a least-squares approximation."""
+
+    weight: tuple[tuple[float, ...], ...]  # [3][C]
+    bias: tuple[float, ...]  # [3]
+    r2: float  # fraction of the target's variance the linear map explains
+
+    def apply(self, latent) -> np.ndarray:
+        """latent [B,C,h,w] -> array [B,h,w,3] (not clamped)."""
+        a = latent.detach().float().cpu().numpy() if hasattr(latent, "detach") else np.asarray(latent)
+        w, b = np.asarray(self.weight), np.asarray(self.bias)
+        return np.einsum("bchw,kc->bhwk", a.astype(np.float64), w) + b
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "weight": [list(r) for r in self.weight],
+            "bias": list(self.bias),
+            "r2": self.r2,
+            "label": "approximation: least-squares linear fit of latent to the decoder's output, "
+            "downsampled to latent resolution",
+        }
+
+
+def fit_rgb_projection(latent, rgb) -> RgbProjection:
+    """latent [B,C,h,w], rgb [B,3,h,w] (the decoder's output pooled to latent size) -> RgbProjection.
+
+    Solves min ‖[z 1]·Θ − rgb‖² over every position with numpy's lstsq.
+    """
+    z = _channels_last(latent)
+    y = _channels_last(rgb)
+    if z.shape[0] != y.shape[0]:
+        raise VaeLensError(
+            f"latent has {z.shape[0]} positions but rgb has {y.shape[0]}; pool rgb to latent size"
+        )
+    ok = np.isfinite(z).all(1) & np.isfinite(y).all(1)
+    design = np.concatenate([z[ok], np.ones((int(ok.sum()), 1))], axis=1)
+    theta, *_ = np.linalg.lstsq(design, y[ok], rcond=None)
+    pred = design @ theta
+    ss_res = float(((y[ok] - pred) ** 2).sum())
+    ss_tot = float(((y[ok] - y[ok].mean(0)) ** 2).sum())
+    return RgbProjection(
+        weight=tuple(tuple(float(v) for v in theta[:-1, k]) for k in range(y.shape[1])),
+        bias=tuple(float(v) for v in theta[-1]),
+        r2=1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0,
+    )
+
+
+# ---------------------------------------------------------------------------------------- files
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LatentFile:
+    """A latent file read back: the tensor [B,C,(F,)h,w] and what is known about it."""
+
+    latent: Any
+    normalized: bool | None  # None: unknown
+    family: str | None
+    metadata: dict[str, Any]
+    comfy: bool
+
+
+def save_latents(path: str | Path, latent, *, metadata: dict[str, Any]) -> Path:
+    """latent [B,C,...] + metadata -> vaelens safetensors file (key "latent"; metadata values JSON-encoded)."""
+    from safetensors.torch import save_file
+
+    from vaelens import __version__
+
+    meta = {"format": FORMAT, "vaelens_version": __version__, **metadata}
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {"latent": latent.detach().float().cpu().contiguous()},
+        str(p),
+        metadata={k: json.dumps(v) for k, v in meta.items()},
+    )
+    return p
+
+
+def save_comfy_latent(path: str | Path, raw_latent) -> Path:
+    """raw (un-normalised) latent [B,C,h,w] -> ComfyUI .latent (what its SaveLatent node writes)."""
+    import torch
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {COMFY_KEY: raw_latent.detach().float().cpu().contiguous(), COMFY_VERSION_KEY: torch.tensor([])},
+        str(p),
+    )
+    return p
+
+
+def load_latents(path: str | Path) -> LatentFile:
+    """vaelens latent file | ComfyUI .latent -> LatentFile (ComfyUI's are raw latents, like its LoadLatent)."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise VaeLensError(f"latent file {str(path)!r} does not exist")
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            keys = set(f.keys())
+            raw_meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in keys}
+    except Exception as exc:  # noqa: BLE001
+        raise VaeLensError(f"latent file {str(path)!r} is not a readable safetensors file ({exc})") from None
+    if COMFY_KEY in tensors:
+        t = tensors[COMFY_KEY].float()
+        legacy = COMFY_VERSION_KEY not in tensors
+        if legacy:
+            t = t * COMFY_LEGACY_MULTIPLIER
+        return LatentFile(
+            latent=t,
+            normalized=False,
+            family=None,
+            comfy=True,
+            metadata={"comfy_legacy_rescaled": legacy, **raw_meta},
+        )
+    if "latent" not in tensors:
+        raise VaeLensError(
+            f"latent file {str(path)!r} holds {sorted(keys)}; expected 'latent' (vaelens) or '{COMFY_KEY}' (ComfyUI)"
+        )
+    meta: dict[str, Any] = {}
+    for k, v in raw_meta.items():
+        try:
+            meta[k] = json.loads(v)
+        except (json.JSONDecodeError, TypeError):
+            meta[k] = v
+    normalized = meta.get("normalized")
+    return LatentFile(
+        latent=tensors["latent"].float(),
+        normalized=normalized if isinstance(normalized, bool) else None,
+        family=meta.get("family"),
+        metadata=meta,
+        comfy=False,
+    )
+
+
+def normalization_to_json(norm) -> dict[str, Any]:
+    """Normalization -> JSON-able dict (kind, scale, shift, mean, std, stats_from, patch, eps, source)."""
+    return {
+        "kind": norm.kind.value,
+        "scale": norm.scale,
+        "shift": norm.shift,
+        "mean": list(norm.mean) if norm.mean is not None else None,
+        "std": list(norm.std) if norm.std is not None else None,
+        "stats_from": norm.stats_from,
+        "patch": list(norm.patch) if norm.patch else None,
+        "eps": norm.eps,
+        "source": norm.source,
+    }
+
+
+def normalization_from_json(d: dict[str, Any]):
+    """normalization_to_json's dict -> Normalization (statistics from a checkpoint stay unavailable)."""
+    from vaelens.families.spec import Normalization, NormKind
+
+    return Normalization(
+        kind=NormKind(d["kind"]),
+        scale=float(d.get("scale", 1.0)),
+        shift=float(d.get("shift", 0.0)),
+        mean=tuple(d["mean"]) if d.get("mean") else None,
+        std=tuple(d["std"]) if d.get("std") else None,
+        stats_from=d.get("stats_from"),
+        patch=tuple(d["patch"]) if d.get("patch") else None,
+        eps=float(d.get("eps", 0.0)),
+        source=d.get("source", ""),
+    )
+
+
+def project_with_decoder(vae, raw_latent, *, upcast: str = "auto"):
+    """raw latent [B,C,h,w] -> (RgbProjection fitted to this VAE's decoded pixels pooled to h×w,
+    approximation [B,h,w,3] in [0,1], decoded [B,H,W,3] in [0,1]).
+
+    The fit is per latent, to the decoder's own output (not to an input image), so it shows what a
+    linear read-out of the channels can and cannot say about colour: R² is reported beside it.
+    """
+    import torch
+
+    from vaelens.codec import decode
+
+    if raw_latent.ndim != 4:
+        raise VaeLensError(f"the RGB projection takes image latents [B,C,h,w]; got {list(raw_latent.shape)}")
+    pixels, _ = decode(vae, raw_latent, normalized=False, upcast=upcast)
+    rgb01 = (pixels.float().clamp(-1, 1) + 1) / 2
+    pooled = torch.nn.functional.adaptive_avg_pool2d(rgb01, raw_latent.shape[-2:])
+    proj = fit_rgb_projection(raw_latent, pooled)
+    approx = np.clip(proj.apply(raw_latent), 0.0, 1.0)
+    return proj, approx, rgb01.permute(0, 2, 3, 1).numpy()

@@ -1,0 +1,159 @@
+"""Pictures of latents and errors (matplotlib, imported inside each function).
+
+latent [C,h,w] -> grid PNG, one heat-map per channel on a diverging colour map, one colour bar in
+latent units; error [H,W] -> heat-map PNG; projection rgb [h,w,3] -> PNG labelled as an approximation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DIVERGING = "RdBu_r"  # zero is white: positive red, negative blue; the sign of a channel is visible
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GridInfo:
+    """What was drawn: one panel per channel (counted from the figure), the shared colour range."""
+
+    path: str
+    panels: int
+    rows: int
+    cols: int
+    vmin: float
+    vmax: float
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def render_channel_grid(latent, path: str | Path, *, title: str, units: str) -> GridInfo:
+    """latent [C,h,w] -> PNG: C heat-maps on one symmetric diverging scale (±max|z|), one colour bar.
+
+    One shared scale keeps channels comparable; per-channel scales would make a near-silent channel
+    look as busy as a loud one.
+    """
+    plt = _plt()
+    a = latent.detach().float().cpu().numpy() if hasattr(latent, "detach") else np.asarray(latent, np.float32)
+    if a.ndim != 3:
+        raise ValueError(f"render_channel_grid takes [C, h, w]; got {list(a.shape)}")
+    c, h, w = a.shape
+    cols = min(c, max(1, math.ceil(math.sqrt(c * w / max(h, 1) * 0.75))))
+    cols = min(cols, 16)
+    rows = math.ceil(c / cols)
+    finite = a[np.isfinite(a)]
+    lim = float(np.abs(finite).max()) if finite.size else 1.0
+    lim = lim or 1.0
+    panel = 2.2
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(cols * panel * max(w / h, 0.5) + 1.2, rows * panel + 0.6),
+        squeeze=False,
+        layout="constrained",
+    )
+    image = None
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= c:
+            ax.set_axis_off()
+            continue
+        image = ax.imshow(a[i], cmap=DIVERGING, vmin=-lim, vmax=lim, interpolation="nearest")
+        ax.set_title(f"ch {i}  μ={np.nanmean(a[i]):.2f} σ={np.nanstd(a[i]):.2f}", fontsize=7)
+    bar = fig.colorbar(image, ax=axes, shrink=0.8)
+    bar.set_label(units)
+    fig.suptitle(title, fontsize=9)
+    panels = sum(1 for ax in fig.axes if ax.images)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return GridInfo(path=str(out), panels=panels, rows=rows, cols=cols, vmin=-lim, vmax=lim)
+
+
+def render_error_map(error: np.ndarray, path: str | Path, *, title: str) -> Path:
+    """error [H,W] (mean |input − reconstruction| over RGB, [0,1] units) -> PNG heat-map with colour bar."""
+    plt = _plt()
+    h, w = error.shape
+    fig, ax = plt.subplots(
+        figsize=(min(12, 2 + 6 * w / max(h, w)), min(12, 1 + 6 * h / max(h, w))), layout="constrained"
+    )
+    im = ax.imshow(error, cmap="magma", vmin=0.0, vmax=max(float(error.max()), 1e-6), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8).set_label("|input − reconstruction|, mean over RGB (0–1 scale)")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def render_comparison(
+    original: np.ndarray, reconstruction: np.ndarray, error: np.ndarray, path: str | Path, *, title: str
+) -> Path:
+    """[H,W,3], [H,W,3], [H,W] in [0,1] -> one PNG: input | reconstruction | error heat-map."""
+    plt = _plt()
+    h, w = error.shape
+    fig, axes = plt.subplots(
+        1, 3, figsize=(3 * 4 * w / max(h, w) + 1.5, 4 * h / max(h, w) + 0.8), layout="constrained"
+    )
+    for ax, img, name in zip(axes[:2], (original, reconstruction), ("input", "reconstruction"), strict=True):
+        ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+    im = axes[2].imshow(
+        error, cmap="magma", vmin=0.0, vmax=max(float(error.max()), 1e-6), interpolation="nearest"
+    )
+    axes[2].set_title("|error| (mean over RGB)", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes[2], shrink=0.8)
+    fig.suptitle(title, fontsize=9)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def render_rgb_approximation(
+    rgb: np.ndarray, decoded: np.ndarray | None, path: str | Path, *, r2: float
+) -> Path:
+    """rgb [h,w,3] from the linear latent→RGB fit (and the decoder's output) -> PNG titled as an approximation."""
+    plt = _plt()
+    n = 2 if decoded is not None else 1
+    h, w = rgb.shape[:2]
+    fig, axes = plt.subplots(
+        1,
+        n,
+        figsize=(n * 4 * w / max(h, w) + 0.5, 4 * h / max(h, w) + 0.9),
+        squeeze=False,
+        layout="constrained",
+    )
+    axes[0, 0].imshow(np.clip(rgb, 0, 1), interpolation="nearest")
+    axes[0, 0].set_title(
+        f"APPROXIMATION: linear latent→RGB fit (R²={r2:.3f})\nnot the latent's colours", fontsize=8
+    )
+    if decoded is not None:
+        axes[0, 1].imshow(np.clip(decoded, 0, 1), interpolation="nearest")
+        axes[0, 1].set_title("decoder output (what the fit was fitted to)", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

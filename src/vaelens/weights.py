@@ -1,0 +1,500 @@
+"""Local weights -> the real diffusers module with its family: folders, single files, the HF cache.
+
+source (diffusers folder | pipeline folder with vae/ | single *.safetensors file in diffusers or
+original (ldm) key layout | full checkpoint with first_stage_model.* keys | repo id in the local
+Hugging Face cache) -> LoadedVae(module on device at dtype, FamilySpec, how the family was decided).
+
+Nothing is downloaded. Original-layout files are converted with diffusers' own single-file mapping
+(diffusers/src/diffusers/loaders/single_file_model.py SINGLE_FILE_LOADABLE_CLASSES), with HF_HUB_OFFLINE=1
+set for the duration of the call. The family is detected from tensor shapes: every registry family
+whose real module has exactly the file's keys and shapes is a candidate; a given family that does not
+fit is refused naming both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import inspect
+import json
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vaelens.errors import VaeLensError, WeightsError
+from vaelens.families import FAMILIES, FamilySpec
+from vaelens.options import DType
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+# Prefixes of the VAE inside full checkpoints: diffusers/src/diffusers/loaders/single_file_utils.py LDM_VAE_KEYS
+VAE_PREFIXES = ("first_stage_model.", "vae.")
+WEIGHT_NAMES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.bin",
+)
+
+
+class Layout(str, enum.Enum):
+    """Where the weights came from."""
+
+    DIFFUSERS_FOLDER = "diffusers-folder"
+    SINGLE_FILE = "single-file"
+    HF_CACHE = "hf-cache"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadedVae:
+    """A real diffusers VAE with weights on `device` at `dtype`, and the family it belongs to."""
+
+    module: Any
+    spec: FamilySpec
+    source: str
+    files: tuple[str, ...]
+    layout: Layout
+    detection: str
+    converted: bool
+    device: str
+    dtype: DType
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def family(self) -> str:
+        return self.spec.name
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "family": self.spec.name,
+            "class": self.spec.diffusers_class,
+            "source": self.source,
+            "files": list(self.files),
+            "layout": self.layout.value,
+            "detection": self.detection,
+            "converted_from_original_keys": self.converted,
+            "device": self.device,
+            "dtype": self.dtype.value,
+            "parameters": sum(p.numel() for p in self.module.parameters()),
+        }
+
+
+def default_device() -> str:
+    """-> 'cuda' when torch sees a GPU, else 'cpu'."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextlib.contextmanager
+def offline() -> Iterator[None]:
+    """Set HF_HUB_OFFLINE=1 (and restore it) so no Hugging Face call inside can reach the network."""
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+def cast_module(module, *, device: str | None = None, dtype=None):
+    """module.to(device, dtype) without diffusers' "modules that should be kept in float32: []" warning,
+    which diffusers 0.42 logs on every dtype cast (models/modeling_utils.py ModelMixin.to), even when
+    the list is empty."""
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()
+    try:
+        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+        return module.to(**kwargs)
+    finally:
+        dlog.set_verbosity(level)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+    """weights file -> (tensors on CPU, safetensors metadata). Full checkpoints: only the VAE's tensors.
+
+    Safetensors are read with `safe_open`; pickles (.ckpt/.pt/.pth/.bin) only with allow_pickle, and then
+    with `torch.load(weights_only=True)`, which refuses arbitrary objects.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"weights file {str(path)!r} does not exist")
+    if p.suffix.lower() in PICKLE_SUFFIXES:
+        return _read_pickle(p, allow_pickle), {}
+    if p.suffix.lower() != ".safetensors":
+        raise WeightsError(
+            f"weights file {str(path)!r} has suffix {p.suffix!r}; vaelens reads .safetensors "
+            f"(and {', '.join(PICKLE_SUFFIXES)} with --allow-pickle)"
+        )
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+            meta = dict(f.metadata() or {})
+            wanted = _vae_keys(keys)
+            tensors = {k: f.get_tensor(k) for k in wanted}
+    except Exception as exc:  # noqa: BLE001 — safetensors raises its own and OSError types
+        raise WeightsError(
+            f"weights file {str(path)!r} is not a readable safetensors file ({type(exc).__name__}: {exc}); "
+            "it may be truncated or not a safetensors file"
+        ) from None
+    if not tensors:
+        raise WeightsError(f"weights file {str(path)!r} holds no tensors")
+    return tensors, meta
+
+
+def _vae_keys(keys: list[str]) -> list[str]:
+    """A full checkpoint's keys -> only its VAE's (first_stage_model.* / vae.*); other files: all keys."""
+    for prefix in VAE_PREFIXES:
+        if any(k.startswith(prefix) for k in keys) and not all(k.startswith(prefix) for k in keys):
+            return [k for k in keys if k.startswith(prefix)]
+    return keys
+
+
+def _read_pickle(p: Path, allow_pickle: bool) -> dict[str, Any]:
+    if not allow_pickle:
+        raise WeightsError(
+            f"weights file {str(p)!r} is a pickle checkpoint ({p.suffix}); unpickling can run code, so vaelens "
+            "reads it only with --allow-pickle (allow_pickle=True), and then with torch.load(weights_only=True)"
+        )
+    import torch
+
+    warnings.warn(f"loading pickle checkpoint {p} with torch.load(weights_only=True)", stacklevel=3)
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise WeightsError(
+            f"pickle checkpoint {str(p)!r} could not be read ({type(exc).__name__}: {exc})"
+        ) from None
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj:
+        raise WeightsError(f"pickle checkpoint {str(p)!r} holds no state dict of tensors")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return {k: tensors[k] for k in _vae_keys(list(tensors))}
+
+
+# ------------------------------------------------------------------------------------------ fitting
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fit:
+    """How a checkpoint fits one family's real module (meta device)."""
+
+    spec: FamilySpec
+    state: dict[str, Any] | None  # diffusers-keyed tensors when it fits
+    converted: bool
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state is not None
+
+
+def _strip_prefix(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    for prefix in VAE_PREFIXES:
+        if ckpt and all(k.startswith(prefix) for k in ckpt):
+            return {k[len(prefix) :]: v for k, v in ckpt.items()}
+    return dict(ckpt)
+
+
+def _convert(cls_name: str, ckpt: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """original-layout checkpoint -> diffusers keys with diffusers' own single-file mapping, or None."""
+    from diffusers.loaders.single_file_model import SINGLE_FILE_LOADABLE_CLASSES
+
+    fn = SINGLE_FILE_LOADABLE_CLASSES.get(cls_name, {}).get("checkpoint_mapping_fn")
+    if fn is None:
+        return None
+    params = inspect.signature(fn).parameters
+    kwargs: dict[str, Any] = {"checkpoint": ckpt}
+    if "config" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs["config"] = cfg
+    try:
+        with offline(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dict(fn(**kwargs))
+    except Exception:  # noqa: BLE001 — a mapping that fails on this file means: not this layout
+        return None
+
+
+def fit_family(spec: FamilySpec, ckpt: Mapping[str, Any]) -> Fit:
+    """checkpoint tensors -> Fit: do its keys and shapes equal those of spec's real module?"""
+    from vaelens.build import build_module
+
+    try:
+        module = build_module(spec)
+    except VaeLensError as exc:
+        return Fit(spec=spec, state=None, converted=False, problem=str(exc))
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    ckpt = _strip_prefix(ckpt)
+    converted = False
+    if not set(expected) <= set(ckpt):
+        mapped = _convert(spec.diffusers_class, ckpt, spec.diffusers_config())
+        if mapped is None or not set(expected) & set(mapped):
+            return Fit(
+                spec=spec, state=None, converted=False, problem=f"key layout is not {spec.diffusers_class}'s"
+            )
+        ckpt, converted = mapped, True
+    missing = sorted(set(expected) - set(ckpt))
+    unexpected = sorted(set(ckpt) - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        return Fit(
+            spec=spec,
+            state=None,
+            converted=converted,
+            problem=f"{len(missing)} missing / {len(unexpected)} unexpected keys ({what})",
+        )
+    for key in _latent_first(expected):
+        got = tuple(ckpt[key].shape)
+        if got != expected[key]:
+            return Fit(
+                spec=spec,
+                state=None,
+                converted=converted,
+                problem=f"{key} is {list(got)} in the file, {list(expected[key])} in {spec.name}",
+            )
+    return Fit(spec=spec, state={k: ckpt[k] for k in expected}, converted=converted)
+
+
+def _latent_first(keys: Mapping[str, Any]) -> list[str]:
+    """Keys with decoder.conv_in first: its input width is the latent channel count, the clearest clue."""
+    return sorted(keys, key=lambda k: (not k.startswith("decoder.conv_in"), k))
+
+
+def latent_channels_hint(ckpt: Mapping[str, Any]) -> int | None:
+    """checkpoint -> latent channels read off decoder.conv_in.weight [C_out, C_latent, k, k] (KL layouts)."""
+    w = _strip_prefix(ckpt).get("decoder.conv_in.weight")
+    return int(w.shape[1]) if w is not None and w.ndim >= 2 else None
+
+
+# -------------------------------------------------------------------------------------------- loading
+
+
+def load_vae(
+    source: str | Path,
+    *,
+    family: str | FamilySpec | None = None,
+    device: str | None = None,
+    dtype: DType | str = DType.FP32,
+    allow_pickle: bool = False,
+    cache_dir: str | Path | None = None,
+) -> LoadedVae:
+    """folder | file | repo id -> LoadedVae (module in eval mode on device, at dtype).
+
+    `family` (registry name, alias, config path or FamilySpec) is checked against the weights' shapes;
+    without it the family is detected from them.
+    """
+    import torch
+
+    from vaelens.build import build_module, load_config
+
+    dtype = DType.parse(dtype)
+    device = device or default_device()
+    given = _resolve(family) if family is not None else None
+    text = str(source)
+    p = Path(text).expanduser()
+    layout = Layout.SINGLE_FILE
+    if not p.exists() and _looks_like_repo_id(text):
+        p, layout = hf_cache_folder(text, cache_dir=cache_dir), Layout.HF_CACHE
+    if p.is_dir():
+        layout = Layout.HF_CACHE if layout is Layout.HF_CACHE else Layout.DIFFUSERS_FOLDER
+        cfg = load_config(p)
+        folder = p / "vae" if not (p / "config.json").is_file() else p
+        wfile = _weights_in(folder, allow_pickle)
+        ckpt, _ = read_state_dict(wfile, allow_pickle=allow_pickle)
+        spec, detection = _spec_for_folder(cfg, folder, given, ckpt)
+        files = (str(wfile),)
+    elif p.is_file():
+        ckpt, meta = read_state_dict(p, allow_pickle=allow_pickle)
+        spec, detection = _spec_for_file(p, ckpt, meta, given)
+        files = (str(p),)
+    else:
+        raise WeightsError(
+            f"--vae {text!r} is neither a file, a folder, nor a repo id (owner/name) in the local Hugging Face cache"
+        )
+    fit = fit_family(spec, ckpt)
+    if not fit.ok:
+        raise _mismatch(files[0], ckpt, spec, fit)
+    module = build_module(load_config_dict(spec), device="cpu")
+    try:
+        module.load_state_dict(fit.state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(
+            f"weights {files[0]!r} could not be loaded into {spec.diffusers_class}: {exc}"
+        ) from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VaeLensError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+    module = cast_module(module, device=device, dtype=dtype.torch).eval()
+    notes = (
+        ("pickle checkpoint read with torch.load(weights_only=True)",)
+        if files[0].endswith(PICKLE_SUFFIXES)
+        else ()
+    )
+    return LoadedVae(
+        module=module,
+        spec=spec,
+        source=text,
+        files=files,
+        layout=layout,
+        detection=detection,
+        converted=fit.converted,
+        device=device,
+        dtype=dtype,
+        warnings=notes,
+    )
+
+
+def _mismatch(path: str, ckpt: Mapping[str, Any], spec: FamilySpec, fit: Fit) -> WeightsError:
+    """The weights do not fit `spec`: name both, and the families they do fit."""
+    fits = [f.spec.name for f in (fit_family(s, ckpt) for s in FAMILIES if s.name != spec.name) if f.ok]
+    hint = latent_channels_hint(ckpt)
+    chans = f"the file has {hint} latent channels; " if hint is not None else ""
+    also = f"families it fits: {', '.join(fits)}" if fits else "no registry family fits it"
+    return WeightsError(
+        f"weights {path!r} are not {spec.name} ({spec.latent_channels} latent channels): {fit.problem}; "
+        f"{chans}{also}"
+    )
+
+
+def load_config_dict(spec: FamilySpec) -> dict[str, Any]:
+    return spec.diffusers_config()
+
+
+def _resolve(family: str | FamilySpec) -> FamilySpec:
+    from vaelens.contract import resolve_model
+
+    return resolve_model(family)
+
+
+def _weights_in(folder: Path, allow_pickle: bool) -> Path:
+    for name in WEIGHT_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(folder.glob("*.safetensors")) + (sorted(folder.glob("*.bin")) if allow_pickle else [])
+    if len(found) == 1:
+        return found[0]
+    listing = ", ".join(sorted(x.name for x in folder.iterdir())) or "nothing"
+    raise WeightsError(
+        f"folder {str(folder)!r} has a config.json but no weights vaelens can pick "
+        f"(looked for {', '.join(WEIGHT_NAMES)}); it holds: {listing}"
+    )
+
+
+def _spec_for_folder(
+    cfg: dict[str, Any], folder: Path, given: FamilySpec | None, ckpt
+) -> tuple[FamilySpec, str]:
+    from vaelens.families.from_config import spec_from_config
+
+    if given is not None:
+        return given, f"given ({given.name}); tensor shapes checked against its module"
+    match = registry_match(cfg)
+    if match is not None:
+        return match, f"config.json matches registry family {match.name} (architecture and normalisation)"
+    return spec_from_config(
+        cfg, source=str(folder / "config.json")
+    ), "derived from config.json (no registry match)"
+
+
+def _spec_for_file(
+    p: Path, ckpt, meta: Mapping[str, str], given: FamilySpec | None
+) -> tuple[FamilySpec, str]:
+    if given is not None:
+        return given, f"given ({given.name}); tensor shapes checked against its module"
+    if "vaelens_config" in meta:  # vaelens' own files (the demo model) carry their diffusers config
+        from dataclasses import replace
+
+        from vaelens.families.from_config import spec_from_config
+
+        cfg = json.loads(meta["vaelens_config"])
+        spec = spec_from_config(cfg, source=str(p))
+        if meta.get("vaelens_family"):
+            spec = replace(spec, name=meta["vaelens_family"], title=meta.get("vaelens_title", spec.title))
+        return spec, "config stored in the file's metadata"
+    fits = [f for f in (fit_family(s, ckpt) for s in FAMILIES) if f.ok]
+    if len(fits) == 1:
+        return fits[0].spec, f"tensor shapes fit {fits[0].spec.name} only"
+    hint = latent_channels_hint(ckpt)
+    chans = f" ({hint} latent channels)" if hint is not None else ""
+    if not fits:
+        raise WeightsError(
+            f"weights {str(p)!r}{chans} fit no registry family's module; pass --family NAME or a config.json "
+            "(--family path/to/config.json) describing the architecture"
+        )
+    names = ", ".join(f.spec.name for f in fits)
+    raise WeightsError(
+        f"weights {str(p)!r}{chans} fit {names} alike (same tensor shapes; they differ in normalisation); "
+        "pass --family to say which"
+    )
+
+
+def registry_match(cfg: Mapping[str, Any]) -> FamilySpec | None:
+    """config dict -> the one registry family with the same class and equal values for every key both set."""
+
+    def norm(v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+
+    hits = []
+    for spec in FAMILIES:
+        if spec.diffusers_class != cfg.get("_class_name"):
+            continue
+        shared = [k for k in spec.config if k in cfg]
+        if shared and all(norm(spec.config[k]) == norm(cfg[k]) for k in shared):
+            hits.append(spec)
+    return hits[0] if len(hits) == 1 else None
+
+
+# ----------------------------------------------------------------------------------------- HF cache
+
+
+def hf_cache_dir(cache_dir: str | Path | None = None) -> Path:
+    """-> the hub cache folder: cache_dir, $HF_HUB_CACHE, $HF_HOME/hub, or ~/.cache/huggingface/hub."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def _looks_like_repo_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
+
+
+def hf_cache_folder(repo_id: str, *, cache_dir: str | Path | None = None) -> Path:
+    """'owner/name' -> snapshot folder holding config.json or vae/config.json (never downloads)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    root = hf_cache_dir(cache_dir)
+    with offline():
+        for name in ("vae/config.json", "config.json"):
+            hit = try_to_load_from_cache(repo_id, name, cache_dir=str(root))
+            if isinstance(hit, str):
+                folder = Path(hit).parent
+                return folder.parent if name.startswith("vae/") else folder
+    cached = (
+        sorted(d.name[len("models--") :].replace("--", "/") for d in root.glob("models--*"))
+        if root.is_dir()
+        else []
+    )
+    listing = (
+        f"; cached repos: {', '.join(cached[:12])}" if cached else f"; the cache ({root}) holds no models"
+    )
+    raise WeightsError(
+        f"repo id {repo_id!r} has no config.json or vae/config.json in the local Hugging Face cache ({root}); "
+        f"vaelens never downloads — fetch it first (e.g. `huggingface-cli download {repo_id} --include 'vae/*'`) "
+        f"or pass a local path{listing}"
+    )
