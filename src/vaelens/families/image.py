@@ -378,7 +378,7 @@ _WAN21_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
 
 QWEN_IMAGE = FamilySpec(
     name="qwen-image",
-    aliases=("qwen", "qwenimage", "qwen_image", "qwen-image-edit"),
+    aliases=("qwen", "qwenimage", "qwen_image"),
     title="Qwen-Image",
     diffusers_class="AutoencoderKLQwenImage",
     config={

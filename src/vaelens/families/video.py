@@ -228,7 +228,7 @@ COGVIDEOX_2B = FamilySpec(
 
 COGVIDEOX_5B = FamilySpec(
     name="cogvideox-5b",
-    aliases=("cogvideox5b", "cogvideox-5b-i2v"),
+    aliases=("cogvideox5b", "cogvideo-5b"),
     title="CogVideoX-5B",
     diffusers_class="AutoencoderKLCogVideoX",
     config={**_COG_BLOCKS, "scaling_factor": 0.7},
@@ -299,7 +299,7 @@ HUNYUANVIDEO = FamilySpec(
 
 LTX_VIDEO = FamilySpec(
     name="ltx-video",
-    aliases=("ltx", "ltxv", "ltx-video-0.9", "ltxvideo", "ltx-0.9.0"),
+    aliases=("ltx", "ltxv", "ltxvideo", "ltx-0.9.0", "ltxv-0.9.0"),
     title="LTX-Video 0.9.0",
     diffusers_class="AutoencoderKLLTXVideo",
     config={
