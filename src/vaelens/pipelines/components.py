@@ -24,18 +24,62 @@ def build_component(spec: ComponentSpec, *, dtype: DType | str = DType.BF16):
     """
     import torch
 
+    from diffusers.utils import logging as dlogging
+
     dtype = DType.parse(dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            with torch.device("meta"):
-                module = _construct(spec)
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise ConfigError(
-                f"{spec.library.value} {spec.class_name} could not be built from {spec.config_source}: {exc}"
-            ) from None
-        module = module.to(dtype=dtype.torch)
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()  # `.to(dtype)` warns about fp32 modules; keep_fp32 handles them below
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                with torch.device("meta"):
+                    module = _construct(spec)
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                raise ConfigError(
+                    f"{spec.library.value} {spec.class_name} could not be built from {spec.config_source}: {exc}"
+                ) from None
+            module = module.to(dtype=dtype.torch)
+    finally:
+        dlogging.set_verbosity(level)
+    keep_fp32(module, spec.library, dtype)
     return module.eval()
+
+
+def fp32_patterns(module, library: Library, dtype: DType) -> tuple[str, ...]:
+    """Module-name parts the library keeps in fp32 when loading at `dtype` (from_pretrained rules).
+
+    diffusers: `_keep_in_fp32_modules` for any torch_dtype (model_loading_utils.py);
+    transformers: `_keep_in_fp32_modules` for fp16 only, `_keep_in_fp32_modules_strict` for fp16 and bf16
+    (modeling_utils.py). T5's `wo` is kept in fp32 for fp16, Wan's norms and time embedder always.
+    """
+    if dtype is DType.FP32:
+        return ()
+    names: list[str] = []
+    if library is Library.DIFFUSERS:
+        names += list(getattr(module, "_keep_in_fp32_modules", None) or [])
+    else:
+        if dtype is DType.FP16:
+            names += list(getattr(module, "_keep_in_fp32_modules", None) or [])
+        names += list(getattr(module, "_keep_in_fp32_modules_strict", None) or [])
+    return tuple(dict.fromkeys(names))
+
+
+def keep_fp32(module, library: Library, dtype: DType) -> int:
+    """Cast the parameters whose dotted name contains a kept part back to fp32; returns how many."""
+    import torch
+
+    patterns = fp32_patterns(module, library, dtype)
+    if not patterns:
+        return 0
+    count = 0
+    for name, param in list(module.named_parameters()):
+        if any(p in name.split(".") for p in patterns):
+            owner_path, _, attr = name.rpartition(".")
+            owner = module.get_submodule(owner_path) if owner_path else module
+            setattr(owner, attr, torch.nn.Parameter(param.to(torch.float32), requires_grad=False))
+            count += 1
+    return count
 
 
 def _construct(spec: ComponentSpec):

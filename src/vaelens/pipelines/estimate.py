@@ -346,6 +346,11 @@ def estimate_pipeline(
     if spec.upcasts_fp16_vae and dtype is DType.FP16:
         vae_dtype = DType.FP32
         notes.append("the pipeline upcasts the fp16 VAE to fp32 for the decode (force_upcast)")
+    from vaelens.contract import plan_shapes
+    from vaelens.families import get_family
+
+    # The VAE family's size/frame rule (raise, or floor with a warning) applies to the whole pipeline.
+    notes.extend(plan_shapes(get_family(spec.vae_family), request.pixel_request(vae_dtype)).warnings)
     vae_peak, latent_shape = decode_fn(spec.vae_family, request.pixel_request(vae_dtype), request.vae_tiling)
     sizes["vae"] = _vae_size(spec.vae_family, vae_dtype)
     stages = build_stages(request, modules, latent_shape=latent_shape, decode=vae_peak, peak_fn=peak_fn)

@@ -1,0 +1,133 @@
+"""PipelineEstimate -> text (tables and a timeline chart) and a matplotlib figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vaelens.pipelines.budget import BudgetReport
+from vaelens.pipelines.estimate import Offload, OffloadReport, PipelineEstimate
+from vaelens.render import human_bytes, shape_str, table
+
+BAR = 48  # characters of the widest timeline bar
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e9:.3f} B" if n >= 1e8 else f"{n / 1e6:.1f} M"
+
+
+def render_components(est: PipelineEstimate) -> str:
+    rows = [(c.name, c.class_name, _params(c.params), human_bytes(c.weights_bytes), c.config_source)
+            for c in est.components]
+    total = sum(c.weights_bytes for c in est.components)
+    rows.append(("all", "", _params(sum(c.params for c in est.components)), human_bytes(total), ""))
+    return table(("component", "class", "params", "weights", "config"), rows, right=(2, 3))
+
+
+def render_stages(report: OffloadReport) -> str:
+    peak = report.peak
+    rows = []
+    for m in report.stages:
+        s = m.stage
+        rows.append((
+            ("▶ " if m is peak else "  ") + s.label, ", ".join(m.resident) or "-",
+            human_bytes(m.weights_bytes), human_bytes(s.carried_bytes), human_bytes(s.activation_bytes),
+            human_bytes(m.peak_bytes), s.peak_at or "-",
+        ))
+    return table(("stage", "weights resident", "weights", "held", "activations", "peak", "activation peak at"),
+                 rows, right=(2, 3, 4, 5))
+
+
+def render_timeline(report: OffloadReport, *, budget_bytes: int | None = None) -> str:
+    """One bar per stage: █ resident weights, ▒ tensors held across the call, ░ the call's activations."""
+    top = max([m.peak_bytes for m in report.stages] + [budget_bytes or 0])
+    scale = (BAR - 1) / max(top, 1)  # one character left for the activations of the tallest bar
+    width = max(len(m.stage.label) for m in report.stages)
+    lines = [f"memory across the run, offload={report.mode.value}  (█ weights  ▒ held  ░ activations)"]
+    for m in report.stages:
+        w = round(m.weights_bytes * scale)
+        c = round((m.weights_bytes + m.stage.carried_bytes) * scale) - w
+        a = max(round(m.peak_bytes * scale) - w - c, 1 if m.stage.activation_bytes else 0)
+        bar = "█" * w + "▒" * c + "░" * a
+        mark = "  ◀ peak" if m is report.peak else ""
+        lines.append(f"{m.stage.label.ljust(width)} │{bar.ljust(BAR)}│ {human_bytes(m.peak_bytes)}{mark}")
+    if budget_bytes:
+        pos = min(BAR, round(budget_bytes * scale))
+        lines.append(" " * width + " │" + " " * max(pos - 1, 0) + "┆" + f" budget {human_bytes(budget_bytes)}")
+    return "\n".join(lines)
+
+
+def render_summary(est: PipelineEstimate) -> str:
+    rows = [(r.mode.value, human_bytes(r.peak_bytes), r.peak.stage.label) for r in est.offload]
+    return table(("offload", "peak", "set by"), rows, right=(1,))
+
+
+def render_budget(rep: BudgetReport) -> str:
+    lines = [f"budget {human_bytes(rep.budget_bytes)}: "
+             + ", ".join(f"{m.value} {'fits' if ok else 'does not fit'} ({human_bytes(p)})" for m, ok, p in rep.fits)]
+    if rep.fixes:
+        lines.append(f"with --offload {rep.mode.value} it does not fit; single changes:")
+        for f in rep.fixes:
+            verdict = "fits" if f.fits else "still over"
+            lines.append(f"  {f.change:<22} peak {human_bytes(f.peak_bytes):>11}  {verdict}")
+    return "\n".join(lines)
+
+
+def render_pipeline(est: PipelineEstimate, mode: Offload, budget: BudgetReport | None = None) -> str:
+    """The human report of `vaelens pipeline`."""
+    req, spec = est.request, est.request.pipeline
+    frames = f", {req.frames} frames" if req.frames else ""
+    head = [
+        f"{spec.title} ({spec.pipeline_class}, {spec.repo})",
+        f"{req.width}x{req.height}{frames}, batch {req.batch}, {req.dtype.value}; latent {shape_str(est.latent_shape)}; "
+        f"guidance: {spec.guidance.value}" + ("; VAE tiling" if req.vae_tiling else ""),
+    ]
+    report = est.mode(mode)
+    parts = ["\n".join(head), render_components(est), render_stages(report),
+             render_timeline(report, budget_bytes=budget.budget_bytes if budget else None),
+             render_summary(est)]
+    if budget is not None:
+        parts.append(render_budget(budget))
+    notes = [*est.notes,
+             "peak = resident weights + tensors held by the pipeline + the call's activation peak "
+             "(memory model on a meta trace); the CUDA context is not included"]
+    parts.append("\n".join(f"note: {n}" for n in notes))
+    return "\n\n".join(parts)
+
+
+def plot_pipeline(est: PipelineEstimate, path: str | Path, *, mode: Offload, budget_bytes: int | None = None) -> Path:
+    """Stacked bars (weights / held / activations) per stage for `mode`, and every mode's peaks as steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gib = 1024**3
+    report = est.mode(mode)
+    labels = [m.stage.label.replace(" · 1 step", "\n1 step") for m in report.stages]
+    x = list(range(len(labels)))
+    w = [m.weights_bytes / gib for m in report.stages]
+    c = [m.stage.carried_bytes / gib for m in report.stages]
+    a = [m.stage.activation_bytes / gib for m in report.stages]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(labels)), 4.5))
+    ax.bar(x, w, color="#4c72b0", label="weights resident")
+    ax.bar(x, c, bottom=w, color="#dd8452", label="tensors held")
+    ax.bar(x, a, bottom=[i + j for i, j in zip(w, c)], color="#c44e52", label="activations (call peak)")
+    for r, style in zip(est.offload, ("-", "--", ":")):
+        ax.step(x, [m.peak_bytes / gib for m in r.stages], where="mid", linestyle=style, color="black",
+                alpha=0.6, label=f"peak, offload={r.mode.value}")
+    if budget_bytes:
+        ax.axhline(budget_bytes / gib, color="green", linewidth=1.2, label=f"budget {human_bytes(budget_bytes)}")
+    peak = report.peak
+    i = report.stages.index(peak)
+    ax.annotate(f"peak {human_bytes(peak.peak_bytes)}", (i, peak.peak_bytes / gib), ha="center", va="bottom")
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("GPU memory (GiB)")
+    req = est.request
+    ax.set_title(f"{req.pipeline.name} {req.width}x{req.height}" + (f"x{req.frames}f" if req.frames else "")
+                 + f" {req.dtype.value}, offload={mode.value}")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
