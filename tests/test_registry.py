@@ -230,3 +230,83 @@ def test_token_patch_matches_the_transformer(spec: FamilySpec):
         assert got == spec.latent_channels * math.prod(spec.tokens.patch)
     else:
         assert got == spec.tokens.patch
+
+
+# The pipeline class whose check_inputs / prepare_latents each family's size rule is taken from.
+PIPELINE_CLASS = {
+    "sd15": "StableDiffusionPipeline", "sd2": "StableDiffusionPipeline", "taesd": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline", "taesdxl": "StableDiffusionXLPipeline",
+    "sd3": "StableDiffusion3Pipeline", "flux1": "FluxPipeline", "taef1": "FluxPipeline",
+    "flux2": "Flux2Pipeline", "sana": "SanaPipeline", "qwen-image": "QwenImagePipeline",
+    "wan21": "WanPipeline", "wan22": "WanPipeline", "cogvideox-2b": "CogVideoXPipeline",
+    "cogvideox-5b": "CogVideoXPipeline", "hunyuanvideo": "HunyuanVideoPipeline",
+    "ltx-video": "LTXPipeline", "mochi": "MochiPipeline",
+}  # fmt: skip
+
+
+def _pipeline_stub(cls, spec: FamilySpec):
+    """An object standing in for `self` of a pipeline: the scale factor its __init__ would set, and
+    the class' own static helpers (_pack_latents, …). No weights, no components."""
+    from types import SimpleNamespace
+
+    stub = SimpleNamespace(
+        vae_scale_factor=spec.spatial_factor,
+        patch_size=2,  # StableDiffusion3Pipeline reads transformer.config.patch_size (2) into this
+        _callback_tensor_inputs=["latents"],
+        config=SimpleNamespace(boundary_ratio=None),  # WanPipeline's check_inputs reads it
+    )
+    for name, attr in vars(cls).items():
+        if isinstance(attr, staticmethod):
+            setattr(stub, name, attr.__func__)
+    return stub
+
+
+def _check_inputs(spec: FamilySpec, height: int, width: int) -> None:
+    import diffusers
+
+    cls = getattr(diffusers, PIPELINE_CLASS[spec.name])
+    kwargs = {}
+    for name, param in inspect.signature(cls.check_inputs).parameters.items():
+        if name == "self":
+            continue
+        if name in ("height", "width"):
+            kwargs[name] = height if name == "height" else width
+        elif name == "prompt":
+            kwargs[name] = "a photo of a cat"
+        elif param.default is inspect.Parameter.empty:
+            kwargs[name] = None
+    cls.check_inputs(_pipeline_stub(cls, spec), **kwargs)
+
+
+@pytest.mark.parametrize("spec", FAMILIES, ids=IDS)
+def test_size_rule_is_what_check_inputs_does(spec: FamilySpec):
+    rule = spec.size_rule
+    m = rule.multiple
+    _check_inputs(spec, 4 * m, 6 * m)  # on the grid: accepted
+    coarse = rule.raise_multiple or (m if rule.kind.value == "raise" else None)
+    if coarse is not None:  # off the raise grid: check_inputs refuses
+        with pytest.raises(ValueError, match=f"divisible by {coarse}"):
+            _check_inputs(spec, 4 * m + coarse // 2, 6 * m)
+    if rule.kind.value == "floor":  # off the floor grid (on the raise grid, if any): accepted
+        _check_inputs(spec, 4 * m + (rule.raise_multiple or m // 2), 6 * m)
+
+
+@pytest.mark.parametrize("name", ["flux1", "flux2", "qwen-image"])
+def test_floor_rule_is_what_prepare_latents_does(name: str):
+    """FLOOR families: the pipeline's own prepare_latents at an off-grid size packs exactly the tokens
+    of the floored size the spec predicts."""
+    import diffusers
+
+    spec = get_family(name)
+    cls = getattr(diffusers, PIPELINE_CLASS[name])
+    height, width = 1000, 776  # neither is a multiple of 16
+    used_h, used_w = (s // spec.size_rule.multiple * spec.size_rule.multiple for s in (height, width))
+    channels = 32 if name == "flux2" else spec.latent_channels
+    out = cls.prepare_latents(
+        _pipeline_stub(cls, spec), 1, channels, height, width, torch.float32, torch.device("meta"), None
+    )
+    tokens = out[0] if isinstance(out, tuple) else out
+    p_h, p_w = spec.tokens.patch  # type: ignore[union-attr]
+    f = spec.spatial_factor
+    n = (used_h // f // p_h) * (used_w // f // p_w)
+    assert tuple(tokens.shape) == (1, n, spec.latent_channels * p_h * p_w)
