@@ -288,7 +288,7 @@ def test_size_rule_is_what_check_inputs_does(spec: FamilySpec):
         with pytest.raises(ValueError, match=f"divisible by {coarse}"):
             _check_inputs(spec, 4 * m + coarse // 2, 6 * m)
     if rule.kind.value == "floor":  # off the floor grid (on the raise grid, if any): accepted
-        _check_inputs(spec, 4 * m + (rule.raise_multiple or m // 2), 6 * m)
+        _check_inputs(spec, 4 * m + (rule.raise_multiple or 1), 6 * m)
 
 
 @pytest.mark.parametrize("name", ["flux1", "flux2", "qwen-image"])
