@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--offload", default="none", metavar="MODE",
                    help="none | model | sequential: the mode the stage table shows (all three are estimated)")
     p.add_argument("--vae-tiling", action="store_true", help="decode with the VAE's enable_tiling()")
-    p.add_argument("--budget", metavar="BYTES", help="e.g. 24GiB: does it fit per offload mode, and what would make it fit")
+    p.add_argument("--budget", metavar="BYTES",
+                   help="e.g. 24GiB: does it fit per offload mode, and what would make it fit")
     p.add_argument("--plot", metavar="FILE", help="write the memory timeline as an image (matplotlib)")
     add_json(p)
     p.set_defaults(func=run)
@@ -33,9 +34,11 @@ def _list() -> str:
 
     rows = []
     for s in PIPELINES:
-        size = f"{s.default_size[0]}x{s.default_size[1]}" + (f"x{s.default_frames}f" if s.default_frames else "")
+        frames = f"x{s.default_frames}f" if s.default_frames else ""
+        size = f"{s.default_size[0]}x{s.default_size[1]}{frames}"
         encs = " + ".join(e.title for e in s.text_encoders)
-        rows.append((s.name, s.pipeline_class, encs, s.denoiser.class_name, s.vae_family, size, s.guidance.value))
+        rows.append((s.name, s.pipeline_class, encs, s.denoiser.class_name, s.vae_family, size,
+                     s.guidance.value))
     return table(("pipeline", "class", "text encoders", "denoiser", "vae", "default", "CFG"), rows)
 
 

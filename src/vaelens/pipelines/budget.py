@@ -60,8 +60,10 @@ class BudgetReport:
         return {
             "budget_bytes": self.budget_bytes,
             "fits": {m.value: ok for m, ok, _ in self.fits},
-            "fixes": [{"change": f.change, "offload": f.mode.value, "peak_bytes": f.peak_bytes, "fits": f.fits}
-                      for f in self.fixes],
+            "fixes": [
+                {"change": f.change, "offload": f.mode.value, "peak_bytes": f.peak_bytes, "fits": f.fits}
+                for f in self.fixes
+            ],
         }
 
 

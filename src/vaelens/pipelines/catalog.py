@@ -86,7 +86,8 @@ SD15 = PipelineSpec(
     text_encoders=(
         _clip_l("text_encoder", with_projection=False, source=f"{_SD15_REPO}/text_encoder/config.json",
                 call=TextEncoderCall(tokens=77, kept_tokens=77, kept_dim=768,
-                                     source=_P + "stable_diffusion/pipeline_stable_diffusion.py (encode_prompt)")),
+                                     source=_P + "stable_diffusion/pipeline_stable_diffusion.py "
+                                     "(encode_prompt)")),
     ),
     denoiser=_denoiser("unet", "UNet", "UNet2DConditionModel", {
         "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
@@ -99,7 +100,8 @@ SD15 = PipelineSpec(
     }, f"{_SD15_REPO}/unet/config.json"),
     denoiser_kind=DenoiserKind.UNET, vae_family="sd15",
     guidance=Guidance.BATCH,
-    guidance_source=_P + "stable_diffusion/pipeline_stable_diffusion.py (guidance_scale=7.5; torch.cat([latents] * 2))",
+    guidance_source=_P + "stable_diffusion/pipeline_stable_diffusion.py "
+    "(guidance_scale=7.5; torch.cat([latents] * 2))",
     default_size=(512, 512), offload_seq=("text_encoder", "unet", "vae"),
     encodes_negative=True,  # encode_prompt: negative_prompt defaults to "" and is encoded
 )
@@ -132,7 +134,8 @@ SDXL = PipelineSpec(
     }, f"{_SDXL_REPO}/unet/config.json"),
     denoiser_kind=DenoiserKind.UNET, vae_family="sdxl",
     guidance=Guidance.BATCH,
-    guidance_source=_P + "stable_diffusion_xl/pipeline_stable_diffusion_xl.py (guidance_scale=5.0; torch.cat([latents] * 2))",
+    guidance_source=_P + "stable_diffusion_xl/pipeline_stable_diffusion_xl.py "
+    "(guidance_scale=5.0; torch.cat([latents] * 2))",
     default_size=(1024, 1024), offload_seq=("text_encoder", "text_encoder_2", "unet", "vae"),
     # force_zeros_for_empty_prompt=True (model_index.json): no negative prompt -> zero embeddings.
     encodes_negative=False, upcasts_fp16_vae=True,
@@ -142,7 +145,8 @@ SDXL = PipelineSpec(
 
 # ── Stable Diffusion 3 / 3.5 (same three text encoders, MMDiT of different size) ─────────────────
 def _sd3_encoders(repo: str) -> tuple[ComponentSpec, ...]:
-    call = _P + "stable_diffusion_3/pipeline_stable_diffusion_3.py (_get_clip_prompt_embeds: hidden_states[-2])"
+    call = _P + "stable_diffusion_3/pipeline_stable_diffusion_3.py " \
+        "(_get_clip_prompt_embeds: hidden_states[-2])"
     t5_call = _P + "stable_diffusion_3/pipeline_stable_diffusion_3.py (__call__ max_sequence_length=256)"
     return (
         _clip_l("text_encoder", with_projection=True, source=f"{repo}/text_encoder/config.json",
@@ -156,7 +160,8 @@ def _sd3_encoders(repo: str) -> tuple[ComponentSpec, ...]:
     )
 
 
-_SD3_GUIDANCE = _P + "stable_diffusion_3/pipeline_stable_diffusion_3.py (guidance_scale=7.0; torch.cat([latents] * 2))"
+_SD3_GUIDANCE = _P + "stable_diffusion_3/pipeline_stable_diffusion_3.py " \
+    "(guidance_scale=7.0; torch.cat([latents] * 2))"
 _SD3_SEQ = ("text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae")
 _SD3M_REPO = "stabilityai/stable-diffusion-3-medium-diffusers"
 SD3_MEDIUM = PipelineSpec(
@@ -186,13 +191,16 @@ SD35_LARGE = PipelineSpec(
 
 
 # ── FLUX.1 [dev] / [schnell] ───────────────────────────────────────────────────────────────────
-def _flux(name: str, repo: str, *, guidance_embeds: bool, title: str, aliases: tuple[str, ...]) -> PipelineSpec:
+def _flux(
+    name: str, repo: str, *, guidance_embeds: bool, title: str, aliases: tuple[str, ...],
+) -> PipelineSpec:
     call = _P + "flux/pipeline_flux.py (_get_clip_prompt_embeds: pooler_output)"
     return PipelineSpec(
         name=name, aliases=aliases, title=title, pipeline_class="FluxPipeline", repo=repo,
         text_encoders=(
             _clip_l("text_encoder", with_projection=False, source=f"{repo}/text_encoder/config.json",
-                    call=TextEncoderCall(tokens=77, kept_tokens=0, kept_dim=768, pooled_dim=768, source=call)),
+                    call=TextEncoderCall(tokens=77, kept_tokens=0, kept_dim=768, pooled_dim=768,
+                                         source=call)),
             _t5("text_encoder_2", tokens=512, mask=False, source=f"{repo}/text_encoder_2/config.json",
                 call_source=_P + "flux/pipeline_flux.py (__call__ max_sequence_length=512)"),
         ),
@@ -272,7 +280,8 @@ SANA = PipelineSpec(
         },
         config_source=f"{_SANA_REPO}/text_encoder/config.json",
         call=TextEncoderCall(tokens=300, attention_mask=True, kept_tokens=300, kept_dim=2304,
-                             source=_P + "sana/pipeline_sana.py (_get_gemma_prompt_embeds, max_sequence_length=300)"),
+                             source=_P + "sana/pipeline_sana.py "
+                             "(_get_gemma_prompt_embeds, max_sequence_length=300)"),
     ),),
     denoiser=_denoiser("transformer", "Linear DiT (Sana)", "SanaTransformer2DModel", {
         "attention_bias": False, "attention_head_dim": 32, "caption_channels": 2304,
@@ -343,7 +352,8 @@ COGVIDEOX_5B = PipelineSpec(
     name="cogvideox-5b", aliases=("cogvideox",), title="CogVideoX-5b", pipeline_class="CogVideoXPipeline",
     repo=_COG_REPO,
     text_encoders=(_t5("text_encoder", tokens=226, mask=False, source=f"{_COG_REPO}/text_encoder/config.json",
-                       call_source=_P + "cogvideo/pipeline_cogvideox.py (__call__ max_sequence_length=226)"),),
+                       call_source=_P + "cogvideo/pipeline_cogvideox.py "
+                       "(__call__ max_sequence_length=226)"),),
     denoiser=_denoiser("transformer", "Expert DiT (CogVideoX)", "CogVideoXTransformer3DModel", {
         "activation_fn": "gelu-approximate", "attention_bias": True, "attention_head_dim": 64,
         "dropout": 0.0, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 16,
@@ -364,7 +374,8 @@ COGVIDEOX_5B = PipelineSpec(
 _HY_REPO = "hunyuanvideo-community/HunyuanVideo"
 _HY_CALL = _P + "hunyuan_video/pipeline_hunyuan_video.py"
 HUNYUANVIDEO = PipelineSpec(
-    name="hunyuanvideo", aliases=("hunyuan-video",), title="HunyuanVideo", pipeline_class="HunyuanVideoPipeline",
+    name="hunyuanvideo", aliases=("hunyuan-video",), title="HunyuanVideo",
+    pipeline_class="HunyuanVideoPipeline",
     repo=_HY_REPO,
     text_encoders=(
         ComponentSpec(
@@ -374,12 +385,14 @@ HUNYUANVIDEO = PipelineSpec(
                 "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
                 "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128320,
                 "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-                "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
+                "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+                "tie_word_embeddings": False,
             },
             config_source=f"{_HY_REPO}/text_encoder/config.json",
             # max_sequence_length=256 plus the prompt template's crop_start=95 tokens, cropped after.
             call=TextEncoderCall(tokens=256 + 95, attention_mask=True, output_hidden_states=True,
-                                 kept_tokens=256, kept_dim=4096, source=f"{_HY_CALL} (_get_llama_prompt_embeds)"),
+                                 kept_tokens=256, kept_dim=4096,
+                                 source=f"{_HY_CALL} (_get_llama_prompt_embeds)"),
         ),
         _clip_l("text_encoder_2", with_projection=False, source=f"{_HY_REPO}/text_encoder_2/config.json",
                 call=TextEncoderCall(tokens=77, kept_tokens=0, kept_dim=768, pooled_dim=768,

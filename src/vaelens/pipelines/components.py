@@ -23,7 +23,6 @@ def build_component(spec: ComponentSpec, *, dtype: DType | str = DType.BF16):
     ('CLIPTextModel', 'meta')
     """
     import torch
-
     from diffusers.utils import logging as dlogging
 
     dtype = DType.parse(dtype)
@@ -37,7 +36,8 @@ def build_component(spec: ComponentSpec, *, dtype: DType | str = DType.BF16):
                     module = _construct(spec)
             except (TypeError, ValueError, KeyError, AttributeError) as exc:
                 raise ConfigError(
-                    f"{spec.library.value} {spec.class_name} could not be built from {spec.config_source}: {exc}"
+                    f"{spec.library.value} {spec.class_name} could not be built from "
+                    f"{spec.config_source}: {exc}"
                 ) from None
             module = module.to(dtype=dtype.torch)
     finally:

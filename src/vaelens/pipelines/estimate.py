@@ -44,7 +44,9 @@ class Offload(str, enum.Enum):
         try:
             return cls(str(value).lower())
         except ValueError:
-            raise VaeLensError(f"offload {value!r} is not supported; choose one of: none, model, sequential") from None
+            raise VaeLensError(
+                f"offload {value!r} is not supported; choose one of: none, model, sequential"
+            ) from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,7 +76,9 @@ def trace_peak(module: Any, plan: CallPlan, dtype: DType) -> ActivationPeak:
     return ActivationPeak(peak_bytes=est.peak_bytes, peak_at=at, output_bytes=est.output_bytes)
 
 
-def estimate_decode(family: str, request: PixelRequest, tiled: bool) -> tuple[ActivationPeak, tuple[int, ...]]:
+def estimate_decode(
+    family: str, request: PixelRequest, tiled: bool,
+) -> tuple[ActivationPeak, tuple[int, ...]]:
     """VAE family + request -> (decode ActivationPeak, latent shape) from vaelens.memory.estimate_memory."""
     from vaelens.memory import estimate_memory
 
@@ -187,7 +191,8 @@ class PipelineEstimate:
             ],
             "stages": [
                 {"label": s.label, "component": s.component, "role": s.role.value, "call_batch": s.call_batch,
-                 "activation_bytes": s.activation_bytes, "peak_at": s.peak_at, "carried_bytes": s.carried_bytes}
+                 "activation_bytes": s.activation_bytes, "peak_at": s.peak_at,
+                 "carried_bytes": s.carried_bytes}
                 for s in self.stages
             ],
             "offload": {
@@ -285,7 +290,9 @@ def resident_sets(spec: PipelineSpec, stages: tuple[Stage, ...], mode: Offload) 
     return out
 
 
-def offload_reports(spec: PipelineSpec, stages: tuple[Stage, ...], sizes: dict[str, ComponentSize]) -> tuple[OffloadReport, ...]:
+def offload_reports(
+    spec: PipelineSpec, stages: tuple[Stage, ...], sizes: dict[str, ComponentSize],
+) -> tuple[OffloadReport, ...]:
     """Stages + component sizes -> one OffloadReport per mode (none, model, sequential)."""
     reports = []
     for mode in Offload:
@@ -379,6 +386,7 @@ def _vae_report(spec: PipelineSpec, size: ComponentSize, dtype: DType) -> Compon
     from vaelens.families import get_family
 
     fam = get_family(spec.vae_family)
-    return ComponentReport(name="vae", title=f"VAE ({fam.name})", role=Role.VAE, class_name=fam.diffusers_class,
-                           config_source=fam.config_source, params=size.params, weights_bytes=size.weights_bytes,
+    return ComponentReport(name="vae", title=f"VAE ({fam.name})", role=Role.VAE,
+                           class_name=fam.diffusers_class, config_source=fam.config_source,
+                           params=size.params, weights_bytes=size.weights_bytes,
                            largest_leaf_bytes=size.largest_leaf_bytes)

@@ -130,7 +130,8 @@ def denoiser_plan(spec: PipelineSpec, latent: Shape, *, batch: int) -> CallPlan:
         tensors = [TensorSpec(name="sample", shape=(b, C, h, w)), ts, ctx]
         nested: tuple[tuple[str, tuple[str, ...]], ...] = ()
         if cfg.get("addition_embed_type") == "text_time":  # SDXL: pooled bigG + 6 size/crop ids
-            tensors += [TensorSpec(name="text_embeds", shape=(b, pooled)), TensorSpec(name="time_ids", shape=(b, 6))]
+            tensors += [TensorSpec(name="text_embeds", shape=(b, pooled)),
+                        TensorSpec(name="time_ids", shape=(b, 6))]
             nested = (("added_cond_kwargs", ("text_embeds", "time_ids")),)
         return CallPlan(tensors=tuple(tensors), nested=nested, constants=(("return_dict", False),))
     if kind in (DenoiserKind.SD3, DenoiserKind.SANA):

@@ -6,9 +6,15 @@ from pathlib import Path
 
 from vaelens.pipelines.budget import BudgetReport
 from vaelens.pipelines.estimate import Offload, OffloadReport, PipelineEstimate
+from vaelens.pipelines.spec import Guidance
 from vaelens.render import human_bytes, shape_str, table
 
 BAR = 48  # characters of the widest timeline bar
+_CFG = {
+    Guidance.BATCH: "batched (denoiser runs at 2×batch)",
+    Guidance.SEQUENTIAL: "two denoiser calls per step",
+    Guidance.NONE: "none (one denoiser call per step)",
+}
 
 
 def _params(n: int) -> str:
@@ -33,8 +39,8 @@ def render_stages(report: OffloadReport) -> str:
             human_bytes(m.weights_bytes), human_bytes(s.carried_bytes), human_bytes(s.activation_bytes),
             human_bytes(m.peak_bytes), s.peak_at or "-",
         ))
-    return table(("stage", "weights resident", "weights", "held", "activations", "peak", "activation peak at"),
-                 rows, right=(2, 3, 4, 5))
+    headers = ("stage", "weights resident", "weights", "held", "activations", "peak", "activation peak at")
+    return table(headers, rows, right=(2, 3, 4, 5))
 
 
 def render_timeline(report: OffloadReport, *, budget_bytes: int | None = None) -> str:
@@ -52,7 +58,8 @@ def render_timeline(report: OffloadReport, *, budget_bytes: int | None = None) -
         lines.append(f"{m.stage.label.ljust(width)} │{bar.ljust(BAR)}│ {human_bytes(m.peak_bytes)}{mark}")
     if budget_bytes:
         pos = min(BAR, round(budget_bytes * scale))
-        lines.append(" " * width + " │" + " " * max(pos - 1, 0) + "┆" + f" budget {human_bytes(budget_bytes)}")
+        pad = " " * width + " │" + " " * max(pos - 1, 0)
+        lines.append(pad + "┆" + f" budget {human_bytes(budget_bytes)}")
     return "\n".join(lines)
 
 
@@ -62,8 +69,8 @@ def render_summary(est: PipelineEstimate) -> str:
 
 
 def render_budget(rep: BudgetReport) -> str:
-    lines = [f"budget {human_bytes(rep.budget_bytes)}: "
-             + ", ".join(f"{m.value} {'fits' if ok else 'does not fit'} ({human_bytes(p)})" for m, ok, p in rep.fits)]
+    verdicts = (f"{m.value} {'fits' if ok else 'does not fit'} ({human_bytes(p)})" for m, ok, p in rep.fits)
+    lines = [f"budget {human_bytes(rep.budget_bytes)}: " + ", ".join(verdicts)]
     if rep.fixes:
         lines.append(f"with --offload {rep.mode.value} it does not fit; single changes:")
         for f in rep.fixes:
@@ -78,8 +85,9 @@ def render_pipeline(est: PipelineEstimate, mode: Offload, budget: BudgetReport |
     frames = f", {req.frames} frames" if req.frames else ""
     head = [
         f"{spec.title} ({spec.pipeline_class}, {spec.repo})",
-        f"{req.width}x{req.height}{frames}, batch {req.batch}, {req.dtype.value}; latent {shape_str(est.latent_shape)}; "
-        f"guidance: {spec.guidance.value}" + ("; VAE tiling" if req.vae_tiling else ""),
+        f"{req.width}x{req.height}{frames}, batch {req.batch}, {req.dtype.value}; "
+        f"latent {shape_str(est.latent_shape)}; CFG: {_CFG[spec.guidance]}"
+        + ("; VAE tiling" if req.vae_tiling else ""),
     ]
     report = est.mode(mode)
     parts = ["\n".join(head), render_components(est), render_stages(report),
@@ -94,7 +102,9 @@ def render_pipeline(est: PipelineEstimate, mode: Offload, budget: BudgetReport |
     return "\n\n".join(parts)
 
 
-def plot_pipeline(est: PipelineEstimate, path: str | Path, *, mode: Offload, budget_bytes: int | None = None) -> Path:
+def plot_pipeline(
+    est: PipelineEstimate, path: str | Path, *, mode: Offload, budget_bytes: int | None = None,
+) -> Path:
     """Stacked bars (weights / held / activations) per stage for `mode`, and every mode's peaks as steps."""
     import matplotlib
 
@@ -111,12 +121,14 @@ def plot_pipeline(est: PipelineEstimate, path: str | Path, *, mode: Offload, bud
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(labels)), 4.5))
     ax.bar(x, w, color="#4c72b0", label="weights resident")
     ax.bar(x, c, bottom=w, color="#dd8452", label="tensors held")
-    ax.bar(x, a, bottom=[i + j for i, j in zip(w, c)], color="#c44e52", label="activations (call peak)")
-    for r, style in zip(est.offload, ("-", "--", ":")):
+    ax.bar(x, a, bottom=[i + j for i, j in zip(w, c, strict=True)], color="#c44e52",
+           label="activations (call peak)")
+    for r, style in zip(est.offload, ("-", "--", ":"), strict=True):
         ax.step(x, [m.peak_bytes / gib for m in r.stages], where="mid", linestyle=style, color="black",
                 alpha=0.6, label=f"peak, offload={r.mode.value}")
     if budget_bytes:
-        ax.axhline(budget_bytes / gib, color="green", linewidth=1.2, label=f"budget {human_bytes(budget_bytes)}")
+        ax.axhline(budget_bytes / gib, color="green", linewidth=1.2,
+                   label=f"budget {human_bytes(budget_bytes)}")
     peak = report.peak
     i = report.stages.index(peak)
     ax.annotate(f"peak {human_bytes(peak.peak_bytes)}", (i, peak.peak_bytes / gib), ha="center", va="bottom")
