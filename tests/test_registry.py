@@ -310,3 +310,48 @@ def test_floor_rule_is_what_prepare_latents_does(name: str):
     f = spec.spatial_factor
     n = (used_h // f // p_h) * (used_w // f // p_w)
     assert tuple(tokens.shape) == (1, n, spec.latent_channels * p_h * p_w)
+
+
+VIDEO_PIPELINE_ATTRS = (  # the names each video pipeline's __init__ gives its scale factors
+    "vae_scale_factor_temporal",  # wan, cogvideo, hunyuan_video
+    "vae_temporal_compression_ratio",  # ltx
+    "vae_temporal_scale_factor",  # mochi
+)
+
+
+@pytest.mark.parametrize("spec", [s for s in FAMILIES if s.is_video], ids=lambda s: s.name)
+def test_frame_rule_is_what_prepare_latents_does(spec: FamilySpec):
+    """The pipeline's prepare_latents at an off-rule frame count F = 2t + 2: (F - 1) // t + 1 latent
+    frames, and no error (the frame check, where there is one, lives in __call__)."""
+    from types import SimpleNamespace
+
+    import diffusers
+
+    cls = getattr(diffusers, PIPELINE_CLASS[spec.name])
+    t, f = spec.temporal.factor, spec.spatial_factor  # type: ignore[union-attr]
+    stub = _pipeline_stub(cls, spec)
+    for attr in VIDEO_PIPELINE_ATTRS:
+        setattr(stub, attr, t)
+    for attr in ("vae_scale_factor_spatial", "vae_spatial_compression_ratio", "vae_spatial_scale_factor"):
+        setattr(stub, attr, f)
+    stub.transformer_spatial_patch_size = stub.transformer_temporal_patch_size = 1  # LTX 0.9.0
+    stub.scheduler = SimpleNamespace(init_noise_sigma=1.0)  # CogVideoX scales the noise by it
+    frames = 2 * t + 2
+    args = {
+        "batch_size": 1, "num_channels_latents": spec.latent_channels, "num_frames": frames,
+        "height": 4 * f, "width": 6 * f, "dtype": torch.float32, "device": torch.device("meta"),
+        "generator": None,
+    }  # fmt: skip
+    out = cls.prepare_latents(stub, **args)
+    latent_frames = (frames - 1) // t + 1
+    c = spec.latent_channels
+    expected = {
+        "cogvideox-2b": (1, latent_frames, c, 4, 6),  # CogVideoX keeps [B, F, C, H, W]
+        "cogvideox-5b": (1, latent_frames, c, 4, 6),
+        "ltx-video": (1, latent_frames * 4 * 6, c),  # LTX returns packed tokens (patch 1)
+    }.get(spec.name, (1, c, latent_frames, 4, 6))
+    assert tuple(out.shape) == expected
+    if spec.temporal.rule.value == "floor":  # type: ignore[union-attr]
+        # WanPipeline.__call__ floors num_frames to t·k + 1 (with a warning) before prepare_latents.
+        src = inspect.getsource(cls.__call__)
+        assert "num_frames // self.vae_scale_factor_temporal * self.vae_scale_factor_temporal + 1" in src
