@@ -13,7 +13,6 @@ BAD_INPUT = [
     (["shapes", "sdxl", "--size", "1024x1020"], "height 1020 is not a multiple of 8 for sdxl; nearest valid: 1016 or 1024"),
     (["shapes", "sdxl", "--size", "99999x512"], "width 99999 is above vaelens' limit of 16384"),
     (["shapes", "wan21", "--size", "832x480", "--frames", "0"], "frames 0 must be between 1 and"),
-    (["shapes", "cogvideox-5b", "--size", "720x480", "--frames", "50"], "frames 50 is not 4k+1"),
     (["shapes", "sdxl", "--frames", "9"], "sdxl is an image VAE"),
     (["shapes", "sdxl", "--dtype", "fp8"], "dtype 'fp8' is not supported; choose one of: fp32, fp16, bf16"),
     (["shapes", "sdxl", "--batch", "0"], "batch 0 must be between 1 and"),
@@ -63,6 +62,15 @@ def test_floor_warning_on_stderr(cli):
     assert res.code == 0
     assert "1000 → 992" in res.err
     assert res.json()["used_size"] == [992, 992]
+
+
+def test_frames_off_rule_warn_with_frames_used(cli):
+    wan = cli("shapes", "wan21", "--size", "832x480", "--frames", "80", "--json")
+    assert wan.code == 0 and "frames 80 → 77" in wan.err
+    assert wan.json()["pixel_shape"][2] == 77
+    cog = cli("shapes", "cogvideox-5b", "--size", "720x480", "--frames", "50", "--json")
+    assert cog.code == 0 and "decode to 49 frames" in cog.err
+    assert cog.json()["decoded_shape"][2] == 49
 
 
 def test_families_table_golden(cli, golden):

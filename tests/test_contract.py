@@ -31,6 +31,7 @@ CASES = [
     ("wan22", 256, 128, 9, 1),
     ("wan22", 128, 128, 13, 1),
     ("cogvideox-2b", 128, 128, 9, 1),
+    ("cogvideox-2b", 96, 128, 16, 1),
     ("cogvideox-5b", 128, 96, 13, 1),
     ("hunyuanvideo", 128, 128, 9, 1),
     ("hunyuanvideo", 128, 96, 5, 1),

@@ -126,6 +126,31 @@ def latent_frames(spec: FamilySpec, frames: int) -> int:
     return (frames - 1) // spec.temporal.factor + 1
 
 
+def decoded_frames(spec: FamilySpec, latent_count: int) -> int:
+    """latent frames F' -> decoded pixel frames: (F' - 1)·t + 1, or CogVideoX's chunked rule.
+
+    >>> decoded_frames(get_family("wan21"), 21), decoded_frames(get_family("cogvideox-5b"), 4)
+    (81, 16)
+    """
+    rule = spec.temporal
+    assert rule is not None
+    if rule.decode_chunk is None:
+        return (latent_count - 1) * rule.factor + 1
+    # diffusers AutoencoderKLCogVideoX._decode: chunks of k latent frames, the first one taking the
+    # remainder; CogVideoXUpsample3D (models/upsampling.py) per ×2 time stage: odd n>1 -> 2n-1
+    # (first frame kept), even n -> 2n, n == 1 -> 1.
+    k = rule.decode_chunk
+    count = max(latent_count // k, 1)
+    first = min(latent_count, k + latent_count % k)
+    chunks = [first] + [k] * (count - 1)
+    total = 0
+    for n in chunks:
+        for _ in range(int(math.log2(rule.factor))):
+            n = n if n == 1 else (2 * n - 1 if n % 2 else 2 * n)
+        total += n
+    return total
+
+
 def apply_frame_rule(spec: FamilySpec, frames: int | None) -> tuple[int | None, str | None]:
     """requested frames -> (frames used, warning or None); None for image VAEs.
 
@@ -179,7 +204,13 @@ def plan_shapes(spec: FamilySpec, request: PixelRequest) -> ShapePlan:
         lf = latent_frames(spec, frames)
         pixel: Shape = (b, 3, frames, height, width)
         latent: Shape = (b, c, lf, h, w)
-        decoded: Shape = (b, 3, (lf - 1) * spec.temporal.factor + 1, height, width)  # type: ignore[union-attr]
+        out_frames = decoded_frames(spec, lf)
+        decoded: Shape = (b, 3, out_frames, height, width)
+        if out_frames != frames:
+            notes.append(
+                f"frames {frames} encode to {lf} latent frames, which decode to {out_frames} frames "
+                f"({spec.name} keeps frame 0 alone and compresses time ÷{spec.temporal.factor})"  # type: ignore[union-attr]
+            )
     elif spec.video_module:
         pixel, latent, decoded = (b, 3, 1, height, width), (b, c, 1, h, w), (b, 3, 1, height, width)
     else:

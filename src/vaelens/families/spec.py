@@ -71,6 +71,10 @@ class TemporalRule:
     factor: int
     rule: FrameRuleKind
     source: str = ""
+    # CogVideoX decodes latent frames in chunks of this many (frame 0's chunk takes the remainder), and
+    # its time upsampler doubles an even chunk but keeps the first frame of an odd one: the decoded
+    # frame count then depends on the chunking, not only on (F' - 1)·t + 1.
+    decode_chunk: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

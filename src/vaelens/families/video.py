@@ -179,6 +179,7 @@ _COG_FRAMES = TemporalRule(
     factor=4,
     rule=FrameRuleKind.ANY,
     source=f"{_COG_PIPE} (prepare_latents: (num_frames - 1) // vae_scale_factor_temporal + 1; no check)",
+    decode_chunk=2,  # diffusers/models/autoencoders/autoencoder_kl_cogvideox.py num_latent_frames_batch_size
 )
 _COG_TOKENS = TokenPacking(
     patch=(1, 2, 2),
