@@ -33,6 +33,7 @@ CASES = [
     ("cogvideox-2b", 128, 128, 9, 1),
     ("cogvideox-2b", 96, 128, 16, 1),
     ("cogvideox-5b", 128, 96, 13, 1),
+    ("cogvideox-5b", 128, 128, 25, 1),
     ("hunyuanvideo", 128, 128, 9, 1),
     ("hunyuanvideo", 128, 96, 5, 1),
     ("ltx-video", 256, 128, 9, 1),
