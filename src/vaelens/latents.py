@@ -28,7 +28,7 @@ COMFY_LEGACY_MULTIPLIER = 1.0 / 0.18215
 
 def _channels_last(latent) -> np.ndarray:
     """latent [B,C,...] (torch or numpy) -> float64 array [N, C] of every position's channel vector."""
-    a = latent.detach().float().cpu().numpy() if hasattr(latent, "detach") else np.asarray(latent)
+    a = latent.detach().cpu().double().numpy() if hasattr(latent, "detach") else np.asarray(latent)
     if a.ndim < 3:
         raise VaeLensError(f"latent shape {list(a.shape)} is not [B, C, (F,) h, w]")
     return np.moveaxis(a.astype(np.float64), 1, -1).reshape(-1, a.shape[1])
@@ -90,7 +90,8 @@ def channel_stats(latent) -> ChannelStats:
     x = x[finite]
     if x.shape[0] == 0:
         raise VaeLensError("latent has no finite values: every position holds NaN or Inf")
-    corr = np.corrcoef(x, rowvar=False) if x.shape[0] > 1 else np.eye(x.shape[1])
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant channel has no correlation: 0
+        corr = np.corrcoef(x, rowvar=False) if x.shape[0] > 1 else np.eye(x.shape[1])
     corr = np.atleast_2d(np.nan_to_num(corr, nan=0.0))
 
     def r(v) -> tuple[float, ...]:
@@ -121,7 +122,7 @@ class RgbProjection:
 
     def apply(self, latent) -> np.ndarray:
         """latent [B,C,h,w] -> array [B,h,w,3] (not clamped)."""
-        a = latent.detach().float().cpu().numpy() if hasattr(latent, "detach") else np.asarray(latent)
+        a = latent.detach().cpu().double().numpy() if hasattr(latent, "detach") else np.asarray(latent)
         w, b = np.asarray(self.weight), np.asarray(self.bias)
         return np.einsum("bchw,kc->bhwk", a.astype(np.float64), w) + b
 

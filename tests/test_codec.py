@@ -1,0 +1,152 @@
+"""Encode/decode against the module itself, normalisation applied, fp16 overflow and the fp32 redo,
+PSNR and SSIM against known values, CPU memory measurement."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vaelens.codec import Upcast, decode, encode, measure_memory, psnr, roundtrip, ssim
+from vaelens.errors import VaeLensError
+from vaelens.weights import load_vae
+
+TINY = {
+    "_class_name": "AutoencoderKL",
+    "down_block_types": ["DownEncoderBlock2D"] * 2,
+    "up_block_types": ["UpDecoderBlock2D"] * 2,
+    "block_out_channels": [8, 16],
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+    "latent_channels": 4,
+    "sample_size": 32,
+    "scaling_factor": 0.5,
+    "shift_factor": 0.25,
+    "force_upcast": False,  # AutoencoderKL's default is True
+}
+
+
+def loaded(tmp_path, *, dtype="fp32", blow_up: float | None = None, **overrides):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    module = AutoencoderKL.from_config({**TINY, **overrides}).eval()
+    if blow_up is not None:
+        with torch.no_grad():  # activations past fp16's 65504: the SDXL-VAE-in-fp16 failure, made small
+            module.encoder.conv_in.weight.mul_(blow_up)
+            module.decoder.conv_in.weight.mul_(blow_up)
+    folder = tmp_path / f"vae{len(list(tmp_path.iterdir()))}"
+    module.save_pretrained(folder)
+    return module, load_vae(folder, device="cpu", dtype=dtype)
+
+
+PIXELS = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+def test_encode_is_the_module_mode_then_normalised(tmp_path):
+    module, vae = loaded(tmp_path)
+    z, report = encode(vae, PIXELS)
+    with torch.inference_mode():
+        raw = module.encode(PIXELS).latent_dist.mode()
+    torch.testing.assert_close(z, (raw - 0.25) * 0.5)  # (z - shift_factor) * scaling_factor
+    raw_back, _ = encode(vae, PIXELS, normalized=False)
+    torch.testing.assert_close(raw_back, raw)
+    assert report.dtype_used.value == "fp32" and report.nonfinite == 0 and report.upcast_reason is None
+    out, _ = decode(vae, z)
+    with torch.inference_mode():
+        torch.testing.assert_close(out, module.decode(raw).sample)
+
+
+def test_sample_is_seeded_and_differs_from_mode(tmp_path):
+    _, vae = loaded(tmp_path)
+    a, _ = encode(vae, PIXELS, sample=True, seed=3)
+    b, _ = encode(vae, PIXELS, sample=True, seed=3)
+    m, _ = encode(vae, PIXELS)
+    assert torch.equal(a, b) and not torch.equal(a, m)
+
+
+def test_fp16_overflow_is_detected_and_redone_in_fp32(tmp_path):
+    module, vae = loaded(tmp_path, dtype="fp16", blow_up=1e5)
+    z, report = encode(vae, PIXELS, upcast="auto")
+    assert report.nonfinite_first > 0 and report.nonfinite == 0
+    assert (
+        report.dtype_used.value == "fp32" and "NaN/Inf values at fp16; redone in fp32" in report.upcast_reason
+    )
+    assert next(vae.module.parameters()).dtype == torch.float16  # the module is back at the asked dtype
+    with torch.inference_mode():
+        expected = (module.encode(PIXELS).latent_dist.mode() - 0.25) * 0.5
+    torch.testing.assert_close(z, expected, atol=2e-2, rtol=2e-2)  # fp16 weights, fp32 compute
+    _, never = encode(vae, PIXELS, upcast=Upcast.NEVER)
+    assert never.nonfinite > 0 and never.dtype_used.value == "fp16"
+
+
+def test_force_upcast_config_runs_fp16_in_fp32(tmp_path):
+    _, vae = loaded(tmp_path, dtype="fp16", force_upcast=True)
+    _, report = encode(vae, PIXELS)
+    assert report.dtype_used.value == "fp32" and "force_upcast" in report.upcast_reason
+    _, report = encode(vae, PIXELS, upcast="never")
+    assert report.dtype_used.value == "fp16"
+
+
+def test_nonfinite_input_is_refused(tmp_path):
+    _, vae = loaded(tmp_path)
+    bad = torch.zeros(1, 4, 8, 8)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(VaeLensError, match="latent holds 1 NaN/Inf values of 256"):
+        decode(vae, bad)
+    with pytest.raises(VaeLensError, match="upcast 'sometimes'"):
+        encode(vae, PIXELS, upcast="sometimes")
+
+
+def test_roundtrip_scores_match_a_direct_computation(tmp_path):
+    module, vae = loaded(tmp_path)
+    rt = roundtrip(vae, PIXELS)
+    with torch.inference_mode():
+        rec = module.decode(module.encode(PIXELS).latent_dist.mode()).sample
+    src01 = ((PIXELS + 1) / 2).permute(0, 2, 3, 1).numpy()
+    rec01 = ((rec.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    for i in range(2):
+        mse = float(np.mean((src01[i].astype(np.float64) - rec01[i]) ** 2))
+        assert rt.psnr[i] == pytest.approx(10 * math.log10(1 / mse), abs=1e-4)
+    np.testing.assert_allclose(rt.error, np.abs(src01 - rec01).mean(-1), atol=1e-6)
+    assert set(rt.to_json()) >= {"psnr_db", "ssim", "seconds", "encode", "decode", "latent_shape"}
+
+
+def test_psnr_known_values():
+    a = np.zeros((8, 8, 3))
+    assert psnr(a, a + 0.1) == pytest.approx(20.0)
+    assert psnr(a, a + 0.01) == pytest.approx(40.0)
+    assert psnr(a, a) == math.inf
+
+
+def test_ssim_closed_form_for_flat_images():
+    # Flat images: σ terms vanish, so SSIM = (2·a·b + C1) / (a² + b² + C1) exactly (Wang et al. 2004, eq. 13).
+    a, b = 0.3, 0.6
+    c1 = (0.01) ** 2
+    expected = (2 * a * b + c1) / (a * a + b * b + c1)
+    assert ssim(np.full((20, 20), a), np.full((20, 20), b)) == pytest.approx(expected, rel=1e-12)
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 32, 3))
+    assert ssim(x, x) == pytest.approx(1.0)
+    assert ssim(x, 1 - x) < 0  # anti-correlated structure gives negative SSIM
+
+
+def test_ssim_matches_scikit_image():
+    metrics = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(1)
+    x = rng.random((40, 48, 3))
+    y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)
+    theirs = metrics.structural_similarity(
+        x, y, channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
+    assert ssim(x, y) == pytest.approx(theirs, abs=1e-9)
+
+
+def test_cpu_memory_measurement_sees_an_allocation():
+    with measure_memory("cpu") as mem:
+        block = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB, touched
+        block += 1
+    assert mem["peak_bytes"] >= 48 * 1024 * 1024
+    assert "CPU" in mem["method"] and "not comparable" in mem["method"]
