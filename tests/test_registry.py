@@ -86,7 +86,7 @@ def _frame_counts(spec: FamilySpec) -> list[int | None]:
     if spec.temporal is None:
         return [None]
     t = spec.temporal.factor
-    return [2 * t + 1, 4 * t + 1]
+    return [2 * t + 1, 4 * t + 1]  # t·k + 1 with an odd number of latent frames (3, 5)
 
 
 @pytest.mark.parametrize("spec", FAMILIES, ids=IDS)
@@ -108,6 +108,27 @@ def test_meta_encode_decode_shapes_follow_the_spec(spec: FamilySpec):
             assert tuple(latent.shape) == expected, f"{spec.name} frames={frames}"
             decoded = run_decode(module, latent)
         assert tuple(decoded.shape) == pixels_shape, f"{spec.name} frames={frames}"
+
+
+@pytest.mark.parametrize("spec", [s for s in FAMILIES if s.is_video], ids=lambda s: s.name)
+def test_meta_frames_off_the_rule_and_even_latent_counts(spec: FamilySpec):
+    """F = 2t + 2 (off t·k + 1) encodes to (F - 1) // t + 1 latent frames and decodes to (F' - 1)·t + 1:
+    the extra frame is dropped. F = 3t + 1 gives an even F' = 4, which CogVideoX decodes differently."""
+    module = _module(spec.name)
+    t, f = spec.temporal.factor, spec.spatial_factor  # type: ignore[union-attr]
+    for frames in (2 * t + 2, 3 * t + 1):
+        pixels = torch.empty((1, 3, frames, 2 * f, 3 * f), device="meta")
+        with torch.inference_mode():
+            latent = run_encode(module, pixels)
+            decoded = run_decode(module, latent).shape[2]
+        n = (frames - 1) // t + 1
+        assert latent.shape[2] == n
+        if spec.diffusers_class == "AutoencoderKLCogVideoX" and n % 2 == 0:
+            # autoencoder_kl_cogvideox.py decodes 2 latent frames per chunk (num_latent_frames_batch_size)
+            # and its time upsampler doubles even chunks: 4 latent frames -> 2 chunks × 2t pixel frames.
+            assert decoded == n * t
+        else:
+            assert decoded == (n - 1) * t + 1
 
 
 @pytest.mark.parametrize("spec", FAMILIES, ids=IDS)
