@@ -60,7 +60,6 @@ def build_module(
     parameters have shapes and dtypes but no memory, so any released VAE builds in milliseconds.
     """
     import torch
-
     from diffusers.utils import logging as dlogging
 
     cfg = source.diffusers_config() if isinstance(source, FamilySpec) else dict(source)

@@ -223,13 +223,13 @@ def plan_shapes(spec: FamilySpec, request: PixelRequest) -> ShapePlan:
         if len(patch) > len(dims):
             raise VaeLensError(f"{spec.name}: token patch {patch} has more axes than latent {latent}")
         lead, tail = dims[: len(dims) - len(patch)], dims[len(dims) - len(patch):]
-        for axis, (n, p) in enumerate(zip(tail, patch)):
+        for axis, (n, p) in enumerate(zip(tail, patch, strict=True)):
             if n % p:
                 raise SizeError(
                     f"{spec.name}: latent axis {axis} of size {n} is not divisible by the token patch {p}; "
                     f"choose a size that is a multiple of {f * p} pixels"
                 )
-        count = math.prod(lead) * math.prod(n // p for n, p in zip(tail, patch))
+        count = math.prod(lead) * math.prod(n // p for n, p in zip(tail, patch, strict=True))
         dim = c * math.prod(patch)
     return ShapePlan(
         family=spec.name,

@@ -3,7 +3,6 @@ numbers at every step. Each step names the state object, the axis that changes, 
 
 from __future__ import annotations
 
-import math
 import textwrap
 from collections.abc import Callable
 
@@ -17,7 +16,8 @@ _CONTRAST = ("sd15", "flux1", "wan21", "sana", "sdxl")
 
 
 def _para(text: str, indent: str = "   ") -> str:
-    return textwrap.fill(" ".join(text.split()), _WIDTH, initial_indent=indent, subsequent_indent=indent)
+    return textwrap.fill(" ".join(text.split()), _WIDTH, initial_indent=indent, subsequent_indent=indent,
+                         break_on_hyphens=False, break_long_words=False)
 
 
 def _gaussian(spec: FamilySpec) -> bool:
@@ -99,9 +99,10 @@ def explain(spec: FamilySpec, plan: ShapePlan, *, peak: Callable[[FamilySpec, Sh
     step = f"2. encoder: space ÷{f}" + (f", time ÷{spec.temporal.factor}" if spec.temporal else "")
     out.append(step)
     out.append(_para(
-        f"Convolution stacks halve height and width {int(math.log2(f))} times (÷{f} per side, ÷{f * f} in "
-        f"area) while widening the channel axis"
+        f"Strided convolutions (and in some families a pixel patchify first) shrink height and width "
+        f"÷{f} per side, ÷{f * f} in area, while widening the channel axis"
         + (f" to {wide} feature maps" if wide else "")
+        + (f"; causal 3-D convolutions shrink time ÷{spec.temporal.factor}" if spec.temporal else "")
         + ". The trade-off: every halving makes the later denoiser cheaper, but the encoder must squeeze "
         "more detail into each latent position, so fine texture is what a stronger compression loses."
     ))
