@@ -101,6 +101,14 @@ def test_floor_rule_warns_with_size_used():
     assert any("1000 → 992" in w for w in plan.warnings)
 
 
+def test_check_before_floor_wan22():
+    # WanPipeline.check_inputs raises on % 16; __call__ then floors Wan2.2 sizes to % 32.
+    with pytest.raises(SizeError, match="height 1000 is not a multiple of 16 for wan22; nearest valid: 992 or 1008"):
+        shapes("wan22", width=1280, height=1000)
+    plan = shapes("wan22", width=1280, height=720)
+    assert plan.used_size == (704, 1280) and any("720 → 704" in w for w in plan.warnings)
+
+
 def test_frame_rules():
     wan = get_family("wan21")
     assert apply_frame_rule(wan, 81) == (81, None)

@@ -110,6 +110,12 @@ def apply_size_rule(spec: FamilySpec, name: str, value: int) -> tuple[int, str |
     992
     """
     rule = spec.size_rule
+    if rule.raise_multiple and value % rule.raise_multiple:
+        low, high = _nearest_multiples(value, rule.raise_multiple)
+        choices = f"{low} or {high}" if low > 0 else f"{high}"
+        raise SizeError(
+            f"{name} {value} is not a multiple of {rule.raise_multiple} for {spec.name}; nearest valid: {choices}"
+        )
     m = rule.multiple
     if value % m == 0:
         return value, None

@@ -105,7 +105,7 @@ def families_json(specs: Sequence[FamilySpec]) -> list[dict[str, Any]]:
             "normalization": normalization_json(s),
             "tokens": {"patch": list(s.tokens.patch), "source": s.tokens.source} if s.tokens else None,
             "size_rule": {"kind": s.size_rule.kind.value, "multiple": s.size_rule.multiple,
-                          "source": s.size_rule.source},
+                          "raise_multiple": s.size_rule.raise_multiple, "source": s.size_rule.source},
             "default_size": list(s.default_size),
             "default_frames": s.default_frames,
             "config_source": s.config_source,
