@@ -100,6 +100,7 @@ def simulate(tr: Trace, *, dtype: DType | None = None, tiled: bool = False, slic
         inner = [r for r in layers if r.first_op <= peak_event < r.last_op]
         if inner:
             peak_at = max(inner, key=lambda r: (r.depth, r.first_op)).path
+        peak_at = peak_at or f"({tr.module_type})"  # ran in the top module's own code (e.g. tile blending)
     timeline = tuple(
         LayerMemory(
             path=r.path, type=r.type, depth=r.depth, output_shape=r.output_shape, live_bytes=r.live_bytes,
@@ -171,17 +172,46 @@ def input_shapes(model: Any, request: PixelRequest) -> tuple[Any, tuple[int, ...
 
 
 def _apply_modes(module: Any, tiled: bool, sliced: bool) -> tuple[bool, bool]:
-    """Set diffusers' enable_tiling()/enable_slicing() state; returns the previous flags."""
+    """Call diffusers' enable_tiling()/enable_slicing() (their default tile sizes, read from the
+    config by each class's __init__) or switch them off; returns the previous flags."""
+    import warnings
+
     prev = (bool(getattr(module, "use_tiling", False)), bool(getattr(module, "use_slicing", False)))
-    for flag, name in ((tiled, "tiling"), (sliced, "slicing")):
+    for flag, name, opt in ((tiled, "tiling", "--tiled"), (sliced, "slicing", "--sliced")):
         if flag and not hasattr(module, f"enable_{name}"):
-            raise VaeLensError(f"--{'tiled' if name == 'tiling' else 'sliced'}: {type(module).__name__} "
-                               f"has no enable_{name}() in diffusers")
-    if hasattr(module, "use_tiling"):
-        module.use_tiling = tiled
-    if hasattr(module, "use_slicing"):
-        module.use_slicing = sliced
+            raise VaeLensError(f"{opt}: diffusers {type(module).__name__} has no enable_{name}()")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if flag:
+                getattr(module, f"enable_{name}")()
+            elif hasattr(module, f"use_{name}"):
+                setattr(module, f"use_{name}", False)
     return prev
+
+
+def trace_request(
+    model: Any, request: PixelRequest, *, op: str | Op = "decode", tiled: bool = False, sliced: bool = False,
+) -> Trace:
+    """model + PixelRequest -> Trace of encode (pixels in) or decode (latent in) on the meta device."""
+    import torch
+
+    op = Op.parse(op)
+    if op is Op.FORWARD:
+        raise VaeLensError("op 'forward' has no pixel/latent contract; use op='encode' or op='decode'")
+    dtype = DType.parse(request.dtype)
+    module, pixel, latent = input_shapes(model, request)
+    shape = pixel if op is Op.ENCODE else latent
+    prev = _apply_modes(module, tiled, sliced)
+    try:
+        return trace(module, [torch.empty(shape, device="meta", dtype=dtype.torch)], op=op)
+    except RuntimeError as exc:  # a diffusers code path that fails for this config (not a vaelens error)
+        mode = " with enable_tiling()" if tiled else " with enable_slicing()" if sliced else ""
+        raise VaeLensError(
+            f"diffusers {type(module).__name__}.{op.value}{mode} fails on input {list(shape)}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    finally:
+        _apply_modes(module, *prev)
 
 
 def estimate_memory(
@@ -198,20 +228,8 @@ def estimate_memory(
     >>> est.output_shape, est.peak_bytes > est.output_bytes
     ((1, 3, 512, 512), True)
     """
-    import torch
-
-    op = Op.parse(op)
-    if op is Op.FORWARD:
-        raise VaeLensError("op 'forward' has no pixel/latent contract; use op='encode' or op='decode'")
-    dtype = DType.parse(request.dtype)
-    module, pixel, latent = input_shapes(model, request)
-    shape = pixel if op is Op.ENCODE else latent
-    prev = _apply_modes(module, tiled, sliced)
-    try:
-        tr = trace(module, [torch.empty(shape, device="meta", dtype=dtype.torch)], op=op)
-    finally:
-        _apply_modes(module, *prev)
-    return simulate(tr, dtype=dtype, tiled=tiled, sliced=sliced)
+    tr = trace_request(model, request, op=op, tiled=tiled, sliced=sliced)
+    return simulate(tr, dtype=DType.parse(request.dtype), tiled=tiled, sliced=sliced)
 
 
 def latent_multiple(est: MemoryEstimate, latent_shape: tuple[int, ...]) -> float:

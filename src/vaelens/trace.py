@@ -101,7 +101,7 @@ class LayerRecord:
     index: int
     path: str
     type: str
-    depth: int
+    depth: int  # 0: the traced module; 1: layers it calls; 2: layers they call, ...
     output_shape: tuple[int, ...] | None
     dtype: str | None
     bytes: int  # bytes of the tensors it returned
@@ -308,7 +308,7 @@ def trace(module: Any, inputs: Sequence[Any] | Any, *, op: str | Op = "forward")
     >>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU()).to("meta")
     >>> t = trace(m, torch.empty(1, 3, 16, 16, device="meta"))
     >>> [(r.path, r.output_shape) for r in t.layers]
-    [('0', (1, 8, 16, 16)), ('1', (1, 8, 16, 16)), ('', (1, 8, 16, 16))]
+    [('', (1, 8, 16, 16)), ('0', (1, 8, 16, 16)), ('1', (1, 8, 16, 16))]
     """
     import torch
 
@@ -335,14 +335,15 @@ def trace(module: Any, inputs: Sequence[Any] | Any, *, op: str | Op = "forward")
     names = {id(m): (n, m) for n, m in module.named_modules()}
     handles = []
 
+    depths: dict[int, int] = {}
+
     def pre_hook(mod, _args):
-        path = names[id(mod)][0]
         idx = len(layers)
         layers.append(None)
         starts[idx] = len(rec.events)
+        depths[idx] = len(rec.stack)  # nesting in the call tree (containers never called don't count)
         rec.stack.append(idx)
         mod._vaelens_call = getattr(mod, "_vaelens_call", []) + [idx]
-        del path
 
     def post_hook(mod, _args, output):
         idx = mod._vaelens_call.pop()
@@ -352,7 +353,7 @@ def trace(module: Any, inputs: Sequence[Any] | Any, *, op: str | Op = "forward")
         ts = _tensors(output, [])
         first = ts[0] if ts else _first_tensor(output)
         layers[idx] = LayerRecord(
-            index=idx, path=path, type=type(mod).__name__, depth=0 if not path else path.count(".") + 1,
+            index=idx, path=path, type=type(mod).__name__, depth=depths.pop(idx),
             output_shape=tuple(first.shape) if first is not None else None,
             dtype=_dtype_name(first.dtype) if first is not None else None,
             bytes=sum(t.numel() * t.element_size() for t in ts) if ts else
@@ -363,6 +364,11 @@ def trace(module: Any, inputs: Sequence[Any] | Any, *, op: str | Op = "forward")
     was_training = module.training
     result = None
     final: tuple[int, ...] = ()
+    root = -1
+    if op is not Op.FORWARD:  # encode/decode are methods, not forward: a record for the whole call
+        root = len(layers)
+        layers.append(None)
+        rec.stack.append(root)
     try:
         module.eval()
         for _, m in module.named_modules():
@@ -373,6 +379,15 @@ def trace(module: Any, inputs: Sequence[Any] | Any, *, op: str | Op = "forward")
             result = call_op(module, op, inputs)
         final = tuple(rec.pending)
         rec.pending = []
+        if root >= 0:
+            out_ts = _tensors(result, [])
+            layers[root] = LayerRecord(
+                index=root, path="", type=type(module).__name__, depth=0,
+                output_shape=tuple(out_ts[0].shape) if out_ts else None,
+                dtype=_dtype_name(out_ts[0].dtype) if out_ts else None,
+                bytes=sum(t.numel() * t.element_size() for t in out_ts), live_bytes=rec.live,
+                first_op=0, last_op=len(rec.events),
+            )
     finally:
         for h in handles:
             h.remove()

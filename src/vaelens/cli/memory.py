@@ -1,0 +1,76 @@
+"""`vaelens memory MODEL`: predicted CUDA peak of encode and decode, without a GPU."""
+
+from __future__ import annotations
+
+import argparse
+
+from vaelens.cli.common import add_json, add_model, add_size, emit_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("memory", help="predicted GPU memory peak of encode/decode (allocator-level, no GPU)")
+    add_model(p)
+    add_size(p)
+    p.add_argument("--op", choices=("encode", "decode", "both"), default="both", help="default both")
+    p.add_argument("--tiled", action="store_true", help="predict diffusers' enable_tiling()")
+    p.add_argument("--sliced", action="store_true", help="predict diffusers' enable_slicing() (batch > 1)")
+    p.add_argument("--budget", metavar="SIZE", help="e.g. 8GiB: does it fit, largest batch / square size that fit")
+    p.add_argument("--measure", action="store_true",
+                   help="also run the real module (random weights) on CUDA and show measured vs predicted")
+    add_json(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vaelens.cli.shapes import plan_from_args
+    from vaelens.memory import estimate_memory
+    from vaelens.memory_render import estimate_json, render_memory
+
+    spec, plan = plan_from_args(args)
+    request = plan.request
+    ops = ("encode", "decode") if args.op == "both" else (args.op,)
+    budget = None
+    if args.budget is not None:  # validate before any work
+        from vaelens.memory_budget import parse_bytes
+
+        budget = parse_bytes(args.budget)
+    measured: dict[str, int] = {}
+    if args.measure:
+        from vaelens.memory_measure import cuda_available, measure_peak
+
+        if not cuda_available():
+            measure_peak(spec.diffusers_config(), plan.pixel_shape, request.dtype, op=ops[0])  # raises, one line
+    estimates = [estimate_memory(spec, request, op=op, tiled=args.tiled, sliced=args.sliced) for op in ops]
+    if args.measure:
+        for est in estimates:
+            shape = plan.pixel_shape if est.op.value == "encode" else plan.latent_shape
+            measured[est.op.value] = measure_peak(
+                spec.diffusers_config(), tuple(shape), request.dtype, op=est.op, tiled=args.tiled, sliced=args.sliced)
+    report = None
+    if budget is not None:
+        from vaelens.memory_budget import check_budget
+
+        report = check_budget(spec, request, budget, ops=ops, step=spec.size_rule.multiple, sliced=args.sliced)
+    if args.json:
+        data = {
+            "family": spec.name, "dtype": request.dtype.value, "pixel_shape": list(plan.pixel_shape),
+            "latent_shape": list(plan.latent_shape), "weights_bytes": estimates[0].weights_bytes,
+            "tiled": args.tiled, "sliced": args.sliced,
+        }
+        for est in estimates:
+            entry = estimate_json(est, plan.latent_shape)
+            if est.op.value in measured:
+                entry["measured_peak_bytes"] = measured[est.op.value]
+                entry["measured_error"] = est.peak_bytes / measured[est.op.value] - 1
+            data[est.op.value] = entry
+        if report is not None:
+            data["budget"] = report.to_json()
+        emit_json(data)
+        return 0
+    print(render_memory(spec.name, plan.pixel_shape, plan.latent_shape, estimates, measured=measured or None))
+    if report is not None:
+        from vaelens.memory_budget import render_budget
+
+        print()
+        print(render_budget(report, request))
+    return 0

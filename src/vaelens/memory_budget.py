@@ -1,0 +1,134 @@
+"""Budgets: does encode/decode fit in N bytes, the largest batch and square size that fit, and tiling.
+
+model + PixelRequest + budget -> BudgetReport. "Fits" means weights + input + peak <= budget
+(peak as DESIGN.md defines it; the CUDA context and other processes are not counted).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from vaelens.errors import VaeLensError
+from vaelens.memory import MemoryEstimate, estimate_memory
+from vaelens.options import MAX_BATCH, MAX_SIDE, PixelRequest
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
+          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'8GiB' | '8 GB' | '512MiB' | '1e9' -> bytes (GiB = 2^30, GB = 10^9).
+
+    >>> parse_bytes("8GiB")
+    8589934592
+    """
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise VaeLensError(f"budget {text!r} is not a size; write e.g. 8GiB, 24GB or 512MiB "
+                           "(units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+    value = int(float(m.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise VaeLensError(f"budget {text!r} must be more than 0 bytes")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpBudget:
+    """One op against the budget: fits now, largest batch and square side that fit, tiling's answer."""
+
+    op: str
+    needed_bytes: int  # weights + input + peak at the requested size
+    fits: bool
+    max_batch: int  # 0: not even batch 1 fits
+    max_square: int  # largest square side (multiple of `step`) at the requested batch; 0: none
+    tiled_needed_bytes: int | None  # with enable_tiling(); None when the class has no tiling
+    tiled_fits: bool | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetReport:
+    budget_bytes: int
+    step: int  # size granularity searched (the family's size multiple)
+    ops: tuple[OpBudget, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "budget_bytes": self.budget_bytes,
+            "size_step": self.step,
+            **{
+                o.op: {
+                    "needed_bytes": o.needed_bytes, "fits": o.fits, "max_batch": o.max_batch,
+                    "max_square": o.max_square, "tiled_needed_bytes": o.tiled_needed_bytes,
+                    "tiled_fits": o.tiled_fits,
+                }
+                for o in self.ops
+            },
+        }
+
+
+def largest_fitting(fits: Callable[[int], bool], lo: int, hi: int) -> int:
+    """Largest n in [lo, hi] with fits(n), for a monotone fits (True up to a point); lo-1 if none.
+
+    >>> largest_fitting(lambda n: n * n <= 50, 1, 100)
+    7
+    """
+    if not fits(lo):
+        return lo - 1
+    step = 1
+    good = lo
+    while good + step <= hi and fits(good + step):  # gallop: few traces when the answer is small
+        good += step
+        step *= 2
+    bad = min(hi + 1, good + step)
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def check_budget(
+    model: Any, request: PixelRequest, budget_bytes: int, *, ops: tuple[str, ...] = ("encode", "decode"),
+    step: int = 8, sliced: bool = False, estimate: Callable[..., MemoryEstimate] = estimate_memory,
+) -> BudgetReport:
+    """model + request + budget -> BudgetReport (each op: fits, max batch, max square side, tiling)."""
+    results = []
+    for op in ops:
+        def need(req: PixelRequest, *, tiled: bool = False, op: str = op) -> int:
+            return estimate(model, req, op=op, tiled=tiled, sliced=sliced).total_bytes
+
+        needed = need(request)
+        max_batch = largest_fitting(lambda b: need(replace(request, batch=b)) <= budget_bytes, 1, MAX_BATCH)
+        max_side = step * largest_fitting(
+            lambda k: need(replace(request, width=k * step, height=k * step)) <= budget_bytes, 1, MAX_SIDE // step)
+        try:
+            tiled = need(request, tiled=True)
+        except VaeLensError:
+            tiled = None
+        results.append(OpBudget(
+            op=op, needed_bytes=needed, fits=needed <= budget_bytes, max_batch=max_batch, max_square=max_side,
+            tiled_needed_bytes=tiled, tiled_fits=None if tiled is None else tiled <= budget_bytes,
+        ))
+    return BudgetReport(budget_bytes=budget_bytes, step=step, ops=tuple(results))
+
+
+def render_budget(report: BudgetReport, request: PixelRequest) -> str:
+    from vaelens.render import human_bytes
+
+    lines = [f"budget {human_bytes(report.budget_bytes)} (weights + input + peak must fit; CUDA context not counted)"]
+    for o in report.ops:
+        verdict = "fits" if o.fits else "does NOT fit"
+        tiled = ("" if o.tiled_fits is None else
+                 f"; with --tiled it needs {human_bytes(o.tiled_needed_bytes or 0)} and "
+                 f"{'fits' if o.tiled_fits else 'still does not fit'}")
+        batch = f"largest batch {o.max_batch}" if o.max_batch else "not even batch 1 fits"
+        side = f"largest square {o.max_square}x{o.max_square}" if o.max_square else "no square size fits"
+        lines.append(f"  {o.op}: needs {human_bytes(o.needed_bytes)}, {verdict}; {batch} at "
+                     f"{request.width}x{request.height}; {side} at batch {request.batch}{tiled}")
+    return "\n".join(lines)
