@@ -55,6 +55,7 @@ class BudgetReport:
     mode: Offload  # the mode asked for
     fits: tuple[tuple[Offload, bool, int], ...]  # (mode, fits, peak) for every mode
     fixes: tuple[Fix, ...]  # only when the asked mode does not fit
+    weights_note: str = ""  # why no smaller size helps (the resident weights alone), when none does
 
     def to_json(self) -> dict:
         return {
@@ -130,4 +131,9 @@ def check_budget(
                 lo = mid + 1
         w, h = sizes[hi]
         fixes.append(Fix(change=f"--size {w}x{h}", mode=mode, peak_bytes=peak_at(hi), fits=True))
-    return BudgetReport(budget_bytes=budget_bytes, mode=mode, fits=fits, fixes=tuple(fixes))
+    heaviest = max(est.mode(mode).stages, key=lambda s: s.weights_bytes)
+    from vaelens.render import human_bytes
+
+    note = (f"the weights resident during '{heaviest.stage.label}' alone are {human_bytes(heaviest.weights_bytes)}"
+            if heaviest.weights_bytes > budget_bytes else "even 1/8 of the size is over")
+    return BudgetReport(budget_bytes=budget_bytes, mode=mode, fits=fits, fixes=tuple(fixes), weights_note=note)

@@ -139,7 +139,7 @@ SDXL = PipelineSpec(
     default_size=(1024, 1024), offload_seq=("text_encoder", "text_encoder_2", "unet", "vae"),
     # force_zeros_for_empty_prompt=True (model_index.json): no negative prompt -> zero embeddings.
     encodes_negative=False, upcasts_fp16_vae=True,
-    notes="a fp16 VAE is upcast to fp32 for the decode (vae.config.force_upcast)",
+    notes="at fp16 the pipeline upcasts the VAE to fp32 for the decode (vae.config.force_upcast)",
 )
 
 

@@ -31,11 +31,15 @@ def render_components(est: PipelineEstimate) -> str:
 
 def render_stages(report: OffloadReport) -> str:
     peak = report.peak
+    everything = max(len(m.resident) for m in report.stages)
     rows = []
     for m in report.stages:
         s = m.stage
+        resident = f"all {everything}" if report.mode is Offload.NONE else ", ".join(m.resident) or "-"
+        if report.mode is Offload.SEQUENTIAL:
+            resident = f"{s.component}: one module at a time"
         rows.append((
-            ("▶ " if m is peak else "  ") + s.label, ", ".join(m.resident) or "-",
+            ("▶ " if m is peak else "  ") + s.label, resident,
             human_bytes(m.weights_bytes), human_bytes(s.carried_bytes), human_bytes(s.activation_bytes),
             human_bytes(m.peak_bytes), s.peak_at or "-",
         ))
@@ -76,6 +80,9 @@ def render_budget(rep: BudgetReport) -> str:
         for f in rep.fixes:
             verdict = "fits" if f.fits else "still over"
             lines.append(f"  {f.change:<22} peak {human_bytes(f.peak_bytes):>11}  {verdict}")
+        if not any(f.change.startswith("--size") for f in rep.fixes):
+            lines.append(f"  no smaller size of the same aspect fits under --offload {rep.mode.value}: "
+                         f"{rep.weights_note}")
     return "\n".join(lines)
 
 
@@ -118,7 +125,7 @@ def plot_pipeline(
     w = [m.weights_bytes / gib for m in report.stages]
     c = [m.stage.carried_bytes / gib for m in report.stages]
     a = [m.stage.activation_bytes / gib for m in report.stages]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(labels)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(labels)) + 2.5, 4.5))
     ax.bar(x, w, color="#4c72b0", label="weights resident")
     ax.bar(x, c, bottom=w, color="#dd8452", label="tensors held")
     ax.bar(x, a, bottom=[i + j for i, j in zip(w, c, strict=True)], color="#c44e52",
@@ -137,7 +144,7 @@ def plot_pipeline(
     req = est.request
     ax.set_title(f"{req.pipeline.name} {req.width}x{req.height}" + (f"x{req.frames}f" if req.frames else "")
                  + f" {req.dtype.value}, offload={mode.value}")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=120)
