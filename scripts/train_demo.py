@@ -134,8 +134,7 @@ def main() -> None:
         sched.step()
         if step % 50 == 0 or step == args.steps - 1:
             print(
-                f"step {step:5d}  L1 {rec_loss.item():.4f}  kl/elem {kl.item():.3f}  "
-                f"{time.perf_counter() - t0:6.1f}s",
+                f"step {step:5d}  L1 {rec_loss.item():.4f}  kl/elem {kl.item():.3f}  {time.perf_counter() - t0:6.1f}s",
                 flush=True,
             )
     train_seconds = time.perf_counter() - t0
@@ -148,9 +147,7 @@ def main() -> None:
 
     # Latent-diffusion rule: scaling_factor = 1 / std of the latents over the training data.
     with torch.inference_mode():
-        lat = torch.cat(
-            [model.encode(to_pixels(crop_multiple(a))).latent_dist.mode().flatten() for a in train]
-        )
+        lat = torch.cat([model.encode(to_pixels(crop_multiple(a))).latent_dist.mode().flatten() for a in train])
     config["scaling_factor"] = round(1.0 / lat.std().item(), 5)
 
     record = {

@@ -71,9 +71,7 @@ def test_fp16_overflow_is_detected_and_redone_in_fp32(tmp_path):
     module, vae = loaded(tmp_path, dtype="fp16", blow_up=1e5)
     z, report = encode(vae, PIXELS, upcast="auto")
     assert report.nonfinite_first > 0 and report.nonfinite == 0
-    assert (
-        report.dtype_used.value == "fp32" and "NaN/Inf values at fp16; redone in fp32" in report.upcast_reason
-    )
+    assert report.dtype_used.value == "fp32" and "NaN/Inf values at fp16; redone in fp32" in report.upcast_reason
     assert next(vae.module.parameters()).dtype == torch.float16  # the module is back at the asked dtype
     with torch.inference_mode():
         expected = (module.encode(PIXELS).latent_dist.mode() - 0.25) * 0.5

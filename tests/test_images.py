@@ -16,9 +16,7 @@ RNG = np.random.default_rng(0)
 @pytest.mark.parametrize("fmt,suffix,tol", [("PNG", ".png", 0), ("WEBP", ".webp", 0), ("JPEG", ".jpg", 40)])
 def test_formats_read_as_rgb_in_unit_range(tmp_path, fmt, suffix, tol):
     rgb = RNG.integers(0, 256, (24, 40, 3), dtype=np.uint8)
-    rgb[:] = (
-        rgb.mean(axis=(0, 1), keepdims=True).astype(np.uint8) if fmt == "JPEG" else rgb
-    )  # JPEG: flat colour
+    rgb[:] = rgb.mean(axis=(0, 1), keepdims=True).astype(np.uint8) if fmt == "JPEG" else rgb  # JPEG: flat colour
     path = tmp_path / f"img{suffix}"
     Image.fromarray(rgb).save(path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
     arr, info = read_image(path)
@@ -84,9 +82,7 @@ def test_batch_of_different_sizes_is_refused(tmp_path):
     Image.fromarray(np.zeros((24, 16, 3), np.uint8)).save(tmp_path / "b.png")
     with pytest.raises(SizeError, match="differ in size"):
         read_for_family([tmp_path / "a.png", tmp_path / "b.png"], get_family("sdxl"))
-    arrays, infos = read_for_family(
-        [tmp_path / "a.png", tmp_path / "b.png"], get_family("sdxl"), size=(32, 32)
-    )
+    arrays, infos = read_for_family([tmp_path / "a.png", tmp_path / "b.png"], get_family("sdxl"), size=(32, 32))
     assert [a.shape for a in arrays] == [(32, 32, 3)] * 2
 
 

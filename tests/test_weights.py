@@ -101,9 +101,7 @@ def test_diffusers_folder_loads_the_same_module(tmp_path, tiny):
 def test_pipeline_folder_with_vae_subfolder(tmp_path, tiny):
     module, _ = tiny
     module.save_pretrained(tmp_path / "pipe" / "vae")
-    (tmp_path / "pipe" / "model_index.json").write_text(
-        json.dumps({"_class_name": "StableDiffusionPipeline"})
-    )
+    (tmp_path / "pipe" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     loaded = load_vae(tmp_path / "pipe", device="cpu")
     assert loaded.files[0].endswith("vae/diffusion_pytorch_model.safetensors")
     assert_same_weights(module, loaded.module)
@@ -127,9 +125,7 @@ def test_full_checkpoint_reads_only_first_stage_model(tmp_path, tiny):
     save_file(full, str(tmp_path / "full.safetensors"))
     state, _ = W.read_state_dict(tmp_path / "full.safetensors")
     assert all(k.startswith("first_stage_model.") for k in state)
-    loaded = load_vae(
-        tmp_path / "full.safetensors", family=spec_from_config(cfg, source="tiny"), device="cpu"
-    )
+    loaded = load_vae(tmp_path / "full.safetensors", family=spec_from_config(cfg, source="tiny"), device="cpu")
     assert_same_weights(module, loaded.module)
 
 

@@ -305,9 +305,7 @@ def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float = 1.0, sigma: float 
         raise VaeLensError(f"ssim: shapes differ, {list(a.shape)} vs {list(b.shape)}")
     if a.ndim == 3:
         return float(
-            np.mean(
-                [ssim(a[..., c], b[..., c], data_range=data_range, sigma=sigma) for c in range(a.shape[2])]
-            )
+            np.mean([ssim(a[..., c], b[..., c], data_range=data_range, sigma=sigma) for c in range(a.shape[2])])
         )
     g = _gaussian_window(sigma)
     if min(a.shape) < len(g):

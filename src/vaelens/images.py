@@ -147,9 +147,7 @@ def resize_image(arr: np.ndarray, width: int, height: int) -> np.ndarray:
 
     chans = [
         np.asarray(
-            Image.fromarray(arr[..., c].astype(np.float32), mode="F").resize(
-                (width, height), Image.Resampling.LANCZOS
-            )
+            Image.fromarray(arr[..., c].astype(np.float32), mode="F").resize((width, height), Image.Resampling.LANCZOS)
         )
         for c in range(arr.shape[2])
     ]

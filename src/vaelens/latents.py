@@ -144,9 +144,7 @@ def fit_rgb_projection(latent, rgb) -> RgbProjection:
     z = _channels_last(latent)
     y = _channels_last(rgb)
     if z.shape[0] != y.shape[0]:
-        raise VaeLensError(
-            f"latent has {z.shape[0]} positions but rgb has {y.shape[0]}; pool rgb to latent size"
-        )
+        raise VaeLensError(f"latent has {z.shape[0]} positions but rgb has {y.shape[0]}; pool rgb to latent size")
     ok = np.isfinite(z).all(1) & np.isfinite(y).all(1)
     design = np.concatenate([z[ok], np.ones((int(ok.sum()), 1))], axis=1)
     theta, *_ = np.linalg.lstsq(design, y[ok], rcond=None)

@@ -106,15 +106,11 @@ def render_comparison(
     """[H,W,3], [H,W,3], [H,W] in [0,1] -> one PNG: input | reconstruction | error heat-map."""
     plt = _plt()
     h, w = error.shape
-    fig, axes = plt.subplots(
-        1, 3, figsize=(3 * 4 * w / max(h, w) + 1.5, 4 * h / max(h, w) + 0.8), layout="constrained"
-    )
+    fig, axes = plt.subplots(1, 3, figsize=(3 * 4 * w / max(h, w) + 1.5, 4 * h / max(h, w) + 0.8), layout="constrained")
     for ax, img, name in zip(axes[:2], (original, reconstruction), ("input", "reconstruction"), strict=True):
         ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
         ax.set_title(name, fontsize=9)
-    im = axes[2].imshow(
-        error, cmap="magma", vmin=0.0, vmax=max(float(error.max()), 1e-6), interpolation="nearest"
-    )
+    im = axes[2].imshow(error, cmap="magma", vmin=0.0, vmax=max(float(error.max()), 1e-6), interpolation="nearest")
     axes[2].set_title("|error| (mean over RGB)", fontsize=9)
     for ax in axes:
         ax.set_xticks([])
@@ -128,9 +124,7 @@ def render_comparison(
     return out
 
 
-def render_rgb_approximation(
-    rgb: np.ndarray, decoded: np.ndarray | None, path: str | Path, *, r2: float
-) -> Path:
+def render_rgb_approximation(rgb: np.ndarray, decoded: np.ndarray | None, path: str | Path, *, r2: float) -> Path:
     """rgb [h,w,3] from the linear latent→RGB fit (and the decoder's output) -> PNG titled as an approximation."""
     plt = _plt()
     n = 2 if decoded is not None else 1
@@ -143,9 +137,7 @@ def render_rgb_approximation(
         layout="constrained",
     )
     axes[0, 0].imshow(np.clip(rgb, 0, 1), interpolation="nearest")
-    axes[0, 0].set_title(
-        f"APPROXIMATION: linear latent→RGB fit (R²={r2:.3f})\nnot the latent's colours", fontsize=8
-    )
+    axes[0, 0].set_title(f"APPROXIMATION: linear latent→RGB fit (R²={r2:.3f})\nnot the latent's colours", fontsize=8)
     if decoded is not None:
         axes[0, 1].imshow(np.clip(decoded, 0, 1), interpolation="nearest")
         axes[0, 1].set_title("decoder output (what the fit was fitted to)", fontsize=8)

@@ -175,9 +175,7 @@ def _read_pickle(p: Path, allow_pickle: bool) -> dict[str, Any]:
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise WeightsError(
-            f"pickle checkpoint {str(p)!r} could not be read ({type(exc).__name__}: {exc})"
-        ) from None
+        raise WeightsError(f"pickle checkpoint {str(p)!r} could not be read ({type(exc).__name__}: {exc})") from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj:
@@ -243,9 +241,7 @@ def fit_family(spec: FamilySpec, ckpt: Mapping[str, Any]) -> Fit:
     if not set(expected) <= set(ckpt):
         mapped = _convert(spec.diffusers_class, ckpt, spec.diffusers_config())
         if mapped is None or not set(expected) & set(mapped):
-            return Fit(
-                spec=spec, state=None, converted=False, problem=f"key layout is not {spec.diffusers_class}'s"
-            )
+            return Fit(spec=spec, state=None, converted=False, problem=f"key layout is not {spec.diffusers_class}'s")
         ckpt, converted = mapped, True
     missing = sorted(set(expected) - set(ckpt))
     unexpected = sorted(set(ckpt) - set(expected))
@@ -332,17 +328,11 @@ def load_vae(
     try:
         module.load_state_dict(fit.state, strict=True)
     except RuntimeError as exc:
-        raise WeightsError(
-            f"weights {files[0]!r} could not be loaded into {spec.diffusers_class}: {exc}"
-        ) from None
+        raise WeightsError(f"weights {files[0]!r} could not be loaded into {spec.diffusers_class}: {exc}") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VaeLensError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
     module = cast_module(module, device=device, dtype=dtype.torch).eval()
-    notes = (
-        ("pickle checkpoint read with torch.load(weights_only=True)",)
-        if files[0].endswith(PICKLE_SUFFIXES)
-        else ()
-    )
+    notes = ("pickle checkpoint read with torch.load(weights_only=True)",) if files[0].endswith(PICKLE_SUFFIXES) else ()
     return LoadedVae(
         module=module,
         spec=spec,
@@ -364,8 +354,7 @@ def _mismatch(path: str, ckpt: Mapping[str, Any], spec: FamilySpec, fit: Fit) ->
     chans = f"the file has {hint} latent channels; " if hint is not None else ""
     also = f"families it fits: {', '.join(fits)}" if fits else "no registry family fits it"
     return WeightsError(
-        f"weights {path!r} are not {spec.name} ({spec.latent_channels} latent channels): {fit.problem}; "
-        f"{chans}{also}"
+        f"weights {path!r} are not {spec.name} ({spec.latent_channels} latent channels): {fit.problem}; {chans}{also}"
     )
 
 
@@ -393,9 +382,7 @@ def _weights_in(folder: Path, allow_pickle: bool) -> Path:
     )
 
 
-def _spec_for_folder(
-    cfg: dict[str, Any], folder: Path, given: FamilySpec | None, ckpt
-) -> tuple[FamilySpec, str]:
+def _spec_for_folder(cfg: dict[str, Any], folder: Path, given: FamilySpec | None, ckpt) -> tuple[FamilySpec, str]:
     from vaelens.families.from_config import spec_from_config
 
     if given is not None:
@@ -403,14 +390,10 @@ def _spec_for_folder(
     match = registry_match(cfg)
     if match is not None:
         return match, f"config.json matches registry family {match.name} (architecture and normalisation)"
-    return spec_from_config(
-        cfg, source=str(folder / "config.json")
-    ), "derived from config.json (no registry match)"
+    return spec_from_config(cfg, source=str(folder / "config.json")), "derived from config.json (no registry match)"
 
 
-def _spec_for_file(
-    p: Path, ckpt, meta: Mapping[str, str], given: FamilySpec | None
-) -> tuple[FamilySpec, str]:
+def _spec_for_file(p: Path, ckpt, meta: Mapping[str, str], given: FamilySpec | None) -> tuple[FamilySpec, str]:
     if given is not None:
         return given, f"given ({given.name}); tensor shapes checked against its module"
     if "vaelens_config" in meta:  # vaelens' own files (the demo model) carry their diffusers config
@@ -486,13 +469,9 @@ def hf_cache_folder(repo_id: str, *, cache_dir: str | Path | None = None) -> Pat
                 folder = Path(hit).parent
                 return folder.parent if name.startswith("vae/") else folder
     cached = (
-        sorted(d.name[len("models--") :].replace("--", "/") for d in root.glob("models--*"))
-        if root.is_dir()
-        else []
+        sorted(d.name[len("models--") :].replace("--", "/") for d in root.glob("models--*")) if root.is_dir() else []
     )
-    listing = (
-        f"; cached repos: {', '.join(cached[:12])}" if cached else f"; the cache ({root}) holds no models"
-    )
+    listing = f"; cached repos: {', '.join(cached[:12])}" if cached else f"; the cache ({root}) holds no models"
     raise WeightsError(
         f"repo id {repo_id!r} has no config.json or vae/config.json in the local Hugging Face cache ({root}); "
         f"vaelens never downloads — fetch it first (e.g. `huggingface-cli download {repo_id} --include 'vae/*'`) "

@@ -48,9 +48,7 @@ def load_from_args(args: argparse.Namespace, *, default_demo: bool = False):
 
     if args.vae is None:
         if not default_demo:
-            raise VaeLensError(
-                "--vae is required: a diffusers folder, a .safetensors file, or a cached repo id"
-            )
+            raise VaeLensError("--vae is required: a diffusers folder, a .safetensors file, or a cached repo id")
         from vaelens.demo import demo_weights_path
 
         source: Any = demo_weights_path()
@@ -60,9 +58,7 @@ def load_from_args(args: argparse.Namespace, *, default_demo: bool = False):
         source = args.vae
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        vae = load_vae(
-            source, family=args.family, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle
-        )
+        vae = load_vae(source, family=args.family, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     for w in caught:
         if "weights_only" in str(w.message) or "pickle" in str(w.message):
             warn(str(w.message))

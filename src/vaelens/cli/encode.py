@@ -19,13 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(alpha composited onto white, grayscale repeated, EXIF orientation applied) and "
         "centre-cropped to the family's multiple.",
     )
-    p.add_argument(
-        "images", nargs="+", metavar="IMAGE", help="PNG, JPEG or WebP files (same size after cropping)"
-    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG or WebP files (same size after cropping)")
     add_vae(p, required=True)
-    p.add_argument(
-        "-o", "--output", required=True, metavar="FILE", help="latent file to write (.safetensors)"
-    )
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="latent file to write (.safetensors)")
     p.add_argument(
         "--comfy",
         action="store_true",
@@ -35,9 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for --sample (default 0)")
     p.add_argument("--raw", action="store_true", help="store raw latents, without the family's normalisation")
     p.add_argument("--size", metavar="WxH", help="resize every image to WxH (Lanczos) before encoding")
-    p.add_argument(
-        "--batch-size", type=int, default=4, metavar="N", help="images per encode call (default 4)"
-    )
+    p.add_argument("--batch-size", type=int, default=4, metavar="N", help="images per encode call (default 4)")
     add_json(p)
     p.set_defaults(func=run)
 

@@ -112,9 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if vae is not None and raw.ndim == 4:
         proj, approx, decoded = project_with_decoder(vae, raw, upcast=args.upcast)
         files["rgb_approximation"] = str(
-            render_rgb_approximation(
-                approx[args.index], decoded[args.index], f"{prefix}_rgb_approx.png", r2=proj.r2
-            )
+            render_rgb_approximation(approx[args.index], decoded[args.index], f"{prefix}_rgb_approx.png", r2=proj.r2)
         )
         projection = proj.to_json()
     elif vae is None:
@@ -146,9 +144,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{source}: raw latent {list(raw.shape)}" + (f" ({family})" if family else ""))
     print(f"  {'ch':>3} {'mean':>9} {'std':>9} {'min':>9} {'max':>9}")
     for c in range(stats.channels):
-        print(
-            f"  {c:>3} {stats.mean[c]:>9.4f} {stats.std[c]:>9.4f} {stats.min[c]:>9.4f} {stats.max[c]:>9.4f}"
-        )
+        print(f"  {c:>3} {stats.mean[c]:>9.4f} {stats.std[c]:>9.4f} {stats.min[c]:>9.4f} {stats.max[c]:>9.4f}")
     print(f"  all {stats.overall_mean:>9.4f} {stats.overall_std:>9.4f}")
     line = f"  implied scaling factor 1/std = {stats.implied_scale:.5f}"
     if configured:
@@ -168,9 +164,7 @@ def run(args: argparse.Namespace) -> int:
     if stats.nonfinite:
         warn(f"{stats.nonfinite} NaN/Inf values in the latent (left out of the statistics)")
     if projection:
-        print(
-            f"  RGB approximation (linear least-squares fit to the decoder's output, R² = {projection['r2']:.3f})"
-        )
+        print(f"  RGB approximation (linear least-squares fit to the decoder's output, R² = {projection['r2']:.3f})")
     for name, path in files.items():
         print(f"wrote {path} ({name.replace('_', ' ')})")
     return 0

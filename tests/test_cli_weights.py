@@ -1,0 +1,120 @@
+"""encode / decode / roundtrip / inspect through the CLI with a tiny VAE written to disk; every --json parses."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vaelens.cli import main
+
+pytest.importorskip("matplotlib")
+
+TINY = {
+    "_class_name": "AutoencoderKL",
+    "down_block_types": ["DownEncoderBlock2D"] * 2,
+    "up_block_types": ["UpDecoderBlock2D"] * 2,
+    "block_out_channels": [8, 16],
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+    "latent_channels": 4,
+    "sample_size": 32,
+    "scaling_factor": 0.5,
+    "force_upcast": False,
+}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from diffusers import AutoencoderKL
+
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    module = AutoencoderKL.from_config(TINY).eval()
+    module.save_pretrained(root / "vae")
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (18, 21, 3), dtype=np.uint8)).save(root / f"{name}.png")
+    return root, module
+
+
+def run_json(capsys, argv: list[str]) -> dict:
+    code = main([*argv, "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return json.loads(out)
+
+
+def test_encode_decode_roundtrip_inspect(setup, capsys):
+    root, module = setup
+    vae = str(root / "vae")
+    enc = run_json(
+        capsys,
+        [
+            "encode",
+            str(root / "a.png"),
+            str(root / "b.png"),
+            "--vae",
+            vae,
+            "-o",
+            str(root / "z.safetensors"),
+            "--batch-size",
+            "1",
+        ],
+    )
+    # 21x18 is cropped to the derived family's multiple of 2: 20x18 -> latent 10x9
+    assert enc["pixel_shape"] == [2, 3, 18, 20] and enc["latent_shape"] == [2, 4, 9, 10]
+    assert enc["normalized"] is True and len(enc["encode"]) == 2 and enc["nonfinite"] == 0
+    assert "centre-cropped" in enc["images"][0]["notes"][0]
+
+    dec = run_json(capsys, ["decode", str(root / "z.safetensors"), "--vae", vae, "-o", str(root / "out.png")])
+    assert dec["pixel_shape"] == [2, 3, 18, 20] and len(dec["outputs"]) == 2
+    assert Image.open(dec["outputs"][1]).size == (20, 18)
+
+    rt = run_json(capsys, ["roundtrip", str(root / "a.png"), "--vae", vae, "-o", str(root / "rt")])
+    assert set(rt["files"]) == {"reconstruction", "error_map", "comparison"}
+    assert rt["psnr_db"][0] > 0 and -1 <= rt["ssim"][0] <= 1
+    assert "peak_bytes" in rt["decode"]["memory"]
+
+    ins = run_json(capsys, ["inspect", str(root / "z.safetensors"), "--vae", vae, "-o", str(root / "in")])
+    assert ins["grid"]["panels"] == 4 and ins["stats"]["channels"] == 4
+    assert ins["rgb_approximation"]["label"].startswith("approximation")
+    assert ins["configured"]["scaling_factor"] == 0.5
+    assert ins["stats"]["implied_scaling_factor"] == pytest.approx(1 / ins["stats"]["overall"]["std"])
+
+
+def test_comfy_latent_roundtrip_through_decode(setup, capsys):
+    root, _ = setup
+    vae = str(root / "vae")
+    enc = run_json(capsys, ["encode", str(root / "a.png"), "--vae", vae, "-o", str(root / "c.latent"), "--comfy"])
+    assert enc["normalized"] is False and enc["format"].startswith("comfyui")
+    dec = run_json(capsys, ["decode", str(root / "c.latent"), "--vae", vae, "-o", str(root / "c.png")])
+    assert dec["comfy"] is True and dec["normalized"] is False
+    # the same image through vaelens' own (normalised) file decodes to the same pixels
+    run_json(capsys, ["encode", str(root / "a.png"), "--vae", vae, "-o", str(root / "n.safetensors")])
+    run_json(capsys, ["decode", str(root / "n.safetensors"), "--vae", vae, "-o", str(root / "n.png")])
+    a, b = np.asarray(Image.open(root / "c.png")), np.asarray(Image.open(root / "n.png"))
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_errors_are_one_line_exit_2(setup, capsys):
+    root, _ = setup
+    code = main(
+        [
+            "encode",
+            str(root / "a.png"),
+            "--vae",
+            str(root / "vae"),
+            "--family",
+            "sdxl",
+            "-o",
+            str(root / "x.safetensors"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "not sdxl" in err and err.count("\n") == 1
+    code = main(["decode", str(root / "nothing.safetensors"), "--vae", str(root / "vae"), "-o", "x.png"])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
