@@ -164,6 +164,8 @@ class PipelineEstimate:
     components: tuple[ComponentReport, ...]
     stages: tuple[Stage, ...]
     offload: tuple[OffloadReport, ...]
+    used_size: tuple[int, int] = (0, 0)  # (height, width) after the VAE family's size rule
+    used_frames: int | None = None  # frames after its frame rule
     notes: tuple[str, ...] = ()
 
     def mode(self, mode: Offload | str) -> OffloadReport:
@@ -180,6 +182,8 @@ class PipelineEstimate:
             "dtype": req.dtype.value,
             "size": [req.width, req.height],
             "frames": req.frames,
+            "used_size": list(self.used_size),
+            "used_frames": self.used_frames,
             "batch": req.batch,
             "vae_tiling": req.vae_tiling,
             "guidance": spec.guidance.value,
@@ -357,7 +361,8 @@ def estimate_pipeline(
     from vaelens.families import get_family
 
     # The VAE family's size/frame rule (raise, or floor with a warning) applies to the whole pipeline.
-    notes.extend(plan_shapes(get_family(spec.vae_family), request.pixel_request(vae_dtype)).warnings)
+    plan = plan_shapes(get_family(spec.vae_family), request.pixel_request(vae_dtype))
+    notes.extend(plan.warnings)
     vae_peak, latent_shape = decode_fn(spec.vae_family, request.pixel_request(vae_dtype), request.vae_tiling)
     sizes["vae"] = _vae_size(spec.vae_family, vae_dtype)
     stages = build_stages(request, modules, latent_shape=latent_shape, decode=vae_peak, peak_fn=peak_fn)
@@ -371,7 +376,8 @@ def estimate_pipeline(
     if spec.notes:
         notes.append(spec.notes)
     return PipelineEstimate(request=request, latent_shape=latent_shape, components=components, stages=stages,
-                            offload=offload_reports(spec, stages, sizes), notes=tuple(notes))
+                            offload=offload_reports(spec, stages, sizes), used_size=tuple(plan.used_size),
+                            used_frames=plan.frames, notes=tuple(notes))
 
 
 def _vae_size(family: str, dtype: DType) -> ComponentSize:
