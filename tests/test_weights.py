@@ -258,3 +258,31 @@ def test_loaded_json_keys(tmp_path, tiny):
     assert info["parameters"] == sum(p.numel() for p in module.parameters())
     assert set(info) >= {"family", "class", "source", "layout", "detection", "device", "dtype"}
     assert Path(info["files"][0]).name == "diffusion_pytorch_model.safetensors"
+
+
+def meta_checkpoint(name: str, *, ldm: bool) -> dict[str, torch.Tensor]:
+    """A registry family's real module on the meta device -> its state dict (shapes only, no memory),
+    in diffusers keys or the original ldm keys released files use."""
+    from vaelens.build import build_module
+    from vaelens.families import get_family
+
+    spec = get_family(name)
+    state = build_module(spec).state_dict()
+    return to_ldm(state, len(spec.config["block_out_channels"])) if ldm else dict(state)
+
+
+def test_detection_on_released_geometries_in_original_layout():
+    from vaelens.families import get_family
+
+    sdxl_file = meta_checkpoint("sdxl", ldm=True)
+    with pytest.raises(WeightsError, match=r"\(4 latent channels\) fit sd15, sd2, sdxl alike"):
+        W._spec_for_file(Path("sd_xl_vae.safetensors"), sdxl_file, {}, None)
+    fit = W.fit_family(get_family("sdxl"), sdxl_file)
+    assert fit.ok and fit.converted
+    flux_file = meta_checkpoint("flux1", ldm=True)  # ae.safetensors: ldm keys, no quant convs
+    assert "quant_conv.weight" not in flux_file
+    bad = W.fit_family(get_family("sdxl"), flux_file)
+    assert not bad.ok
+    msg = str(W._mismatch("ae.safetensors", flux_file, get_family("sdxl"), bad))
+    assert "not sdxl (4 latent channels)" in msg and "the file has 16 latent channels" in msg
+    assert "families it fits: sd3, flux1" in msg

@@ -5,4 +5,6 @@ from vaelens.options import DType, PixelRequest
 
 __version__ = "0.1.0"
 
-__all__ = sorted(["DType", "PixelRequest", "VaeLensError", "__version__"])
+from vaelens.weights import load_vae  # noqa: E402 — after __version__, which weights' callers read
+
+__all__ = sorted(["DType", "PixelRequest", "VaeLensError", "__version__", "load_vae"])

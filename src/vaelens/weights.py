@@ -295,7 +295,7 @@ def load_vae(
     """
     import torch
 
-    from vaelens.build import build_module, load_config
+    from vaelens.build import load_config
 
     dtype = DType.parse(dtype)
     device = device or default_device()
@@ -324,11 +324,7 @@ def load_vae(
     fit = fit_family(spec, ckpt)
     if not fit.ok:
         raise _mismatch(files[0], ckpt, spec, fit)
-    module = build_module(load_config_dict(spec), device="cpu")
-    try:
-        module.load_state_dict(fit.state, strict=True)
-    except RuntimeError as exc:
-        raise WeightsError(f"weights {files[0]!r} could not be loaded into {spec.diffusers_class}: {exc}") from None
+    module = _module_with_weights(spec, fit.state, files[0])
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VaeLensError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
     module = cast_module(module, device=device, dtype=dtype.torch).eval()
@@ -345,6 +341,22 @@ def load_vae(
         dtype=dtype,
         warnings=notes,
     )
+
+
+def _module_with_weights(spec: FamilySpec, state: dict[str, Any], path: str):
+    """Build on the meta device and assign the checkpoint's tensors (no random init of a module that is
+    about to be overwritten); a module with buffers the checkpoint lacks is built on CPU instead."""
+    from vaelens.build import build_module
+
+    module = build_module(load_config_dict(spec))
+    try:
+        module.load_state_dict(state, strict=True, assign=True)
+        if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
+            module = build_module(load_config_dict(spec), device="cpu")
+            module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"weights {path!r} could not be loaded into {spec.diffusers_class}: {exc}") from None
+    return module.float()
 
 
 def _mismatch(path: str, ckpt: Mapping[str, Any], spec: FamilySpec, fit: Fit) -> WeightsError:
