@@ -1,0 +1,191 @@
+"""vaelens.memory: hand-counted peaks, replay of a real H100 operator record, budgets, CLI, benchmarks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vaelens.memory import estimate_memory, simulate
+from vaelens.memory_budget import check_budget, largest_fitting, parse_bytes
+from vaelens.options import DType, PixelRequest
+from vaelens.trace import trace
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data" / "memory"
+MEASUREMENTS = ROOT.parent / "shared" / "measurements"
+
+TINY_KL = {
+    "_class_name": "AutoencoderKL",
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "block_out_channels": [8, 16],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 4,
+    "sample_size": 32,
+}
+
+
+def test_hand_counted_peak_of_three_layers():
+    """conv(3->8) -> SiLU -> conv(8->8), 16x16 fp32, CPU tensors; every activation is 8192 bytes.
+
+    conv 3->8: fewer than 8 input channels, cuDNN's direct kernel: no temporaries -> 8192 live.
+    silu: +8192 -> 16384. Then conv 1's output dies; conv 8->8 runs with 8192 live, allocates its
+    8192 output and NHWC copies of input (8192), output (8192) and weight (8*8*9*4 = 2304 -> 2560),
+    plus a 512-byte workspace: 8192 + 8192 + 8192 + 8192 + 2560 + 512 = 35840.
+    """
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 8, 3, padding=1))
+    est = simulate(trace(m, torch.randn(1, 3, 16, 16), op="forward"))
+    assert est.peak_bytes == 35840
+    assert est.peak_at == "2"
+    assert est.peak_op == "aten.conv2d.default"
+
+
+def test_replay_of_h100_operator_record_taesd():
+    """tests/data/memory: a copy of shared/measurements/ops/ops-taesd-decode-bf16-1x3x512x512.json.
+
+    Every operator's `before` and `after` (allocator bytes above base) equals the simulation's, and
+    the per-operator temporaries match the rules to the byte; the whole-call peak too.
+    """
+    rec = json.loads((DATA / "ops-taesd-decode-bf16-1x3x512x512.json").read_text())
+    cfg = json.loads((DATA / "taesd.json").read_text())
+    from vaelens.allocator import CachingAllocator
+    from vaelens.build import build_module
+    from vaelens.memory_rules import transient
+
+    module = build_module(cfg, dtype=DType.BF16)
+    tr = trace(module, [torch.empty(1, 4, 64, 64, device="meta", dtype=torch.bfloat16)], op="decode")
+    assert [e.name for e in tr.events] == [o["op"] for o in rec["ops"]]
+    alloc = CachingAllocator()
+    base = rec["base"]
+    for ev, o in zip(tr.events, rec["ops"]):
+        for sid in ev.frees_before:
+            alloc.free(sid)
+        assert alloc.allocated == o["before"] - base, ev
+        for sid, n in ev.allocs:
+            alloc.malloc(sid, n)
+        assert alloc.allocated == o["after"] - base, ev
+        assert transient(ev) == o["peak_during"] - o["after"], ev
+    assert simulate(tr).peak_bytes == rec["peak_above_base"]
+
+
+def test_estimate_for_config_dict_and_module_agree():
+    req = PixelRequest(width=64, height=48, dtype=DType.BF16)
+    a = estimate_memory(TINY_KL, req, op="decode")
+    from vaelens.build import build_module
+
+    b = estimate_memory(build_module(TINY_KL, dtype=DType.BF16), req, op="decode")
+    assert a.peak_bytes == b.peak_bytes > a.output_bytes == 3 * 48 * 64 * 2
+    assert a.input_shape == (1, 4, 24, 32)
+    assert a.weights_bytes == sum(p.numel() * 2 for p in build_module(TINY_KL).parameters())
+
+
+def test_peak_scales_with_batch_and_dtype():
+    one = estimate_memory(TINY_KL, PixelRequest(width=64, height=64, dtype=DType.FP32), op="decode")
+    half = estimate_memory(TINY_KL, PixelRequest(width=64, height=64, dtype=DType.BF16), op="decode")
+    four = estimate_memory(TINY_KL, PixelRequest(width=64, height=64, batch=4, dtype=DType.FP32), op="decode")
+    assert abs(one.peak_bytes / half.peak_bytes - 2) < 0.05
+    assert abs(four.peak_bytes / one.peak_bytes - 4) < 0.05
+
+
+def test_tiled_and_sliced_follow_diffusers():
+    big = PixelRequest(width=128, height=128, batch=2, dtype=DType.BF16)  # 4x the config's 32-px tiles
+    plain = estimate_memory(TINY_KL, big, op="decode")
+    tiled = estimate_memory(TINY_KL, big, op="decode", tiled=True)
+    sliced = estimate_memory(TINY_KL, big, op="decode", sliced=True)
+    assert tiled.output_shape == plain.output_shape == sliced.output_shape == (2, 3, 128, 128)
+    assert tiled.peak_bytes < plain.peak_bytes
+    assert sliced.peak_bytes < plain.peak_bytes
+    small = PixelRequest(width=32, height=32, dtype=DType.BF16)  # one tile: diffusers does not tile
+    assert estimate_memory(TINY_KL, small, op="decode", tiled=True).peak_bytes == \
+        estimate_memory(TINY_KL, small, op="decode").peak_bytes
+
+
+def test_largest_fitting_is_exact_on_monotone_functions():
+    for limit in (0, 1, 2, 7, 100, 4096):
+        assert largest_fitting(lambda n, limit=limit: n <= limit, 1, 4096) == limit
+
+
+def test_budget_search_with_known_costs():
+    """A fake estimator with total = 1000 * batch * W * H: every answer follows by arithmetic."""
+    from types import SimpleNamespace
+
+    def fake(model, req, *, op, tiled=False, sliced=False):
+        per = 250 if tiled else 1000
+        return SimpleNamespace(total_bytes=per * req.batch * req.width * req.height)
+
+    req = PixelRequest(width=64, height=64, batch=2)
+    rep = check_budget("x", req, 20_000_000, ops=("decode",), step=8, estimate=fake)
+    o = rep.ops[0]
+    assert o.needed_bytes == 8_192_000 and o.fits
+    assert o.max_batch == 20_000_000 // (1000 * 64 * 64)  # 4
+    side = max(k * 8 for k in range(1, 200) if 1000 * 2 * (k * 8) ** 2 <= 20_000_000)
+    assert o.max_square == side == 96
+    assert o.tiled_needed_bytes == 2_048_000 and o.tiled_fits
+    rep = check_budget("x", req, 5_000_000, ops=("decode",), step=8, estimate=fake)
+    assert not rep.ops[0].fits and rep.ops[0].max_batch == 1 and rep.ops[0].tiled_fits
+
+
+def test_budget_real_model_is_consistent():
+    req = PixelRequest(width=64, height=64, dtype=DType.BF16)
+    budget = estimate_memory(TINY_KL, PixelRequest(width=64, height=64, batch=3, dtype=DType.BF16),
+                             op="decode").total_bytes
+    o = check_budget(TINY_KL, req, budget, ops=("decode",), step=8).ops[0]
+    assert o.max_batch == 3
+    assert o.fits
+
+
+def test_parse_bytes():
+    assert parse_bytes("8GiB") == 8 * 2**30
+    assert parse_bytes("24 GB") == 24 * 10**9
+    assert parse_bytes("512MiB") == 512 * 2**20
+    from vaelens.errors import VaeLensError
+
+    with pytest.raises(VaeLensError, match="8GiB"):
+        parse_bytes("lots")
+
+
+def test_cli_memory_json_and_errors(cli, tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({**TINY_KL}))
+    r = cli("memory", str(cfg), "--width", "64", "--height", "48", "--batch", "2", "--dtype", "bf16", "--json")
+    assert r.code == 0, r.err
+    d = r.json()
+    for key in ("family", "dtype", "pixel_shape", "latent_shape", "weights_bytes"):
+        assert key in d
+    assert d["pixel_shape"] == [2, 3, 48, 64] and d["latent_shape"] == [2, 4, 24, 32]
+    assert d["encode"]["peak_bytes"] > 0 and d["decode"]["peak_bytes"] > d["decode"]["output_bytes"]
+    assert d["decode"]["peak_at"]
+    r = cli("memory", str(cfg), "--size", "64x64", "--budget", "1MiB")
+    assert r.code == 0 and "largest batch" in r.out
+    assert cli("memory", str(cfg), "--size", "64x64", "--budget", "lots").code == 2
+    if not torch.cuda.is_available():
+        r = cli("memory", str(cfg), "--size", "64x64", "--measure")
+        assert r.code == 2 and "CUDA" in r.err
+
+
+def test_cli_memory_registry_family(cli):
+    r = cli("memory", "sdxl", "--size", "512x512", "--dtype", "bf16")
+    assert r.code == 0, r.err
+    assert "peak ÷ latent" in r.out and "decoder.up_blocks" in r.out
+
+
+@pytest.mark.skipif(not (MEASUREMENTS / "h100.jsonl").exists(), reason="shared measurements not present")
+def test_memory_accuracy_quick_mode_runs():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory_accuracy.py"), "--quick", "--json"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    data = json.loads(out.stdout)
+    assert data["summary"]["rows"] == 4
+    assert data["summary"]["max_error"] <= 0.05
+
+
+def test_trace_speed_quick_mode_runs():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "trace_speed.py"), "--quick", "--json"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    data = json.loads(out.stdout)
+    assert data["trace_predict_seconds"] > 0 and data["peak_bytes"] > 0
