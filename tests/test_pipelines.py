@@ -330,3 +330,11 @@ def test_cli_json_and_plot(cli, tmp_path):
     assert data["peak_bytes"] == data["offload"]["model"]["peak_bytes"]
     assert [c["name"] for c in data["components"]] == ["text_encoder", "unet", "vae"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rendered_report_golden(golden):
+    from vaelens.pipelines.render import render_pipeline
+
+    est = _estimate()
+    rep = check_budget(est, est.mode("model").peak_bytes - 1, mode="model", estimate=_AreaEstimate)
+    golden("pipeline_tiny.txt", render_pipeline(est, Offload.MODEL, rep) + "\n")

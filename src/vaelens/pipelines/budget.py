@@ -134,6 +134,10 @@ def check_budget(
     heaviest = max(est.mode(mode).stages, key=lambda s: s.weights_bytes)
     from vaelens.render import human_bytes
 
-    note = (f"the weights resident during '{heaviest.stage.label}' alone are {human_bytes(heaviest.weights_bytes)}"
-            if heaviest.weights_bytes > budget_bytes else "even 1/8 of the size is over")
+    if heaviest.weights_bytes > budget_bytes:
+        note = f"the weights resident during '{heaviest.stage.label}' alone are {human_bytes(heaviest.weights_bytes)}"
+    elif not sizes:
+        note = f"{req.width}x{req.height} is already the smallest size in 64-pixel steps"
+    else:
+        note = f"even {sizes[-1][0]}x{sizes[-1][1]} is over"
     return BudgetReport(budget_bytes=budget_bytes, mode=mode, fits=fits, fixes=tuple(fixes), weights_note=note)

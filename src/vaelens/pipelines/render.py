@@ -18,7 +18,9 @@ _CFG = {
 
 
 def _params(n: int) -> str:
-    return f"{n / 1e9:.3f} B" if n >= 1e8 else f"{n / 1e6:.1f} M"
+    if n >= 1e8:
+        return f"{n / 1e9:.3f} B"
+    return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n:,}"
 
 
 def render_components(est: PipelineEstimate) -> str:
