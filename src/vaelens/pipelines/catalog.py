@@ -138,8 +138,7 @@ SDXL = PipelineSpec(
     "(guidance_scale=5.0; torch.cat([latents] * 2))",
     default_size=(1024, 1024), offload_seq=("text_encoder", "text_encoder_2", "unet", "vae"),
     # force_zeros_for_empty_prompt=True (model_index.json): no negative prompt -> zero embeddings.
-    encodes_negative=False, upcasts_fp16_vae=True,
-    notes="at fp16 the pipeline upcasts the VAE to fp32 for the decode (vae.config.force_upcast)",
+    encodes_negative=False, upcasts_fp16_vae=True,  # at fp16 the VAE decodes in fp32 (force_upcast)
 )
 
 
