@@ -217,12 +217,32 @@ def test_offload_none_model_sequential_peaks_from_sizes():
     neg2 = model.stages[4]
     assert neg2.weights_bytes == sizes["text_encoder_2"].weights_bytes + sizes["text_encoder_3"].weights_bytes
     seq = est.mode("sequential")
+    # buffers stay on the GPU (diffusers: offload_buffers=False); without a per-layer timeline the
+    # running weights are bounded by the component's largest module.
+    from vaelens.build import build_module
+    from vaelens.families import get_family
+
+    modules = [build_component(c, dtype="bf16") for c in est.request.pipeline.components]
+    modules.append(build_module(get_family("sd3"), dtype="bf16"))
+    buffers = sum(b.numel() * b.element_size() for m in modules for b in m.buffers())
     for m in seq.stages:
-        assert m.weights_bytes == sizes[m.stage.component].largest_leaf_bytes
+        assert m.weights_bytes == buffers + sizes[m.stage.component].largest_leaf_bytes
     for r in est.offload:
         assert r.peak_bytes == max(m.peak_bytes for m in r.stages)
         assert r.peak.peak_bytes == r.peak_bytes
     assert none.peak_bytes >= model.peak_bytes >= seq.peak_bytes
+
+
+def test_stack_weight_peak_is_the_max_over_layers_of_activation_plus_running_weights():
+    from vaelens.pipelines.components import stack_weight_peak
+
+    Layer = dataclasses.make_dataclass("Layer", ["path", "peak_bytes"])
+    own = {"": 5, "a": 100, "a.b": 1000, "c": 10}
+    timeline = [Layer("a.b", 50), Layer("a", 900), Layer("c", 1500), Layer("", 1600)]
+    # a.b: 50 + 1000 + 100 + 5 = 1155; a: 900 + 100 + 5 = 1005; c: 1500 + 10 + 5 = 1515; root: 1605
+    assert stack_weight_peak(timeline, own) == (1600, 5)
+    timeline[0] = Layer("a.b", 600)  # 600 + 1105 = 1705 now beats the root
+    assert stack_weight_peak(timeline, own) == (600, 1105)
 
 
 def test_resident_sets_model_offload_chain():

@@ -106,6 +106,7 @@ class ComponentSize:
     params: int
     buffers: int
     weights_bytes: int
+    buffer_bytes: int
     largest_leaf_bytes: int
     largest_leaf: str
 
@@ -132,5 +133,37 @@ def measure_component(module) -> ComponentSize:
         own += sum(t.numel() * t.element_size() for t in sub.buffers(recurse=False))
         if own > leaf_bytes:
             leaf_bytes, leaf_name = own, name
-    return ComponentSize(params=params, buffers=buffers, weights_bytes=nbytes,
+    buffer_bytes = sum(b.numel() * b.element_size() for b in {id(b): b for b in module.buffers()}.values())
+    return ComponentSize(params=params, buffers=buffers, weights_bytes=nbytes, buffer_bytes=buffer_bytes,
                          largest_leaf_bytes=leaf_bytes, largest_leaf=leaf_name)
+
+
+def own_parameter_bytes(module) -> dict[str, int]:
+    """nn.Module -> {module path: bytes of the parameters it holds directly} (non-zero entries only).
+
+    This is what accelerate's sequential offload moves onto the GPU around each module's forward
+    (AlignDevicesHook per module with direct parameters; buffers stay on the GPU).
+    """
+    out: dict[str, int] = {}
+    for name, sub in module.named_modules():
+        n = sum(p.numel() * p.element_size() for p in sub.parameters(recurse=False))
+        if n:
+            out[name] = n
+    return out
+
+
+def stack_weight_peak(timeline, own: dict[str, int]) -> tuple[int, int]:
+    """Per-layer activation peaks + own parameter bytes -> (activation, weights) at the worst moment
+    when only the running modules' own parameters are on the GPU.
+
+    An operator inside layer L runs with the parameters of L and of L's ancestors loaded; the largest
+    activation inside L is L's peak. max over L of (peak_L + own(L) + own(ancestors of L)) is then
+    exactly the max over operators of (activations + loaded weights).
+    """
+    best = (0, 0)
+    for layer in timeline:
+        parts = layer.path.split(".") if layer.path else []
+        weights = own.get("", 0) + sum(own.get(".".join(parts[:i]), 0) for i in range(1, len(parts) + 1))
+        if layer.peak_bytes + weights > sum(best):
+            best = (layer.peak_bytes, weights)
+    return best

@@ -25,7 +25,13 @@ from typing import Any
 
 from vaelens.errors import VaeLensError
 from vaelens.options import DType, PixelRequest
-from vaelens.pipelines.components import ComponentSize, build_component, measure_component
+from vaelens.pipelines.components import (
+    ComponentSize,
+    build_component,
+    measure_component,
+    own_parameter_bytes,
+    stack_weight_peak,
+)
 from vaelens.pipelines.inputs import CallPlan, denoiser_plan, module_call, text_encoder_plan
 from vaelens.pipelines.spec import ComponentSpec, Guidance, PipelineSpec, Role
 
@@ -56,6 +62,9 @@ class ActivationPeak:
     peak_bytes: int
     peak_at: str
     output_bytes: int = 0
+    # Sequential offload: (activations, own weights of the running modules) at the moment their sum
+    # is largest; None when the memory model gave no per-layer timeline.
+    sequential: tuple[int, int] | None = None
 
 
 # module + CallPlan + dtype -> ActivationPeak. Tests swap in a synthetic one; the default traces the
@@ -70,20 +79,29 @@ def trace_peak(module: Any, plan: CallPlan, dtype: DType) -> ActivationPeak:
     from vaelens.memory import simulate
     from vaelens.trace import trace
 
-    tr = trace(module_call(module, plan), plan.make_tensors(dtype))
+    call = module_call(module, plan)
+    tr = trace(call, plan.make_tensors(dtype))
     est = simulate(tr, dtype=dtype)
     at = est.peak_at[len("inner."):] if est.peak_at.startswith("inner.") else est.peak_at.replace("inner", "")
-    return ActivationPeak(peak_bytes=est.peak_bytes, peak_at=at, output_bytes=est.output_bytes)
+    seq = stack_weight_peak(est.timeline, own_parameter_bytes(call)) if est.timeline else None
+    return ActivationPeak(peak_bytes=est.peak_bytes, peak_at=at, output_bytes=est.output_bytes, sequential=seq)
 
 
 def estimate_decode(
     family: str, request: PixelRequest, tiled: bool,
 ) -> tuple[ActivationPeak, tuple[int, ...]]:
     """VAE family + request -> (decode ActivationPeak, latent shape) from vaelens.memory.estimate_memory."""
+    from vaelens.build import build_module
+    from vaelens.families import get_family
     from vaelens.memory import estimate_memory
 
     est = estimate_memory(family, request, op="decode", tiled=tiled)
-    peak = ActivationPeak(peak_bytes=est.peak_bytes, peak_at=est.peak_at, output_bytes=est.output_bytes)
+    seq = None
+    if est.timeline:
+        vae = build_module(get_family(family), device="meta", dtype=request.dtype)
+        seq = stack_weight_peak(est.timeline, own_parameter_bytes(vae))
+    peak = ActivationPeak(peak_bytes=est.peak_bytes, peak_at=est.peak_at, output_bytes=est.output_bytes,
+                          sequential=seq)
     return peak, tuple(est.input_shape)
 
 
@@ -129,6 +147,7 @@ class Stage:
     activation_bytes: int  # peak above weights + inputs, the output counted (memory model)
     peak_at: str
     carried_bytes: int  # tensors the pipeline holds during the call (inputs, embeddings, latents)
+    sequential: tuple[int, int] | None = None  # see ActivationPeak.sequential
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,6 +157,7 @@ class StageMemory:
     stage: Stage
     resident: tuple[str, ...]  # components whose weights are on the GPU during the call
     weights_bytes: int
+    activation_bytes: int  # the call's activations at this mode's peak moment
     peak_bytes: int
 
 
@@ -204,7 +224,8 @@ class PipelineEstimate:
                     "peak_bytes": r.peak_bytes,
                     "peak_stage": r.peak.stage.label,
                     "stages": [{"label": m.stage.label, "resident": list(m.resident),
-                                "weights_bytes": m.weights_bytes, "peak_bytes": m.peak_bytes}
+                                "weights_bytes": m.weights_bytes, "activation_bytes": m.activation_bytes,
+                                "peak_bytes": m.peak_bytes}
                                for m in r.stages],
                 }
                 for r in self.offload
@@ -242,7 +263,7 @@ def build_stages(
         stages.append(Stage(
             label=f"{enc.name}{' (negative)' if negative else ''}", component=enc.name,
             role=Role.TEXT_ENCODER, call_batch=B, activation_bytes=peak.peak_bytes, peak_at=peak.peak_at,
-            carried_bytes=kept + plan.input_bytes(dtype),
+            carried_bytes=kept + plan.input_bytes(dtype), sequential=peak.sequential,
         ))
         kept += _kept_bytes(enc, B, item)
     cfg = spec.guidance
@@ -261,11 +282,12 @@ def build_stages(
         label = f"{den.name}{suffix}" if cfg is not Guidance.BATCH else f"{den.name} (CFG batch ×2)"
         stages.append(Stage(label=f"{label} · 1 step", component=den.name, role=Role.DENOISER,
                             call_batch=call_batch, activation_bytes=peak.peak_bytes, peak_at=peak.peak_at,
-                            carried_bytes=carried + extra))
+                            carried_bytes=carried + extra, sequential=peak.sequential))
     vae_peak = decode
     stages.append(Stage(label="vae decode" + (" (tiled)" if req.vae_tiling else ""), component="vae",
                         role=Role.VAE, call_batch=B, activation_bytes=vae_peak.peak_bytes,
-                        peak_at=vae_peak.peak_at, carried_bytes=kept + latent_bytes))
+                        peak_at=vae_peak.peak_at, carried_bytes=kept + latent_bytes,
+                        sequential=vae_peak.sequential))
     return tuple(stages)
 
 
@@ -297,17 +319,29 @@ def resident_sets(spec: PipelineSpec, stages: tuple[Stage, ...], mode: Offload) 
 def offload_reports(
     spec: PipelineSpec, stages: tuple[Stage, ...], sizes: dict[str, ComponentSize],
 ) -> tuple[OffloadReport, ...]:
-    """Stages + component sizes -> one OffloadReport per mode (none, model, sequential)."""
+    """Stages + component sizes -> one OffloadReport per mode (none, model, sequential).
+
+    sequential: every component's buffers stay on the GPU (diffusers passes offload_buffers=False when
+    the top module has no direct parameters), plus the own parameters of the modules running at the
+    worst moment (Stage.sequential); without a per-layer timeline, the largest module's own weights
+    added to the activation peak (an upper bound).
+    """
+    buffers = sum(s.buffer_bytes for s in sizes.values())
     reports = []
     for mode in Offload:
         rows = []
         for stage, resident in zip(stages, resident_sets(spec, stages, mode), strict=True):
+            act = stage.activation_bytes
             if mode is Offload.SEQUENTIAL:
-                weights = sizes[stage.component].largest_leaf_bytes
+                if stage.sequential is not None:
+                    act, running = stage.sequential
+                else:
+                    running = sizes[stage.component].largest_leaf_bytes
+                weights = buffers + running
             else:
                 weights = sum(sizes[n].weights_bytes for n in resident)
-            rows.append(StageMemory(stage=stage, resident=resident, weights_bytes=weights,
-                                    peak_bytes=weights + stage.carried_bytes + stage.activation_bytes))
+            rows.append(StageMemory(stage=stage, resident=resident, weights_bytes=weights, activation_bytes=act,
+                                    peak_bytes=weights + stage.carried_bytes + act))
         reports.append(OffloadReport(mode=mode, stages=tuple(rows)))
     return tuple(reports)
 

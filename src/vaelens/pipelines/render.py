@@ -39,10 +39,10 @@ def render_stages(report: OffloadReport) -> str:
         s = m.stage
         resident = f"all {everything}" if report.mode is Offload.NONE else ", ".join(m.resident) or "-"
         if report.mode is Offload.SEQUENTIAL:
-            resident = f"{s.component}: one module at a time"
+            resident = f"buffers + running {s.component} modules"
         rows.append((
             ("▶ " if m is peak else "  ") + s.label, resident,
-            human_bytes(m.weights_bytes), human_bytes(s.carried_bytes), human_bytes(s.activation_bytes),
+            human_bytes(m.weights_bytes), human_bytes(s.carried_bytes), human_bytes(m.activation_bytes),
             human_bytes(m.peak_bytes), s.peak_at or "-",
         ))
     headers = ("stage", "weights resident", "weights", "held", "activations", "peak", "activation peak at")
@@ -58,7 +58,7 @@ def render_timeline(report: OffloadReport, *, budget_bytes: int | None = None) -
     for m in report.stages:
         w = round(m.weights_bytes * scale)
         c = round((m.weights_bytes + m.stage.carried_bytes) * scale) - w
-        a = max(round(m.peak_bytes * scale) - w - c, 1 if m.stage.activation_bytes else 0)
+        a = max(round(m.peak_bytes * scale) - w - c, 1 if m.activation_bytes else 0)
         bar = "█" * w + "▒" * c + "░" * a
         mark = "  ◀ peak" if m is report.peak else ""
         lines.append(f"{m.stage.label.ljust(width)} │{bar.ljust(BAR)}│ {human_bytes(m.peak_bytes)}{mark}")
@@ -126,7 +126,7 @@ def plot_pipeline(
     x = list(range(len(labels)))
     w = [m.weights_bytes / gib for m in report.stages]
     c = [m.stage.carried_bytes / gib for m in report.stages]
-    a = [m.stage.activation_bytes / gib for m in report.stages]
+    a = [m.activation_bytes / gib for m in report.stages]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(labels)) + 2.5, 4.5))
     ax.bar(x, w, color="#4c72b0", label="weights resident")
     ax.bar(x, c, bottom=w, color="#dd8452", label="tensors held")
