@@ -17,7 +17,7 @@ from typing import Any
 
 from vaelens.allocator import CachingAllocator
 from vaelens.errors import VaeLensError
-from vaelens.memory_rules import transient
+from vaelens.memory_rules import RULES, transient
 from vaelens.options import DType, PixelRequest
 from vaelens.trace import Op, Trace, trace
 
@@ -109,8 +109,7 @@ def simulate(tr: Trace, *, dtype: DType | None = None, tiled: bool = False, slic
         for r in layers
     )
     if dtype is None:
-        first = tr.events[0].inputs[0].dtype if tr.events and tr.events[0].inputs else None
-        dtype = DType.parse(str(first).replace("torch.", "")) if first is not None else DType.FP32
+        dtype = DType.parse(tr.input_dtype) if tr.input_dtype in ("float32", "float16", "bfloat16") else DType.FP32
     return MemoryEstimate(
         op=tr.op, dtype=dtype, peak_bytes=peak, peak_at=peak_at, peak_op=peak_op,
         weights_bytes=tr.weights_bytes, input_shape=tr.input_shapes[0] if tr.input_shapes else (),
@@ -203,7 +202,7 @@ def trace_request(
     shape = pixel if op is Op.ENCODE else latent
     prev = _apply_modes(module, tiled, sliced)
     try:
-        return trace(module, [torch.empty(shape, device="meta", dtype=dtype.torch)], op=op)
+        return trace(module, [torch.empty(shape, device="meta", dtype=dtype.torch)], op=op, detail=RULES.keys())
     except RuntimeError as exc:  # a diffusers code path that fails for this config (not a vaelens error)
         mode = " with enable_tiling()" if tiled else " with enable_slicing()" if sliced else ""
         raise VaeLensError(

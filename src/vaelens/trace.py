@@ -6,7 +6,7 @@ it allocated, the storages that died before it). The memory model (vaelens.memor
 
 Tensor lifetime is tracked the way the CUDA caching allocator sees it: a storage is allocated when an
 operator returns a tensor with a storage not seen before, and freed when the last tensor object that
-uses it is garbage collected (a `weakref.finalize` per tensor object, a count per storage; views share
+uses it is garbage collected (a weak reference with a callback per tensor object, a count per storage; views share
 the storage). Python frees a tensor the moment its last reference goes, whatever its device, so the
 order of allocations and frees on meta is the order a CUDA run has.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +121,7 @@ class Trace:
     final_frees: tuple[int, ...]  # storages that died after the last op (before the result is read)
     input_shapes: tuple[tuple[int, ...], ...]
     input_bytes: int
+    input_dtype: str | None
     output_shape: tuple[int, ...] | None
     output_bytes: int
     weights_bytes: int
@@ -195,8 +196,11 @@ def call_op(module: Any, op: Op, inputs: Sequence[Any]) -> Any:
 class _Recorder:
     """TorchDispatchMode body + module hooks; counts storages per tensor object."""
 
-    def __init__(self, resident: set[int]) -> None:
+    def __init__(self, resident: set[int], detail: Collection[str] | None = None) -> None:
         self.resident = resident
+        self.detail = frozenset(detail) if detail is not None else None
+        self.names: dict[Any, str] = {}
+        self.wrefs: dict[Any, int] = {}  # weakref to a tensor object -> its storage id
         self.refs: dict[int, int] = {}  # storage id -> live tensor objects using it
         self.size: dict[int, int] = {}  # storage id -> rounded bytes
         self.live = 0
@@ -218,26 +222,35 @@ class _Recorder:
     def meta(self, t: Any) -> TensorMeta:
         return TensorMeta(tuple(t.shape), t.dtype, tuple(t.stride()), t.untyped_storage()._cdata, t.element_size())
 
+    def _dead(self, ref: Any) -> None:
+        self._release(self.wrefs.pop(ref))
+
     def on_op(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         import torch
 
+        name = self.names.get(func)
+        if name is None:
+            name = self.names[func] = str(func)
+        detail = self.detail is None or name in self.detail
         ins: list[TensorMeta] = []
         scalars: list[Any] = []
-        for a in list(args) + list(kwargs.values()):
-            if isinstance(a, torch.Tensor):
-                ins.append(self.meta(a))
-            elif isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor):
-                ins.extend(self.meta(x) for x in a if isinstance(x, torch.Tensor))
-            else:
-                scalars.append(a)
+        if detail:
+            for a in list(args) + list(kwargs.values()):
+                if isinstance(a, torch.Tensor):
+                    ins.append(self.meta(a))
+                elif isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor):
+                    ins.extend(self.meta(x) for x in a if isinstance(x, torch.Tensor))
+                else:
+                    scalars.append(a)
         outs: list[TensorMeta] = []
         allocs: list[tuple[int, int]] = []
-        for t in _tensors(out, []):
-            m = self.meta(t)
-            outs.append(m)
+        for t in (out,) if isinstance(out, torch.Tensor) else _tensors(out, []):
+            if detail:
+                outs.append(self.meta(t))
             if getattr(t, "_vaelens_seen", False):
                 continue  # in-place op or an input returned as-is: same object, nothing new
-            sid = m.storage
+            storage = t.untyped_storage()
+            sid = storage._cdata
             if sid in self.resident:
                 continue
             try:
@@ -247,15 +260,15 @@ class _Recorder:
             if sid in self.refs:
                 self.refs[sid] += 1
             else:
-                nbytes = round_block(t.untyped_storage().nbytes())
+                nbytes = round_block(storage.nbytes())
                 self.refs[sid] = 1
                 self.size[sid] = nbytes
                 self.live += nbytes
                 allocs.append((sid, nbytes))
-            weakref.finalize(t, self._release, sid)
+            self.wrefs[weakref.ref(t, self._dead)] = sid
         frees, self.pending = tuple(self.pending), []
         self.events.append(
-            OpEvent(len(self.events), str(func), tuple(ins), tuple(outs), tuple(scalars), tuple(allocs), frees,
+            OpEvent(len(self.events), name, tuple(ins), tuple(outs), tuple(scalars), tuple(allocs), frees,
                     self.stack[-1] if self.stack else -1)
         )
 
@@ -269,16 +282,80 @@ CUDA_CONTIGUOUS_OUTPUT = frozenset({
 })
 
 
+_SCALARS = (int, float, bool, str, type(None))
+
+
+def _key_of(value: Any, torch: Any) -> Any:
+    """A hashable description of an operator argument; raises TypeError for anything else."""
+    if isinstance(value, torch.Tensor):
+        if value.device.type != "meta":
+            raise TypeError("not meta")
+        return ("T", tuple(value.shape), value.stride(), value.dtype, value.storage_offset())
+    if isinstance(value, _SCALARS):
+        return (type(value), value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_key_of(v, torch) for v in value)
+    if isinstance(value, (torch.dtype, torch.device, torch.memory_format, torch.layout)):
+        return value
+    raise TypeError(type(value).__name__)
+
+
+def _fresh_output(func: Any) -> bool:
+    """Operators whose outputs are new tensors: no mutated argument, no returned alias."""
+    schema = func._schema
+    if schema.is_mutable:
+        return False
+    if any(r.alias_info is not None for r in schema.returns):
+        return False
+    return all(str(r.type) in ("Tensor", "List[Tensor]") for r in schema.returns)
+
+
 def _make_mode(rec: _Recorder, emulate_cuda: bool):
+    """The dispatch mode. On meta, outputs of pure operators are cached by their inputs' shapes,
+    strides and scalars: shape inference of a repeated call (video frames, tiles) is done once, and
+    a fresh meta tensor with the cached layout is returned (a new storage, as the real kernel's)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    cache: dict[Any, Any] = {}
+    fresh: dict[Any, bool] = {}
+
+    def describe(out: Any) -> Any:
+        if isinstance(out, torch.Tensor):
+            return (tuple(out.shape), out.stride(), out.dtype)
+        return [describe(o) for o in out]
+
+    def build(desc: Any) -> Any:
+        if isinstance(desc, tuple):
+            return torch.empty_strided(desc[0], desc[1], dtype=desc[2], device="meta")
+        return [build(d) for d in desc]
 
     class _Mode(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            out = func(*args, **kwargs)
-            if emulate_cuda and isinstance(out, torch.Tensor) and str(func) in CUDA_CONTIGUOUS_OUTPUT:
-                out = out.contiguous()
+            key = None
+            if emulate_cuda:
+                ok = fresh.get(func)
+                if ok is None:
+                    ok = fresh[func] = _fresh_output(func)
+                if ok:
+                    try:
+                        key = (func, _key_of(args, torch), _key_of(tuple(sorted(kwargs.items())), torch))
+                    except TypeError:
+                        key = None
+            hit = cache.get(key) if key is not None else None
+            if hit:
+                out = build(hit)
+            else:
+                out = func(*args, **kwargs)
+                if emulate_cuda and isinstance(out, torch.Tensor) and str(func) in CUDA_CONTIGUOUS_OUTPUT:
+                    out = out.contiguous()
+                if key is not None and hit is None:
+                    # a composite may hand back an input (dropout in eval): never cache those
+                    ins = {t.untyped_storage()._cdata for t in _tensors([args, list(kwargs.values())], [])}
+                    outs = _tensors(out, [])
+                    aliased = any(t.untyped_storage()._cdata in ins for t in outs)
+                    cache[key] = False if aliased or not outs else describe(out)
             rec.on_op(func, args, kwargs, out)
             return out
 
@@ -298,11 +375,15 @@ def _to_module_device(module: Any, inputs: Sequence[Any]) -> list[Any]:
     return res
 
 
-def trace(module: Any, inputs: Sequence[Any] | Any, *, op: str | Op = "forward") -> Trace:
+def trace(
+    module: Any, inputs: Sequence[Any] | Any, *, op: str | Op = "forward", detail: Collection[str] | None = None,
+) -> Trace:
     """nn.Module + inputs -> Trace (one record per module call, one event per aten operator).
 
     Runs `op` ("encode" | "decode" | "forward") once under `torch.inference_mode()` on the module's
     device (meta: no memory, no weights). Hooks are removed and the module's mode restored afterwards.
+    `detail`: operator names (e.g. "aten.conv2d.default") whose events keep input/output metadata
+    and scalars; None keeps it for every operator (slower on long video traces).
 
     >>> import torch
     >>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU()).to("meta")
@@ -329,7 +410,7 @@ def trace(module: Any, inputs: Sequence[Any] | Any, *, op: str | Op = "forward")
     in_tensors = _tensors(inputs, [])
     for t in in_tensors:
         resident.add(t.untyped_storage()._cdata)
-    rec = _Recorder(resident)
+    rec = _Recorder(resident, detail)
     layers: list[LayerRecord | None] = []
     starts: dict[int, int] = {}
     names = {id(m): (n, m) for n, m in module.named_modules()}
@@ -401,6 +482,7 @@ def trace(module: Any, inputs: Sequence[Any] | Any, *, op: str | Op = "forward")
         op=op, module_type=type(module).__name__, layers=done, events=tuple(rec.events), final_frees=final,
         input_shapes=tuple(tuple(t.shape) for t in in_tensors),
         input_bytes=sum(t.numel() * t.element_size() for t in in_tensors),
+        input_dtype=_dtype_name(in_tensors[0].dtype) if in_tensors else None,
         output_shape=tuple(out_t.shape) if out_t is not None else None,
         output_bytes=out_t.numel() * out_t.element_size() if out_t is not None else 0,
         weights_bytes=weights,
