@@ -51,10 +51,26 @@ class CallPlan:
         return total
 
     def make_tensors(self, dtype: DType, device: str = "meta") -> list:
+        """The input tensors: empty on meta; elsewhere filled with values a real call accepts
+        (token ids 0, positions arange, timesteps 500, guidance 3.5, activations N(0, 1))."""
         import torch
 
         kinds = {"model": dtype.torch, "float32": torch.float32, "int64": torch.int64}
-        return [torch.empty(t.shape, dtype=kinds[t.dtype], device=device) for t in self.tensors]
+        if device == "meta":
+            return [torch.empty(t.shape, dtype=kinds[t.dtype], device=device) for t in self.tensors]
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        out = []
+        for t in self.tensors:
+            if t.name == "position_ids":
+                x = torch.arange(t.shape[-1]).expand(t.shape).contiguous()
+            elif t.dtype == "int64":  # masks all ones, token ids 0
+                x = torch.full(t.shape, 1 if "mask" in t.name else 0, dtype=torch.int64)
+            elif t.name in ("timestep", "guidance"):
+                x = torch.full(t.shape, 500.0 if t.name == "timestep" else 3.5)
+            else:
+                x = torch.randn(t.shape, generator=gen).to(kinds[t.dtype])
+            out.append(x.to(device))
+        return out
 
     def kwargs(self, tensors: Sequence[Any]) -> dict[str, Any]:
         by_name = {t.name: x for t, x in zip(self.tensors, tensors, strict=True)}
