@@ -11,8 +11,9 @@ Offload modes follow diffusers/accelerate:
   model       enable_model_cpu_offload: calling a component loads it and offloads its predecessor in
               `model_cpu_offload_seq` (accelerate CpuOffload hooks), so a component called again out
               of order (SD3's negative prompt) finds a later one still resident
-  sequential  enable_sequential_cpu_offload: only the weights of the module running at the moment;
-              vaelens adds the component's largest single module's weights (an upper bound)
+  sequential  enable_sequential_cpu_offload: every buffer stays on the GPU, and each module's own
+              parameters come in around its forward; from the memory model's per-layer peaks,
+              max over layers of (peak + own parameters of the layer and its ancestors)
 """
 
 from __future__ import annotations
