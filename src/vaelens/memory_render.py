@@ -61,8 +61,10 @@ def trace_json(tr: Trace) -> dict[str, Any]:
     }
 
 
-def render_trace(tr: Trace, *, depth: int = 2) -> str:
-    """Trace -> table of layers up to `depth` (1 = encoder/decoder, 2 = blocks, ...) grouped by stage."""
+def render_trace(tr: Trace, *, depth: int = 2, estimate: MemoryEstimate | None = None) -> str:
+    """Trace -> table of layers up to `depth` (1 = encoder/decoder, 2 = blocks, ...) grouped by stage;
+    with `estimate` (simulate(tr)) a column with the predicted CUDA peak inside each layer."""
+    peaks = {i: m.peak_bytes for i, m in enumerate(estimate.timeline)} if estimate is not None else {}
     rows: list[Sequence[Any]] = []
     current = None
     shown: list[LayerRecord] = [r for r in tr.layers if 1 <= r.depth <= depth]
@@ -73,23 +75,26 @@ def render_trace(tr: Trace, *, depth: int = 2) -> str:
     for r in shown:
         stage = stage_of(r.path)
         if stage != current:
-            rows.append((f"── {stage}", "", "", "", "", ""))
+            rows.append((f"── {stage}",) + ("",) * (6 if peaks else 5))
             current = stage
         rows.append((
             r.path or f"({r.type})", r.type, shape_str(r.output_shape) if r.output_shape else "-",
             r.dtype or "-", human_bytes(r.bytes), human_bytes(r.live_bytes),
-        ))
+        ) + ((human_bytes(peaks[r.index]),) if peaks else ()))
     head = (f"{tr.module_type}.{tr.op.value}: input {', '.join(shape_str(s) for s in tr.input_shapes)} "
             f"-> output {shape_str(tr.output_shape) if tr.output_shape else '-'}; "
             f"{len(tr.layers)} module calls, {len(tr.events)} aten operators (meta device, no memory used)")
     root = next((r for r in tr.layers if r.depth == 0), None)
     if root is not None:
-        rows.append(("── whole call", "", "", "", "", ""))
+        rows.append(("── whole call",) + ("",) * (6 if peaks else 5))
         rows.append((f"({root.type})", root.type, shape_str(root.output_shape) if root.output_shape else "-",
-                     root.dtype or "-", human_bytes(root.bytes), human_bytes(root.live_bytes)))
-    body = table(("layer", "type", "output shape", "dtype", "output", "live after"), rows, right=(4, 5))
-    foot = ("live after: activation bytes alive after the layer (weights and input excluded), "
-            "512-byte rounded as the CUDA caching allocator counts them")
+                     root.dtype or "-", human_bytes(root.bytes), human_bytes(root.live_bytes))
+                    + ((human_bytes(peaks[root.index]),) if peaks else ()))
+    headers = ("layer", "type", "output shape", "dtype", "output", "live after") + (("peak inside",) if peaks else ())
+    body = table(headers, rows, right=(4, 5, 6))
+    foot = ("live after: activation bytes alive after the layer (weights and input excluded), 512-byte rounded as "
+            "the CUDA caching allocator counts them" + (";\npeak inside: predicted CUDA peak (above weights + input) "
+                                                      "while the layer ran, kernel temporaries included" if peaks else ""))
     return "\n".join([head, "", body, "", foot])
 
 

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vaelens.cli.shapes import plan_from_args
     from vaelens.errors import VaeLensError
-    from vaelens.memory import trace_request
+    from vaelens.memory import simulate, trace_request
     from vaelens.memory_render import render_trace, trace_json
 
     if args.depth < 1:
@@ -29,8 +29,13 @@ def run(args: argparse.Namespace) -> int:
     spec, plan = plan_from_args(args)
     tr = trace_request(spec, plan.request, op=args.op)
     if args.json:
-        emit_json({"family": spec.name, "dtype": plan.request.dtype.value, "pixel_shape": list(plan.pixel_shape),
-                   "latent_shape": list(plan.latent_shape), **trace_json(tr)})
+        est = simulate(tr, dtype=plan.request.dtype)
+        data = {"family": spec.name, "dtype": plan.request.dtype.value, "pixel_shape": list(plan.pixel_shape),
+                "latent_shape": list(plan.latent_shape), **trace_json(tr),
+                "peak_bytes": est.peak_bytes, "peak_at": est.peak_at}
+        for layer, mem in zip(data["layers"], est.timeline):
+            layer["peak_bytes"] = mem.peak_bytes
+        emit_json(data)
     else:
-        print(render_trace(tr, depth=args.depth))
+        print(render_trace(tr, depth=args.depth, estimate=simulate(tr, dtype=plan.request.dtype)))
     return 0
