@@ -47,8 +47,7 @@ def render_channel_grid(latent, path: str | Path, *, title: str, units: str) -> 
     if a.ndim != 3:
         raise ValueError(f"render_channel_grid takes [C, h, w]; got {list(a.shape)}")
     c, h, w = a.shape
-    cols = min(c, max(1, math.ceil(math.sqrt(c * w / max(h, 1) * 0.75))))
-    cols = min(cols, 16)
+    cols = min(16, math.ceil(math.sqrt(c)))
     rows = math.ceil(c / cols)
     finite = a[np.isfinite(a)]
     lim = float(np.abs(finite).max()) if finite.size else 1.0

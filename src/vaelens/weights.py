@@ -238,13 +238,26 @@ def fit_family(spec: FamilySpec, ckpt: Mapping[str, Any]) -> Fit:
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     ckpt = _strip_prefix(ckpt)
     converted = False
-    if not set(expected) <= set(ckpt):
+    shared = len(set(expected) & set(ckpt))
+    # A file already in this class's key layout (most of its keys are the module's) is compared as is;
+    # converting it as if it were an original-layout file would only blur the report.
+    if not set(expected) <= set(ckpt) and shared < len(ckpt) / 2:
         mapped = _convert(spec.diffusers_class, ckpt, spec.diffusers_config())
         if mapped is None or not set(expected) & set(mapped):
             return Fit(spec=spec, state=None, converted=False, problem=f"key layout is not {spec.diffusers_class}'s")
         ckpt, converted = mapped, True
     missing = sorted(set(expected) - set(ckpt))
     unexpected = sorted(set(ckpt) - set(expected))
+    for key in _latent_first(k for k in expected if k in ckpt):  # shapes first: they say the most
+        got = tuple(ckpt[key].shape)
+        if got != expected[key]:
+            extra = f"; and {len(missing)} missing / {len(unexpected)} unexpected keys" if missing or unexpected else ""
+            return Fit(
+                spec=spec,
+                state=None,
+                converted=converted,
+                problem=f"{key} is {list(got)} in the file, {list(expected[key])} in {spec.name}{extra}",
+            )
     if missing or unexpected:
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
         return Fit(
@@ -253,19 +266,10 @@ def fit_family(spec: FamilySpec, ckpt: Mapping[str, Any]) -> Fit:
             converted=converted,
             problem=f"{len(missing)} missing / {len(unexpected)} unexpected keys ({what})",
         )
-    for key in _latent_first(expected):
-        got = tuple(ckpt[key].shape)
-        if got != expected[key]:
-            return Fit(
-                spec=spec,
-                state=None,
-                converted=converted,
-                problem=f"{key} is {list(got)} in the file, {list(expected[key])} in {spec.name}",
-            )
     return Fit(spec=spec, state={k: ckpt[k] for k in expected}, converted=converted)
 
 
-def _latent_first(keys: Mapping[str, Any]) -> list[str]:
+def _latent_first(keys) -> list[str]:
     """Keys with decoder.conv_in first: its input width is the latent channel count, the clearest clue."""
     return sorted(keys, key=lambda k: (not k.startswith("decoder.conv_in"), k))
 
