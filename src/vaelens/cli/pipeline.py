@@ -18,6 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list", action="store_true", help="list the built-in pipelines and exit")
     add_size(p)
     p.set_defaults(dtype="bf16")  # pipelines run in half precision; fp32 is asked for explicitly
+    helps = {"dtype": "fp32 | fp16 | bf16 (default bf16)", "size": "pixel size, width first (default: the pipeline's)",
+             "frames": "video frames (default: the pipeline's)"}
+    for action in p._actions:
+        if action.dest in helps:
+            action.help = helps[action.dest]
     p.add_argument("--offload", default="none", metavar="MODE",
                    help="none | model | sequential: the mode the stage table shows (all three are estimated)")
     p.add_argument("--vae-tiling", action="store_true", help="decode with the VAE's enable_tiling()")
