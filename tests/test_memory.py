@@ -63,7 +63,7 @@ def test_replay_of_h100_operator_record_taesd():
     assert [e.name for e in tr.events] == [o["op"] for o in rec["ops"]]
     alloc = CachingAllocator()
     base = rec["base"]
-    for ev, o in zip(tr.events, rec["ops"]):
+    for ev, o in zip(tr.events, rec["ops"], strict=True):
         for sid in ev.frees_before:
             alloc.free(sid)
         assert alloc.allocated == o["before"] - base, ev

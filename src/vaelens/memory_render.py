@@ -93,8 +93,10 @@ def render_trace(tr: Trace, *, depth: int = 2, estimate: MemoryEstimate | None =
     headers = ("layer", "type", "output shape", "dtype", "output", "live after") + (("peak inside",) if peaks else ())
     body = table(headers, rows, right=(4, 5, 6))
     foot = ("live after: activation bytes alive after the layer (weights and input excluded), 512-byte rounded as "
-            "the CUDA caching allocator counts them" + (";\npeak inside: predicted CUDA peak (above weights + input) "
-                                                      "while the layer ran, kernel temporaries included" if peaks else ""))
+            "the CUDA caching allocator counts them")
+    if peaks:
+        foot += (";\npeak inside: predicted CUDA peak (above weights + input) while the layer ran, "
+                 "kernel temporaries included")
     return "\n".join([head, "", body, "", foot])
 
 
@@ -124,8 +126,9 @@ def render_memory(
         headers[4:4] = ["measured", "error"]
     rows = []
     for e in estimates:
+        where = f"{e.peak_at} ({e.peak_op.replace('aten.', '')})"
         row = [e.op.value, human_bytes(e.input_bytes), human_bytes(e.output_bytes), human_bytes(e.peak_bytes),
-               f"{e.peak_bytes / latent_bytes:,.0f}×", human_bytes(e.total_bytes), f"{e.peak_at} ({e.peak_op.replace('aten.', '')})"]
+               f"{e.peak_bytes / latent_bytes:,.0f}×", human_bytes(e.total_bytes), where]
         if measured:
             m = measured.get(e.op.value)
             row[4:4] = [human_bytes(m) if m else "-", f"{e.peak_bytes / m - 1:+.2%}" if m else "-"]

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         data = {"family": spec.name, "dtype": plan.request.dtype.value, "pixel_shape": list(plan.pixel_shape),
                 "latent_shape": list(plan.latent_shape), **trace_json(tr),
                 "peak_bytes": est.peak_bytes, "peak_at": est.peak_at}
-        for layer, mem in zip(data["layers"], est.timeline):
+        for layer, mem in zip(data["layers"], est.timeline, strict=True):
             layer["peak_bytes"] = mem.peak_bytes
         emit_json(data)
     else:
