@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Any
 
@@ -53,8 +54,18 @@ def dtype_from_args(args: argparse.Namespace) -> DType:
     return DType.parse(args.dtype)
 
 
+_SCALAR_LIST = re.compile(r"\[\s*([^\[\]{}]*?)\s*\]", re.S)
+
+
+def to_json(data: Any) -> str:
+    """Indented JSON with lists of scalars (shapes) kept on one line: [1, 4, 128, 128]."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    return _SCALAR_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",\n")) + "]"
+                            if '"' not in m.group(1) or len(m.group(1)) < 400 else m.group(0), text)
+
+
 def emit_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write(to_json(data))
     sys.stdout.write("\n")
 
 
