@@ -148,3 +148,24 @@ def test_cpu_memory_measurement_sees_an_allocation():
         block += 1
     assert mem["peak_bytes"] >= 48 * 1024 * 1024
     assert "CPU" in mem["method"] and "not comparable" in mem["method"]
+
+
+def test_autoencoder_tiny_has_no_posterior_and_still_roundtrips(tmp_path):
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    module = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=4,
+    ).eval()
+    module.save_pretrained(tmp_path / "taesd-like")
+    vae = load_vae(tmp_path / "taesd-like", device="cpu")
+    assert vae.spec.normalization.kind.value == "none"  # scaling_factor 1.0
+    z, _ = encode(vae, PIXELS, sample=True)  # no posterior to sample: the deterministic latent
+    with torch.inference_mode():
+        torch.testing.assert_close(z, module.encode(PIXELS).latents)
+    rt = roundtrip(vae, PIXELS)
+    assert rt.reconstruction.shape == (2, 16, 16, 3)

@@ -271,7 +271,7 @@ def fit_family(spec: FamilySpec, ckpt: Mapping[str, Any]) -> Fit:
 
 def _latent_first(keys) -> list[str]:
     """Keys with decoder.conv_in first: its input width is the latent channel count, the clearest clue."""
-    return sorted(keys, key=lambda k: (not k.startswith("decoder.conv_in"), k))
+    return sorted(keys, key=lambda k: (k != "decoder.conv_in.weight", k))
 
 
 def latent_channels_hint(ckpt: Mapping[str, Any]) -> int | None:
