@@ -28,7 +28,14 @@ class GridInfo:
 
 
 def _plt():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        from vaelens.errors import VaeLensError
+
+        raise VaeLensError(
+            "drawing PNGs needs matplotlib, which is not installed: pip install 'vaelens[viz]'"
+        ) from None
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

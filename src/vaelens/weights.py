@@ -489,7 +489,8 @@ def hf_cache_folder(repo_id: str, *, cache_dir: str | Path | None = None) -> Pat
     )
     listing = f"; cached repos: {', '.join(cached[:12])}" if cached else f"; the cache ({root}) holds no models"
     raise WeightsError(
-        f"repo id {repo_id!r} has no config.json or vae/config.json in the local Hugging Face cache ({root}); "
+        f"{repo_id!r} is not a local path, and as a repo id it has no config.json or vae/config.json in the "
+        f"local Hugging Face cache ({root}); "
         f"vaelens never downloads — fetch it first (e.g. `huggingface-cli download {repo_id} --include 'vae/*'`) "
         f"or pass a local path{listing}"
     )
