@@ -136,3 +136,42 @@ def test_cli_trace_json_and_table(cli, tmp_path):
     shallow = cli("trace", str(cfg), "--size", "48x32", "--op", "encode", "--depth", "1").out
     assert "quant_conv" in shallow and "encoder.down_blocks.0" not in shallow
     assert cli("trace", str(cfg), "--size", "48x32", "--depth", "0").code == 2
+
+
+def test_live_bytes_equal_independent_gc_count():
+    """After each block of a real CPU encode, the activation bytes alive (every tensor the garbage
+    collector can reach, distinct storages, weights and input excluded) equal the trace's count."""
+    import gc
+    import warnings
+
+    m = tiny_vae("cpu")
+    x = torch.randn(1, 3, 32, 32)
+    resident = {t.untyped_storage().data_ptr() for t in [*m.parameters(), *m.buffers(), x]}
+
+    def live() -> int:
+        seen = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for obj in gc.get_objects():
+                if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
+                    s = obj.untyped_storage()
+                    if s.data_ptr() not in resident and s.nbytes():
+                        seen[s.data_ptr()] = s.nbytes()
+        return sum(round_block(n) for n in seen.values())
+
+    watched = {m.encoder.conv_in, *m.encoder.down_blocks, m.encoder.mid_block, m.encoder.conv_out, m.quant_conv}
+    names = {id(mod): n for n, mod in m.named_modules()}
+    base = live()
+    counts: dict[str, int] = {}
+    handles = [mod.register_forward_hook(lambda mod, a, o: counts.__setitem__(names[id(mod)], live() - base))
+               for mod in watched]
+    try:
+        with torch.inference_mode():
+            m.encode(x)
+    finally:
+        for h in handles:
+            h.remove()
+    tr = trace(m, [x], op="encode")
+    traced = {r.path: r.live_bytes for r in tr.layers if r.path in counts}
+    assert len(counts) == len(watched) == len(traced) == 6
+    assert traced == counts
