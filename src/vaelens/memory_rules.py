@@ -49,8 +49,9 @@ def conv_rule(ev: OpEvent) -> int:
     Inputs with fewer than 8 channels take cuDNN's direct NCHW kernel: no temporaries
     (conv_in 3->128, post_quant 4->512). A 1x1 convolution is a GEMM on the NCHW tensor; a
     channels-last input to it is first laid out as the output's layout (wan2.1 decode, 1x1 after
-    attention: one output-sized copy). Algorithm workspaces (0.5 KiB-16 MiB in the records, chosen
-    by cuDNN's heuristics) are not modelled.
+    attention: one output-sized copy). Depthwise convolutions mostly run PyTorch's own NCHW kernel
+    (see _cudnn_depthwise). Algorithm workspaces beyond the stride-1 512 bytes (0.5 KiB-16 MiB in
+    the records, chosen by cuDNN's heuristics) are not modelled.
     """
     if len(ev.inputs) < 2 or not ev.outputs:
         return 0
@@ -64,6 +65,8 @@ def conv_rule(ev: OpEvent) -> int:
         return 0 if x.is_contiguous() or _is_channels_last(x) and _is_channels_last(out) else round_block(out.nbytes)
     if cin % 8 != 0:
         return 0
+    if w.shape[1] == 1 and cin > 1 and w.shape[0] % cin == 0 and not _cudnn_depthwise(x):
+        return 0  # PyTorch's own CudaDepthwise2d/3d kernels read NCHW directly
     item = x.itemsize
     spatial_in = _numel(x.shape[2:]) * x.shape[0]
     spatial_out = _numel(out.shape[2:]) * out.shape[0]
@@ -79,6 +82,17 @@ def conv_rule(ev: OpEvent) -> int:
     if total >= _MAX_TRANSFORM_WORKSPACE:
         return 0
     return total
+
+
+def _cudnn_depthwise(x: TensorMeta) -> bool:
+    """Whether PyTorch hands a depthwise convolution to cuDNN (aten/src/ATen/native/Convolution.cpp,
+    ConvParams::use_cudnn_depthwise): channels-last inputs, or fp16 4-D inputs with >= 32 channels
+    (then a workload table decides; taken as cuDNN here). Otherwise its native depthwise kernel."""
+    import torch
+
+    if _is_channels_last(x):
+        return True
+    return x.dtype == torch.float16 and len(x.shape) == 4 and x.shape[1] >= 32
 
 
 def _is_channels_last(t: TensorMeta) -> bool:
