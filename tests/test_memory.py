@@ -189,3 +189,20 @@ def test_trace_speed_quick_mode_runs():
                          capture_output=True, text=True, timeout=120, check=True)
     data = json.loads(out.stdout)
     assert data["trace_predict_seconds"] > 0 and data["peak_bytes"] > 0
+
+
+def test_matmul_rule_copies_only_unfoldable_operands():
+    """[2,3,4,5] @ [2,3,5,6]: contiguous and last-two-transposed operands fold to bmm as views; a
+    permuted batch dim, or a broadcast batch, is copied at the expanded size (2*3*4*5*4 = 480 B)."""
+    from vaelens.memory_rules import transient
+
+    class M(torch.nn.Module):
+        def forward(self, a, b, c, d):
+            return [a @ b, a @ c.transpose(-1, -2), a.transpose(0, 1).contiguous().transpose(0, 1) @ b,
+                    d.expand(2, 3, 4, 5) @ b]
+
+    a, b = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 5, 6)
+    c, d = torch.randn(2, 3, 6, 5), torch.randn(1, 3, 4, 5)
+    tr = trace(M(), [a, b, c, d], op="forward")
+    temps = [transient(e) for e in tr.events if e.name == "aten.matmul.default"]
+    assert temps == [0, 0, 512, 512]  # 480 bytes rounded to the allocator's 512

@@ -161,7 +161,40 @@ def sdpa_rule(ev: OpEvent) -> int:
     return 2 * round_block(bh * length * s * q.itemsize)
 
 
+def _bmm_viewable(t: TensorMeta) -> bool:
+    """[..., M, K] folds to [batch, M, K] without a copy: the batch dims are dense over the matrix and
+    the matrix is row- or column-major (cuBLAS takes either)."""
+    if len(t.shape) <= 2:
+        return True
+    *batch, m, k = t.shape
+    sm, sk = t.stride[-2], t.stride[-1]
+    if not ((sk == 1 and (sm == k or m == 1)) or (sm == 1 and (sk == m or k == 1))):
+        return False
+    expected = m * k
+    for size, stride in zip(reversed(batch), reversed(t.stride[:-2]), strict=True):
+        if size != 1 and stride != expected:
+            return False  # includes broadcast (stride 0) batch dims: matmul materialises the expand
+        expected *= size
+    return True
+
+
+def matmul_rule(ev: OpEvent) -> int:
+    """at::matmul on >2-D operands folds them to bmm with expand + reshape; an operand that is not a
+    view of a [batch, M, K] block (transposed batch dims, broadcast) is copied first (the copy has
+    the expanded size). DC-AE's linear attention (sana) runs through it."""
+    if not ev.inputs or not ev.outputs:
+        return 0
+    out = ev.outputs[0]
+    total = 0
+    for t in ev.inputs[:2]:
+        if not _bmm_viewable(t):
+            batch = _numel(out.shape[:-2]) if len(out.shape) > 2 else 1
+            total += round_block(batch * t.shape[-2] * t.shape[-1] * t.itemsize)
+    return total
+
+
 RULES: dict[str, Rule] = {
+    "aten.matmul.default": matmul_rule,
     "aten.conv1d.default": conv_rule,
     "aten.conv2d.default": conv_rule,
     "aten.conv3d.default": conv_rule,
