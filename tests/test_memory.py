@@ -206,3 +206,13 @@ def test_matmul_rule_copies_only_unfoldable_operands():
     tr = trace(M(), [a, b, c, d], op="forward")
     temps = [transient(e) for e in tr.events if e.name == "aten.matmul.default"]
     assert temps == [0, 0, 512, 512]  # 480 bytes rounded to the allocator's 512
+
+
+def test_memory_and_trace_tables_golden(cli, golden):
+    """The printed tables for SDXL at 512² bf16 (rerun pytest with --update-golden after a deliberate change)."""
+    r = cli("memory", "sdxl", "--size", "512x512", "--dtype", "bf16", "--budget", "4GiB")
+    assert r.code == 0, r.err
+    golden("memory_sdxl_512_bf16.out", r.out)
+    r = cli("trace", "sdxl", "--size", "512x512", "--dtype", "bf16", "--op", "encode")
+    assert r.code == 0, r.err
+    golden("trace_sdxl_512_bf16_encode.out", r.out)
