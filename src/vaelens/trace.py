@@ -74,6 +74,17 @@ def call_op(module: Any, op: Op, inputs: Sequence[Any]) -> Any:
         return sample
     return out[0] if isinstance(out, tuple) else out
 
+def _apply_order(module: Any) -> list[Any]:
+    """Parameters and buffers in the order nn.Module._apply (behind .to()) visits them: each
+    child's first, then the module's own."""
+    out: list[Any] = []
+    for child in module.children():
+        out.extend(_apply_order(child))
+    out.extend(p for p in module._parameters.values() if p is not None)
+    out.extend(b for b in module._buffers.values() if b is not None)
+    return out
+
+
 def _to_module_device(module: Any, inputs: Sequence[Any]) -> list[Any]:
     import torch
 
@@ -111,17 +122,19 @@ def trace(
     inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     inputs = _to_module_device(module, inputs)
     resident: set[int] = set()
-    weights = 0
-    seen_w: set[int] = set()
-    for t in list(module.parameters()) + list(module.buffers()):
+    sizes: list[int] = []  # resident storages in the order .to("cuda") allocates them, then the inputs
+    for t in _apply_order(module):
         sid = t.untyped_storage()._cdata
-        resident.add(sid)
-        if sid not in seen_w:
-            seen_w.add(sid)
-            weights += t.untyped_storage().nbytes()
+        if sid not in resident:
+            resident.add(sid)
+            sizes.append(t.untyped_storage().nbytes())
+    weights = sum(sizes)
     in_tensors = _tensors(inputs, [])
     for t in in_tensors:
-        resident.add(t.untyped_storage()._cdata)
+        sid = t.untyped_storage()._cdata
+        if sid not in resident:
+            resident.add(sid)
+            sizes.append(t.untyped_storage().nbytes())
     rec = Recorder(resident, detail)
     layers: list[LayerRecord | None] = []
     starts: dict[int, int] = {}
@@ -198,5 +211,6 @@ def trace(
         output_shape=tuple(out_t.shape) if out_t is not None else None,
         output_bytes=out_t.numel() * out_t.element_size() if out_t is not None else 0,
         weights_bytes=weights,
+        resident_sizes=tuple(sizes),
     )
 

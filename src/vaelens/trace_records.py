@@ -115,3 +115,4 @@ class Trace:
     output_shape: tuple[int, ...] | None
     output_bytes: int
     weights_bytes: int
+    resident_sizes: tuple[int, ...] = ()  # weights (in .to() order) then inputs: what the GPU holds first
