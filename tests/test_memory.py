@@ -216,3 +216,54 @@ def test_memory_and_trace_tables_golden(cli, golden):
     r = cli("trace", "sdxl", "--size", "512x512", "--dtype", "bf16", "--op", "encode")
     assert r.code == 0, r.err
     golden("trace_sdxl_512_bf16_encode.out", r.out)
+
+
+def test_caching_allocator_rounding_split_and_merge():
+    """Hand-checked against c10/cuda/CUDACachingAllocator.cpp's rules."""
+    from vaelens.allocator import CachingAllocator
+
+    mib = 2**20
+    a = CachingAllocator()
+    assert a.malloc("tiny", 100) == 512 and a.reserved == 2 * mib  # small pool, 2 MiB segment
+    a.malloc("big", 12 * mib)  # >= 10 MiB: its own 12 MiB segment
+    a.free("big")
+    assert a.malloc("reuse", 11 * mib + 512 * 1024) == 12 * mib  # rest 0.5 MiB <= 1 MiB: whole block
+    a.free("reuse")
+    assert a.malloc("split", 10 * mib) == 10 * mib  # rest 2 MiB > 1 MiB: split
+    a.malloc("rest", 2 * mib)  # takes the split-off tail
+    assert a.reserved == 14 * mib
+    a.free("split")
+    a.free("rest")  # tail merges back with its neighbour: one 12 MiB block again
+    assert a.malloc("again", 12 * mib) == 12 * mib and a.reserved == 14 * mib
+    assert a.allocated == 512 + 12 * mib
+    assert a.malloc("mid", 3 * mib) == 3 * mib and a.reserved == 34 * mib  # 1-10 MiB: 20 MiB segment
+
+
+def test_replay_of_h100_operator_record_sd_decode_bf16():
+    """tests/data/memory: shared/measurements/ops/ops-sd-kl-f8c4-decode-bf16-1x3x512x512.json.
+
+    Weights, a warm-up call, then the measured call through the caching allocator: every operator's
+    before/after equals the record, including the output block the allocator hands out whole
+    (1.5 MiB asked, a cached 2 MiB block given), and the peak is exact."""
+    from vaelens.allocator import CachingAllocator
+    from vaelens.build import build_module
+    from vaelens.memory import _replay
+
+    rec = json.loads((DATA / "ops-sd-kl-f8c4-decode-bf16-1x3x512x512.json").read_text())
+    module = build_module(json.loads((DATA / "sd-kl-f8c4.json").read_text()), dtype=DType.BF16)
+    tr = trace(module, [torch.empty(1, 4, 64, 64, device="meta", dtype=torch.bfloat16)], op="decode")
+    alloc = CachingAllocator()
+    for n in tr.resident_sizes:
+        alloc.malloc(object(), n)
+    _replay(tr, alloc)
+    base = alloc.allocated
+    keys: dict[int, object] = {}
+    for ev, o in zip(tr.events, rec["ops"], strict=True):
+        for sid in ev.frees_before:
+            alloc.free(keys.pop(sid))
+        assert alloc.allocated - base == o["before"] - rec["base"], ev
+        for sid, n in ev.allocs:
+            keys[sid] = k = object()
+            alloc.malloc(k, n)
+        assert alloc.allocated - base == o["after"] - rec["base"], ev
+    assert simulate(tr).peak_bytes == rec["peak_above_base"]
