@@ -35,7 +35,7 @@ def measure_peak(
     if not cuda_available():
         raise VaeLensError(
             "--measure needs a CUDA GPU, and torch.cuda.is_available() is False here "
-            f"(torch {torch.__version__}); the prediction above needs no GPU"
+            f"(torch {torch.__version__}); run without --measure for the prediction, which needs no GPU"
         )
     op = Op.parse(op)
     torch.manual_seed(0)

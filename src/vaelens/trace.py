@@ -180,7 +180,7 @@ def trace(
         for _, m in module.named_modules():
             handles.append(m.register_forward_pre_hook(pre_hook))
             handles.append(m.register_forward_hook(post_hook))
-        emulate = any(p.device.type == "meta" for p in module.parameters())
+        emulate = any(t.device.type == "meta" for t in [*module.parameters(), *in_tensors])
         with torch.inference_mode(), make_mode(rec, emulate):
             result = call_op(module, op, inputs)
         final = tuple(rec.pending)
