@@ -1,18 +1,17 @@
 """Allocator-level memory model: a traced encode/decode -> the CUDA peak above resident memory.
 
-Trace (one event per aten operator) -> MemoryEstimate: peak_bytes = max over operators of
-(activation bytes alive before it + its outputs + the temporaries its CUDA kernel takes), every
-allocation rounded as the CUDA caching allocator rounds it (vaelens.allocator), temporaries from the
-per-operator rules in vaelens.memory_rules. peak_bytes is DESIGN.md's definition:
-torch.cuda.max_memory_allocated() during the call minus memory_allocated() before it, weights and
-input resident, the output counted.
+Trace (one event per aten operator) -> MemoryEstimate. Every allocation and free of the trace, and
+each operator's kernel temporaries (per-operator rules, vaelens.memory_rules), go through a model of
+PyTorch's CUDA caching allocator (vaelens.allocator): weights and input first, a warm-up call, then
+the measured call. peak_bytes is DESIGN.md's definition: torch.cuda.max_memory_allocated() during
+the call minus memory_allocated() before it, weights and input resident, the output counted.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from vaelens.allocator import CachingAllocator
@@ -249,7 +248,3 @@ def estimate_memory(
 def latent_multiple(est: MemoryEstimate, latent_shape: tuple[int, ...]) -> float:
     """peak ÷ latent bytes: how many latents' worth of memory the call needs at its peak."""
     return est.peak_bytes / max(1, math.prod(latent_shape) * est.dtype.itemsize)
-
-
-def with_request(request: PixelRequest, **changes: Any) -> PixelRequest:
-    return replace(request, **changes)
