@@ -1,11 +1,12 @@
 """The built-in demo VAE: a tiny diffusers AutoencoderKL that vaelens trained itself (scripts/train_demo.py).
 
-pixels [B,3,H,W] in [-1,1] -> latent [B,4,H/8,W/8] -> pixels. The geometry is Stable Diffusion's
-(f = 8, 4 channels, KL bottleneck, one attention block in the middle) at a width small enough to ship
-(~1 M parameters, stored in fp16) and to train in minutes on two CPU cores. It is trained on public-domain /
-CC0 photographs shipped with scikit-image; the coffee and cat photographs are held out, and the
-shipped sample image (data/demo_coffee.png) is a held-out one, so the default round-trip shows
-reconstruction of an image the model never saw.
+pixels [B,3,H,W] in [-1,1] -> latent [B,4,H/4,W/4] -> pixels. Stable Diffusion's VAE design (KL
+bottleneck, 4 latent channels, ResNet blocks, one attention block in the middle) at a width small enough
+to ship (~0.7 M parameters, stored in fp16) and to train in minutes on a CPU. It is f4, not SD's f8: an
+f8 model this small, trained this briefly, blurs a photograph beyond recognition. It is trained on
+public-domain / CC0 photographs shipped with scikit-image; the coffee and cat photographs are held out,
+and the shipped sample image (data/demo_coffee.png) is the held-out coffee, so the default round-trip
+shows reconstruction of an image the model never saw.
 """
 
 from __future__ import annotations
