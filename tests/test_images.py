@@ -104,3 +104,25 @@ def test_unreadable_image(tmp_path):
         read_image(tmp_path / "x.png")
     with pytest.raises(VaeLensError, match="does not exist"):
         read_image(tmp_path / "missing.png")
+
+
+def test_16_bit_colour_png_is_flagged(tmp_path):
+    import struct
+    import zlib
+
+    a = (np.arange(4 * 5 * 3).reshape(4, 5, 3) * 1000 + 7).astype(np.uint16)
+    raw = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(4))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 4, 16, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+    (tmp_path / "rgb16.png").write_bytes(png)
+    arr, info = read_image(tmp_path / "rgb16.png")
+    assert any("16-bit colour PNG read at 8 bits" in n for n in info.notes)
+    np.testing.assert_allclose(arr * 255, (a >> 8).astype(np.float32), atol=1e-3)  # Pillow keeps the high byte

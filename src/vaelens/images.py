@@ -97,6 +97,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
             if mode in ("L", "1"):
                 notes.append("grayscale repeated into 3 channels")
             rgb = np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
+    if _png_bit_depth(p) == 16 and mode not in ("I;16", "I;16B", "I;16L", "I"):
+        notes.append("16-bit colour PNG read at 8 bits per channel (Pillow decodes 48/64-bit PNG to 8-bit RGB)")
     h, w = rgb.shape[:2]
     info = ImageInfo(
         path=str(p),
@@ -110,6 +112,15 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
         notes=tuple(notes),
     )
     return rgb.astype(np.float32), info
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    """PNG file -> bit depth per sample from its IHDR chunk (byte 24), else None."""
+    with open(path, "rb") as f:
+        head = f.read(25)
+    if len(head) == 25 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return head[24]
+    return None
 
 
 def apply_family_size(arr: np.ndarray, spec: FamilySpec, info: ImageInfo | None = None):
