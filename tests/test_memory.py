@@ -129,6 +129,8 @@ def test_budget_search_with_known_costs():
     assert o.tiled_needed_bytes == 2_048_000 and o.tiled_fits
     rep = check_budget("x", req, 5_000_000, ops=("decode",), step=8, estimate=fake)
     assert not rep.ops[0].fits and rep.ops[0].max_batch == 1 and rep.ops[0].tiled_fits
+    rep = check_budget("x", req, 5_000_000, ops=("decode",), step=8, tiled=True, estimate=fake)
+    assert rep.tiled and rep.ops[0].fits and rep.ops[0].max_batch == 5_000_000 // (250 * 64 * 64)  # 4
 
 
 def test_budget_real_model_is_consistent():

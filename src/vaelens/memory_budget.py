@@ -54,11 +54,13 @@ class BudgetReport:
     budget_bytes: int
     step: int  # size granularity searched (the family's size multiple)
     ops: tuple[OpBudget, ...]
+    tiled: bool = False  # the search ran with enable_tiling()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "budget_bytes": self.budget_bytes,
             "size_step": self.step,
+            "tiled": self.tiled,
             **{
                 o.op: {
                     "needed_bytes": o.needed_bytes, "fits": o.fits, "max_batch": o.max_batch,
@@ -95,12 +97,17 @@ def largest_fitting(fits: Callable[[int], bool], lo: int, hi: int) -> int:
 
 def check_budget(
     model: Any, request: PixelRequest, budget_bytes: int, *, ops: tuple[str, ...] = ("encode", "decode"),
-    step: int = 8, sliced: bool = False, estimate: Callable[..., MemoryEstimate] = estimate_memory,
+    step: int = 8, tiled: bool = False, sliced: bool = False,
+    estimate: Callable[..., MemoryEstimate] = estimate_memory,
 ) -> BudgetReport:
-    """model + request + budget -> BudgetReport (each op: fits, max batch, max square side, tiling)."""
+    """model + request + budget -> BudgetReport (each op: fits, max batch, max square side, tiling).
+
+    With `tiled`, the search itself runs with enable_tiling(); otherwise tiling is the alternative
+    reported beside it."""
     results = []
+    base_tiled = tiled
     for op in ops:
-        def need(req: PixelRequest, *, tiled: bool = False, op: str = op) -> int:
+        def need(req: PixelRequest, *, tiled: bool = base_tiled, op: str = op) -> int:
             return estimate(model, req, op=op, tiled=tiled, sliced=sliced).total_bytes
 
         needed = need(request)
@@ -108,23 +115,25 @@ def check_budget(
         max_side = step * largest_fitting(
             lambda k: need(replace(request, width=k * step, height=k * step)) <= budget_bytes, 1, MAX_SIDE // step)
         try:
-            tiled = need(request, tiled=True)
+            tiled_need: int | None = need(request, tiled=True)
         except VaeLensError:
-            tiled = None
+            tiled_need = None
         results.append(OpBudget(
             op=op, needed_bytes=needed, fits=needed <= budget_bytes, max_batch=max_batch, max_square=max_side,
-            tiled_needed_bytes=tiled, tiled_fits=None if tiled is None else tiled <= budget_bytes,
+            tiled_needed_bytes=tiled_need, tiled_fits=None if tiled_need is None else tiled_need <= budget_bytes,
         ))
-    return BudgetReport(budget_bytes=budget_bytes, step=step, ops=tuple(results))
+    return BudgetReport(budget_bytes=budget_bytes, step=step, ops=tuple(results), tiled=tiled)
 
 
 def render_budget(report: BudgetReport, request: PixelRequest) -> str:
     from vaelens.render import human_bytes
 
-    lines = [f"budget {human_bytes(report.budget_bytes)} (weights + input + peak must fit; CUDA context not counted)"]
+    mode = ", with tiling" if report.tiled else ""
+    lines = [f"budget {human_bytes(report.budget_bytes)}{mode} (weights + input + peak must fit; "
+             "CUDA context not counted)"]
     for o in report.ops:
         verdict = "fits" if o.fits else "does NOT fit"
-        tiled = ("" if o.tiled_fits is None else
+        tiled = ("" if o.tiled_fits is None or report.tiled else
                  f"; with --tiled it needs {human_bytes(o.tiled_needed_bytes or 0)} and "
                  f"{'fits' if o.tiled_fits else 'still does not fit'}")
         batch = f"largest batch {o.max_batch}" if o.max_batch else "not even batch 1 fits"

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if budget is not None:
         from vaelens.memory_budget import check_budget
 
-        report = check_budget(spec, request, budget, ops=ops, step=spec.size_rule.multiple, sliced=args.sliced)
+        report = check_budget(spec, request, budget, ops=ops, step=spec.size_rule.multiple, tiled=args.tiled,
+                              sliced=args.sliced)
     if args.json:
         data = {
             "family": spec.name, "dtype": request.dtype.value, "pixel_shape": list(plan.pixel_shape),
