@@ -13,24 +13,28 @@ fit is refused naming both.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import inspect
 import json
-import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vaelens.checkpoints import (  # noqa: F401 — hf_cache_dir, offline are part of this module's API
+    PICKLE_SUFFIXES,
+    VAE_PREFIXES,
+    _looks_like_repo_id,
+    hf_cache_dir,
+    hf_cache_folder,
+    offline,
+    read_state_dict,
+)
 from vaelens.errors import VaeLensError, WeightsError
 from vaelens.families import FAMILIES, FamilySpec
 from vaelens.options import DType
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-# Prefixes of the VAE inside full checkpoints: diffusers/src/diffusers/loaders/single_file_utils.py LDM_VAE_KEYS
-VAE_PREFIXES = ("first_stage_model.", "vae.")
 WEIGHT_NAMES = (
     "diffusion_pytorch_model.safetensors",
     "diffusion_pytorch_model.fp16.safetensors",
@@ -89,20 +93,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@contextlib.contextmanager
-def offline() -> Iterator[None]:
-    """Set HF_HUB_OFFLINE=1 (and restore it) so no Hugging Face call inside can reach the network."""
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
-
-
 def cast_module(module, *, device: str | None = None, dtype=None):
     """module.to(device, dtype) without diffusers' "modules that should be kept in float32: []" warning,
     which diffusers 0.42 logs on every dtype cast (models/modeling_utils.py ModelMixin.to), even when
@@ -116,72 +106,6 @@ def cast_module(module, *, device: str | None = None, dtype=None):
         return module.to(**kwargs)
     finally:
         dlog.set_verbosity(level)
-
-
-# ---------------------------------------------------------------------------------------------- reading
-
-
-def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
-    """weights file -> (tensors on CPU, safetensors metadata). Full checkpoints: only the VAE's tensors.
-
-    Safetensors are read with `safe_open`; pickles (.ckpt/.pt/.pth/.bin) only with allow_pickle, and then
-    with `torch.load(weights_only=True)`, which refuses arbitrary objects.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise WeightsError(f"weights file {str(path)!r} does not exist")
-    if p.suffix.lower() in PICKLE_SUFFIXES:
-        return _read_pickle(p, allow_pickle), {}
-    if p.suffix.lower() != ".safetensors":
-        raise WeightsError(
-            f"weights file {str(path)!r} has suffix {p.suffix!r}; vaelens reads .safetensors "
-            f"(and {', '.join(PICKLE_SUFFIXES)} with --allow-pickle)"
-        )
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(p), framework="pt", device="cpu") as f:
-            keys = list(f.keys())
-            meta = dict(f.metadata() or {})
-            wanted = _vae_keys(keys)
-            tensors = {k: f.get_tensor(k) for k in wanted}
-    except Exception as exc:  # noqa: BLE001 — safetensors raises its own and OSError types
-        raise WeightsError(
-            f"weights file {str(path)!r} is not a readable safetensors file ({type(exc).__name__}: {exc}); "
-            "it may be truncated or not a safetensors file"
-        ) from None
-    if not tensors:
-        raise WeightsError(f"weights file {str(path)!r} holds no tensors")
-    return tensors, meta
-
-
-def _vae_keys(keys: list[str]) -> list[str]:
-    """A full checkpoint's keys -> only its VAE's (first_stage_model.* / vae.*); other files: all keys."""
-    for prefix in VAE_PREFIXES:
-        if any(k.startswith(prefix) for k in keys) and not all(k.startswith(prefix) for k in keys):
-            return [k for k in keys if k.startswith(prefix)]
-    return keys
-
-
-def _read_pickle(p: Path, allow_pickle: bool) -> dict[str, Any]:
-    if not allow_pickle:
-        raise WeightsError(
-            f"weights file {str(p)!r} is a pickle checkpoint ({p.suffix}); unpickling can run code, so vaelens "
-            "reads it only with --allow-pickle (allow_pickle=True), and then with torch.load(weights_only=True)"
-        )
-    import torch
-
-    warnings.warn(f"loading pickle checkpoint {p} with torch.load(weights_only=True)", stacklevel=3)
-    try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise WeightsError(f"pickle checkpoint {str(p)!r} could not be read ({type(exc).__name__}: {exc})") from None
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not obj:
-        raise WeightsError(f"pickle checkpoint {str(p)!r} holds no state dict of tensors")
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    return {k: tensors[k] for k in _vae_keys(list(tensors))}
 
 
 # ------------------------------------------------------------------------------------------ fitting
@@ -453,44 +377,3 @@ def registry_match(cfg: Mapping[str, Any]) -> FamilySpec | None:
         if shared and all(norm(spec.config[k]) == norm(cfg[k]) for k in shared):
             hits.append(spec)
     return hits[0] if len(hits) == 1 else None
-
-
-# ----------------------------------------------------------------------------------------- HF cache
-
-
-def hf_cache_dir(cache_dir: str | Path | None = None) -> Path:
-    """-> the hub cache folder: cache_dir, $HF_HUB_CACHE, $HF_HOME/hub, or ~/.cache/huggingface/hub."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    return Path(home).expanduser() / "hub"
-
-
-def _looks_like_repo_id(text: str) -> bool:
-    parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
-
-
-def hf_cache_folder(repo_id: str, *, cache_dir: str | Path | None = None) -> Path:
-    """'owner/name' -> snapshot folder holding config.json or vae/config.json (never downloads)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    root = hf_cache_dir(cache_dir)
-    with offline():
-        for name in ("vae/config.json", "config.json"):
-            hit = try_to_load_from_cache(repo_id, name, cache_dir=str(root))
-            if isinstance(hit, str):
-                folder = Path(hit).parent
-                return folder.parent if name.startswith("vae/") else folder
-    cached = (
-        sorted(d.name[len("models--") :].replace("--", "/") for d in root.glob("models--*")) if root.is_dir() else []
-    )
-    listing = f"; cached repos: {', '.join(cached[:12])}" if cached else f"; the cache ({root}) holds no models"
-    raise WeightsError(
-        f"{repo_id!r} is not a local path, and as a repo id it has no config.json or vae/config.json in the "
-        f"local Hugging Face cache ({root}); "
-        f"vaelens never downloads — fetch it first (e.g. `huggingface-cli download {repo_id} --include 'vae/*'`) "
-        f"or pass a local path{listing}"
-    )
