@@ -118,3 +118,12 @@ def test_errors_are_one_line_exit_2(setup, capsys):
     assert code == 2 and "not sdxl" in err and err.count("\n") == 1
     code = main(["decode", str(root / "nothing.safetensors"), "--vae", str(root / "vae"), "-o", "x.png"])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_roundtrip_and_inspect_default_to_the_demo(tmp_path, capsys):
+    rt = run_json(capsys, ["roundtrip", "-o", str(tmp_path / "rt")])
+    assert rt["family"] == "demo" and rt["image"]["path"].endswith("demo_coffee.png")
+    assert rt["psnr_db"][0] > 20
+    ins = run_json(capsys, ["inspect", "-o", str(tmp_path / "in")])
+    assert ins["family"] == "demo" and ins["grid"]["panels"] == 4
+    assert 0 < ins["rgb_approximation"]["r2"] <= 1

@@ -169,3 +169,29 @@ def test_autoencoder_tiny_has_no_posterior_and_still_roundtrips(tmp_path):
         torch.testing.assert_close(z, module.encode(PIXELS).latents)
     rt = roundtrip(vae, PIXELS)
     assert rt.reconstruction.shape == (2, 16, 16, 3)
+
+
+def test_video_vae_takes_an_image_as_one_frame(tmp_path):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    module = AutoencoderKLWan(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 2],
+        num_res_blocks=1,
+        temperal_downsample=[True],
+        latents_mean=[0.1, 0.2, 0.3, 0.4],
+        latents_std=[1.0, 2.0, 3.0, 4.0],
+    ).eval()
+    module.save_pretrained(tmp_path / "wan-like")
+    vae = load_vae(tmp_path / "wan-like", device="cpu")
+    assert vae.spec.is_video and vae.spec.normalization.kind.value == "per_channel"
+    z, _ = encode(vae, PIXELS[:1])
+    with torch.inference_mode():
+        raw = module.encode(PIXELS[:1].unsqueeze(2)).latent_dist.mode()  # [B,3,1,H,W]
+    mean = torch.tensor([0.1, 0.2, 0.3, 0.4]).view(1, 4, 1, 1, 1)
+    std = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1, 1, 1)
+    torch.testing.assert_close(z, (raw - mean) / std)
+    rt = roundtrip(vae, PIXELS[:1])
+    assert tuple(rt.latent.shape) == (1, 4, 1, 8, 8) and rt.reconstruction.shape == (1, 16, 16, 3)
