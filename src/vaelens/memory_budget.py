@@ -72,20 +72,56 @@ class BudgetReport:
         }
 
 
-def largest_fitting(fits: Callable[[int], bool], lo: int, hi: int) -> int:
+def largest_fitting(fits: Callable[[int], bool], lo: int, hi: int, guess: int | None = None) -> int:
     """Largest n in [lo, hi] with fits(n), for a monotone fits (True up to a point); lo-1 if none.
+
+    `guess` (e.g. from a linear model of memory) is checked first: when fits(guess) and not
+    fits(guess+1) the answer costs two calls; otherwise the search gallops on from it. The answer
+    is exact either way.
 
     >>> largest_fitting(lambda n: n * n <= 50, 1, 100)
     7
+    >>> largest_fitting(lambda n: n * n <= 50, 1, 100, guess=6)
+    7
     """
+    if guess is not None:
+        g = min(max(guess, lo), hi)
+        if fits(g):
+            if g == hi or not fits(g + 1):
+                return g
+            lo = g + 1
+        else:
+            hi = g - 1
+            if hi < lo:
+                return lo - 1
+            return _search_down(fits, lo, hi)
     if not fits(lo):
         return lo - 1
     step = 1
     good = lo
-    while good + step <= hi and fits(good + step):  # gallop: few traces when the answer is small
+    while good + step <= hi and fits(good + step):  # gallop: few calls when the answer is near lo
         good += step
         step *= 2
-    bad = min(hi + 1, good + step)
+    return _bisect(fits, good, min(hi + 1, good + step))
+
+
+def _search_down(fits: Callable[[int], bool], lo: int, hi: int) -> int:
+    """Largest fitting n <= hi, galloping down from hi (fits(hi + 1) is known False)."""
+    step = 1
+    bad = hi + 1
+    while bad - step >= lo and not fits(bad - step):
+        bad -= step
+        step *= 2
+    good = bad - step
+    if good < lo:
+        if not fits(lo):
+            return lo - 1
+        good = lo
+    return _bisect(fits, good, bad)
+
+
+def _bisect(fits: Callable[[int], bool], good: int, bad: int) -> int:
+    """fits(good) True, fits(bad) False (or bad = hi + 1) -> the boundary."""
     while bad - good > 1:
         mid = (good + bad) // 2
         if fits(mid):
@@ -107,13 +143,29 @@ def check_budget(
     results = []
     base_tiled = tiled
     for op in ops:
-        def need(req: PixelRequest, *, tiled: bool = base_tiled, op: str = op) -> int:
-            return estimate(model, req, op=op, tiled=tiled, sliced=sliced).total_bytes
+        memo: dict[tuple[int, int, int, bool], int] = {}
+
+        def need(req: PixelRequest, *, tiled: bool = base_tiled, op: str = op, memo: dict = memo) -> int:
+            key = (req.batch, req.width, req.height, tiled)
+            if key not in memo:
+                memo[key] = estimate(model, req, op=op, tiled=tiled, sliced=sliced).total_bytes
+            return memo[key]
 
         needed = need(request)
-        max_batch = largest_fitting(lambda b: need(replace(request, batch=b)) <= budget_bytes, 1, MAX_BATCH)
+        # First guesses from two points: memory is close to linear in batch and in pixel count.
+        one, two = need(replace(request, batch=1)), need(replace(request, batch=2))
+        batch_guess = 1 + (budget_bytes - one) // (two - one) if two > one else None
+        k0 = max(1, min(request.width, request.height) // step)
+        a, b = need(replace(request, width=k0 * step, height=k0 * step)), \
+            need(replace(request, width=2 * k0 * step, height=2 * k0 * step))
+        per_area = (b - a) / (3 * k0 * k0) if b > a else 0
+        side_guess = int(((budget_bytes - (a - per_area * k0 * k0)) / per_area) ** 0.5) \
+            if per_area > 0 and budget_bytes > a - per_area * k0 * k0 else None
+        max_batch = largest_fitting(lambda n: need(replace(request, batch=n)) <= budget_bytes, 1, MAX_BATCH,
+                                    guess=batch_guess)
         max_side = step * largest_fitting(
-            lambda k: need(replace(request, width=k * step, height=k * step)) <= budget_bytes, 1, MAX_SIDE // step)
+            lambda k: need(replace(request, width=k * step, height=k * step)) <= budget_bytes, 1, MAX_SIDE // step,
+            guess=side_guess)
         try:
             tiled_need: int | None = need(request, tiled=True)
         except VaeLensError:
