@@ -157,3 +157,11 @@ def test_bad_configs(tmp_path):
         resolve_model(str(bad_class))
     with pytest.raises(ConfigError, match="neither config.json"):
         resolve_model(str(tmp_path))
+
+
+def test_public_api_is_sorted_and_resolves():
+    import vaelens
+
+    assert vaelens.__all__ == sorted(vaelens.__all__)
+    for name in vaelens.__all__:
+        assert getattr(vaelens, name) is not None

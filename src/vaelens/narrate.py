@@ -68,7 +68,9 @@ def _decode_peak(spec: FamilySpec, plan: ShapePlan) -> str | None:
     )
 
 
-def explain(spec: FamilySpec, plan: ShapePlan, *, peak: Callable[[FamilySpec, ShapePlan], str | None] = _decode_peak) -> str:
+def explain(
+    spec: FamilySpec, plan: ShapePlan, *, peak: Callable[[FamilySpec, ShapePlan], str | None] = _decode_peak
+) -> str:
     """FamilySpec + ShapePlan -> narrated text (one numbered step per state object)."""
     b = plan.request.batch
     item = plan.itemsize
