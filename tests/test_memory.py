@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from vaelens.memory import estimate_memory, simulate
-from vaelens.memory_budget import check_budget, largest_fitting, parse_bytes
-from vaelens.options import DType, PixelRequest
+from vaelens.memory_budget import check_budget, largest_fitting
+from vaelens.options import DType, PixelRequest, parse_bytes
 from vaelens.trace import trace
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from vaelens.options import DType
+from vaelens.options import DType, parse_bytes
 from vaelens.pipelines import (
     PIPELINES,
     Offload,
@@ -17,7 +17,7 @@ from vaelens.pipelines import (
     get_pipeline,
     pipeline_names,
 )
-from vaelens.pipelines.budget import check_budget, parse_bytes
+from vaelens.pipelines.budget import check_budget
 from vaelens.pipelines.components import build_component, measure_component
 from vaelens.pipelines.estimate import ActivationPeak, resident_sets
 from vaelens.pipelines.inputs import denoiser_plan, module_call, text_encoder_plan

@@ -6,7 +6,6 @@ model + PixelRequest + budget -> BudgetReport. "Fits" means weights + input + pe
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -14,26 +13,6 @@ from typing import Any
 from vaelens.errors import VaeLensError
 from vaelens.memory import MemoryEstimate, estimate_memory
 from vaelens.options import MAX_BATCH, MAX_SIDE, PixelRequest
-
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
-          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """'8GiB' | '8 GB' | '512MiB' | '1e9' -> bytes (GiB = 2^30, GB = 10^9).
-
-    >>> parse_bytes("8GiB")
-    8589934592
-    """
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
-    unit = m.group(2).lower() if m else ""
-    if not m or unit not in _UNITS:
-        raise VaeLensError(f"budget {text!r} is not a size; write e.g. 8GiB, 24GB or 512MiB "
-                           "(units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
-    value = int(float(m.group(1)) * _UNITS[unit])
-    if value <= 0:
-        raise VaeLensError(f"budget {text!r} must be more than 0 bytes")
-    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

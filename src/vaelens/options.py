@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 from vaelens.errors import SizeError, VaeLensError
@@ -87,3 +88,24 @@ class PixelRequest:
         if self.frames is not None and not 1 <= self.frames <= MAX_FRAMES:
             raise VaeLensError(f"frames {self.frames} must be between 1 and {MAX_FRAMES}")
         object.__setattr__(self, "dtype", DType.parse(self.dtype))
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
+          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'8GiB' | '8 GB' | '512MiB' | '1e9' -> bytes (GiB = 2^30, GB = 10^9).
+
+    >>> parse_bytes("8GiB")
+    8589934592
+    """
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise VaeLensError(f"budget {text!r} is not a size; write e.g. 8GiB, 24GB or 512MiB "
+                           "(units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+    value = int(float(m.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise VaeLensError(f"budget {text!r} must be more than 0 bytes")
+    return value

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     ops = ("encode", "decode") if args.op == "both" else (args.op,)
     budget = None
     if args.budget is not None:  # validate before any work
-        from vaelens.memory_budget import parse_bytes
+        from vaelens.options import parse_bytes
 
         budget = parse_bytes(args.budget)
     measured: dict[str, int] = {}

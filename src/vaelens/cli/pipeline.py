@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise VaeLensError(f"give a pipeline NAME or --list; built-in: {', '.join(pipeline_names())}")
-    from vaelens.pipelines.budget import check_budget, parse_bytes
+    from vaelens.options import parse_bytes
+    from vaelens.pipelines.budget import check_budget
     from vaelens.pipelines.estimate import EstimateCache, estimate_pipeline
     from vaelens.pipelines.render import plot_pipeline, render_pipeline
 

@@ -6,7 +6,6 @@ PipelineEstimate + budget -> BudgetReport. Changes are tried one at a time, each
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 from vaelens.errors import VaeLensError
@@ -18,25 +17,6 @@ from vaelens.pipelines.estimate import (
     PipelineRequest,
     estimate_pipeline,
 )
-
-_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
-
-
-def parse_bytes(text: str) -> int:
-    """'24GiB' | '24 GB' | '80e9' -> bytes (GiB/MiB binary, GB/MB decimal).
-
-    >>> parse_bytes("24GiB")
-    25769803776
-    """
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
-    unit = m.group(2).lower() if m else ""
-    if not m or unit not in _UNITS:
-        raise VaeLensError(f"budget {text!r} is not a size; write e.g. 24GiB, 80GB, 12000MiB")
-    value = int(float(m.group(1)) * _UNITS[unit])
-    if value <= 0:
-        raise VaeLensError(f"budget {text!r} must be more than 0 bytes")
-    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
