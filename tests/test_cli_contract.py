@@ -33,6 +33,40 @@ def test_bad_input_is_one_line_exit_2(cli, argv, message):
     assert "Traceback" not in res.err
 
 
+@pytest.mark.parametrize(("config", "message"), [
+    ("{}", "has no _class_name"),
+    ('{"_class_name": "AutoencoderFoo"}', "'AutoencoderFoo' is not a class in diffusers"),
+    ("not json", "is not valid JSON"),
+])
+@pytest.mark.parametrize("command", ["shapes", "explain", "memory"])
+def test_bad_config_is_one_line_exit_2(cli, tmp_path, command, config, message):
+    path = tmp_path / "config.json"
+    path.write_text(config)
+    res = cli(command, str(path))
+    assert res.code == 2 and res.out == ""
+    assert len(res.err.strip().splitlines()) == 1 and message in res.err
+
+
+def test_config_path_works_like_a_family(cli):
+    import json
+
+    cfg = {"_class_name": "AutoencoderKL", "latent_channels": 4, "block_out_channels": [8, 16, 16],
+           "norm_num_groups": 4, "down_block_types": ["DownEncoderBlock2D"] * 3,
+           "up_block_types": ["UpDecoderBlock2D"] * 3, "layers_per_block": 1, "scaling_factor": 0.25}
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "vae" / "config.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps(cfg))
+        data = cli("shapes", tmp, "--size", "64x32", "--json").json()
+        assert data["latent_shape"] == [1, 4, 8, 16]
+        assert data["normalization"]["formula"] == "z × 0.25"
+        text = " ".join(cli("explain", tmp, "--size", "64x32").out.split())
+        assert "No pipeline is known for this config" in text
+
+
 def test_unknown_option_is_one_line(cli):
     res = cli("shapes", "sdxl", "--sise", "1x1")
     assert res.code == 2 and len(res.err.strip().splitlines()) == 1

@@ -36,6 +36,16 @@ def _encoder_width(spec: FamilySpec) -> int | None:
     return None
 
 
+def _size_rule_text(spec: FamilySpec) -> str:
+    rule = spec.size_rule
+    if spec.tokens is None and spec.notes.startswith("derived from a config.json"):
+        return (f"No pipeline is known for this config, so vaelens floors height and width to multiples of "
+                f"{rule.multiple}, as diffusers' VaeImageProcessor does. ")
+    action = "the pipeline raises an error" if rule.kind.value == "raise" else "the pipeline floors with a warning"
+    return (f"The {spec.name} pipeline wants height and width in multiples of {rule.multiple}; otherwise "
+            f"{action}. ")
+
+
 def contrast_families(spec: FamilySpec, n: int = 2) -> list[FamilySpec]:
     """Two well-known families whose constants differ from `spec`'s (for the comparison table)."""
     out: list[FamilySpec] = []
@@ -90,8 +100,7 @@ def explain(
     axes = "[B, C=3, F, H, W]" if video else "[B, C=3, H, W]"
     out.append(_para(
         f"The state is an RGB tensor {axes}, values scaled from [0, 255] to [-1, 1]. "
-        f"The size rule of the {spec.name} pipeline: height and width must be multiples of "
-        f"{spec.size_rule.multiple} ({spec.size_rule.kind.value} otherwise). "
+        + _size_rule_text(spec)
         + (f"Video frames follow {spec.temporal.factor}k+1: frame 0 is encoded alone, every later group "
            f"of {spec.temporal.factor} frames shares one latent frame." if spec.temporal else "")
     ))
