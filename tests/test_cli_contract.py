@@ -80,6 +80,7 @@ def test_shapes_json_contract(cli):
                 "normalization", "bytes", "compression"):
         assert key in data
     assert data["latent_shape"] == [1, 4, 128, 128]
+    assert data["normalized_latent_shape"] == [1, 4, 128, 128]
     assert data["tokens"] is None
     assert data["normalization"]["scale"] == 0.13025
 
@@ -90,6 +91,22 @@ def test_shapes_flux_tokens_and_wan_video(cli):
     wan = cli("shapes", "wan21", "--size", "832x480", "--frames", "81", "--json").json()
     assert wan["latent_shape"] == [1, 16, 21, 60, 104]
     assert wan["used_size"] == [480, 832]
+
+
+def test_flux2_normalised_latent_is_patchified(cli):
+    import torch
+
+    from vaelens.families import get_family
+    from vaelens.normalization import normalize
+
+    data = cli("shapes", "flux2", "--size", "1024x768", "--json").json()
+    assert data["latent_shape"] == [1, 32, 96, 128]
+    # the shape normalize() really returns, given BatchNorm statistics for 128 packed channels
+    bn = torch.nn.BatchNorm2d(128).eval()
+    module = torch.nn.Module()
+    module.bn = bn
+    out = normalize(torch.randn(*data["latent_shape"]), get_family("flux2").normalization, module=module)
+    assert data["normalized_latent_shape"] == list(out.shape) == [1, 128, 48, 64]
 
 
 def test_floor_warning_on_stderr(cli):

@@ -116,6 +116,7 @@ def families_json(specs: Sequence[FamilySpec]) -> list[dict[str, Any]]:
 def shapes_json(spec: FamilySpec, plan: ShapePlan) -> dict[str, Any]:
     """ShapePlan -> the `vaelens shapes --json` object (keys fixed by DESIGN.md)."""
     data = plan.to_json()
+    data["normalized_latent_shape"] = list(normalized_shape(spec, plan))
     data["normalization"] = normalization_json(spec)
     data["class"] = spec.diffusers_class
     return data
@@ -132,8 +133,7 @@ def render_shapes(spec: FamilySpec, plan: ShapePlan) -> str:
          human_bytes(plan.pixel_elements * item)],
         ["latent (raw z)", shape_str(plan.latent_shape), f"{plan.latent_elements:,}",
          human_bytes(plan.latent_elements * item)],
-        ["latent (normalised)", shape_str(plan.latent_shape) if spec.normalization.kind is not
-         NormKind.BATCHNORM_PATCHED else shape_str(_bn_shape(spec, plan)), f"{plan.latent_elements:,}",
+        ["latent (normalised)", shape_str(normalized_shape(spec, plan)), f"{plan.latent_elements:,}",
          human_bytes(plan.latent_elements * item)],
     ]
     if plan.token_count is not None:
@@ -153,7 +153,11 @@ def render_shapes(spec: FamilySpec, plan: ShapePlan) -> str:
     return "\n".join(lines)
 
 
-def _bn_shape(spec: FamilySpec, plan: ShapePlan) -> tuple[int, ...]:
+def normalized_shape(spec: FamilySpec, plan: ShapePlan) -> tuple[int, ...]:
+    """latent [B,C,h,w] -> the normalised latent's shape: the same, except FLUX.2's 2×2-patchified
+    [B, 4C, h/2, w/2] (its BatchNorm runs on packed patches)."""
+    if spec.normalization.kind is not NormKind.BATCHNORM_PATCHED:
+        return plan.latent_shape
     p = spec.normalization.patch or (2, 2)
     b, c, h, w = plan.latent_shape
     return (b, c * p[0] * p[1], h // p[0], w // p[1])
