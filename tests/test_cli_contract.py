@@ -19,6 +19,9 @@ BAD_INPUT = [
     (["shapes", "sdxl", "--batch", "0"], "batch 0 must be between 1 and"),
     (["shapes", "sdxl", "--width", "512"], "give both"),
     (["shapes", "/nonexistent/config.json"], "does not exist"),
+    # digits that str.isdigit() accepts but int() does not, and a doubled minus sign
+    (["shapes", "sdxl", "--size", "\u00b2x512"], "is not WIDTHxHEIGHT"),
+    (["shapes", "sdxl", "--size=--8x8"], "size '--8x8' is not WIDTHxHEIGHT"),
 ]
 
 

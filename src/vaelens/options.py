@@ -55,7 +55,8 @@ def parse_size(text: str) -> tuple[int, int]:
     """
     raw = text.strip().lower().replace("×", "x")
     parts = raw.split("x")
-    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+    # \d (Unicode decimal digits) is exactly what int() accepts; isdigit() also passes '²'.
+    if len(parts) != 2 or not all(re.fullmatch(r"\s*-?\d+\s*", p) for p in parts):
         raise SizeError(f"size {text!r} is not WIDTHxHEIGHT; write e.g. 1024x1024 or 832x480")
     width, height = (int(p) for p in parts)
     check_side("width", width)
