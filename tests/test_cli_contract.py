@@ -22,6 +22,7 @@ BAD_INPUT = [
     # digits that str.isdigit() accepts but int() does not, and a doubled minus sign
     (["shapes", "sdxl", "--size", "\u00b2x512"], "is not WIDTHxHEIGHT"),
     (["shapes", "sdxl", "--size=--8x8"], "size '--8x8' is not WIDTHxHEIGHT"),
+    (["memory", "sdxl", "--budget", "1e400GB"], "budget '1e400GB'"),
 ]
 
 

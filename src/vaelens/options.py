@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import re
 from dataclasses import dataclass
 
@@ -106,7 +107,10 @@ def parse_bytes(text: str) -> int:
     if not m or unit not in _UNITS:
         raise VaeLensError(f"budget {text!r} is not a size; write e.g. 8GiB, 24GB or 512MiB "
                            "(units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
-    value = int(float(m.group(1)) * _UNITS[unit])
+    number = float(m.group(1)) * _UNITS[unit]
+    if not math.isfinite(number):
+        raise VaeLensError(f"budget {text!r} is too large to be a number of bytes; write e.g. 8GiB or 24GB")
+    value = int(number)
     if value <= 0:
         raise VaeLensError(f"budget {text!r} must be more than 0 bytes")
     return value
