@@ -163,3 +163,17 @@ def test_explain_video(cli):
     res = cli("explain", "wan21", "--size", "832x480", "--frames", "81")
     assert res.code == 0
     assert "[1, 16, 21, 60, 104]" in res.out and "4k+1" in res.out
+
+
+def test_family_name_wins_over_a_folder_of_that_name(cli, tmp_path, monkeypatch):
+    # A user in ~/models with a folder sdxl/ still means the registry family by `sdxl`;
+    # the folder is reached as ./sdxl.
+    (tmp_path / "sdxl").mkdir()
+    monkeypatch.chdir(tmp_path)
+    res = cli("shapes", "sdxl", "--size", "1024x1024", "--json")
+    assert res.code == 0, res.err
+    assert res.json()["family"] == "sdxl"
+    res = cli("shapes", "./sdxl")
+    assert res.code == 2 and "holds neither config.json nor vae/config.json" in res.err
+    res = cli("shapes", "")
+    assert res.code == 2 and "unknown family ''" in res.err

@@ -19,7 +19,17 @@ Shape = tuple[int, ...]
 
 
 def _looks_like_path(text: str) -> bool:
-    return "/" in text or "\\" in text or text.endswith(".json") or Path(text).expanduser().exists()
+    if "/" in text or "\\" in text or text.endswith(".json"):
+        return True
+    if not text.strip():
+        return False
+    # A bare registry name or alias means the family even when a folder of that name exists in the
+    # working directory (e.g. ~/models/sdxl/); write ./sdxl for the folder.
+    try:
+        get_family(text)
+    except VaeLensError:
+        return Path(text).expanduser().exists()
+    return False
 
 
 def resolve_model(name_or_path: str | FamilySpec) -> FamilySpec:
