@@ -41,6 +41,7 @@ def test_bad_input_is_one_line_exit_2(cli, argv, message):
     ("{}", "has no _class_name"),
     ('{"_class_name": "AutoencoderFoo"}', "'AutoencoderFoo' is not a class in diffusers"),
     ("not json", "is not valid JSON"),
+    ('{"_class_name": "UNet2DConditionModel"}', "'UNet2DConditionModel' is not a VAE class"),
 ])
 @pytest.mark.parametrize("command", ["shapes", "explain", "memory"])
 def test_bad_config_is_one_line_exit_2(cli, tmp_path, command, config, message):

@@ -82,8 +82,18 @@ def _normalization(cfg: dict[str, Any], source: str, module) -> Normalization:
 
 def spec_from_config(cfg: dict[str, Any], *, source: str) -> FamilySpec:
     """config dict (with _class_name) -> FamilySpec whose geometry is probed from the meta module."""
-    from vaelens.build import build_module
+    from vaelens.build import build_module, diffusers_class
 
+    cls = diffusers_class(str(cfg["_class_name"]))
+    if not (callable(getattr(cls, "encode", None)) and callable(getattr(cls, "decode", None))):
+        # e.g. a UNet's or transformer's config.json: a diffusers class, but no pixel <-> latent path
+        import diffusers
+
+        vaes = sorted(n for n in dir(diffusers) if n.startswith(("Autoencoder", "VQModel")))
+        raise ConfigError(
+            f"{source}: _class_name {cls.__name__!r} is not a VAE class (it has no encode/decode); "
+            f"VAE classes in diffusers {diffusers.__version__}: {', '.join(vaes)}"
+        )
     module = build_module(cfg)
     s = _PROBE_SIDE
     out4 = _encode_shape(module, (1, 3, s, s))
