@@ -178,3 +178,10 @@ def test_family_name_wins_over_a_folder_of_that_name(cli, tmp_path, monkeypatch)
     assert res.code == 2 and "holds neither config.json nor vae/config.json" in res.err
     res = cli("shapes", "")
     assert res.code == 2 and "unknown family ''" in res.err
+
+
+def test_explain_writes_the_token_shape_without_thousands_separators(cli):
+    # "[1, 4,096, 64]" reads as a 4-D shape; shapes are written as the shapes table writes them
+    res = cli("explain", "flux1", "--size", "1024x1024")
+    assert res.code == 0
+    assert "6. tokens [1, 4096, 64]" in res.out

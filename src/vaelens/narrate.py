@@ -171,7 +171,7 @@ def explain(
 
     if plan.token_count is not None:
         patch = "×".join(str(p) for p in plan.token_patch or ())
-        out.append(f"6. tokens [{b}, {plan.token_count:,}, {plan.token_dim}]: {patch} patches → one token each")
+        out.append(f"6. tokens [{b}, {plan.token_count}, {plan.token_dim}]: {patch} patches → one token each")
         out.append(_para(
             f"The transformer sees a sequence: each {patch} block of the normalised latent becomes one token "
             f"of {plan.token_dim} numbers (C·{patch.replace('×', '·')}). The trade-off: attention cost grows "
