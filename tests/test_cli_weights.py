@@ -127,3 +127,12 @@ def test_roundtrip_and_inspect_default_to_the_demo(tmp_path, capsys):
     ins = run_json(capsys, ["inspect", "-o", str(tmp_path / "in")])
     assert ins["family"] == "demo" and ins["grid"]["panels"] == 4
     assert 0 < ins["rgb_approximation"]["r2"] <= 1
+
+
+@pytest.mark.parametrize("device", ["tpu", "mps", "meta"])
+def test_unsupported_device_is_one_line_exit_2(setup, capsys, device):
+    root, _ = setup
+    argv = ["encode", str(root / "a.png"), "--vae", str(root / "vae"), "-o", str(root / "d.safetensors")]
+    code = main([*argv, "--device", device])
+    err = capsys.readouterr().err
+    assert code == 2 and f"device {device!r} is not one of: cpu, cuda, cuda:N" in err and err.count("\n") == 1

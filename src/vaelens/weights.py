@@ -227,6 +227,12 @@ def load_vae(
 
     dtype = DType.parse(dtype)
     device = device or default_device()
+    try:
+        device_type = torch.device(device).type
+    except (RuntimeError, ValueError):
+        device_type = None
+    if device_type not in ("cpu", "cuda"):
+        raise VaeLensError(f"device {device!r} is not one of: cpu, cuda, cuda:N")
     given = _resolve(family) if family is not None else None
     text = str(source)
     p = Path(text).expanduser()
