@@ -117,6 +117,11 @@ def test_latent_file_errors(tmp_path):
     save_file({"other": torch.zeros(1)}, str(tmp_path / "o.safetensors"))
     with pytest.raises(VaeLensError, match="expected 'latent'"):
         load_latents(tmp_path / "o.safetensors")
+    # a weights file given as latents: the message names a few keys and the count, not all of them
+    save_file({f"decoder.block.{i}.weight": torch.zeros(1) for i in range(200)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(VaeLensError) as err:
+        load_latents(tmp_path / "w.safetensors")
+    assert "(200 tensors)" in str(err.value) and len(str(err.value)) < 300
     (tmp_path / "bad.latent").write_bytes(b"junk")
     with pytest.raises(VaeLensError, match="not a readable safetensors"):
         load_latents(tmp_path / "bad.latent")

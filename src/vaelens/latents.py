@@ -214,7 +214,7 @@ def load_latents(path: str | Path) -> LatentFile:
         with safe_open(str(p), framework="pt", device="cpu") as f:
             keys = set(f.keys())
             raw_meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in keys}
+            tensors = {k: f.get_tensor(k) for k in keys & {COMFY_KEY, COMFY_VERSION_KEY, "latent"}}
     except Exception as exc:  # noqa: BLE001
         raise VaeLensError(f"latent file {str(path)!r} is not a readable safetensors file ({exc})") from None
     if COMFY_KEY in tensors:
@@ -230,8 +230,10 @@ def load_latents(path: str | Path) -> LatentFile:
             metadata={"comfy_legacy_rescaled": legacy, **raw_meta},
         )
     if "latent" not in tensors:
+        shown = ", ".join(sorted(keys)[:3]) + (f", … ({len(keys)} tensors)" if len(keys) > 3 else "")
         raise VaeLensError(
-            f"latent file {str(path)!r} holds {sorted(keys)}; expected 'latent' (vaelens) or '{COMFY_KEY}' (ComfyUI)"
+            f"latent file {str(path)!r} holds {shown or 'no tensors'}; "
+            f"expected 'latent' (vaelens) or '{COMFY_KEY}' (ComfyUI)"
         )
     meta: dict[str, Any] = {}
     for k, v in raw_meta.items():
