@@ -136,3 +136,13 @@ def test_unsupported_device_is_one_line_exit_2(setup, capsys, device):
     code = main([*argv, "--device", device])
     err = capsys.readouterr().err
     assert code == 2 and f"device {device!r} is not one of: cpu, cuda, cuda:N" in err and err.count("\n") == 1
+
+
+def test_inspect_names_two_different_channels_as_the_strongest_pair(tmp_path, capsys):
+    from vaelens.latents import save_latents
+
+    # one latent position: no channel correlates with another (every off-diagonal r is 0)
+    save_latents(tmp_path / "z.safetensors", torch.arange(4.0).reshape(1, 4, 1, 1), metadata={"normalized": False})
+    assert main(["inspect", str(tmp_path / "z.safetensors"), "-o", str(tmp_path / "in")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "strongest" in x)
+    assert "strongest ch0-ch1 r = +0.000" in line
