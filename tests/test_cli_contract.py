@@ -23,6 +23,7 @@ BAD_INPUT = [
     (["shapes", "sdxl", "--size", "\u00b2x512"], "is not WIDTHxHEIGHT"),
     (["shapes", "sdxl", "--size=--8x8"], "size '--8x8' is not WIDTHxHEIGHT"),
     (["memory", "sdxl", "--budget", "1e400GB"], "budget '1e400GB'"),
+    (["memory", "sdxl", "--budget", "-5GiB"], "budget '-5GiB' is not a size"),
 ]
 
 

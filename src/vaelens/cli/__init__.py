@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_VALUE_OPTIONS = ("--size", "--width", "--height", "--frames", "--batch")
+_VALUE_OPTIONS = ("--size", "--width", "--height", "--frames", "--batch", "--budget")
 
 
 def _glue_negative_values(argv: list[str]) -> list[str]:
