@@ -343,7 +343,7 @@ def test_cli_list_and_unknown(cli):
 
 
 def test_cli_json_and_plot(cli, tmp_path):
-    png = tmp_path / "mem.png"
+    png = tmp_path / "new" / "mem.png"  # a folder that does not exist yet is made, as for every other output
     res = cli("pipeline", "sd15", "--size", "256x256", "--offload", "model", "--json", "--plot", str(png))
     assert res.code == 0, res.err
     data = res.json()
@@ -351,6 +351,19 @@ def test_cli_json_and_plot(cli, tmp_path):
     assert data["peak_bytes"] == data["offload"]["model"]["peak_bytes"]
     assert [c["name"] for c in data["components"]] == ["text_encoder", "unet", "vae"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_plot_format_refused_before_estimating(cli):
+    bad = cli("pipeline", "sd15", "--plot", "mem.txt")
+    assert bad.code == 2 and bad.out == "" and bad.err.count("\n") == 1
+    assert "--plot 'mem.txt': matplotlib cannot write .txt; use one of:" in bad.err and "png" in bad.err
+
+
+def test_plot_without_suffix_is_written_as_png(tmp_path):
+    from vaelens.pipelines.render import plot_pipeline
+
+    out = plot_pipeline(_estimate(), tmp_path / "timeline", mode=Offload.NONE)
+    assert out == tmp_path / "timeline.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_rendered_report_golden(golden):

@@ -85,13 +85,22 @@ def run(args: argparse.Namespace) -> int:
     from vaelens.pipelines.render import plot_pipeline, render_pipeline
 
     mode = Offload.parse(args.offload)
+    if args.plot:  # refuse a format matplotlib cannot write before the estimate, not after it
+        from pathlib import Path
+
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        formats = FigureCanvasBase.get_supported_filetypes()
+        suffix = Path(args.plot).suffix.lower().lstrip(".")
+        if suffix and suffix not in formats:
+            raise VaeLensError(f"--plot {args.plot!r}: matplotlib cannot write .{suffix}; use one of: "
+                               f"{', '.join(sorted(formats))}")
     budget_bytes = parse_bytes(args.budget) if args.budget else None
     request = request_from_args(args)
     cache = EstimateCache()
     est = estimate_pipeline(request, cache=cache)
     budget = check_budget(est, budget_bytes, mode=mode, cache=cache) if budget_bytes else None
-    if args.plot:
-        plot_pipeline(est, args.plot, mode=mode, budget_bytes=budget_bytes)
+    plot = str(plot_pipeline(est, args.plot, mode=mode, budget_bytes=budget_bytes)) if args.plot else None
     if args.json:
         data = est.to_json()
         data["offload_shown"] = mode.value
@@ -99,11 +108,11 @@ def run(args: argparse.Namespace) -> int:
         data["peak_stage"] = est.mode(mode).peak.stage.label
         if budget is not None:
             data["budget"] = budget.to_json()
-        if args.plot:
-            data["plot"] = args.plot
+        if plot:
+            data["plot"] = plot
         emit_json(data)
     else:
         print(render_pipeline(est, mode, budget))
-        if args.plot:
-            print(f"\nwrote {args.plot}")
+        if plot:
+            print(f"\nwrote {plot}")
     return 0

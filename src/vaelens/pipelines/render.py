@@ -149,6 +149,9 @@ def plot_pipeline(
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     out = Path(path)
+    if not out.suffix:  # matplotlib would add .png itself; say the name it writes
+        out = out.with_suffix(".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
