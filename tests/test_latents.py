@@ -137,3 +137,10 @@ def test_grid_has_one_panel_per_channel(tmp_path, channels):
     assert info.panels == channels and info.rows * info.cols >= channels
     assert info.vmax == pytest.approx(float(z.abs().max())) and info.vmin == -info.vmax
     assert (tmp_path / "g.png").stat().st_size > 1000
+
+
+def test_writing_latents_to_a_folder_is_refused(tmp_path):
+    z = torch.zeros(1, 4, 2, 2)
+    for save in (lambda p: save_latents(p, z, metadata={}), lambda p: save_comfy_latent(p, z)):
+        with pytest.raises(VaeLensError, match="is a folder; give a file name"):
+            save(tmp_path)

@@ -172,6 +172,16 @@ class LatentFile:
     comfy: bool
 
 
+def _output_file(path: str | Path) -> Path:
+    """-> the path to write, its folder made; a path that is an existing folder is refused."""
+    p = Path(path)
+    if p.is_dir():
+        example = str(p / "latents.safetensors")
+        raise VaeLensError(f"output {str(path)!r} is a folder; give a file name, e.g. {example!r}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
 def save_latents(path: str | Path, latent, *, metadata: dict[str, Any]) -> Path:
     """latent [B,C,...] + metadata -> vaelens safetensors file (key "latent"; metadata values JSON-encoded)."""
     from safetensors.torch import save_file
@@ -179,8 +189,7 @@ def save_latents(path: str | Path, latent, *, metadata: dict[str, Any]) -> Path:
     from vaelens import __version__
 
     meta = {"format": FORMAT, "vaelens_version": __version__, **metadata}
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    p = _output_file(path)
     save_file(
         {"latent": latent.detach().float().cpu().contiguous()},
         str(p),
@@ -194,8 +203,7 @@ def save_comfy_latent(path: str | Path, raw_latent) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    p = _output_file(path)
     save_file(
         {COMFY_KEY: raw_latent.detach().float().cpu().contiguous(), COMFY_VERSION_KEY: torch.tensor([])},
         str(p),
