@@ -126,3 +126,9 @@ def test_16_bit_colour_png_is_flagged(tmp_path):
     arr, info = read_image(tmp_path / "rgb16.png")
     assert any("16-bit colour PNG read at 8 bits" in n for n in info.notes)
     np.testing.assert_allclose(arr * 255, (a >> 8).astype(np.float32), atol=1e-3)  # Pillow keeps the high byte
+
+
+@pytest.mark.parametrize("name", ["out.xyz", "out.h5"])
+def test_saving_to_a_format_pillow_cannot_write_is_one_error(tmp_path, name):
+    with pytest.raises(VaeLensError, match=r"could not be written .*write \.png, \.jpg"):
+        save_image(np.zeros((4, 4, 3), np.float32), tmp_path / name)

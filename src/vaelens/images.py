@@ -191,7 +191,12 @@ def save_image(arr: np.ndarray, path: str | Path) -> Path:
     if not p.suffix:
         p = p.with_suffix(".png")
     p.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8)).save(p)
+    try:
+        Image.fromarray((np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8)).save(p)
+    except (ValueError, KeyError, OSError) as exc:  # unknown suffix, a format Pillow cannot write, a folder
+        raise VaeLensError(
+            f"image {str(p)!r} could not be written ({exc}); write .png, .jpg, .webp, .bmp or .tif"
+        ) from None
     return p
 
 
