@@ -222,6 +222,22 @@ def test_pickle_needs_the_flag_and_warns(tmp_path, tiny):
     assert_same_weights(module, loaded.module)
 
 
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("unpickled code ran",))
+
+
+def test_unreadable_pickle_is_one_line_without_torchs_advice(tmp_path):
+    torch.save({"w": _RunsCode()}, tmp_path / "evil.pt")
+    (tmp_path / "junk.ckpt").write_bytes(b"garbage" * 100)
+    for name, reason in (("evil.pt", "Unsupported global: GLOBAL print"), ("junk.ckpt", "Unsupported operand")):
+        with pytest.raises(WeightsError) as err, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load_vae(tmp_path / name, device="cpu", allow_pickle=True)
+        msg = str(err.value)
+        assert "\n" not in msg and reason in msg and "weights_only=False" not in msg
+
+
 def test_dtype_and_offline_env_restored(tmp_path, tiny, monkeypatch):
     module, _ = tiny
     module.save_pretrained(tmp_path / "vae")

@@ -91,13 +91,29 @@ def _read_pickle(p: Path, allow_pickle: bool) -> dict[str, Any]:
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise WeightsError(f"pickle checkpoint {str(p)!r} could not be read ({type(exc).__name__}: {exc})") from None
+        raise WeightsError(
+            f"pickle checkpoint {str(p)!r} could not be read with torch.load(weights_only=True) "
+            f"({type(exc).__name__}: {_unpickling_reason(exc)})"
+        ) from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj:
         raise WeightsError(f"pickle checkpoint {str(p)!r} holds no state dict of tensors")
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     return {k: tensors[k] for k in _vae_keys(list(tensors))}
+
+
+def _unpickling_reason(exc: Exception) -> str:
+    """torch.load's multi-line error -> its one line that says what was wrong with the file.
+
+    torch's weights_only message spans several lines and advises weights_only=False (running the pickle's
+    code), which is what vaelens refuses to do; only the WeightsUnpickler reason is kept."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            reason = line.split("WeightsUnpickler error:", 1)[1].strip() or " ".join(lines[i + 1 : i + 2])
+            return reason.split(" Please use", 1)[0]
+    return lines[0] if lines else ""
 
 
 # ----------------------------------------------------------------------------------------- HF cache
