@@ -186,3 +186,18 @@ def test_explain_writes_the_token_shape_without_thousands_separators(cli):
     res = cli("explain", "flux1", "--size", "1024x1024")
     assert res.code == 0
     assert "6. tokens [1, 4096, 64]" in res.out
+
+
+def test_config_without_scaling_factor_takes_the_class_default(cli, tmp_path):
+    # SD 1.5's released vae/config.json leaves scaling_factor unset; diffusers fills in the class
+    # default (AutoencoderKL: 0.18215), which is what the pipeline divides by before decode.
+    import json
+
+    from vaelens.families import get_family
+
+    spec = get_family("sd15")
+    assert "scaling_factor" not in spec.config
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"_class_name": spec.diffusers_class, **spec.config}))
+    data = cli("shapes", str(path), "--size", "64x64", "--json").json()
+    assert data["normalization"]["formula"] == "z × 0.18215"

@@ -138,7 +138,9 @@ def spec_from_config(cfg: dict[str, Any], *, source: str) -> FamilySpec:
         spatial_factor=int(f),
         temporal=temporal,
         video_module=video_module and temporal is None,
-        normalization=_normalization(cfg, source, module),
+        # module.config holds the class defaults for keys the file leaves out (SD 1.5's config has no
+        # scaling_factor; AutoencoderKL's default 0.18215 is what its pipeline uses).
+        normalization=_normalization({**dict(module.config), **cfg}, source, module),
         tokens=None,
         size_rule=SizeRule(
             kind=SizeRuleKind.FLOOR,
