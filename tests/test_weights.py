@@ -145,6 +145,19 @@ def test_hf_cache_layout(tmp_path, tiny, monkeypatch):
         load_vae("acme/other", device="cpu")
 
 
+def test_derived_family_is_named_by_what_the_user_gave(tmp_path, tiny, monkeypatch):
+    module, _ = tiny
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny-top"
+    module.save_pretrained(repo / "snapshots" / commit)  # config.json at the top, no vae/
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert load_vae("acme/tiny-top", device="cpu").family == "acme/tiny-top"  # not the snapshot hash
+    module.save_pretrained(tmp_path / "my-pipeline" / "vae")
+    assert load_vae(tmp_path / "my-pipeline", device="cpu").family == "my-pipeline"  # not 'vae'
+
+
 def test_wrong_family_is_refused_naming_both(tmp_path):
     module, cfg = tiny_vae(latent_channels=16)
     module.save_pretrained(tmp_path / "vae16")

@@ -245,7 +245,8 @@ def load_vae(
         folder = p / "vae" if not (p / "config.json").is_file() else p
         wfile = _weights_in(folder, allow_pickle)
         ckpt, _ = read_state_dict(wfile, allow_pickle=allow_pickle)
-        spec, detection = _spec_for_folder(cfg, folder, given, ckpt)
+        name = text if layout is Layout.HF_CACHE else p.resolve().name  # not 'vae' or a snapshot hash
+        spec, detection = _spec_for_folder(cfg, folder, given, ckpt, name=name)
         files = (str(wfile),)
     elif p.is_file():
         ckpt, meta = read_state_dict(p, allow_pickle=allow_pickle)
@@ -328,7 +329,13 @@ def _weights_in(folder: Path, allow_pickle: bool) -> Path:
     )
 
 
-def _spec_for_folder(cfg: dict[str, Any], folder: Path, given: FamilySpec | None, ckpt) -> tuple[FamilySpec, str]:
+def _spec_for_folder(
+    cfg: dict[str, Any], folder: Path, given: FamilySpec | None, ckpt, *, name: str
+) -> tuple[FamilySpec, str]:
+    """A folder's family: given, the registry family its config matches, or one derived from its config
+    and named `name` (the folder or repo id the user gave)."""
+    from dataclasses import replace
+
     from vaelens.families.from_config import spec_from_config
 
     if given is not None:
@@ -336,7 +343,8 @@ def _spec_for_folder(cfg: dict[str, Any], folder: Path, given: FamilySpec | None
     match = registry_match(cfg)
     if match is not None:
         return match, f"config.json matches registry family {match.name} (architecture and normalisation)"
-    return spec_from_config(cfg, source=str(folder / "config.json")), "derived from config.json (no registry match)"
+    spec = replace(spec_from_config(cfg, source=str(folder / "config.json")), name=name)
+    return spec, "derived from config.json (no registry match)"
 
 
 def _spec_for_file(p: Path, ckpt, meta: Mapping[str, str], given: FamilySpec | None) -> tuple[FamilySpec, str]:
