@@ -201,3 +201,13 @@ def test_config_without_scaling_factor_takes_the_class_default(cli, tmp_path):
     path.write_text(json.dumps({"_class_name": spec.diffusers_class, **spec.config}))
     data = cli("shapes", str(path), "--size", "64x64", "--json").json()
     assert data["normalization"]["formula"] == "z × 0.18215"
+
+
+def test_config_with_zero_latent_channels_is_one_line(cli, tmp_path):
+    # diffusers builds it; the probe then reads a latent [1, 0, h, w], which has no compression ratio
+    path = tmp_path / "config.json"
+    path.write_text('{"_class_name": "AutoencoderKL", "latent_channels": 0, "block_out_channels": [8], '
+                    '"norm_num_groups": 4}')
+    res = cli("shapes", str(path))
+    assert res.code == 2 and res.out == ""
+    assert len(res.err.strip().splitlines()) == 1 and "0 latent channels" in res.err

@@ -124,6 +124,9 @@ def spec_from_config(cfg: dict[str, Any], *, source: str) -> FamilySpec:
                 temporal = TemporalRule(
                     factor=t, rule=FrameRuleKind.RAISE, source=f"probed: encode of {f1} and {f2} frames"
                 )
+    if channels < 1:
+        raise ConfigError(f"{cfg['_class_name']} from {source}: encode gives a latent with {channels} latent "
+                          "channels; latent_channels must be at least 1")
     sample = cfg.get("sample_size")
     side = int(sample[0] if isinstance(sample, (list, tuple)) else sample or 512)
     side = max(f, side // f * f)
