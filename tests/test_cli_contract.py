@@ -211,3 +211,19 @@ def test_config_with_zero_latent_channels_is_one_line(cli, tmp_path):
     res = cli("shapes", str(path))
     assert res.code == 2 and res.out == ""
     assert len(res.err.strip().splitlines()) == 1 and "0 latent channels" in res.err
+
+
+def test_budget_names_the_size_used_after_flooring(cli, tmp_path):
+    # a config path floors to its spatial factor (4 here): 66x34 runs as 64x32, and the budget's
+    # "largest batch at WxH" must name the size its estimates used
+    import json
+
+    cfg = {"_class_name": "AutoencoderKL", "latent_channels": 4, "block_out_channels": [8, 16, 16],
+           "norm_num_groups": 4, "down_block_types": ["DownEncoderBlock2D"] * 3,
+           "up_block_types": ["UpDecoderBlock2D"] * 3, "layers_per_block": 1}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    res = cli("memory", str(path), "--size", "66x34", "--op", "decode", "--budget", "1GiB")
+    assert res.code == 0, res.err
+    line = next(x for x in res.out.splitlines() if x.strip().startswith("decode:"))
+    assert " at 64x32;" in line and "66x34" not in line

@@ -70,8 +70,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(render_memory(spec.name, plan.pixel_shape, plan.latent_shape, estimates, measured=measured or None))
     if report is not None:
+        from dataclasses import replace
+
         from vaelens.memory_budget import render_budget
 
         print()
-        print(render_budget(report, request))
+        # name the size the estimates ran at (a floor family's size rule may have changed it)
+        print(render_budget(report, replace(request, height=plan.used_size[0], width=plan.used_size[1])))
     return 0
