@@ -146,3 +146,12 @@ def test_inspect_names_two_different_channels_as_the_strongest_pair(tmp_path, ca
     assert main(["inspect", str(tmp_path / "z.safetensors"), "-o", str(tmp_path / "in")]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "strongest" in x)
     assert "strongest ch0-ch1 r = +0.000" in line
+
+
+def test_roundtrip_says_transparency_was_composited(setup, tmp_path, capsys):
+    root, _ = setup
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., 3] = 128
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    code = main(["roundtrip", str(tmp_path / "t.png"), "--vae", str(root / "vae"), "-o", str(tmp_path / "rt")])
+    assert code == 0 and "warning: alpha composited onto white" in capsys.readouterr().err

@@ -93,6 +93,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
             a = rgba[..., 3:4]
             rgb = rgba[..., :3] * a + (1.0 - a)
             alpha = "composited onto white" if float(a.min()) < 1.0 else "opaque alpha channel dropped"
+            notes.append("alpha composited onto white" if alpha.startswith("composited") else alpha)
         else:
             if mode in ("L", "1"):
                 notes.append("grayscale repeated into 3 channels")

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             },
         )
         fmt = "vaelens safetensors"
-    notes = [n for i in infos for n in i.notes] + ([i.alpha for i in infos if i.alpha])
+    notes = [n for i in infos for n in i.notes]
     if args.json:
         emit_json(
             {
