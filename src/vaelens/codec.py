@@ -203,7 +203,9 @@ def _as_module_input(vae: LoadedVae, pixels):
 def _check_input(t, what: str) -> None:
     bad = _nonfinite(t)
     if bad:
-        raise VaeLensError(f"{what} holds {bad} NaN/Inf values of {t.numel()}; nothing finite to run on")
+        raise VaeLensError(
+            f"{what} holds {bad} NaN/Inf values of {t.numel()}; the VAE is not run on non-finite input"
+        )
 
 
 def encode(
