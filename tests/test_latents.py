@@ -144,3 +144,11 @@ def test_writing_latents_to_a_folder_is_refused(tmp_path):
     for save in (lambda p: save_latents(p, z, metadata={}), lambda p: save_comfy_latent(p, z)):
         with pytest.raises(VaeLensError, match="is a folder; give a file name"):
             save(tmp_path)
+
+
+def test_constant_latent_stats_are_strict_json():
+    import json
+
+    data = channel_stats(torch.zeros(1, 4, 3, 3)).to_json()
+    assert data["implied_scaling_factor"] is None
+    json.dumps(data, allow_nan=False)  # no Infinity / NaN tokens, which JSON parsers such as jq refuse

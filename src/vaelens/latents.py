@@ -71,7 +71,8 @@ class ChannelStats:
                 for c in range(self.channels)
             ],
             "overall": {"mean": self.overall_mean, "std": self.overall_std},
-            "implied_scaling_factor": self.implied_scale,
+            # null for a constant latent (std 0): JSON has no Infinity
+            "implied_scaling_factor": self.implied_scale if np.isfinite(self.implied_scale) else None,
             "correlation": [list(row) for row in self.correlation],
             "nonfinite": self.nonfinite,
         }
