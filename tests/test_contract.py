@@ -165,3 +165,27 @@ def test_public_api_is_sorted_and_resolves():
     assert vaelens.__all__ == sorted(vaelens.__all__)
     for name in vaelens.__all__:
         assert getattr(vaelens, name) is not None
+
+
+def test_attention_kind_matches_the_transformer():
+    # Sana's self-attention is linear (registry: tokens.attention); confirm on a tiny real transformer.
+    from diffusers import SanaTransformer2DModel
+
+    with torch.device("meta"):
+        model = SanaTransformer2DModel(
+            in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+            num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16,
+            caption_channels=16, sample_size=8, patch_size=1,
+        )
+    assert type(model.transformer_blocks[0].attn1.processor).__name__ == "SanaLinearAttnProcessor2_0"
+    assert get_family("sana").tokens.attention == "linear"
+    assert {s.tokens.attention for s in FAMILIES if s.tokens and s.name != "sana"} == {"softmax"}
+
+
+def test_config_in_a_vae_folder_is_named_after_the_model(tmp_path):
+    folder = tmp_path / "my-model" / "vae"
+    folder.mkdir(parents=True)
+    cfg = dict(CONFIG_CASES[0][1], _class_name="AutoencoderKL")
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert resolve_model(str(tmp_path / "my-model")).name == "my-model"
+    assert resolve_model(str(folder / "config.json")).name == "my-model"

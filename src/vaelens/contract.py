@@ -131,9 +131,16 @@ def apply_size_rule(spec: FamilySpec, name: str, value: int) -> tuple[int, str |
         return value, None
     low, high = _nearest_multiples(value, m)
     if rule.kind is SizeRuleKind.FLOOR and low > 0:
-        return low, f"{name} {value} → {low}: {spec.name} floors to a multiple of {m} (as its pipeline does)"
+        return low, f"{name} {value} → {low}: {spec.name} floors to a multiple of {m} ({_rule_owner(spec)})"
     choices = f"{low} or {high}" if low > 0 else f"{high}"
     raise SizeError(f"{name} {value} is not a multiple of {m} for {spec.name}; nearest valid: {choices}")
+
+
+def _rule_owner(spec: FamilySpec) -> str:
+    """Who applies a floor: the family's pipeline, or (for a bare config.json) VaeImageProcessor."""
+    if spec.notes.startswith("derived from a config.json"):
+        return "as diffusers' VaeImageProcessor does; no pipeline is known for this config"
+    return "as its pipeline does"
 
 
 def latent_frames(spec: FamilySpec, frames: int) -> int:

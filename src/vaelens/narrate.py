@@ -46,6 +46,14 @@ def _size_rule_text(spec: FamilySpec) -> str:
             f"{action}. ")
 
 
+def _attention_tradeoff(spec: FamilySpec, count: int) -> str:
+    if spec.tokens is not None and spec.tokens.attention == "linear":
+        return (f"The trade-off: this family's self-attention is linear in the {count:,} tokens, so doubling "
+                "the side quadruples N and the attention cost with it (softmax attention would grow sixteenfold).")
+    return (f"The trade-off: attention cost grows with the square of the {count:,} tokens, so doubling the "
+            "side quadruples N and multiplies attention by sixteen.")
+
+
 def contrast_families(spec: FamilySpec, n: int = 2) -> list[FamilySpec]:
     """Two well-known families whose constants differ from `spec`'s (for the comparison table)."""
     out: list[FamilySpec] = []
@@ -124,7 +132,7 @@ def explain(
         mom[1] = 2 * c
         out.append(f"3. moments {shape_str(mom)}: mean and log-variance")
         out.append(_para(
-            f"The encoder's last convolution outputs 2×{c} channels: a mean and a log-variance per latent "
+            f"The encoder outputs 2×{c} channels: a mean and a log-variance per latent "
             "position — a diagonal Gaussian. Pipelines take the mean (mode) or sample from it; the spread "
             "is what makes the latent space smooth enough to denoise in."
         ))
@@ -174,9 +182,7 @@ def explain(
         out.append(f"6. tokens [{b}, {plan.token_count}, {plan.token_dim}]: {patch} patches → one token each")
         out.append(_para(
             f"The transformer sees a sequence: each {patch} block of the normalised latent becomes one token "
-            f"of {plan.token_dim} numbers (C·{patch.replace('×', '·')}). The trade-off: attention cost grows "
-            f"with the square of the {plan.token_count:,} tokens, so doubling the side quadruples N and "
-            "multiplies attention by sixteen."
+            f"of {plan.token_dim} numbers (C·{patch.replace('×', '·')}). " + _attention_tradeoff(spec, plan.token_count)
         ))
     else:
         out.append("6. tokens: none")

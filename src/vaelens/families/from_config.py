@@ -130,7 +130,11 @@ def spec_from_config(cfg: dict[str, Any], *, source: str) -> FamilySpec:
     sample = cfg.get("sample_size")
     side = int(sample[0] if isinstance(sample, (list, tuple)) else sample or 512)
     side = max(f, side // f * f)
-    name = Path(source).parent.name if Path(source).name == "config.json" else Path(source).stem
+    src = Path(source)
+    name = src.stem
+    if src.name == "config.json":
+        # model/vae/config.json names the model, not its "vae" sub-folder
+        name = src.parent.parent.name if src.parent.name == "vae" else src.parent.name
     return FamilySpec(
         name=name or cfg["_class_name"],
         title=f"{cfg['_class_name']} from {source}",

@@ -286,6 +286,8 @@ SANA = FamilySpec(
     tokens=TokenPacking(
         patch=(1, 1),
         source="Efficient-Large-Model/Sana_1600M_1024px_diffusers/transformer/config.json (patch_size 1)",
+        # diffusers/models/transformers/sana_transformer.py: self-attention uses SanaLinearAttnProcessor2_0
+        attention="linear",
     ),
     size_rule=SizeRule(
         kind=SizeRuleKind.RAISE,

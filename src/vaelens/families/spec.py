@@ -87,6 +87,8 @@ class TokenPacking:
 
     patch: tuple[int, ...]
     source: str = ""
+    # How the transformer's self-attention scales with N: "softmax" (cost ∝ N²) or "linear" (∝ N).
+    attention: str = "softmax"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
