@@ -227,3 +227,10 @@ def test_budget_names_the_size_used_after_flooring(cli, tmp_path):
     assert res.code == 0, res.err
     line = next(x for x in res.out.splitlines() if x.strip().startswith("decode:"))
     assert " at 64x32;" in line and "66x34" not in line
+
+
+@pytest.mark.parametrize("command", ["memory", "trace"])
+def test_memory_and_trace_json_carry_size_used(cli, command):
+    data = cli(command, "flux1", "--size", "1000x504", "--dtype", "bf16", "--json").json()
+    assert data["used_size"] == [496, 992]
+    assert any("1000 → 992" in w for w in data["warnings"])

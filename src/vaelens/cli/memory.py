@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
             "family": spec.name, "dtype": request.dtype.value, "pixel_shape": list(plan.pixel_shape),
             "latent_shape": list(plan.latent_shape), "weights_bytes": estimates[0].weights_bytes,
             "tiled": args.tiled, "sliced": args.sliced,
+            "used_size": list(plan.used_size), "warnings": list(plan.warnings),
         }
         for est in estimates:
             entry = estimate_json(est, plan.latent_shape)

@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
         est = simulate(tr, dtype=plan.request.dtype)
         data = {"family": spec.name, "dtype": plan.request.dtype.value, "pixel_shape": list(plan.pixel_shape),
                 "latent_shape": list(plan.latent_shape), **trace_json(tr),
-                "peak_bytes": est.peak_bytes, "peak_at": est.peak_at}
+                "peak_bytes": est.peak_bytes, "peak_at": est.peak_at,
+                "used_size": list(plan.used_size), "warnings": list(plan.warnings)}
         for layer, mem in zip(data["layers"], est.timeline, strict=True):
             layer["peak_bytes"] = mem.peak_bytes
         emit_json(data)
