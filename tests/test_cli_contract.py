@@ -234,3 +234,11 @@ def test_memory_and_trace_json_carry_size_used(cli, command):
     data = cli(command, "flux1", "--size", "1000x504", "--dtype", "bf16", "--json").json()
     assert data["used_size"] == [496, 992]
     assert any("1000 → 992" in w for w in data["warnings"])
+
+
+def test_budget_says_when_the_search_limit_is_reached(cli):
+    from vaelens.options import MAX_BATCH
+
+    res = cli("memory", "taesd", "--size", "64x64", "--op", "decode", "--budget", "80GiB")
+    assert res.code == 0
+    assert f"largest batch {MAX_BATCH} (vaelens searches no further than {MAX_BATCH})" in res.out
