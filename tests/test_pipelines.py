@@ -366,6 +366,17 @@ def test_plot_without_suffix_is_written_as_png(tmp_path):
     assert out == tmp_path / "timeline.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_header_shows_the_floored_size_that_was_estimated():
+    from vaelens.pipelines.render import render_pipeline
+
+    spec = dataclasses.replace(_tiny_pipeline(Guidance.BATCH, True), vae_family="flux1")  # floors to 16
+    est = estimate_pipeline(PipelineRequest(pipeline=spec, width=72, height=64, dtype=DType.BF16),
+                            peak_fn=_fake_peak, decode_fn=_fake_decode)
+    assert est.used_size == (64, 64)
+    text = render_pipeline(est, Offload.NONE)
+    assert text.splitlines()[1].startswith("64x64, batch 1") and "width 72 → 64" in text
+
+
 def test_rendered_report_golden(golden):
     from vaelens.pipelines.render import render_pipeline
 

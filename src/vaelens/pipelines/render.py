@@ -88,13 +88,20 @@ def render_budget(rep: BudgetReport) -> str:
     return "\n".join(lines)
 
 
+def _used_size(est: PipelineEstimate) -> str:
+    """'WxH, F frames' after the VAE family's size and frame rules (a floored 1000x1000 is 992x992)."""
+    req = est.request
+    h, w = est.used_size if all(est.used_size) else (req.height, req.width)
+    frames = est.used_frames if est.used_frames is not None else req.frames
+    return f"{w}x{h}" + (f", {frames} frames" if frames else "")
+
+
 def render_pipeline(est: PipelineEstimate, mode: Offload, budget: BudgetReport | None = None) -> str:
     """The human report of `vaelens pipeline`."""
     req, spec = est.request, est.request.pipeline
-    frames = f", {req.frames} frames" if req.frames else ""
     head = [
         f"{spec.title} ({spec.pipeline_class}, {spec.repo})",
-        f"{req.width}x{req.height}{frames}, batch {req.batch}, {req.dtype.value}; "
+        f"{_used_size(est)}, batch {req.batch}, {req.dtype.value}; "
         f"latent {shape_str(est.latent_shape)}; CFG: {_CFG[spec.guidance]}"
         + ("; VAE tiling" if req.vae_tiling else ""),
     ]
@@ -144,8 +151,7 @@ def plot_pipeline(
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("GPU memory (GiB)")
     req = est.request
-    ax.set_title(f"{req.pipeline.name} {req.width}x{req.height}" + (f"x{req.frames}f" if req.frames else "")
-                 + f" {req.dtype.value}, offload={mode.value}")
+    ax.set_title(f"{req.pipeline.name} {_used_size(est)} {req.dtype.value}, offload={mode.value}")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     out = Path(path)
