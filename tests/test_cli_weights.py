@@ -155,3 +155,15 @@ def test_roundtrip_says_transparency_was_composited(setup, tmp_path, capsys):
     Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
     code = main(["roundtrip", str(tmp_path / "t.png"), "--vae", str(root / "vae"), "-o", str(tmp_path / "rt")])
     assert code == 0 and "warning: alpha composited onto white" in capsys.readouterr().err
+
+
+def test_inspect_of_latents_normalised_with_checkpoint_statistics_asks_for_vae(tmp_path, capsys):
+    from vaelens.families import get_family
+    from vaelens.latents import normalization_to_json, save_latents
+
+    norm = normalization_to_json(get_family("ltx-video").normalization)  # latents_mean/std buffers
+    meta = {"normalized": True, "family": "ltx-video", "normalization": norm}
+    save_latents(tmp_path / "z.safetensors", torch.zeros(1, 128, 2, 4, 4), metadata=meta)
+    assert main(["inspect", str(tmp_path / "z.safetensors"), "-o", str(tmp_path / "in")]) == 2
+    err = capsys.readouterr().err
+    assert "pass --vae" in err and "module=" not in err and err.count("\n") == 1

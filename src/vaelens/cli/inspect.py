@@ -54,7 +54,13 @@ def _raw_from_file(path: str, args: argparse.Namespace):
         if vae is not None:
             z = denormalize(z, vae.spec.normalization, module=vae.module)
         elif isinstance(lf.metadata.get("normalization"), dict):
-            z = denormalize(z, normalization_from_json(lf.metadata["normalization"]))
+            norm = normalization_from_json(lf.metadata["normalization"])
+            if norm.stats_from:  # the statistics are checkpoint buffers, not in the file's metadata
+                raise VaeLensError(
+                    f"{path} holds normalised latents whose statistics live in the VAE checkpoint "
+                    f"({norm.stats_from}); pass --vae to undo the normalisation"
+                )
+            z = denormalize(z, norm)
         else:
             raise VaeLensError(f"{path} holds normalised latents without their normalisation; pass --vae")
         notes.append("file holds normalised latents; statistics are of the raw latent after undoing it")
