@@ -152,3 +152,11 @@ def test_constant_latent_stats_are_strict_json():
     data = channel_stats(torch.zeros(1, 4, 3, 3)).to_json()
     assert data["implied_scaling_factor"] is None
     json.dumps(data, allow_nan=False)  # no Infinity / NaN tokens, which JSON parsers such as jq refuse
+
+
+@pytest.mark.parametrize("shape", [(4, 8), (4, 8, 8), (1, 4, 0, 8), (1, 4, 1, 2, 2, 2)])
+@pytest.mark.parametrize("key", ["latent", COMFY_KEY])
+def test_latent_files_of_the_wrong_rank_or_empty_are_refused(tmp_path, shape, key):
+    save_file({key: torch.zeros(shape)}, str(tmp_path / "z.safetensors"))
+    with pytest.raises(VaeLensError, match=r"expected \[B, C, h, w\] or \[B, C, F, h, w\] with no empty axis"):
+        load_latents(tmp_path / "z.safetensors")

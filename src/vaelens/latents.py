@@ -212,6 +212,15 @@ def save_comfy_latent(path: str | Path, raw_latent) -> Path:
     return p
 
 
+def _check_latent_shape(t, path: str | Path) -> None:
+    """A latent is [B,C,h,w] or [B,C,F,h,w] with no empty axis; anything else is refused here, once."""
+    if t.ndim not in (4, 5) or 0 in t.shape:
+        raise VaeLensError(
+            f"latent file {str(path)!r} holds a tensor of shape {list(t.shape)}; "
+            "expected [B, C, h, w] or [B, C, F, h, w] with no empty axis"
+        )
+
+
 def load_latents(path: str | Path) -> LatentFile:
     """vaelens latent file | ComfyUI .latent -> LatentFile (ComfyUI's are raw latents, like its LoadLatent)."""
     from safetensors import safe_open
@@ -227,6 +236,7 @@ def load_latents(path: str | Path) -> LatentFile:
     except Exception as exc:  # noqa: BLE001
         raise VaeLensError(f"latent file {str(path)!r} is not a readable safetensors file ({exc})") from None
     if COMFY_KEY in tensors:
+        _check_latent_shape(tensors[COMFY_KEY], path)
         t = tensors[COMFY_KEY].float()
         legacy = COMFY_VERSION_KEY not in tensors
         if legacy:
@@ -244,6 +254,7 @@ def load_latents(path: str | Path) -> LatentFile:
             f"latent file {str(path)!r} holds {shown or 'no tensors'}; "
             f"expected 'latent' (vaelens) or '{COMFY_KEY}' (ComfyUI)"
         )
+    _check_latent_shape(tensors["latent"], path)
     meta: dict[str, Any] = {}
     for k, v in raw_meta.items():
         try:
