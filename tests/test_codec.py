@@ -196,3 +196,22 @@ def test_video_vae_takes_an_image_as_one_frame(tmp_path):
     torch.testing.assert_close(z, (raw - mean) / std)
     rt = roundtrip(vae, PIXELS[:1])
     assert tuple(rt.latent.shape) == (1, 4, 1, 8, 8) and rt.reconstruction.shape == (1, 16, 16, 3)
+
+
+def test_decode_adds_or_drops_the_one_frame_axis(tmp_path):
+    from diffusers import AutoencoderKLWan
+
+    _, kl = loaded(tmp_path)
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    image, _ = decode(kl, z, normalized=False)
+    one_frame, _ = decode(kl, z.unsqueeze(2), normalized=False)  # [B,C,1,h,w] to an image VAE
+    assert torch.equal(image, one_frame)
+    with pytest.raises(VaeLensError, match="has 2 frames"):
+        decode(kl, torch.zeros(1, 4, 2, 8, 8), normalized=False)
+    torch.manual_seed(0)
+    wan_module = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[True])
+    wan_module.eval().save_pretrained(tmp_path / "wan-like")
+    wan = load_vae(tmp_path / "wan-like", device="cpu")
+    image, _ = decode(wan, z, normalized=False)  # [B,C,h,w] to a video VAE: one latent frame
+    one_frame, _ = decode(wan, z.unsqueeze(2), normalized=False)
+    assert torch.equal(image, one_frame) and tuple(image.shape) == (1, 3, 16, 16)

@@ -200,6 +200,22 @@ def _as_module_input(vae: LoadedVae, pixels):
     return pixels
 
 
+def _as_module_latent(vae: LoadedVae, latent):
+    """latent [B,C,h,w] -> [B,C,1,h,w] for a video VAE (one latent frame, as encode makes of an image);
+    [B,C,1,h,w] -> [B,C,h,w] for an image VAE; a latent with several frames is refused by an image VAE."""
+    video = vae.spec.is_video or vae.spec.video_module
+    if video and latent.ndim == 4:
+        return latent.unsqueeze(2)
+    if not video and latent.ndim == 5:
+        if latent.shape[2] != 1:
+            raise VaeLensError(
+                f"latent {list(latent.shape)} has {latent.shape[2]} frames; {vae.family} is an image VAE "
+                "and decodes [B, C, h, w] (or one frame)"
+            )
+        return latent[:, :, 0]
+    return latent
+
+
 def _check_input(t, what: str) -> None:
     bad = _nonfinite(t)
     if bad:
@@ -258,9 +274,9 @@ def decode(
 
     _check_input(latent, "latent")
     upcast = Upcast.parse(upcast)
-    z = latent
+    z = _as_module_latent(vae, latent)
     if normalized:
-        z = denormalize(latent.to(vae.device), vae.spec.normalization, module=vae.module)
+        z = denormalize(z.to(vae.device), vae.spec.normalization, module=vae.module)
     pixels, report = _run(vae, "decode", z, run_decode, upcast)
     if pixels.ndim == 5 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
