@@ -372,8 +372,8 @@ def _spec_for_file(p: Path, ckpt, meta: Mapping[str, str], given: FamilySpec | N
         )
     names = ", ".join(f.spec.name for f in fits)
     raise WeightsError(
-        f"weights {str(p)!r}{chans} fit {names} alike (same tensor shapes; they differ in normalisation); "
-        "pass --family to say which"
+        f"weights {str(p)!r}{chans} fit {names} alike (same tensor shapes; the families differ in "
+        "normalisation or pipeline rules); pass --family to say which"
     )
 
 

@@ -93,7 +93,7 @@ def _used_size(est: PipelineEstimate) -> str:
     req = est.request
     h, w = est.used_size if all(est.used_size) else (req.height, req.width)
     frames = est.used_frames if est.used_frames is not None else req.frames
-    return f"{w}x{h}" + (f", {frames} frames" if frames else "")
+    return f"{w}x{h}" + (f", {frames} frame{'s' if frames != 1 else ''}" if frames else "")
 
 
 def render_pipeline(est: PipelineEstimate, mode: Offload, budget: BudgetReport | None = None) -> str:
