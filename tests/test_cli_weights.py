@@ -9,22 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
+from tiny_models import tiny_kl
 from vaelens.cli import main
 
 pytest.importorskip("matplotlib")
 
-TINY = {
-    "_class_name": "AutoencoderKL",
-    "down_block_types": ["DownEncoderBlock2D"] * 2,
-    "up_block_types": ["UpDecoderBlock2D"] * 2,
-    "block_out_channels": [8, 16],
-    "layers_per_block": 1,
-    "norm_num_groups": 4,
-    "latent_channels": 4,
-    "sample_size": 32,
-    "scaling_factor": 0.5,
-    "force_upcast": False,
-}
+TINY = tiny_kl(force_upcast=False)
 
 
 @pytest.fixture(scope="module")

@@ -9,23 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from tiny_models import tiny_kl
 from vaelens.codec import Upcast, decode, encode, measure_memory, psnr, roundtrip, ssim
 from vaelens.errors import VaeLensError
 from vaelens.weights import load_vae
 
-TINY = {
-    "_class_name": "AutoencoderKL",
-    "down_block_types": ["DownEncoderBlock2D"] * 2,
-    "up_block_types": ["UpDecoderBlock2D"] * 2,
-    "block_out_channels": [8, 16],
-    "layers_per_block": 1,
-    "norm_num_groups": 4,
-    "latent_channels": 4,
-    "sample_size": 32,
-    "scaling_factor": 0.5,
-    "shift_factor": 0.25,
-    "force_upcast": False,  # AutoencoderKL's default is True
-}
+TINY = tiny_kl(shift_factor=0.25, force_upcast=False)  # AutoencoderKL's default is True
 
 
 def loaded(tmp_path, *, dtype="fp32", blow_up: float | None = None, **overrides):

@@ -15,24 +15,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tiny_models import tiny_kl
 from vaelens import weights as W
 from vaelens.errors import WeightsError
 from vaelens.families.from_config import spec_from_config
 from vaelens.weights import Layout, load_vae
 
-TINY = {
-    "_class_name": "AutoencoderKL",
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 2,
-    "up_block_types": ["UpDecoderBlock2D"] * 2,
-    "block_out_channels": [8, 16],
-    "layers_per_block": 1,
-    "norm_num_groups": 4,
-    "latent_channels": 4,
-    "sample_size": 32,
-    "scaling_factor": 0.5,
-}
+TINY = tiny_kl()
 
 
 def tiny_vae(seed: int = 0, **overrides):
