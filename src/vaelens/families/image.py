@@ -377,13 +377,9 @@ _WAN21_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.55
                0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)  # fmt: skip
 _WAN21_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
               3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)  # fmt: skip
-
-QWEN_IMAGE = FamilySpec(
-    name="qwen-image",
-    aliases=("qwen", "qwenimage", "qwen_image"),
-    title="Qwen-Image",
-    diffusers_class="AutoencoderKLQwenImage",
-    config={
+# The Wan 2.1 VAE's architecture and statistics; Qwen-Image's VAE config carries the same values
+# (Qwen/Qwen-Image/vae/config.json and Wan-AI/Wan2.1-T2V-14B-Diffusers/vae/config.json).
+_WAN21_CONFIG = {
         "base_dim": 96,
         "z_dim": 16,
         "dim_mult": [1, 2, 4, 4],
@@ -393,7 +389,14 @@ QWEN_IMAGE = FamilySpec(
         "dropout": 0.0,
         "latents_mean": list(_WAN21_MEAN),
         "latents_std": list(_WAN21_STD),
-    },
+}
+
+QWEN_IMAGE = FamilySpec(
+    name="qwen-image",
+    aliases=("qwen", "qwenimage", "qwen_image"),
+    title="Qwen-Image",
+    diffusers_class="AutoencoderKLQwenImage",
+    config=_WAN21_CONFIG,
     config_source="Qwen/Qwen-Image/vae/config.json",
     latent_channels=16,
     spatial_factor=8,

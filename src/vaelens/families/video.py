@@ -6,7 +6,7 @@ time: F pixel frames -> (F - 1) // t + 1 latent frames, frame 0 encoded on its o
 
 from __future__ import annotations
 
-from vaelens.families.image import _WAN21_MEAN, _WAN21_STD
+from vaelens.families.image import _WAN21_CONFIG, _WAN21_MEAN, _WAN21_STD
 from vaelens.families.spec import (
     FamilySpec,
     FrameRuleKind,
@@ -40,17 +40,7 @@ WAN21 = FamilySpec(
     aliases=("wan2.1", "wan-2.1", "wan", "wan2.1-t2v", "wan21-t2v"),
     title="Wan 2.1 (T2V/I2V 1.3B, 14B)",
     diffusers_class="AutoencoderKLWan",
-    config={
-        "base_dim": 96,
-        "z_dim": 16,
-        "dim_mult": [1, 2, 4, 4],
-        "num_res_blocks": 2,
-        "attn_scales": [],
-        "temperal_downsample": [False, True, True],
-        "dropout": 0.0,
-        "latents_mean": list(_WAN21_MEAN),
-        "latents_std": list(_WAN21_STD),
-    },
+    config=_WAN21_CONFIG,
     config_source="Wan-AI/Wan2.1-T2V-14B-Diffusers/vae/config.json (same file in the 1.3B and I2V repos)",
     latent_channels=16,
     spatial_factor=8,
