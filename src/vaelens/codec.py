@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from vaelens.errors import VaeLensError
-from vaelens.options import DType
+from vaelens.options import DType, parse_choice
 from vaelens.weights import LoadedVae, cast_module
 
 
@@ -33,10 +33,7 @@ class Upcast(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: str | Upcast) -> Upcast:
-        try:
-            return cls(value)
-        except ValueError:
-            raise VaeLensError(f"upcast {value!r} is not one of: auto, always, never") from None
+        return parse_choice(cls, value, "upcast")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

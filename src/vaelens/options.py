@@ -6,8 +6,27 @@ import enum
 import math
 import re
 from dataclasses import dataclass
+from typing import TypeVar
 
 from vaelens.errors import SizeError, VaeLensError
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def parse_choice(cls: type[E], value: str | E, what: str) -> E:
+    """A string option -> its enum member (any case); anything else raises naming the choices.
+
+    >>> parse_choice(DType, "BF16", "dtype")
+    <DType.BF16: 'bf16'>
+    """
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(str(value).lower())
+    except ValueError:
+        choices = ", ".join(str(m.value) for m in cls)
+        raise VaeLensError(f"{what} {value!r} is not supported; choose one of: {choices}") from None
+
 
 # A size beyond this is refused before any work: 16384² RGB at fp32 is already 3 GiB of pixels,
 # and the decode activations of an f8 VAE at that size pass a terabyte.
@@ -43,9 +62,7 @@ class DType(str, enum.Enum):
         try:
             return cls(key)
         except ValueError:
-            raise VaeLensError(
-                f"dtype {value!r} is not supported; choose one of: fp32, fp16, bf16"
-            ) from None
+            return parse_choice(cls, value, "dtype")  # raises, naming the choices
 
 
 def parse_size(text: str) -> tuple[int, int]:

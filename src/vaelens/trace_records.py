@@ -9,7 +9,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from vaelens.errors import VaeLensError
+from vaelens.options import parse_choice
 
 # The CUDA caching allocator rounds every request up to a multiple of 512 bytes
 # (kMinBlockSize in pytorch c10/cuda/CUDACachingAllocator.cpp); allocated-bytes stats count that.
@@ -32,12 +32,7 @@ class Op(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: str | Op) -> Op:
-        if isinstance(value, Op):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            raise VaeLensError(f"op {value!r} is not supported; choose one of: encode, decode, forward") from None
+        return parse_choice(cls, value, "op")
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vaelens.errors import VaeLensError
-from vaelens.options import DType, PixelRequest
+from vaelens.options import DType, PixelRequest, parse_choice
 from vaelens.pipelines.components import (
     ComponentSize,
     build_component,
@@ -46,14 +45,7 @@ class Offload(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: str | Offload) -> Offload:
-        if isinstance(value, Offload):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            raise VaeLensError(
-                f"offload {value!r} is not supported; choose one of: none, model, sequential"
-            ) from None
+        return parse_choice(cls, value, "offload")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
