@@ -56,14 +56,14 @@ def predict(row: dict, cfg: dict) -> tuple[int, str, int]:
     import torch
 
     from vaelens.build import build_module
-    from vaelens.memory import simulate
+    from vaelens.memory.estimate import simulate
     from vaelens.options import DType
-    from vaelens.trace import trace
+    from vaelens.trace import trace_module
 
     dtype = DType.parse(row["dtype"])
     module = build_module(cfg, device="meta", dtype=dtype)
     x = torch.empty(row["input_shape"], device="meta", dtype=dtype.torch)
-    tr = trace(module, [x], op=row["op"])
+    tr = trace_module(module, [x], op=row["op"])
     est = simulate(tr, dtype=dtype)
     return est.peak_bytes, est.peak_at, naive_liveness(tr)
 

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     from vaelens.build import build_module
     from vaelens.families import get_family
-    from vaelens.memory import estimate_memory
+    from vaelens.memory.estimate import estimate_memory
     from vaelens.options import DType, PixelRequest
 
     spec = get_family("sdxl")

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from vaelens import __version__
-from vaelens.demo import DEMO_CONFIG, HELDOUT_IMAGES, IMAGE_LICENSES, TRAIN_IMAGES
+from vaelens.weights.demo import DEMO_CONFIG, HELDOUT_IMAGES, IMAGE_LICENSES, TRAIN_IMAGES
 
 CROP = 64
 BATCH = 16

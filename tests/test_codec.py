@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from tiny_models import tiny_kl
-from vaelens.codec import Upcast, decode, encode, measure_memory, psnr, roundtrip, ssim
+from vaelens.codec import Upcast, decode, encode, measure_memory, roundtrip
 from vaelens.errors import VaeLensError
-from vaelens.weights import load_vae
+from vaelens.metrics import psnr, ssim
+from vaelens.weights.load import load_vae
 
 TINY = tiny_kl(shift_factor=0.25, force_upcast=False)  # AutoencoderKL's default is True
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from vaelens.codec import roundtrip
-from vaelens.demo import (
+from vaelens.images import read_for_family, to_pixels
+from vaelens.weights.demo import (
     DEMO_CONFIG,
     HELDOUT_IMAGES,
     TRAIN_IMAGES,
@@ -16,7 +17,6 @@ from vaelens.demo import (
     demo_weights_path,
     load_demo_vae,
 )
-from vaelens.images import read_for_family, to_pixels
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_shipped_files_are_small_and_described(demo):
 def test_trained_beats_untrained_on_the_heldout_image(demo):
     from diffusers import AutoencoderKL
 
-    from vaelens.weights import LoadedVae
+    from vaelens.weights.load import LoadedVae
 
     arrays, _ = read_for_family([demo_image_path()], demo.spec)
     pixels = to_pixels(arrays)

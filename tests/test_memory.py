@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaelens.memory import estimate_memory, simulate
-from vaelens.memory_budget import check_budget, largest_fitting
+from vaelens.memory.budget import check_budget, largest_fitting
+from vaelens.memory.estimate import estimate_memory, simulate
 from vaelens.options import DType, PixelRequest, parse_bytes
-from vaelens.trace import trace
+from vaelens.trace import trace_module
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data" / "memory"
@@ -40,7 +40,7 @@ def test_hand_counted_peak_of_three_layers():
     plus a 512-byte workspace: 8192 + 8192 + 8192 + 8192 + 2560 + 512 = 35840.
     """
     m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 8, 3, padding=1))
-    est = simulate(trace(m, torch.randn(1, 3, 16, 16), op="forward"))
+    est = simulate(trace_module(m, torch.randn(1, 3, 16, 16), op="forward"))
     assert est.peak_bytes == 35840
     assert est.peak_at == "2"
     assert est.peak_op == "aten.conv2d.default"
@@ -54,12 +54,12 @@ def test_replay_of_h100_operator_record_taesd():
     """
     rec = json.loads((DATA / "ops-taesd-decode-bf16-1x3x512x512.json").read_text())
     cfg = json.loads((DATA / "taesd.json").read_text())
-    from vaelens.allocator import CachingAllocator
     from vaelens.build import build_module
-    from vaelens.memory_rules import transient
+    from vaelens.memory.allocator import CachingAllocator
+    from vaelens.memory.rules import transient
 
     module = build_module(cfg, dtype=DType.BF16)
-    tr = trace(module, [torch.empty(1, 4, 64, 64, device="meta", dtype=torch.bfloat16)], op="decode")
+    tr = trace_module(module, [torch.empty(1, 4, 64, 64, device="meta", dtype=torch.bfloat16)], op="decode")
     assert [e.name for e in tr.events] == [o["op"] for o in rec["ops"]]
     alloc = CachingAllocator()
     base = rec["base"]
@@ -196,7 +196,7 @@ def test_trace_speed_quick_mode_runs():
 def test_matmul_rule_copies_only_unfoldable_operands():
     """[2,3,4,5] @ [2,3,5,6]: contiguous and last-two-transposed operands fold to bmm as views; a
     permuted batch dim, or a broadcast batch, is copied at the expanded size (2*3*4*5*4 = 480 B)."""
-    from vaelens.memory_rules import transient
+    from vaelens.memory.rules import transient
 
     class M(torch.nn.Module):
         def forward(self, a, b, c, d):
@@ -205,7 +205,7 @@ def test_matmul_rule_copies_only_unfoldable_operands():
 
     a, b = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 5, 6)
     c, d = torch.randn(2, 3, 6, 5), torch.randn(1, 3, 4, 5)
-    tr = trace(M(), [a, b, c, d], op="forward")
+    tr = trace_module(M(), [a, b, c, d], op="forward")
     temps = [transient(e) for e in tr.events if e.name == "aten.matmul.default"]
     assert temps == [0, 0, 512, 512]  # 480 bytes rounded to the allocator's 512
 
@@ -222,7 +222,7 @@ def test_memory_and_trace_tables_golden(cli, golden):
 
 def test_caching_allocator_rounding_split_and_merge():
     """Hand-checked against c10/cuda/CUDACachingAllocator.cpp's rules."""
-    from vaelens.allocator import CachingAllocator
+    from vaelens.memory.allocator import CachingAllocator
 
     mib = 2**20
     a = CachingAllocator()
@@ -247,13 +247,13 @@ def test_replay_of_h100_operator_record_sd_decode_bf16():
     Weights, a warm-up call, then the measured call through the caching allocator: every operator's
     before/after equals the record, including the output block the allocator hands out whole
     (1.5 MiB asked, a cached 2 MiB block given), and the peak is exact."""
-    from vaelens.allocator import CachingAllocator
     from vaelens.build import build_module
-    from vaelens.memory import _replay
+    from vaelens.memory.allocator import CachingAllocator
+    from vaelens.memory.estimate import _replay
 
     rec = json.loads((DATA / "ops-sd-kl-f8c4-decode-bf16-1x3x512x512.json").read_text())
     module = build_module(json.loads((DATA / "sd-kl-f8c4.json").read_text()), dtype=DType.BF16)
-    tr = trace(module, [torch.empty(1, 4, 64, 64, device="meta", dtype=torch.bfloat16)], op="decode")
+    tr = trace_module(module, [torch.empty(1, 4, 64, 64, device="meta", dtype=torch.bfloat16)], op="decode")
     alloc = CachingAllocator()
     for n in tr.resident_sizes:
         alloc.malloc(object(), n)

@@ -360,14 +360,14 @@ def test_cli_plot_format_refused_before_estimating(cli):
 
 
 def test_plot_without_suffix_is_written_as_png(tmp_path):
-    from vaelens.pipelines.render import plot_pipeline
+    from vaelens.render.pipeline import plot_pipeline
 
     out = plot_pipeline(_estimate(), tmp_path / "timeline", mode=Offload.NONE)
     assert out == tmp_path / "timeline.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_header_shows_the_floored_size_that_was_estimated():
-    from vaelens.pipelines.render import render_pipeline
+    from vaelens.render.pipeline import render_pipeline
 
     spec = dataclasses.replace(_tiny_pipeline(Guidance.BATCH, True), vae_family="flux1")  # floors to 16
     est = estimate_pipeline(PipelineRequest(pipeline=spec, width=72, height=64, dtype=DType.BF16),
@@ -378,7 +378,7 @@ def test_report_header_shows_the_floored_size_that_was_estimated():
 
 
 def test_rendered_report_golden(golden):
-    from vaelens.pipelines.render import render_pipeline
+    from vaelens.render.pipeline import render_pipeline
 
     est = _estimate()
     rep = check_budget(est, est.mode("model").peak_bytes - 1, mode="model", estimate=_AreaEstimate)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vaelens.trace import Op, round_block, trace
+from vaelens.memory.allocator import round_block
+from vaelens.trace import Op, trace_module
 
 TINY_KL = {
     "_class_name": "AutoencoderKL",
@@ -52,7 +53,7 @@ def test_meta_trace_shapes_equal_real_cpu_run(op, shape):
     real = tiny_vae("cpu")
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     expected = real_layer_shapes(real, x, op)
-    tr = trace(tiny_vae("meta"), [torch.empty(shape, device="meta")], op=op)
+    tr = trace_module(tiny_vae("meta"), [torch.empty(shape, device="meta")], op=op)
     # records are in call-start order; hooks above fire in call-end order: compare as path -> shapes
     got = sorted((r.path, r.output_shape) for r in tr.layers if r.depth > 0)
     assert got == sorted(expected)
@@ -61,8 +62,8 @@ def test_meta_trace_shapes_equal_real_cpu_run(op, shape):
 
 def test_trace_on_real_cpu_module_matches_meta():
     x = torch.randn(1, 3, 32, 32)
-    cpu = trace(tiny_vae("cpu"), [x], op="encode")
-    meta = trace(tiny_vae("meta"), [x], op="encode")  # inputs follow the module to meta
+    cpu = trace_module(tiny_vae("cpu"), [x], op="encode")
+    meta = trace_module(tiny_vae("meta"), [x], op="encode")  # inputs follow the module to meta
     assert [(r.path, r.output_shape, r.live_bytes) for r in cpu.layers] == \
         [(r.path, r.output_shape, r.live_bytes) for r in meta.layers]
     assert [e.name for e in cpu.events] == [e.name for e in meta.events]
@@ -73,7 +74,7 @@ def test_trace_on_real_cpu_module_matches_meta():
 def test_any_module_hand_counted_live_bytes():
     """conv(3->8) -> SiLU -> conv(8->8) at 16x16 fp32: every tensor is 8*16*16*4 = 8192 bytes."""
     m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 8, 3, padding=1))
-    tr = trace(m, torch.randn(1, 3, 16, 16), op="forward")
+    tr = trace_module(m, torch.randn(1, 3, 16, 16), op="forward")
     by_path = {r.path: r for r in tr.layers}
     assert by_path["0"].live_bytes == 8192  # conv output
     assert by_path["1"].live_bytes == 16384  # silu output while the conv output is still referenced
@@ -94,14 +95,14 @@ def test_views_share_storage_and_inplace_allocates_nothing():
             z.add_(1)  # in place: nothing new
             return y.transpose(0, 1).contiguous()  # one more storage
 
-    tr = trace(M(), torch.randn(4, 6), op="forward")
+    tr = trace_module(M(), torch.randn(4, 6), op="forward")
     allocs = [n for e in tr.events for _, n in e.allocs]
     assert allocs == [round_block(96), round_block(96)]
 
 
 def test_hooks_removed_and_mode_restored():
     m = tiny_vae("meta").train()
-    trace(m, torch.empty(1, 3, 32, 32, device="meta"), op="encode")
+    trace_module(m, torch.empty(1, 3, 32, 32, device="meta"), op="encode")
     assert m.training
     assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())
     assert not any(hasattr(mod, "_vaelens_call") for mod in m.modules())
@@ -171,7 +172,7 @@ def test_live_bytes_equal_independent_gc_count():
     finally:
         for h in handles:
             h.remove()
-    tr = trace(m, [x], op="encode")
+    tr = trace_module(m, [x], op="encode")
     traced = {r.path: r.live_bytes for r in tr.layers if r.path in counts}
     assert len(counts) == len(watched) == len(traced) == 6
     assert traced == counts

@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import save_file
 
 from tiny_models import tiny_kl
-from vaelens import weights as W
 from vaelens.errors import WeightsError
 from vaelens.families.from_config import spec_from_config
-from vaelens.weights import Layout, load_vae
+from vaelens.weights import load as W
+from vaelens.weights.load import Layout, load_vae
 
 TINY = tiny_kl()
 

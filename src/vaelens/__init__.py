@@ -1,6 +1,6 @@
 """vaelens: what a diffusion model's VAE does to an image, and what it costs in memory.
 
-The public API is imported lazily (`vaelens.shapes` loads only the shape math; `vaelens.trace`
+The public API is imported lazily (`vaelens.shapes` loads only the shape math; `vaelens.trace_module`
 loads torch and diffusers), so `import vaelens` stays cheap.
 """
 
@@ -15,16 +15,16 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY = {
     "build_module": "vaelens.build",
-    "estimate_memory": "vaelens.memory",
+    "estimate_memory": "vaelens.memory.estimate",
     "estimate_pipeline": "vaelens.pipelines",
-    "explain_family": "vaelens.narrate",
+    "explain_family": "vaelens.render.narrate",
     "get_family": "vaelens.families",
     "family_names": "vaelens.families",
-    "load_vae": "vaelens.weights",
+    "load_vae": "vaelens.weights.load",
     "plan_shapes": "vaelens.contract",
     "resolve_model": "vaelens.contract",
     "shapes": "vaelens.contract",
-    "trace": "vaelens.trace",
+    "trace_module": "vaelens.trace.tracer",
 }
 
 __all__ = [
@@ -42,14 +42,13 @@ __all__ = [
     "plan_shapes",
     "resolve_model",
     "shapes",
-    "trace",
+    "trace_module",
 ]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
-        # `vaelens.trace` names both a module and its function: the function wins at this level
         globals()[name] = value
         return value
     raise AttributeError(f"module 'vaelens' has no attribute {name!r}")

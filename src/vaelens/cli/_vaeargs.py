@@ -44,12 +44,12 @@ def add_vae(parser: argparse.ArgumentParser, *, required: bool) -> None:
 
 def load_from_args(args: argparse.Namespace, *, default_demo: bool = False):
     """--vae/--family/--device/--dtype -> LoadedVae (the demo model when --vae is absent and allowed)."""
-    from vaelens.weights import load_vae
+    from vaelens.weights.load import load_vae
 
     if args.vae is None:
         if not default_demo:
             raise VaeLensError("--vae is required: a diffusers folder, a .safetensors file, or a cached repo id")
-        from vaelens.demo import demo_weights_path
+        from vaelens.weights.demo import demo_weights_path
 
         source: Any = demo_weights_path()
         if not Path(source).is_file():

@@ -17,8 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vaelens.cli.shapes import plan_from_args
-    from vaelens.narrate import explain
-    from vaelens.render import shapes_json
+    from vaelens.render.narrate import explain
+    from vaelens.render.tables import shapes_json
 
     spec, plan = plan_from_args(args)
     text = explain(spec, plan)

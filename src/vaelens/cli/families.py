@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vaelens.families import FAMILIES
-    from vaelens.render import families_json, render_families
+    from vaelens.render.tables import families_json, render_families
 
     if args.json:
         emit_json(families_json(FAMILIES))

@@ -71,11 +71,11 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from vaelens.codec import encode
-    from vaelens.demo import demo_image_path
     from vaelens.images import read_for_family, to_pixels
     from vaelens.latents import channel_stats, normalization_to_json, project_with_decoder
     from vaelens.normalization import describe, normalize
-    from vaelens.viz import render_channel_grid, render_rgb_approximation
+    from vaelens.render.figures import render_channel_grid, render_rgb_approximation
+    from vaelens.weights.demo import demo_image_path
 
     source = args.input or str(demo_image_path())
     lf = None

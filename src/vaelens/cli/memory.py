@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vaelens.cli.shapes import plan_from_args
-    from vaelens.memory import estimate_memory
-    from vaelens.memory_render import estimate_json, render_memory
+    from vaelens.memory.estimate import estimate_memory
+    from vaelens.render.memory import estimate_json, render_memory
 
     spec, plan = plan_from_args(args)
     request = plan.request
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         budget = parse_bytes(args.budget)
     measured: dict[str, int] = {}
     if args.measure:
-        from vaelens.memory_measure import cuda_available, measure_peak
+        from vaelens.memory.measure import cuda_available, measure_peak
 
         if not cuda_available():
             measure_peak(spec.diffusers_config(), plan.pixel_shape, request.dtype, op=ops[0])  # raises, one line
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                 spec.diffusers_config(), tuple(shape), request.dtype, op=est.op, tiled=args.tiled, sliced=args.sliced)
     report = None
     if budget is not None:
-        from vaelens.memory_budget import check_budget
+        from vaelens.memory.budget import check_budget
 
         report = check_budget(spec, request, budget, ops=ops, step=spec.size_rule.multiple, tiled=args.tiled,
                               sliced=args.sliced)
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if report is not None:
         from dataclasses import replace
 
-        from vaelens.memory_budget import render_budget
+        from vaelens.memory.budget import render_budget
 
         print()
         # name the size the estimates ran at (a floor family's size rule may have changed it)

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _list() -> str:
     from vaelens.pipelines import PIPELINES
-    from vaelens.render import table
+    from vaelens.render.tables import table
 
     rows = []
     for s in PIPELINES:
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from vaelens.options import parse_bytes
     from vaelens.pipelines.budget import check_budget
     from vaelens.pipelines.estimate import EstimateCache, estimate_pipeline
-    from vaelens.pipelines.render import plot_pipeline, render_pipeline
+    from vaelens.render.pipeline import plot_pipeline, render_pipeline
 
     mode = Offload.parse(args.offload)
     if args.plot:  # refuse a format matplotlib cannot write before the estimate, not after it

@@ -36,9 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vaelens.codec import roundtrip
-    from vaelens.demo import demo_image_path
     from vaelens.images import from_pixels, read_for_family, save_image, to_pixels
-    from vaelens.viz import render_comparison, render_error_map
+    from vaelens.render.figures import render_comparison, render_error_map
+    from vaelens.weights.demo import demo_image_path
 
     vae = load_from_args(args, default_demo=True)
     image = args.image or str(demo_image_path())

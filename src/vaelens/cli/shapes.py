@@ -33,7 +33,7 @@ def plan_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from vaelens.render import render_shapes, shapes_json
+    from vaelens.render.tables import render_shapes, shapes_json
 
     spec, plan = plan_from_args(args)
     if args.json:

@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vaelens.cli.shapes import plan_from_args
     from vaelens.errors import VaeLensError
-    from vaelens.memory import simulate, trace_request
-    from vaelens.memory_render import render_trace, trace_json
+    from vaelens.memory.estimate import simulate, trace_request
+    from vaelens.render.memory import render_trace, trace_json
 
     if args.depth < 1:
         raise VaeLensError(f"--depth {args.depth} must be 1 or more (1: encoder/decoder, 2: blocks, ...)")

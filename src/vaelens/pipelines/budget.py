@@ -112,7 +112,7 @@ def check_budget(
         w, h = sizes[hi]
         fixes.append(Fix(change=f"--size {w}x{h}", mode=mode, peak_bytes=peak_at(hi), fits=True))
     heaviest = max(est.mode(mode).stages, key=lambda s: s.weights_bytes)
-    from vaelens.render import human_bytes
+    from vaelens.render.tables import human_bytes
 
     if heaviest.weights_bytes > budget_bytes:
         note = f"the weights resident during '{heaviest.stage.label}' alone are {human_bytes(heaviest.weights_bytes)}"

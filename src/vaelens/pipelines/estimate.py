@@ -69,11 +69,11 @@ DecodeFn = Callable[[str, PixelRequest, bool], tuple[ActivationPeak, tuple[int, 
 
 def trace_peak(module: Any, plan: CallPlan, dtype: DType) -> ActivationPeak:
     """module + call plan -> ActivationPeak from vaelens.trace + vaelens.memory (meta, no weights)."""
-    from vaelens.memory import simulate
-    from vaelens.trace import trace
+    from vaelens.memory.estimate import simulate
+    from vaelens.trace import trace_module
 
     call = module_call(module, plan)
-    tr = trace(call, plan.make_tensors(dtype))
+    tr = trace_module(call, plan.make_tensors(dtype))
     est = simulate(tr, dtype=dtype)
     at = est.peak_at[len("inner."):] if est.peak_at.startswith("inner.") else est.peak_at.replace("inner", "")
     seq = stack_weight_peak(est.timeline, own_parameter_bytes(call)) if est.timeline else None
@@ -86,7 +86,7 @@ def estimate_decode(
     """VAE family + request -> (decode ActivationPeak, latent shape) from vaelens.memory.estimate_memory."""
     from vaelens.build import build_module
     from vaelens.families import get_family
-    from vaelens.memory import estimate_memory
+    from vaelens.memory.estimate import estimate_memory
 
     est = estimate_memory(family, request, op="decode", tiled=tiled)
     seq = None

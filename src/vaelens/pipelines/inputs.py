@@ -4,7 +4,7 @@ text encoder: input_ids [B, tokens] (+ attention_mask)      -> hidden states
 denoiser:     latent [b, C, (F',) h, w] or its packed tokens, text context [b, L, D], timestep [b]
               with b = 2B where the pipeline batches classifier-free guidance.
 
-A `ModuleCall` wraps the component so `vaelens.trace(call, tensors)` runs exactly one forward with
+A `ModuleCall` wraps the component so `vaelens.trace_module(call, tensors)` runs exactly one forward with
 these keyword arguments; the tensors are passed positionally so the tracer counts them as inputs
 (resident before the call), as they are in the real pipeline.
 """

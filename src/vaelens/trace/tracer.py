@@ -17,10 +17,10 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from vaelens.errors import VaeLensError
-from vaelens.trace_dispatch import Recorder, dtype_name, make_mode, tensors_in
-from vaelens.trace_records import BLOCK, LayerRecord, Op, OpEvent, TensorMeta, Trace, round_block
+from vaelens.trace.dispatch import Recorder, dtype_name, make_mode, tensors_in
+from vaelens.trace.records import LayerRecord, Op, Trace
 
-__all__ = ["BLOCK", "LayerRecord", "Op", "OpEvent", "TensorMeta", "Trace", "call_op", "round_block", "trace"]
+__all__ = ["call_op", "trace_module"]
 
 _dtype_name = dtype_name
 _tensors = tensors_in
@@ -98,7 +98,7 @@ def _to_module_device(module: Any, inputs: Sequence[Any]) -> list[Any]:
     return res
 
 
-def trace(
+def trace_module(
     module: Any, inputs: Sequence[Any] | Any, *, op: str | Op = "forward", detail: Collection[str] | None = None,
 ) -> Trace:
     """nn.Module + inputs -> Trace (one record per module call, one event per aten operator).
@@ -110,7 +110,7 @@ def trace(
 
     >>> import torch
     >>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU()).to("meta")
-    >>> t = trace(m, torch.empty(1, 3, 16, 16, device="meta"))
+    >>> t = trace_module(m, torch.empty(1, 3, 16, 16, device="meta"))
     >>> [(r.path, r.output_shape) for r in t.layers]
     [('', (1, 8, 16, 16)), ('0', (1, 8, 16, 16)), ('1', (1, 8, 16, 16))]
     """

@@ -75,6 +75,6 @@ def demo_report() -> dict[str, Any]:
 
 def load_demo_vae(*, device: str | None = None, dtype: Any = "fp32"):
     """-> LoadedVae of the shipped demo model (see vaelens.weights.load_vae)."""
-    from vaelens.weights import load_vae
+    from vaelens.weights.load import load_vae
 
     return load_vae(demo_weights_path(), device=device, dtype=dtype)

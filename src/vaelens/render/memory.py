@@ -10,8 +10,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from vaelens.memory import MemoryEstimate
-from vaelens.render import human_bytes, shape_str, table
+from vaelens.memory.estimate import MemoryEstimate
+from vaelens.render.tables import human_bytes, shape_str, table
 from vaelens.trace import LayerRecord, Trace
 
 # Stage of a layer, read from its module path (diffusers names: encoder.down_blocks.0...,

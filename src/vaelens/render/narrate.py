@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from vaelens.contract import ShapePlan, plan_shapes
 from vaelens.families import FamilySpec, NormKind, get_family
-from vaelens.render import human_bytes, norm_formula, shape_str, table, tokens_str
+from vaelens.render.tables import human_bytes, norm_formula, shape_str, table, tokens_str
 
 _WIDTH = 100
 # Families a reader is likely to know, in the order they are offered for comparison.
@@ -70,7 +70,7 @@ def contrast_families(spec: FamilySpec, n: int = 2) -> list[FamilySpec]:
 def _decode_peak(spec: FamilySpec, plan: ShapePlan) -> str | None:
     """The memory model's decode peak, or None while the model is not available."""
     try:
-        from vaelens.memory import estimate_memory
+        from vaelens.memory.estimate import estimate_memory
     except ImportError:
         return None
     try:

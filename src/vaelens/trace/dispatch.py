@@ -10,7 +10,8 @@ import weakref
 from collections.abc import Collection
 from typing import Any
 
-from vaelens.trace_records import OpEvent, TensorMeta, round_block
+from vaelens.memory.allocator import round_block
+from vaelens.trace.records import OpEvent, TensorMeta
 
 
 def dtype_name(dtype: Any) -> str:

@@ -1,4 +1,4 @@
-"""Records of a trace: tensors, aten operator events, module calls, and the allocator's rounding.
+"""Records of a trace: tensors, aten operator events and module calls.
 
 TensorMeta / OpEvent / LayerRecord / Trace are what vaelens.trace produces and vaelens.memory reads.
 """
@@ -10,17 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from vaelens.options import parse_choice
-
-# The CUDA caching allocator rounds every request up to a multiple of 512 bytes
-# (kMinBlockSize in pytorch c10/cuda/CUDACachingAllocator.cpp); allocated-bytes stats count that.
-BLOCK = 512
-
-
-def round_block(nbytes: int) -> int:
-    """bytes -> bytes the CUDA caching allocator accounts (>=512, multiple of 512; 0 stays 0)."""
-    if nbytes <= 0:
-        return 0
-    return (nbytes + BLOCK - 1) // BLOCK * BLOCK
 
 
 class Op(str, enum.Enum):

@@ -30,7 +30,7 @@ def measure_peak(
     import torch
 
     from vaelens.build import build_module
-    from vaelens.memory import _apply_modes
+    from vaelens.memory.estimate import _apply_modes
 
     if not cuda_available():
         raise VaeLensError(

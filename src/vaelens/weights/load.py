@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaelens.checkpoints import (  # noqa: F401 — hf_cache_dir, offline are part of this module's API
+from vaelens.errors import VaeLensError, WeightsError
+from vaelens.families import FAMILIES, FamilySpec
+from vaelens.options import DType
+from vaelens.weights.checkpoints import (  # noqa: F401 — hf_cache_dir, offline are part of this module's API
     PICKLE_SUFFIXES,
     VAE_PREFIXES,
     _looks_like_repo_id,
@@ -31,9 +34,6 @@ from vaelens.checkpoints import (  # noqa: F401 — hf_cache_dir, offline are pa
     offline,
     read_state_dict,
 )
-from vaelens.errors import VaeLensError, WeightsError
-from vaelens.families import FAMILIES, FamilySpec
-from vaelens.options import DType
 
 WEIGHT_NAMES = (
     "diffusion_pytorch_model.safetensors",

@@ -7,7 +7,7 @@ from pathlib import Path
 from vaelens.pipelines.budget import BudgetReport
 from vaelens.pipelines.estimate import Offload, OffloadReport, PipelineEstimate
 from vaelens.pipelines.spec import Guidance
-from vaelens.render import human_bytes, shape_str, table
+from vaelens.render.tables import human_bytes, shape_str, table
 
 BAR = 48  # characters of the widest timeline bar
 _CFG = {

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from vaelens.trace import BLOCK, OpEvent, TensorMeta, round_block
+from vaelens.memory.allocator import BLOCK, round_block
+from vaelens.trace import OpEvent, TensorMeta
 
 Rule = Callable[[OpEvent], int]
 

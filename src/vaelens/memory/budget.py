@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from vaelens.errors import VaeLensError
-from vaelens.memory import MemoryEstimate, estimate_memory
+from vaelens.memory.estimate import MemoryEstimate, estimate_memory
 from vaelens.options import MAX_BATCH, MAX_SIDE, PixelRequest
 
 
@@ -157,7 +157,7 @@ def check_budget(
 
 
 def render_budget(report: BudgetReport, request: PixelRequest) -> str:
-    from vaelens.render import human_bytes
+    from vaelens.render.tables import human_bytes
 
     mode = ", with tiling" if report.tiled else ""
     lines = [f"budget {human_bytes(report.budget_bytes)}{mode} (weights + input + peak must fit; "

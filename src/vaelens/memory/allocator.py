@@ -16,7 +16,17 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from vaelens.trace_records import round_block
+# The CUDA caching allocator rounds every request up to a multiple of 512 bytes
+# (kMinBlockSize in pytorch c10/cuda/CUDACachingAllocator.cpp); allocated-bytes stats count that.
+BLOCK = 512
+
+
+def round_block(nbytes: int) -> int:
+    """bytes -> bytes the CUDA caching allocator accounts (>=512, multiple of 512; 0 stays 0)."""
+    if nbytes <= 0:
+        return 0
+    return (nbytes + BLOCK - 1) // BLOCK * BLOCK
+
 
 SMALL_SIZE = 1 << 20  # kSmallSize
 SMALL_BUFFER = 2 << 20  # kSmallBuffer

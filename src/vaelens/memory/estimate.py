@@ -1,8 +1,8 @@
 """Allocator-level memory model: a traced encode/decode -> the CUDA peak above resident memory.
 
 Trace (one event per aten operator) -> MemoryEstimate. Every allocation and free of the trace, and
-each operator's kernel temporaries (per-operator rules, vaelens.memory_rules), go through a model of
-PyTorch's CUDA caching allocator (vaelens.allocator): weights and input first, a warm-up call, then
+each operator's kernel temporaries (per-operator rules, vaelens.memory.rules), go through a model of
+PyTorch's CUDA caching allocator (vaelens.memory.allocator): weights and input first, a warm-up call, then
 the measured call. peak_bytes is DESIGN.md's definition: torch.cuda.max_memory_allocated() during
 the call minus memory_allocated() before it, weights and input resident, the output counted.
 """
@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vaelens.allocator import CachingAllocator
 from vaelens.errors import VaeLensError
-from vaelens.memory_rules import RULES, transient
+from vaelens.memory.allocator import CachingAllocator
+from vaelens.memory.rules import RULES, transient
 from vaelens.options import DType, PixelRequest
-from vaelens.trace import Op, Trace, trace
+from vaelens.trace import Op, Trace, trace_module
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,7 +216,7 @@ def trace_request(
     shape = pixel if op is Op.ENCODE else latent
     prev = _apply_modes(module, tiled, sliced)
     try:
-        return trace(module, [torch.empty(shape, device="meta", dtype=dtype.torch)], op=op, detail=RULES.keys())
+        return trace_module(module, [torch.empty(shape, device="meta", dtype=dtype.torch)], op=op, detail=RULES.keys())
     except RuntimeError as exc:  # a diffusers code path that fails for this config (not a vaelens error)
         mode = " with enable_tiling()" if tiled else " with enable_slicing()" if sliced else ""
         raise VaeLensError(
