@@ -21,7 +21,7 @@ def test_formats_read_as_rgb_in_unit_range(tmp_path, fmt, suffix, tol):
     Image.fromarray(rgb).save(path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
     arr, info = read_image(path)
     assert arr.shape == (24, 40, 3) and arr.dtype == np.float32
-    assert info.size == (40, 24) and info.format == fmt
+    assert info.size == (24, 40) and info.format == fmt  # (height, width)
     assert np.abs(arr * 255 - rgb).max() <= tol + 1e-3
 
 

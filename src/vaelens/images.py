@@ -27,8 +27,8 @@ class ImageInfo:
     format: str
     mode: str
     bits: int
-    size: tuple[int, int]  # (width, height) as stored, after EXIF orientation
-    used_size: tuple[int, int]  # (width, height) after the family's size rule
+    size: tuple[int, int]  # (height, width) as stored, after EXIF orientation
+    used_size: tuple[int, int]  # (height, width) after the family's size rule
     alpha: str | None = None  # what happened to an alpha channel
     exif_transposed: bool = False
     notes: tuple[str, ...] = ()
@@ -106,8 +106,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
         format=fmt,
         mode=mode,
         bits=bits,
-        size=(w, h),
-        used_size=(w, h),
+        size=(h, w),
+        used_size=(h, w),
         alpha=alpha,
         exif_transposed=exif_done,
         notes=tuple(notes),
@@ -149,11 +149,11 @@ def apply_family_size(arr: np.ndarray, spec: FamilySpec, info: ImageInfo | None 
     if info is not None:
         from dataclasses import replace
 
-        info = replace(info, used_size=(nw, nh), notes=info.notes + ((warning,) if warning else ()))
+        info = replace(info, used_size=(nh, nw), notes=info.notes + ((warning,) if warning else ()))
     return arr, warning, info
 
 
-def resize_image(arr: np.ndarray, width: int, height: int) -> np.ndarray:
+def resize_image(arr: np.ndarray, height: int, width: int) -> np.ndarray:
     """array [H,W,3] in [0,1] -> [height,width,3] resampled with Lanczos (PIL, per channel at float precision)."""
     from PIL import Image
 
@@ -210,7 +210,7 @@ def numbered(path: str | Path, index: int, count: int) -> Path:
 def read_for_family(paths: list[str | Path], spec: FamilySpec, *, size: tuple[int, int] | None = None):
     """image files -> (list of arrays [H,W,3] in [0,1], equal sizes, the family's multiple; list of ImageInfo).
 
-    With size=(width, height) every image is first resized (Lanczos) to it; otherwise each is centre-cropped
+    With size=(height, width) every image is first resized (Lanczos) to it; otherwise each is centre-cropped
     to the family's multiple, and images that then differ in size are refused (one tensor per batch).
     """
     arrays, infos = [], []
@@ -220,13 +220,13 @@ def read_for_family(paths: list[str | Path], spec: FamilySpec, *, size: tuple[in
             arr = resize_image(arr, size[0], size[1])
             from dataclasses import replace
 
-            info = replace(info, notes=info.notes + (f"resized to {size[0]}x{size[1]} (Lanczos)",))
+            info = replace(info, notes=info.notes + (f"resized to {size[1]}x{size[0]} (Lanczos)",))
         arr, _, info = apply_family_size(arr, spec, info)
         arrays.append(arr)
         infos.append(info)
     sizes = {a.shape[:2] for a in arrays}
     if len(sizes) > 1:
-        listing = ", ".join(f"{Path(i.path).name} {i.used_size[0]}x{i.used_size[1]}" for i in infos)
+        listing = ", ".join(f"{Path(i.path).name} {i.used_size[1]}x{i.used_size[0]}" for i in infos)
         raise SizeError(
             f"images differ in size after {spec.name}'s size rule ({listing}); "
             "pass --size WxH to resize them all, or encode them separately"

@@ -8,13 +8,16 @@ latent [B,C,(F,)h,w] -> ChannelStats (C rows) | projection W [3,C], b [3] | file
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vaelens.errors import VaeLensError
+from vaelens.families.spec import Normalization
+from vaelens.normalization import normalization_from_json, normalization_to_json
 
 FORMAT = "vaelens.latent/1"
 # ComfyUI nodes.py SaveLatent writes {"latent_tensor": samples, "latent_format_version_0": tensor([])};
@@ -162,15 +165,103 @@ def fit_rgb_projection(latent, rgb) -> RgbProjection:
 # ---------------------------------------------------------------------------------------- files
 
 
+# Keys of LatentMetadata.to_json(), in the order they are written (README "The latent file").
+_META_KEYS = ("format", "vaelens_version", "family", "class", "normalized", "normalization", "pixel_shape",
+              "latent_shape", "sources", "vae_source", "posterior", "seed", "dtype")
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LatentMetadata:
+    """What a vaelens latent file records about its latent [B,C,(F,)h,w]: the family and VAE that made it,
+    whether it is normalised (and how), the pixels it came from, and how the posterior was read.
+
+    to_json() is the file's metadata schema (one JSON value per safetensors metadata key); from_json()
+    reads any version of it: keys that are missing read as None, keys it does not know are kept in `extra`.
+    """
+
+    family: str | None = None
+    diffusers_class: str | None = None  # JSON key "class"
+    normalized: bool | None = None  # None: the file does not say
+    normalization: Normalization | None = None
+    pixel_shape: tuple[int, ...] | None = None
+    latent_shape: tuple[int, ...] | None = None
+    sources: tuple[str, ...] = ()
+    vae_source: str | None = None
+    posterior: str | None = None  # "mode" | "sample"
+    seed: int | None = None
+    dtype: str | None = None
+    format: str = FORMAT
+    vaelens_version: str | None = None  # None: the running version, when written
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        from vaelens import __version__
+
+        data = {
+            "format": self.format,
+            "vaelens_version": self.vaelens_version or __version__,
+            "family": self.family,
+            "class": self.diffusers_class,
+            "normalized": self.normalized,
+            "normalization": normalization_to_json(self.normalization) if self.normalization else None,
+            "pixel_shape": list(self.pixel_shape) if self.pixel_shape is not None else None,
+            "latent_shape": list(self.latent_shape) if self.latent_shape is not None else None,
+            "sources": list(self.sources),
+            "vae_source": self.vae_source,
+            "posterior": self.posterior,
+            "seed": self.seed,
+            "dtype": self.dtype,
+        }
+        return {**data, **{k: v for k, v in self.extra.items() if k not in data}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LatentMetadata:
+        """The decoded metadata of a latent file (any vaelens version) -> LatentMetadata."""
+        norm = None
+        if isinstance(data.get("normalization"), Mapping):
+            try:
+                norm = normalization_from_json(data["normalization"])
+            except VaeLensError:  # unreadable: the raw value stays in LatentFile.metadata
+                norm = None
+        normalized = data.get("normalized")
+        sources = data.get("sources")
+        seed = data.get("seed")
+        return cls(
+            family=data.get("family") if isinstance(data.get("family"), str) else None,
+            diffusers_class=data.get("class") if isinstance(data.get("class"), str) else None,
+            normalized=normalized if isinstance(normalized, bool) else None,
+            normalization=norm,
+            pixel_shape=_shape(data.get("pixel_shape")),
+            latent_shape=_shape(data.get("latent_shape")),
+            sources=tuple(str(s) for s in sources) if isinstance(sources, list) else (),
+            vae_source=str(data["vae_source"]) if data.get("vae_source") is not None else None,
+            posterior=data.get("posterior") if isinstance(data.get("posterior"), str) else None,
+            seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+            dtype=data.get("dtype") if isinstance(data.get("dtype"), str) else None,
+            format=str(data.get("format") or FORMAT),
+            vaelens_version=str(data["vaelens_version"]) if data.get("vaelens_version") else None,
+            extra={k: v for k, v in data.items() if k not in _META_KEYS},
+        )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LatentFile:
-    """A latent file read back: the tensor [B,C,(F,)h,w] and what is known about it."""
+    """A latent file read back: the tensor [B,C,(F,)h,w] and what is known about it.
+
+    `info` is the typed metadata (for a ComfyUI .latent: only normalized=False); `metadata` the decoded
+    key -> value dict as stored, kept for keys this version does not model.
+    """
 
     latent: Any
     normalized: bool | None  # None: unknown
     family: str | None
     metadata: dict[str, Any]
     comfy: bool
+    info: LatentMetadata = field(default_factory=LatentMetadata)
 
 
 def _output_file(path: str | Path) -> Path:
@@ -183,13 +274,20 @@ def _output_file(path: str | Path) -> Path:
     return p
 
 
-def save_latents(path: str | Path, latent, *, metadata: dict[str, Any]) -> Path:
-    """latent [B,C,...] + metadata -> vaelens safetensors file (key "latent"; metadata values JSON-encoded)."""
+def save_latents(path: str | Path, latent, *, metadata: LatentMetadata | Mapping[str, Any]) -> Path:
+    """latent [B,C,...] + metadata -> vaelens safetensors file (key "latent"; metadata values JSON-encoded).
+
+    `metadata` is a LatentMetadata (its to_json() is the schema), or a plain mapping written as given
+    after `format` and `vaelens_version`.
+    """
     from safetensors.torch import save_file
 
     from vaelens import __version__
 
-    meta = {"format": FORMAT, "vaelens_version": __version__, **metadata}
+    if isinstance(metadata, LatentMetadata):
+        meta = metadata.to_json()
+    else:
+        meta = {"format": FORMAT, "vaelens_version": __version__, **metadata}
     p = _output_file(path)
     save_file(
         {"latent": latent.detach().float().cpu().contiguous()},
@@ -247,6 +345,7 @@ def load_latents(path: str | Path) -> LatentFile:
             family=None,
             comfy=True,
             metadata={"comfy_legacy_rescaled": legacy, **raw_meta},
+            info=LatentMetadata(normalized=False, format="comfyui.latent"),
         )
     if "latent" not in tensors:
         shown = ", ".join(sorted(keys)[:3]) + (f", … ({len(keys)} tensors)" if len(keys) > 3 else "")
@@ -261,45 +360,14 @@ def load_latents(path: str | Path) -> LatentFile:
             meta[k] = json.loads(v)
         except (json.JSONDecodeError, TypeError):
             meta[k] = v
-    normalized = meta.get("normalized")
+    info = LatentMetadata.from_json(meta)
     return LatentFile(
         latent=tensors["latent"].float(),
-        normalized=normalized if isinstance(normalized, bool) else None,
-        family=meta.get("family"),
+        normalized=info.normalized,
+        family=info.family,
         metadata=meta,
         comfy=False,
-    )
-
-
-def normalization_to_json(norm) -> dict[str, Any]:
-    """Normalization -> JSON-able dict (kind, scale, shift, mean, std, stats_from, patch, eps, source)."""
-    return {
-        "kind": norm.kind.value,
-        "scale": norm.scale,
-        "shift": norm.shift,
-        "mean": list(norm.mean) if norm.mean is not None else None,
-        "std": list(norm.std) if norm.std is not None else None,
-        "stats_from": norm.stats_from,
-        "patch": list(norm.patch) if norm.patch else None,
-        "eps": norm.eps,
-        "source": norm.source,
-    }
-
-
-def normalization_from_json(d: dict[str, Any]):
-    """normalization_to_json's dict -> Normalization (statistics from a checkpoint stay unavailable)."""
-    from vaelens.families.spec import Normalization, NormKind
-
-    return Normalization(
-        kind=NormKind(d["kind"]),
-        scale=float(d.get("scale", 1.0)),
-        shift=float(d.get("shift", 0.0)),
-        mean=tuple(d["mean"]) if d.get("mean") else None,
-        std=tuple(d["std"]) if d.get("std") else None,
-        stats_from=d.get("stats_from"),
-        patch=tuple(d["patch"]) if d.get("patch") else None,
-        eps=float(d.get("eps", 0.0)),
-        source=d.get("source", ""),
+        info=info,
     )
 
 

@@ -21,6 +21,7 @@ and module.latents_std (the std buffer is the mean's name with "mean" -> "std"; 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from vaelens.errors import VaeLensError
@@ -210,3 +211,61 @@ def describe(norm: Normalization) -> str:
             f"({norm.stats_from})"
         )
     return kind.value
+
+
+def normalization_to_json(norm: Normalization) -> dict[str, Any]:
+    """Normalization -> the one JSON shape of a normalisation, used by `shapes --json`, `families --json`,
+    `encode --json`, `inspect --json` and the latent-file metadata.
+
+    Keys: kind, formula (describe()), scale, shift, mean, std, stats_from, patch, eps, source.
+
+    >>> from vaelens.families import get_family
+    >>> d = normalization_to_json(get_family("sdxl").normalization)
+    >>> d["kind"], d["formula"], d["eps"]
+    ('affine', 'z × 0.13025', 0.0)
+    """
+    return {
+        "kind": norm.kind.value,
+        "formula": describe(norm),
+        "scale": norm.scale,
+        "shift": norm.shift,
+        "mean": list(norm.mean) if norm.mean is not None else None,
+        "std": list(norm.std) if norm.std is not None else None,
+        "stats_from": norm.stats_from,
+        "patch": list(norm.patch) if norm.patch else None,
+        "eps": norm.eps,
+        "source": norm.source,
+    }
+
+
+def normalization_from_json(data: Mapping[str, Any]) -> Normalization:
+    """normalization_to_json's dict -> Normalization. `formula` is derived, so it is not read back;
+    keys written by older versions (no `formula`, no `eps`) read with their defaults. Statistics that
+    live in a checkpoint (`stats_from`) stay there: denormalising such a latent needs the module.
+    """
+    kinds = ", ".join(k.value for k in NormKind)
+    if not isinstance(data, Mapping) or "kind" not in data:
+        raise VaeLensError(f"normalisation {data!r} has no 'kind'; expected one of: {kinds}")
+    try:
+        kind = NormKind(data["kind"])
+    except ValueError:
+        raise VaeLensError(f"normalisation kind {data['kind']!r} is not one of: {kinds}") from None
+
+    def floats(key: str) -> tuple[float, ...] | None:
+        value = data.get(key)
+        return tuple(float(v) for v in value) if value else None
+
+    try:
+        return Normalization(
+            kind=kind,
+            scale=float(data.get("scale", 1.0)),
+            shift=float(data.get("shift", 0.0)),
+            mean=floats("mean"),
+            std=floats("std"),
+            stats_from=data.get("stats_from"),
+            patch=tuple(int(p) for p in data["patch"]) if data.get("patch") else None,  # type: ignore[arg-type]
+            eps=float(data.get("eps") or 0.0),
+            source=str(data.get("source") or ""),
+        )
+    except (TypeError, ValueError) as exc:
+        raise VaeLensError(f"normalisation {dict(data)!r} has a value that is not a number ({exc})") from None

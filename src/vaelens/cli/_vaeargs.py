@@ -97,14 +97,7 @@ def progress(enabled: bool):
 
 
 def step_line(report) -> str:
-    """StepReport -> 'encode 0.41 s fp32, peak 25.2 MB (CPU RSS)' (+ upcast / NaN notes)."""
-    mem = report.memory.get("peak_bytes")
-    where = "CUDA" if "cuda" in report.memory.get("method", "") else "CPU RSS"
-    text = f"{report.op} {report.seconds:.2f} s at {report.dtype_used.value}"
-    if mem is not None:
-        text += f", peak {mem / 1e6:.1f} MB ({where})"
-    if report.upcast_reason:
-        text += f"; upcast: {report.upcast_reason}"
-    if report.nonfinite:
-        text += f"; WARNING {report.nonfinite} NaN/Inf values in the output"
-    return text
+    """StepReport -> one text line; the renderer lives in vaelens.render.codec."""
+    from vaelens.render.codec import step_line as render_step
+
+    return render_step(report)

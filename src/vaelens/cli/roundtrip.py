@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     vae = load_from_args(args, default_demo=True)
     image = args.image or str(demo_image_path())
     size = parse_size(args.size) if args.size else None
-    arrays, infos = read_for_family([image], vae.spec, size=size)
+    arrays, infos = read_for_family([image], vae.spec, size=size[::-1] if size else None)  # (H, W)
     pixels = to_pixels(arrays)
     rt = roundtrip(vae, pixels, sample=args.sample, seed=args.seed, upcast=args.upcast)
     prefix = Path(args.out)

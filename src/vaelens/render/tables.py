@@ -48,18 +48,10 @@ def norm_formula(spec: FamilySpec) -> str:
 
 
 def normalization_json(spec: FamilySpec) -> dict[str, Any]:
-    n = spec.normalization
-    return {
-        "kind": n.kind.value,
-        "formula": norm_formula(spec),
-        "scale": n.scale,
-        "shift": n.shift,
-        "mean": list(n.mean) if n.mean else None,
-        "std": list(n.std) if n.std else None,
-        "stats_from": n.stats_from,
-        "patch": list(n.patch) if n.patch else None,
-        "source": n.source,
-    }
+    """The family's normalisation in the one JSON shape (vaelens.normalization.normalization_to_json)."""
+    from vaelens.normalization import normalization_to_json
+
+    return normalization_to_json(spec.normalization)
 
 
 def tokens_str(spec: FamilySpec) -> str:

@@ -1,0 +1,92 @@
+"""Real-weights results -> text lines and JSON: encode, decode and round-trip step reports.
+
+StepReport (one encode or decode call) -> `step_line` (text) | `steps_json` (the one JSON shape of an
+`encode` / `decode` entry in `encode --json`, `decode --json` and `roundtrip --json`: an object, however
+many calls made it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from vaelens.codec import StepReport
+from vaelens.options import DType
+
+
+def step_line(report: StepReport) -> str:
+    """StepReport -> 'encode 0.41 s at fp32, peak 25.2 MB (CPU RSS)' (+ upcast / NaN notes)."""
+    mem = report.memory.get("peak_bytes")
+    where = "CUDA" if "cuda" in report.memory.get("method", "") else "CPU RSS"
+    text = f"{report.op} {report.seconds:.2f} s at {report.dtype_used.value}"
+    if mem is not None:
+        text += f", peak {mem / 1e6:.1f} MB ({where})"
+    if report.upcast_reason:
+        text += f"; upcast: {report.upcast_reason}"
+    if report.nonfinite:
+        text += f"; WARNING {report.nonfinite} NaN/Inf values in the output"
+    return text
+
+
+def merge_steps(reports: Sequence[StepReport]) -> StepReport:
+    """Calls of one op (e.g. one per batch) -> one StepReport: seconds and NaN counts summed, the
+    largest peak, fp32 if any call ran in fp32, the distinct upcast reasons joined."""
+    if not reports:
+        raise ValueError("merge_steps needs at least one StepReport")
+    if len(reports) == 1:
+        return reports[0]
+    first = reports[0]
+    peaks = [r.memory.get("peak_bytes") for r in reports]
+    memory = dict(first.memory)
+    memory["peak_bytes"] = None if any(p is None for p in peaks) else max(peaks)  # type: ignore[type-var]
+    used = DType.FP32 if any(r.dtype_used is DType.FP32 for r in reports) else first.dtype_used
+    reasons = list(dict.fromkeys(r.upcast_reason for r in reports if r.upcast_reason))
+    return StepReport(
+        op=first.op,
+        dtype_requested=first.dtype_requested,
+        dtype_used=used,
+        upcast_reason="; ".join(reasons) or None,
+        nonfinite_first=sum(r.nonfinite_first for r in reports),
+        nonfinite=sum(r.nonfinite for r in reports),
+        seconds=sum(r.seconds for r in reports),
+        memory=memory,
+    )
+
+
+def steps_json(reports: StepReport | Sequence[StepReport]) -> dict[str, Any]:
+    """One call or several of one op -> {op, dtype_requested, dtype_used, upcast, nonfinite_first_attempt,
+    nonfinite, seconds, memory, calls} (merged as merge_steps does; `calls` counts them)."""
+    steps = [reports] if isinstance(reports, StepReport) else list(reports)
+    return {**merge_steps(steps).to_json(), "calls": len(steps)}
+
+
+def encode_json(vae, metadata, infos, reports: Sequence[StepReport], *, output, fmt: str) -> dict[str, Any]:
+    """`vaelens encode --json`: LoadedVae + LatentMetadata + ImageInfo per image + encode calls -> dict."""
+    from vaelens.normalization import normalization_to_json
+
+    return {
+        "output": str(output),
+        "format": fmt,
+        "family": vae.family,
+        "vae": vae.to_json(),
+        "pixel_shape": list(metadata.pixel_shape),
+        "latent_shape": list(metadata.latent_shape),
+        "normalized": metadata.normalized,
+        "normalization": normalization_to_json(vae.spec.normalization),
+        "posterior": metadata.posterior,
+        "images": [i.to_json() for i in infos],
+        "encode": steps_json(reports),
+        "nonfinite": sum(r.nonfinite for r in reports),
+    }
+
+
+def render_encode(vae, metadata, reports: Sequence[StepReport], *, output, fmt: str) -> str:
+    """`vaelens encode`: what went in, what came out, one line per encode call, the file written."""
+    pixel, latent = list(metadata.pixel_shape), list(metadata.latent_shape)
+    lines = [
+        f"{pixel[0]} image(s) {pixel} -> latent {latent} "
+        f"({'normalised' if metadata.normalized else 'raw'}) with {vae.family} [{vae.detection}]"
+    ]
+    lines += ["  " + step_line(r) for r in reports]
+    lines.append(f"wrote {output} ({fmt})")
+    return "\n".join(lines)
