@@ -130,10 +130,10 @@ def test_latent_file_errors(tmp_path):
 @pytest.mark.parametrize("channels", [4, 16, 32])
 def test_grid_has_one_panel_per_channel(tmp_path, channels):
     pytest.importorskip("matplotlib")
-    from vaelens.render.figures import render_channel_grid
+    from vaelens.render.figures import plot_channel_grid
 
     z = torch.randn(channels, 6, 8, generator=GEN)
-    info = render_channel_grid(z, tmp_path / "g.png", title="t", units="raw latent value z")
+    info = plot_channel_grid(z, tmp_path / "g.png", title="t", units="raw latent value z")
     assert info.panels == channels and info.rows * info.cols >= channels
     assert info.vmax == pytest.approx(float(z.abs().max())) and info.vmin == -info.vmax
     assert (tmp_path / "g.png").stat().st_size > 1000

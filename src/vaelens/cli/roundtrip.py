@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vaelens.codec import roundtrip
     from vaelens.images import from_pixels, read_for_family, save_image, to_pixels
-    from vaelens.render.figures import render_comparison, render_error_map
+    from vaelens.render.figures import plot_comparison, plot_error_map
     from vaelens.weights.demo import demo_image_path
 
     vae = load_from_args(args, default_demo=True)
@@ -53,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
     )
     files = {
         "reconstruction": str(save_image(rt.reconstruction[0], f"{prefix}_recon.png")),
-        "error_map": str(render_error_map(rt.error[0], f"{prefix}_error.png", title=title)),
+        "error_map": str(plot_error_map(rt.error[0], f"{prefix}_error.png", title=title)),
         "comparison": str(
-            render_comparison(
+            plot_comparison(
                 from_pixels(pixels)[0],
                 rt.reconstruction[0],
                 rt.error[0],

@@ -43,7 +43,7 @@ def _plt():
     return plt
 
 
-def render_channel_grid(latent, path: str | Path, *, title: str, units: str) -> GridInfo:
+def plot_channel_grid(latent, path: str | Path, *, title: str, units: str) -> GridInfo:
     """latent [C,h,w] -> PNG: C heat-maps on one symmetric diverging scale (±max|z|), one colour bar.
 
     One shared scale keeps channels comparable; per-channel scales would make a near-silent channel
@@ -52,7 +52,7 @@ def render_channel_grid(latent, path: str | Path, *, title: str, units: str) -> 
     plt = _plt()
     a = latent.detach().float().cpu().numpy() if hasattr(latent, "detach") else np.asarray(latent, np.float32)
     if a.ndim != 3:
-        raise ValueError(f"render_channel_grid takes [C, h, w]; got {list(a.shape)}")
+        raise ValueError(f"plot_channel_grid takes [C, h, w]; got {list(a.shape)}")
     c, h, w = a.shape
     cols = min(16, math.ceil(math.sqrt(c)))
     rows = math.ceil(c / cols)
@@ -87,7 +87,7 @@ def render_channel_grid(latent, path: str | Path, *, title: str, units: str) -> 
     return GridInfo(path=str(out), panels=panels, rows=rows, cols=cols, vmin=-lim, vmax=lim)
 
 
-def render_error_map(error: np.ndarray, path: str | Path, *, title: str) -> Path:
+def plot_error_map(error: np.ndarray, path: str | Path, *, title: str) -> Path:
     """error [H,W] (mean |input − reconstruction| over RGB, [0,1] units) -> PNG heat-map with colour bar."""
     plt = _plt()
     h, w = error.shape
@@ -106,7 +106,7 @@ def render_error_map(error: np.ndarray, path: str | Path, *, title: str) -> Path
     return out
 
 
-def render_comparison(
+def plot_comparison(
     original: np.ndarray, reconstruction: np.ndarray, error: np.ndarray, path: str | Path, *, title: str
 ) -> Path:
     """[H,W,3], [H,W,3], [H,W] in [0,1] -> one PNG: input | reconstruction | error heat-map."""
@@ -130,7 +130,7 @@ def render_comparison(
     return out
 
 
-def render_rgb_approximation(rgb: np.ndarray, decoded: np.ndarray | None, path: str | Path, *, r2: float) -> Path:
+def plot_rgb_approximation(rgb: np.ndarray, decoded: np.ndarray | None, path: str | Path, *, r2: float) -> Path:
     """rgb [h,w,3] from the linear latent→RGB fit (and the decoder's output) -> PNG titled as an approximation."""
     plt = _plt()
     n = 2 if decoded is not None else 1
