@@ -60,6 +60,24 @@ class ChannelStats:
         (Rombach et al. 2022, §G; CompVis/latent-diffusion: scale_by_std)."""
         return 1.0 / self.overall_std if self.overall_std > 0 else float("inf")
 
+    def mean_abs_correlation(self) -> float | None:
+        """Mean |r| over pairs of different channels; None for one channel."""
+        if self.channels < 2:
+            return None
+        corr = np.abs(np.asarray(self.correlation))
+        return float(corr[~np.eye(self.channels, dtype=bool)].mean())
+
+    def strongest_pair(self) -> tuple[int, int, float] | None:
+        """(i, j, r) of the two different channels with the largest |r| (the first such pair when every
+        r is 0); None for one channel."""
+        if self.channels < 2:
+            return None
+        corr = np.asarray(self.correlation)
+        off = np.abs(corr)
+        np.fill_diagonal(off, -1.0)
+        i, j = np.unravel_index(np.argmax(off), corr.shape)
+        return int(i), int(j), float(corr[i, j])
+
     def to_json(self) -> dict[str, Any]:
         return {
             "channels": self.channels,
@@ -390,3 +408,123 @@ def project_with_decoder(vae, raw_latent, *, upcast: str = "auto"):
     proj = fit_rgb_projection(raw_latent, pooled)
     approx = np.clip(proj.apply(raw_latent), 0.0, 1.0)
     return proj, approx, rgb01.permute(0, 2, 3, 1).numpy()
+
+
+# ------------------------------------------------------------------------------------- inspection
+
+
+class MissingModuleError(VaeLensError):
+    """A latent whose normalisation statistics live in a checkpoint, read without that VAE (pass vae=)."""
+
+
+def raw_latent_from_file(path: str | Path, *, vae=None) -> tuple[Any, LatentFile, tuple[str, ...]]:
+    """latent file -> (raw latent z [B,C,(F,)h,w] float32 on CPU, the LatentFile, warnings).
+
+    A normalised latent is denormalised with `vae`'s normalisation when a LoadedVae is given, else with
+    the normalisation recorded in the file; statistics that live in a checkpoint need `vae`.
+    """
+    from vaelens.normalization import denormalize
+
+    lf = load_latents(path)
+    z = lf.latent
+    warnings: list[str] = []
+    if lf.normalized:
+        norm = lf.info.normalization
+        if vae is not None:
+            z = denormalize(z, vae.spec.normalization, module=vae.module)
+        elif norm is None:
+            raise MissingModuleError(
+                f"{path} holds normalised latents without their normalisation; pass vae= (the VAE that made them)"
+            )
+        elif norm.stats_from:  # the statistics are checkpoint buffers, not in the file's metadata
+            raise MissingModuleError(
+                f"{path} holds normalised latents whose statistics live in the VAE checkpoint "
+                f"({norm.stats_from}); pass vae= to undo the normalisation"
+            )
+        else:
+            z = denormalize(z, norm)
+        warnings.append("file holds normalised latents; statistics are of the raw latent after undoing it")
+    return z.float().cpu(), lf, tuple(warnings)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfiguredScale:
+    """The configured normalisation applied to a raw latent: what std and mean it gives."""
+
+    normalization: Normalization
+    normalized_std: float
+    normalized_mean: float
+
+    def to_json(self) -> dict[str, Any]:
+        from vaelens.normalization import describe
+
+        return {
+            "normalization": normalization_to_json(self.normalization),
+            "formula": describe(self.normalization),
+            "scaling_factor": self.normalization.scale,
+            "normalized_std": self.normalized_std,
+            "normalized_mean": self.normalized_mean,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LatentInspection:
+    """raw latent z [B,C,(F,)h,w] -> its channel statistics, the configured normalisation's effect, and
+    (with a decoder, image latents) a least-squares RGB approximation beside the decoder's output."""
+
+    raw: Any  # float32 tensor [B,C,(F,)h,w]
+    family: str | None
+    stats: ChannelStats
+    configured: ConfiguredScale | None
+    projection: RgbProjection | None = None
+    approximation: np.ndarray | None = None  # [B,h,w,3] in [0,1]
+    decoded: np.ndarray | None = None  # [B,H,W,3] in [0,1]
+    warnings: tuple[str, ...] = ()
+
+    def item(self, index: int):
+        """-> the batch item's latent [C,h,w] to draw (a video latent: its latent frame 0)."""
+        if not 0 <= index < self.raw.shape[0]:
+            raise VaeLensError(f"index {index} is outside the batch of {self.raw.shape[0]}")
+        item = self.raw[index]
+        return item[:, 0] if item.ndim == 4 else item
+
+
+def inspect_latent(raw, *, vae=None, family: str | None = None, warnings: tuple[str, ...] = (),
+                   upcast: str = "auto") -> LatentInspection:
+    """raw latent z [B,C,(F,)h,w] (+ the LoadedVae that made it) -> LatentInspection.
+
+    With `vae`: the configured normalisation's std/mean on this latent, and for image latents the RGB
+    approximation fitted to the decoder's output (project_with_decoder). Without: statistics only.
+
+    >>> import torch
+    >>> insp = inspect_latent(torch.arange(8.0).reshape(1, 2, 2, 2))
+    >>> insp.stats.mean, insp.configured
+    ((1.5, 5.5), None)
+    """
+    from vaelens.normalization import normalize
+
+    notes = list(warnings)
+    configured = projection = approx = decoded = None
+    if vae is not None:
+        normed = normalize(raw, vae.spec.normalization, module=vae.module).float()
+        configured = ConfiguredScale(
+            normalization=vae.spec.normalization,
+            normalized_std=round(float(normed.std()), 6),
+            normalized_mean=round(float(normed.mean()), 6),
+        )
+        if raw.ndim == 4:
+            projection, approx, decoded = project_with_decoder(vae, raw, upcast=upcast)
+    if raw.ndim == 5:
+        notes.append(f"video latent: drawing latent frame 0 of {raw.shape[2]}")
+    if vae is None:
+        notes.append("no VAE given: the RGB approximation needs the decoder, skipped")
+    return LatentInspection(
+        raw=raw,
+        family=vae.family if vae is not None else family,
+        stats=channel_stats(raw),
+        configured=configured,
+        projection=projection,
+        approximation=approx,
+        decoded=decoded,
+        warnings=tuple(notes),
+    )
