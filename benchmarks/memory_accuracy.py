@@ -74,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--measurements", type=Path, default=DEFAULT_DIR)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    rows = [json.loads(line) for line in (args.measurements / "h100.jsonl").read_text().splitlines() if line]
+    data = args.measurements / "h100.jsonl"
+    if not data.is_file():  # a clone without the project's ../shared folder
+        ap.exit(2, f"memory_accuracy.py: error: measurements {str(data)!r} not found; this benchmark reads the "
+                "CUDA measurements from shared/measurements/ beside the repository (pass --measurements DIR)\n")
+    rows = [json.loads(line) for line in data.read_text().splitlines() if line]
     if args.quick:
         rows = sorted(rows, key=lambda r: (r["peak_above_base"], r["family"], r["op"]))[:QUICK_ROWS]
     results = []

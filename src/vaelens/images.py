@@ -54,20 +54,18 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
     repeated into three channels; 16-bit grayscale keeps its 16 bits (÷ 65535); EXIF orientation is
     applied (PIL.ImageOps.exif_transpose) so the pixels are what a viewer shows.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
 
     p = Path(path)
-    if not p.is_file():
-        raise VaeLensError(f"image {str(path)!r} does not exist")
+    img = open_image(p)
     try:
-        img = Image.open(p)
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise VaeLensError(
             f"image {str(path)!r} could not be read ({exc}); vaelens reads PNG, JPEG, WebP (and BMP, TIFF)"
         ) from None
     fmt, mode = img.format or p.suffix.lstrip(".").upper(), img.mode
-    notes: list[str] = []
+    notes: list[str] = list(_mode_notes(img))
     orientation = int(img.getexif().get(0x0112, 1) or 1)  # EXIF tag 274: Orientation
     exif_done = orientation != 1
     if exif_done:
@@ -82,11 +80,14 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
         rgb = np.repeat(arr[..., None], 3, axis=-1)
         notes.append(f"{bits}-bit grayscale repeated into 3 channels")
     elif mode == "F":
+        # A float image holds intensities on the 0-1 scale (as TIFF writers of float data mean it); a
+        # min-max stretch would turn a flat 0.5 grey into black, so values are kept and only clipped.
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        rgb = np.repeat(((arr - lo) / (hi - lo or 1.0))[..., None], 3, axis=-1)
+        outside = int(((arr < 0.0) | (arr > 1.0) | ~np.isfinite(arr)).sum())
+        rgb = np.repeat(np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0)[..., None], 3, axis=-1)
         bits = 32
-        notes.append(f"32-bit float grayscale rescaled from [{lo:g}, {hi:g}] to [0, 1]")
+        notes.append("32-bit float grayscale read as 0-1 intensities, repeated into 3 channels"
+                     + (f"; {outside} values outside [0, 1] clipped" if outside else ""))
     else:
         if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info) or "A" in mode:
             rgba = np.asarray(img.convert("RGBA"), dtype=np.float64) / 255.0
@@ -113,6 +114,52 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
         notes=tuple(notes),
     )
     return rgb.astype(np.float32), info
+
+
+def open_image(path: str | Path):
+    """image file -> PIL image, opened but not decoded, after vaelens' one size limit.
+
+    The limit is options.MAX_SIDE pixels per side (the same as size=): Pillow's own decompression-bomb
+    guard (a pixel count) is replaced by it, so a 14000x14000 photograph is read and a 20000x8 strip
+    is refused, both before any pixel is decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from vaelens.options import MAX_SIDE
+
+    p = Path(path)
+    if p.is_dir():
+        raise VaeLensError(f"image {str(path)!r} is a folder; give image files (or the folder to encode its images)")
+    if not p.is_file():
+        raise VaeLensError(f"image {str(path)!r} does not exist")
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE
+        img = Image.open(p)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise VaeLensError(
+            f"image {str(path)!r} could not be read ({exc}); vaelens reads PNG, JPEG, WebP (and BMP, TIFF)"
+        ) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    w, h = img.size
+    if max(w, h) > MAX_SIDE:
+        raise SizeError(
+            f"image {str(path)!r} is {w}x{h}; vaelens' limit is {MAX_SIDE} pixels per side (as for size=)"
+        )
+    return img
+
+
+def _mode_notes(img) -> list[str]:
+    """What reading will not keep: the frames after the first, CMYK's ink model."""
+    notes = []
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    if frames > 1:
+        notes.append(f"{img.format or 'image'} file has {frames} frames; frame 0 used")
+    if img.mode == "CMYK":
+        icc = " (its ICC profile is not applied)" if img.info.get("icc_profile") else ""
+        notes.append(f"CMYK converted to RGB with Pillow's simple formula{icc}; colours may shift")
+    return notes
 
 
 def _png_bit_depth(path: Path) -> int | None:

@@ -80,10 +80,44 @@ def _normalization(cfg: dict[str, Any], source: str, module) -> Normalization:
     )
 
 
+# Config keys that must be positive whole numbers / finite numbers when present (a wrong one becomes a
+# torch RuntimeError or a float() ValueError deep inside diffusers or vaelens).
+_POSITIVE_INT_KEYS = ("latent_channels", "in_channels", "out_channels", "z_dim")
+_NUMBER_KEYS = ("scaling_factor", "shift_factor")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_config_values(cfg: dict[str, Any], *, source: str) -> None:
+    """Refuse, naming key and value, config values no VAE can have (negative channels, a text scale)."""
+    where = f"{cfg.get('_class_name', 'config')} from {source}"
+    for key in _POSITIVE_INT_KEYS:
+        v = cfg.get(key)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            raise ConfigError(f"{where}: {key} is {v!r}; it must be a whole number of at least 1")
+    for key in _NUMBER_KEYS:
+        v = cfg.get(key)
+        if v is not None and not _is_number(v):
+            raise ConfigError(f"{where}: {key} is {v!r}; it must be a finite number (e.g. 0.18215)")
+    for key in ("block_out_channels", "latents_mean", "latents_std"):
+        v = cfg.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, list) or not all(_is_number(x) for x in v):
+            raise ConfigError(f"{where}: {key} is {v!r}; it must be a list of finite numbers")
+        if key == "block_out_channels" and not all(isinstance(x, int) and x >= 1 for x in v):
+            raise ConfigError(f"{where}: block_out_channels is {v!r}; each must be a whole number of at least 1")
+        if key == "latents_std" and any(x == 0 for x in v):
+            raise ConfigError(f"{where}: latents_std is {v!r}; a std of 0 cannot normalise")
+
+
 def spec_from_config(cfg: dict[str, Any], *, source: str) -> FamilySpec:
     """config dict (with _class_name) -> FamilySpec whose geometry is probed from the meta module."""
     from vaelens.build import build_module, diffusers_class
 
+    check_config_values(cfg, source=source)
     cls = diffusers_class(str(cfg["_class_name"]))
     if not (callable(getattr(cls, "encode", None)) and callable(getattr(cls, "decode", None))):
         # e.g. a UNet's or transformer's config.json: a diffusers class, but no pixel <-> latent path
@@ -94,7 +128,12 @@ def spec_from_config(cfg: dict[str, Any], *, source: str) -> FamilySpec:
             f"{source}: _class_name {cls.__name__!r} is not a VAE class (it has no encode/decode); "
             f"VAE classes in diffusers {diffusers.__version__}: {', '.join(vaes)}"
         )
-    module = build_module(cfg)
+    try:
+        module = build_module(cfg)
+    except (RuntimeError, ValueError, TypeError, AttributeError) as exc:  # diffusers' own check of the config
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{cfg['_class_name']} from {source} could not be built: {exc}") from None
     s = _PROBE_SIDE
     out4 = _encode_shape(module, (1, 3, s, s))
     temporal: TemporalRule | None = None

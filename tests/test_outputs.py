@@ -1,0 +1,72 @@
+"""vaelens.outputs: nothing overwritten without force, never an input, atomic, suffix matches the format."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from vaelens.outputs import OutputError, OutputExistsError, atomic_write, check_output, prepare_outputs
+
+
+def test_existing_path_needs_force(tmp_path):
+    p = tmp_path / "z.safetensors"
+    p.write_bytes(b"old")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        check_output(p, kind="latent")
+    assert check_output(p, kind="latent", force=True) == p
+    assert p.read_bytes() == b"old"  # checking writes nothing
+
+
+def test_an_input_is_never_an_output_even_with_force(tmp_path):
+    src = tmp_path / "victim.png"
+    src.write_bytes(b"photo")
+    with pytest.raises(OutputError, match="one of the inputs"):
+        check_output(tmp_path / "." / "victim.png", inputs=[src], force=True)
+    link = tmp_path / "hard.png"
+    os.link(src, link)  # the same file under another name
+    with pytest.raises(OutputError, match="one of the inputs"):
+        check_output(link, inputs=[src], force=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "ok"),
+    [("out.png", "latent", False), ("out.safetensors", "latent", True), ("out", "latent", False),
+     ("x.latent", "comfy", True), ("x.png", "image", True), ("x.safetensors", "image", False)],
+)
+def test_suffix_must_match_the_format(tmp_path, name, kind, ok):
+    if ok:
+        check_output(tmp_path / name, kind=kind)
+    else:
+        with pytest.raises(OutputError, match="must end in"):
+            check_output(tmp_path / name, kind=kind)
+
+
+def test_unwritable_places_are_one_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        check_output(tmp_path / "file" / "x.safetensors")
+    with pytest.raises(OutputError, match="is a folder"):
+        check_output(tmp_path)
+    if os.path.isdir("/proc/self"):
+        with pytest.raises(OutputError, match="cannot be written"):
+            check_output("/proc/x.safetensors")
+
+
+def test_the_same_output_twice_is_refused(tmp_path):
+    with pytest.raises(OutputError, match="twice"):
+        prepare_outputs([tmp_path / "a.png", tmp_path / "sub" / ".." / "a.png"])
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    p = tmp_path / "z.bin"
+    p.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_write(p) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("crash mid-write")
+    assert p.read_bytes() == b"old"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["z.bin"]  # no temporary file left behind
+    with atomic_write(p) as tmp:
+        assert tmp.parent == p.parent and tmp.suffix == ".bin"
+        tmp.write_bytes(b"new")
+    assert p.read_bytes() == b"new"
