@@ -1,16 +1,46 @@
-"""Spec or config.json -> the real diffusers module (meta device by default: no memory, no weights)."""
+"""Spec or config.json -> the real diffusers module (meta device by default: no memory, no weights).
+
+Also the one adapter to diffusers' conventions: what `encode` / `decode` return (an output object, a
+tuple, a distribution) -> the tensor, and the logging diffusers does on every build and cast.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vaelens.errors import ConfigError
-from vaelens.families.spec import FamilySpec
 from vaelens.options import DType
+
+
+class ConfigSource(Protocol):
+    """Anything that names a diffusers config (a FamilySpec; build.py does not import the registry)."""
+
+    def diffusers_config(self) -> dict[str, Any]: ...
+
+
+@contextlib.contextmanager
+def quiet_diffusers() -> Iterator[None]:
+    """Silence diffusers' logger (error level) and Python warnings for the block; both restored after.
+
+    diffusers logs about unexpected config keys and fp32-kept modules on every build, and about
+    "modules that should be kept in float32: []" on every dtype cast (models/modeling_utils.py
+    ModelMixin.to), even when the list is empty; a released config is what it is.
+    """
+    from diffusers.utils import logging as dlogging
+
+    verbosity = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        dlogging.set_verbosity(verbosity)
 
 
 def diffusers_class(name: str) -> type:
@@ -52,7 +82,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 
 def build_module(
-    source: FamilySpec | Mapping[str, Any], *, device: str = "meta", dtype: DType | str = DType.FP32
+    source: ConfigSource | Mapping[str, Any], *, device: str = "meta", dtype: DType | str = DType.FP32
 ):
     """FamilySpec | config dict -> diffusers VAE module in eval mode on `device` (meta: no storage).
 
@@ -60,51 +90,56 @@ def build_module(
     parameters have shapes and dtypes but no memory, so any released VAE builds in milliseconds.
     """
     import torch
-    from diffusers.utils import logging as dlogging
 
-    cfg = source.diffusers_config() if isinstance(source, FamilySpec) else dict(source)
+    cfg = dict(source) if isinstance(source, Mapping) else source.diffusers_config()
     cls = diffusers_class(str(cfg.get("_class_name")))
-    # diffusers logs about unexpected config keys and fp32-kept modules on every build; a released
-    # config is what it is, so keep the terminal quiet and restore the caller's verbosity after.
-    verbosity = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                with torch.device(device):
-                    module = cls.from_config(cfg)
-            except (TypeError, ValueError, KeyError, AssertionError) as exc:
-                raise ConfigError(
-                    f"diffusers {cls.__name__} could not be built from this config: {exc}"
-                ) from None
-            module = module.to(dtype=DType.parse(dtype).torch)
-    finally:
-        dlogging.set_verbosity(verbosity)
+    with quiet_diffusers():
+        try:
+            with torch.device(device):
+                module = cls.from_config(cfg)
+        except (TypeError, ValueError, KeyError, AssertionError) as exc:
+            raise ConfigError(f"diffusers {cls.__name__} could not be built from this config: {exc}") from None
+        module = module.to(dtype=DType.parse(dtype).torch)
     return module.eval()
 
 
-def run_encode(module, pixels):
-    """pixels [B,3,(F,)H,W] -> raw latent [B,C,(F',)h,w]: the distribution's mode for KL VAEs,
-    the deterministic latent otherwise (DC-AE `.latent`, AutoencoderTiny `.latents`)."""
-    out = module.encode(pixels)
+def encoded_latent(out: Any, *, sample: bool = False, generator: Any = None):
+    """module.encode(...) output -> raw latent [B,C,(F',)h,w].
+
+    KL VAEs: the posterior's mode, or a draw from it with `generator` when `sample`; deterministic
+    VAEs (DC-AE `.latent`, AutoencoderTiny `.latents`) ignore `sample`. A `return_dict=False` tuple
+    gives its first item.
+    """
+    import torch
+
     if isinstance(out, tuple):
         out = out[0]
+    if isinstance(out, torch.Tensor):
+        return out
     dist = getattr(out, "latent_dist", None)
+    if dist is None and callable(getattr(out, "mode", None)):
+        dist = out  # a bare DiagonalGaussianDistribution
     if dist is not None:
-        return dist.mode()
-    for name in ("latent", "latents"):
+        return dist.sample(generator=generator) if sample else dist.mode()
+    for name in ("latent", "latents", "latent_sample"):
         value = getattr(out, name, None)
         if value is not None:
             return value
-    if hasattr(out, "mode"):
-        return out.mode()
     return out
 
 
-def run_decode(module, latent):
-    """raw latent [B,C,(F',)h,w] -> pixels [B,3,(F,)H,W] (the `.sample` of the decoder output)."""
-    out = module.decode(latent)
+def decoded_pixels(out: Any):
+    """module.decode(...) output -> pixels [B,3,(F,)H,W] (its `.sample`, or a tuple's first item)."""
     if isinstance(out, tuple):
         out = out[0]
     return getattr(out, "sample", out)
+
+
+def run_encode(module, pixels, *, sample: bool = False, generator: Any = None):
+    """pixels [B,3,(F,)H,W] -> raw latent [B,C,(F',)h,w]: one call of module.encode (see encoded_latent)."""
+    return encoded_latent(module.encode(pixels), sample=sample, generator=generator)
+
+
+def run_decode(module, latent):
+    """raw latent [B,C,(F',)h,w] -> pixels [B,3,(F,)H,W]: one call of module.decode."""
+    return decoded_pixels(module.decode(latent))

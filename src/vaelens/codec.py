@@ -236,6 +236,7 @@ def encode(
     """
     import torch
 
+    from vaelens.build import run_encode
     from vaelens.normalization import normalize
 
     _check_input(pixels, "pixels")
@@ -243,17 +244,8 @@ def encode(
     x = _as_module_input(vae, pixels)
 
     def fn(module, inp):
-        out = module.encode(inp)
-        out = out[0] if isinstance(out, tuple) else out
-        dist = getattr(out, "latent_dist", None)
-        if dist is None:
-            from vaelens.build import run_encode
-
-            return run_encode(module, inp)
-        if sample:
-            gen = torch.Generator(device=inp.device).manual_seed(seed)
-            return dist.sample(generator=gen)
-        return dist.mode()
+        gen = torch.Generator(device=inp.device).manual_seed(seed) if sample else None
+        return run_encode(module, inp, sample=sample, generator=gen)  # one encoder pass
 
     z, report = _run(vae, "encode", x, fn, upcast)
     if normalized:

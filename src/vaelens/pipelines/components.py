@@ -6,7 +6,6 @@ released architecture's — no typed-in parameter counts anywhere.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 from vaelens.errors import ConfigError
@@ -23,25 +22,19 @@ def build_component(spec: ComponentSpec, *, dtype: DType | str = DType.BF16):
     ('CLIPTextModel', 'meta')
     """
     import torch
-    from diffusers.utils import logging as dlogging
+
+    from vaelens.build import quiet_diffusers
 
     dtype = DType.parse(dtype)
-    level = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()  # `.to(dtype)` warns about fp32 modules; keep_fp32 handles them below
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                with torch.device("meta"):
-                    module = _construct(spec)
-            except (TypeError, ValueError, KeyError, AttributeError) as exc:
-                raise ConfigError(
-                    f"{spec.library.value} {spec.class_name} could not be built from "
-                    f"{spec.config_source}: {exc}"
-                ) from None
-            module = module.to(dtype=dtype.torch)
-    finally:
-        dlogging.set_verbosity(level)
+    with quiet_diffusers():  # `.to(dtype)` warns about fp32 modules; keep_fp32 handles them below
+        try:
+            with torch.device("meta"):
+                module = _construct(spec)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise ConfigError(
+                f"{spec.library.value} {spec.class_name} could not be built from {spec.config_source}: {exc}"
+            ) from None
+        module = module.to(dtype=dtype.torch)
     keep_fp32(module, spec.library, dtype)
     return module.eval()
 

@@ -32,7 +32,7 @@ from vaelens.pipelines.components import (
     own_parameter_bytes,
     stack_weight_peak,
 )
-from vaelens.pipelines.inputs import CallPlan, denoiser_plan, module_call, text_encoder_plan
+from vaelens.pipelines.inputs import CallPlan, denoiser_plan, text_encoder_plan
 from vaelens.pipelines.spec import ComponentSpec, Guidance, PipelineSpec, Role
 
 
@@ -72,12 +72,11 @@ def trace_peak(module: Any, plan: CallPlan, dtype: DType) -> ActivationPeak:
     from vaelens.memory.estimate import simulate
     from vaelens.trace import trace_module
 
-    call = module_call(module, plan)
-    tr = trace_module(call, plan.make_tensors(dtype))
+    tr = trace_module(module, plan.make_tensors(dtype), call=lambda m, tensors: m(**plan.kwargs(tensors)))
     est = simulate(tr, dtype=dtype)
-    at = est.peak_at[len("inner."):] if est.peak_at.startswith("inner.") else est.peak_at.replace("inner", "")
-    seq = stack_weight_peak(est.timeline, own_parameter_bytes(call)) if est.timeline else None
-    return ActivationPeak(peak_bytes=est.peak_bytes, peak_at=at, output_bytes=est.output_bytes, sequential=seq)
+    seq = stack_weight_peak(est.timeline, own_parameter_bytes(module)) if est.timeline else None
+    return ActivationPeak(peak_bytes=est.peak_bytes, peak_at=est.peak_at, output_bytes=est.output_bytes,
+                          sequential=seq)
 
 
 def estimate_decode(

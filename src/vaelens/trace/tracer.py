@@ -24,7 +24,6 @@ __all__ = ["call_op", "trace_module"]
 
 _dtype_name = dtype_name
 _tensors = tensors_in
-TraceFn = Callable[..., Trace]
 
 
 def _first_tensor(obj: Any):
@@ -54,25 +53,16 @@ def _first_tensor(obj: Any):
 def call_op(module: Any, op: Op, inputs: Sequence[Any]) -> Any:
     """Run `op` the way the measurements did: encode -> latent_dist.mode() (KL) or the latent tensor;
     decode -> .sample; forward -> module(*inputs)."""
+    from vaelens.build import decoded_pixels, encoded_latent
+
     if op is Op.FORWARD:
         return module(*inputs)
     fn = getattr(module, op.value, None)
     if fn is None:
         raise VaeLensError(f"op {op.value!r}: {type(module).__name__} has no .{op.value}(); use op='forward'")
     out = fn(*inputs)
-    if op is Op.ENCODE:
-        dist = getattr(out, "latent_dist", None)
-        if dist is not None:
-            return dist.mode()
-        for name in ("latents", "latent", "latent_sample"):
-            value = getattr(out, name, None)
-            if value is not None:
-                return value
-        return out[0] if isinstance(out, tuple) else out
-    sample = getattr(out, "sample", None)
-    if sample is not None:
-        return sample
-    return out[0] if isinstance(out, tuple) else out
+    return encoded_latent(out) if op is Op.ENCODE else decoded_pixels(out)
+
 
 def _apply_order(module: Any) -> list[Any]:
     """Parameters and buffers in the order nn.Module._apply (behind .to()) visits them: each
@@ -100,13 +90,16 @@ def _to_module_device(module: Any, inputs: Sequence[Any]) -> list[Any]:
 
 def trace_module(
     module: Any, inputs: Sequence[Any] | Any, *, op: str | Op = "forward", detail: Collection[str] | None = None,
+    call: Callable[[Any, list[Any]], Any] | None = None,
 ) -> Trace:
     """nn.Module + inputs -> Trace (one record per module call, one event per aten operator).
 
     Runs `op` ("encode" | "decode" | "forward") once under `torch.inference_mode()` on the module's
     device (meta: no memory, no weights). Hooks are removed and the module's mode restored afterwards.
     `detail`: operator names (e.g. "aten.conv2d.default") whose events keep input/output metadata
-    and scalars; None keeps it for every operator (slower on long video traces).
+    and scalars; None keeps it for every operator (slower on long video traces). `call(module, inputs)`
+    replaces the default invocation (e.g. keyword arguments built from the inputs); layer paths stay
+    the module's own.
 
     >>> import torch
     >>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU()).to("meta")
@@ -182,7 +175,7 @@ def trace_module(
             handles.append(m.register_forward_hook(post_hook))
         emulate = any(t.device.type == "meta" for t in [*module.parameters(), *in_tensors])
         with torch.inference_mode(), make_mode(rec, emulate):
-            result = call_op(module, op, inputs)
+            result = call(module, inputs) if call is not None else call_op(module, op, inputs)
         final = tuple(rec.pending)
         rec.pending = []
         if root >= 0:

@@ -94,18 +94,12 @@ def default_device() -> str:
 
 
 def cast_module(module, *, device: str | None = None, dtype=None):
-    """module.to(device, dtype) without diffusers' "modules that should be kept in float32: []" warning,
-    which diffusers 0.42 logs on every dtype cast (models/modeling_utils.py ModelMixin.to), even when
-    the list is empty."""
-    from diffusers.utils import logging as dlog
+    """module.to(device, dtype) without the warning diffusers logs on every dtype cast."""
+    from vaelens.build import quiet_diffusers
 
-    level = dlog.get_verbosity()
-    dlog.set_verbosity_error()
-    try:
-        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    with quiet_diffusers():
         return module.to(**kwargs)
-    finally:
-        dlog.set_verbosity(level)
 
 
 # ------------------------------------------------------------------------------------------ fitting
