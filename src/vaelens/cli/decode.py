@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vaelens.cli._vaeargs import add_vae, load_from_args, step_line
+from vaelens.cli._vaeargs import add_vae, load_from_args
 from vaelens.cli.common import add_json, emit_json, warn
 from vaelens.errors import VaeLensError
 
@@ -31,21 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from vaelens.codec import decode
-    from vaelens.images import from_pixels, numbered, save_image
-    from vaelens.latents import load_latents
-
-    lf = load_latents(args.latents)
-    vae = load_from_args(args)
+def _normalized(args: argparse.Namespace, lf) -> bool:
+    """--raw / --normalized, else what the file says; a file that does not say is refused."""
     if args.raw or args.normalized:
-        normalized = bool(args.normalized)
-    elif lf.normalized is None:
+        return bool(args.normalized)
+    if lf.normalized is None:
         raise VaeLensError(
             f"{args.latents} does not say whether its latents are normalised; pass --raw or --normalized"
         )
-    else:
-        normalized = lf.normalized
+    return lf.normalized
+
+
+def _check_channels(args: argparse.Namespace, lf, vae, normalized: bool) -> None:
     if lf.family and lf.family != vae.family:
         warn(f"{args.latents} was encoded with {lf.family}; decoding with {vae.family}")
     channels = lf.latent.shape[1]
@@ -55,33 +52,26 @@ def run(args: argparse.Namespace) -> int:
             f"{args.latents} holds {channels}-channel latents {list(lf.latent.shape)}; "
             f"{vae.family} decodes {expect}-channel latents"
         )
+
+
+def run(args: argparse.Namespace) -> int:
+    from vaelens.codec import decode
+    from vaelens.images import from_pixels, numbered, save_image
+    from vaelens.latents import load_latents
+    from vaelens.render.codec import decode_json, render_decode
+
+    lf = load_latents(args.latents)
+    vae = load_from_args(args)
+    normalized = _normalized(args, lf)
+    _check_channels(args, lf, vae, normalized)
     pixels, report = decode(vae, lf.latent, normalized=normalized, upcast=args.upcast)
     images = from_pixels(pixels)
     paths = [str(save_image(img, numbered(args.output, i, len(images)))) for i, img in enumerate(images)]
+    shown = {"normalized": normalized, "pixel_shape": pixels.shape, "outputs": paths}
     if args.json:
-        emit_json(
-            {
-                "input": args.latents,
-                "comfy": lf.comfy,
-                "family": vae.family,
-                "vae": vae.to_json(),
-                "latent_shape": list(lf.latent.shape),
-                "normalized": normalized,
-                "pixel_shape": list(pixels.shape),
-                "decode": report.to_json(),
-                "nonfinite": report.nonfinite,
-                "outputs": paths,
-            }
-        )
+        emit_json(decode_json(vae, lf, report, source=args.latents, **shown))
     else:
-        kind = "ComfyUI .latent" if lf.comfy else "vaelens latent"
-        print(
-            f"{kind} {list(lf.latent.shape)} ({'normalised' if normalized else 'raw'}) -> pixels "
-            f"{list(pixels.shape)} with {vae.family}"
-        )
-        print("  " + step_line(report))
-        for p in paths:
-            print(f"wrote {p}")
+        print(render_decode(vae, lf, report, **shown))
     if report.nonfinite:
         warn(f"{report.nonfinite} NaN/Inf values in the decoded pixels (written as clamped values)")
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vaelens.cli._vaeargs import add_vae, load_from_args, step_line
+from vaelens.cli._vaeargs import add_vae, load_from_args
 from vaelens.cli.common import add_json, emit_json, warn
 from vaelens.options import parse_size
 
@@ -34,10 +34,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _plot(rt, image: str, pixels, prefix: Path, vae) -> dict[str, str]:
+    """-> {"reconstruction", "error_map", "comparison"}: PREFIX_recon.png, PREFIX_error.png, PREFIX_compare.png."""
+    from vaelens.images import from_pixels, save_image
+    from vaelens.render.figures import plot_comparison, plot_error_map
+
+    h, w = pixels.shape[-2:]
+    title = f"{vae.family}: {Path(image).name} {w}x{h}  PSNR {rt.psnr[0]:.2f} dB  SSIM {rt.ssim[0]:.4f}"
+    return {
+        "reconstruction": str(save_image(rt.reconstruction[0], f"{prefix}_recon.png")),
+        "error_map": str(plot_error_map(rt.error[0], f"{prefix}_error.png", title=title)),
+        "comparison": str(
+            plot_comparison(
+                from_pixels(pixels)[0], rt.reconstruction[0], rt.error[0], f"{prefix}_compare.png", title=title
+            )
+        ),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from vaelens.codec import roundtrip
-    from vaelens.images import from_pixels, read_for_family, save_image, to_pixels
-    from vaelens.render.figures import plot_comparison, plot_error_map
+    from vaelens.images import read_for_family, to_pixels
+    from vaelens.render.codec import render_roundtrip, roundtrip_json
     from vaelens.weights.demo import demo_image_path
 
     vae = load_from_args(args, default_demo=True)
@@ -46,50 +64,13 @@ def run(args: argparse.Namespace) -> int:
     arrays, infos = read_for_family([image], vae.spec, size=size[::-1] if size else None)  # (H, W)
     pixels = to_pixels(arrays)
     rt = roundtrip(vae, pixels, sample=args.sample, seed=args.seed, upcast=args.upcast)
-    prefix = Path(args.out)
-    title = (
-        f"{vae.family}: {Path(image).name} {arrays[0].shape[1]}x{arrays[0].shape[0]}  "
-        f"PSNR {rt.psnr[0]:.2f} dB  SSIM {rt.ssim[0]:.4f}"
-    )
-    files = {
-        "reconstruction": str(save_image(rt.reconstruction[0], f"{prefix}_recon.png")),
-        "error_map": str(plot_error_map(rt.error[0], f"{prefix}_error.png", title=title)),
-        "comparison": str(
-            plot_comparison(
-                from_pixels(pixels)[0],
-                rt.reconstruction[0],
-                rt.error[0],
-                f"{prefix}_compare.png",
-                title=title,
-            )
-        ),
-    }
+    files = _plot(rt, image, pixels, Path(args.out), vae)
     if args.json:
-        emit_json(
-            {
-                "family": vae.family,
-                "vae": vae.to_json(),
-                "image": infos[0].to_json(),
-                "pixel_shape": list(pixels.shape),
-                **rt.to_json(),
-                "files": files,
-            }
-        )
+        emit_json(roundtrip_json(vae, infos[0], rt, pixel_shape=pixels.shape, files=files))
     else:
         for note in infos[0].notes:
             warn(note)
-        print(
-            f"{Path(image).name} {list(pixels.shape)} -> latent {list(rt.latent.shape)} -> pixels with "
-            f"{vae.family} ({vae.detection}) on {vae.device}"
-        )
-        print(
-            f"  PSNR {rt.psnr[0]:.2f} dB   SSIM {rt.ssim[0]:.4f}   mean |error| {rt.error[0].mean():.4f} "
-            f"(0-1 scale)   max {rt.error[0].max():.4f}"
-        )
-        print("  " + step_line(rt.encode))
-        print("  " + step_line(rt.decode))
-        for name, path in files.items():
-            print(f"wrote {path} ({name.replace('_', ' ')})")
+        print(render_roundtrip(vae, rt, name=Path(image).name, pixel_shape=pixels.shape, files=files))
     if rt.encode.nonfinite or rt.decode.nonfinite:
         warn("NaN/Inf values appeared; see the encode/decode reports (try --upcast auto or --dtype fp32)")
     return 0

@@ -90,3 +90,55 @@ def render_encode(vae, metadata, reports: Sequence[StepReport], *, output, fmt: 
     lines += ["  " + step_line(r) for r in reports]
     lines.append(f"wrote {output} ({fmt})")
     return "\n".join(lines)
+
+
+def decode_json(vae, lf, report: StepReport, *, normalized: bool, pixel_shape, outputs, source) -> dict[str, Any]:
+    """`vaelens decode --json`: LoadedVae + LatentFile + the decode call + images written -> dict."""
+    return {
+        "input": str(source),
+        "comfy": lf.comfy,
+        "family": vae.family,
+        "vae": vae.to_json(),
+        "latent_shape": list(lf.latent.shape),
+        "normalized": normalized,
+        "pixel_shape": list(pixel_shape),
+        "decode": steps_json(report),
+        "nonfinite": report.nonfinite,
+        "outputs": [str(p) for p in outputs],
+    }
+
+
+def render_decode(vae, lf, report: StepReport, *, normalized: bool, pixel_shape, outputs) -> str:
+    kind = "ComfyUI .latent" if lf.comfy else "vaelens latent"
+    lines = [
+        f"{kind} {list(lf.latent.shape)} ({'normalised' if normalized else 'raw'}) -> pixels "
+        f"{list(pixel_shape)} with {vae.family}",
+        "  " + step_line(report),
+    ]
+    return "\n".join(lines + [f"wrote {p}" for p in outputs])
+
+
+def roundtrip_json(vae, info, rt, *, pixel_shape, files: dict[str, str]) -> dict[str, Any]:
+    """`vaelens roundtrip --json`: the Roundtrip's scores, with `encode` / `decode` in steps_json's shape."""
+    return {
+        "family": vae.family,
+        "vae": vae.to_json(),
+        "image": info.to_json(),
+        "pixel_shape": list(pixel_shape),
+        **rt.to_json(),
+        "encode": steps_json(rt.encode),
+        "decode": steps_json(rt.decode),
+        "files": files,
+    }
+
+
+def render_roundtrip(vae, rt, *, name: str, pixel_shape, files: dict[str, str]) -> str:
+    lines = [
+        f"{name} {list(pixel_shape)} -> latent {list(rt.latent.shape)} -> pixels with "
+        f"{vae.family} ({vae.detection}) on {vae.device}",
+        f"  PSNR {rt.psnr[0]:.2f} dB   SSIM {rt.ssim[0]:.4f}   mean |error| {rt.error[0].mean():.4f} "
+        f"(0-1 scale)   max {rt.error[0].max():.4f}",
+        "  " + step_line(rt.encode),
+        "  " + step_line(rt.decode),
+    ]
+    return "\n".join(lines + [f"wrote {path} ({name.replace('_', ' ')})" for name, path in files.items()])
