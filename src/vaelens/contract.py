@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vaelens.errors import FrameError, SizeError, VaeLensError
-from vaelens.families import FamilySpec, FrameRuleKind, SizeRuleKind, get_family
+from vaelens.families import FamilySpec, FrameRuleKind, SizeRuleKind, SpecOrigin, get_family
 from vaelens.options import PixelRequest
 
 Shape = tuple[int, ...]
@@ -138,7 +138,7 @@ def apply_size_rule(spec: FamilySpec, name: str, value: int) -> tuple[int, str |
 
 def _rule_owner(spec: FamilySpec) -> str:
     """Who applies a floor: the family's pipeline, or (for a bare config.json) VaeImageProcessor."""
-    if spec.notes.startswith("derived from a config.json"):
+    if spec.origin is SpecOrigin.CONFIG:
         return "as diffusers' VaeImageProcessor does; no pipeline is known for this config"
     return "as its pipeline does"
 

@@ -16,8 +16,6 @@ import numpy as np
 from vaelens.errors import SizeError, VaeLensError
 from vaelens.families import FamilySpec, SizeRuleKind
 
-READ_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ImageInfo:

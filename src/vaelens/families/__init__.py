@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
-
-from vaelens.errors import UnknownFamilyError
+from vaelens.errors import UnknownFamilyError, did_you_mean
 from vaelens.families import image, video
 from vaelens.families.spec import (
     FamilySpec,
@@ -13,6 +11,7 @@ from vaelens.families.spec import (
     NormKind,
     SizeRule,
     SizeRuleKind,
+    SpecOrigin,
     TemporalRule,
     TokenPacking,
 )
@@ -48,10 +47,8 @@ def get_family(name: str) -> FamilySpec:
     key = name.strip().lower()
     if key in _BY_NAME:
         return _BY_NAME[key]
-    close = difflib.get_close_matches(key, list(_BY_NAME), n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
     raise UnknownFamilyError(
-        f"unknown family {name!r}; {hint}known: {', '.join(family_names())} "
+        f"unknown family {name!r}; {did_you_mean(key, _BY_NAME)}known: {', '.join(family_names())} "
         "(or a path to a diffusers config.json / model folder)"
     )
 
@@ -64,6 +61,7 @@ __all__ = [
     "Normalization",
     "SizeRule",
     "SizeRuleKind",
+    "SpecOrigin",
     "TemporalRule",
     "TokenPacking",
     "family_names",

@@ -19,6 +19,7 @@ from vaelens.families.spec import (
     NormKind,
     SizeRule,
     SizeRuleKind,
+    SpecOrigin,
     TemporalRule,
 )
 
@@ -195,6 +196,7 @@ def spec_from_config(cfg: dict[str, Any], *, source: str) -> FamilySpec:
         ),
         default_size=(side, side),
         default_frames=(4 * temporal.factor + 1) if temporal else None,
+        origin=SpecOrigin.CONFIG,
         notes="derived from a config.json: geometry probed on the meta device; no pipeline rules known",
         sources={"latent_channels": "probed", "spatial_factor": f"probed: encode of {s}x{s} on meta"},
     )

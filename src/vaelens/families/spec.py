@@ -37,6 +37,13 @@ class FrameRuleKind(str, enum.Enum):
     ANY = "any"  # the VAE accepts any count (latent frames = (F-1)//t + 1)
 
 
+class SpecOrigin(str, enum.Enum):
+    """Where a FamilySpec's constants come from, and so which pipeline rules are known."""
+
+    REGISTRY = "registry"  # the table in families/image.py and video.py: each constant cited
+    CONFIG = "config"  # a config.json: geometry probed on the meta device; no pipeline known
+
+
 def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
 
@@ -125,6 +132,7 @@ class FamilySpec:
     size_rule: SizeRule
     default_size: tuple[int, int]  # (width, height)
     default_frames: int | None = None
+    origin: SpecOrigin = SpecOrigin.REGISTRY
     notes: str = ""
     # Constant name -> repo path it was taken from, for anything not covered by a `source` field.
     sources: Mapping[str, str] = field(default_factory=dict)

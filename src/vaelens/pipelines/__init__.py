@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
-
-from vaelens.errors import VaeLensError
+from vaelens.errors import VaeLensError, did_you_mean
 from vaelens.pipelines.catalog import PIPELINES
 from vaelens.pipelines.estimate import (
     Offload,
@@ -35,9 +33,9 @@ def get_pipeline(name: str) -> PipelineSpec:
         if key == spec.name or key in spec.aliases:
             return spec
     keys = [k for p in PIPELINES for k in (p.name, *p.aliases)]
-    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise UnknownPipelineError(f"unknown pipeline {name!r}; {hint}built-in: {', '.join(pipeline_names())}")
+    raise UnknownPipelineError(
+        f"unknown pipeline {name!r}; {did_you_mean(key, keys)}built-in: {', '.join(pipeline_names())}"
+    )
 
 
 __all__ = [

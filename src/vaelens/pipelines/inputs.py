@@ -11,7 +11,7 @@ these keyword arguments; the tensors are passed positionally so the tracer count
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,5 +200,3 @@ def denoiser_plan(spec: PipelineSpec, latent: Shape, *, batch: int) -> CallPlan:
                         constants=(("return_dict", False),))
     raise AssertionError(kind)
 
-
-PlanFn = Callable[..., CallPlan]

@@ -7,7 +7,7 @@ import textwrap
 from collections.abc import Callable
 
 from vaelens.contract import ShapePlan, plan_shapes
-from vaelens.families import FamilySpec, NormKind, get_family
+from vaelens.families import FamilySpec, NormKind, SpecOrigin, get_family
 from vaelens.render.tables import human_bytes, norm_formula, shape_str, table, tokens_str
 
 _WIDTH = 100
@@ -38,7 +38,7 @@ def _encoder_width(spec: FamilySpec) -> int | None:
 
 def _size_rule_text(spec: FamilySpec) -> str:
     rule = spec.size_rule
-    if spec.tokens is None and spec.notes.startswith("derived from a config.json"):
+    if spec.tokens is None and spec.origin is SpecOrigin.CONFIG:
         return (f"No pipeline is known for this config, so vaelens floors height and width to multiples of "
                 f"{rule.multiple}, as diffusers' VaeImageProcessor does. ")
     action = "the pipeline raises an error" if rule.kind.value == "raise" else "the pipeline floors with a warning"

@@ -277,11 +277,11 @@ def _module_with_weights(spec: FamilySpec, state: dict[str, Any], path: str):
     about to be overwritten); a module with buffers the checkpoint lacks is built on CPU instead."""
     from vaelens.build import build_module
 
-    module = build_module(load_config_dict(spec))
+    module = build_module(spec)
     try:
         module.load_state_dict(state, strict=True, assign=True)
         if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
-            module = build_module(load_config_dict(spec), device="cpu")
+            module = build_module(spec, device="cpu")
             module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise WeightsError(f"weights {path!r} could not be loaded into {spec.diffusers_class}: {exc}") from None
@@ -297,10 +297,6 @@ def _mismatch(path: str, ckpt: Mapping[str, Any], spec: FamilySpec, fit: Fit) ->
     return WeightsError(
         f"weights {path!r} are not {spec.name} ({spec.latent_channels} latent channels): {fit.problem}; {chans}{also}"
     )
-
-
-def load_config_dict(spec: FamilySpec) -> dict[str, Any]:
-    return spec.diffusers_config()
 
 
 def _resolve(family: str | FamilySpec) -> FamilySpec:
