@@ -17,11 +17,12 @@ from vaelens.pipelines import (
     get_pipeline,
     pipeline_names,
 )
-from vaelens.pipelines.budget import check_budget
-from vaelens.pipelines.components import build_component, measure_component
+from vaelens.pipelines.budget import check_pipeline_budget
+from vaelens.pipelines.components import build_component, component_size
 from vaelens.pipelines.estimate import ActivationPeak, resident_sets
 from vaelens.pipelines.inputs import denoiser_plan, module_call, text_encoder_plan
 from vaelens.pipelines.spec import ComponentSpec, DenoiserKind, Guidance, Library, Role, TextEncoderCall
+from vaelens.render.pipeline import fix_label
 
 # (pipeline, component, published parameter count, where it is published). Within 1%.
 PUBLISHED = [
@@ -45,7 +46,7 @@ def test_parameter_counts_match_published_sizes(pipe, component, published, sour
     spec = get_pipeline(pipe)
     comp = next(c for c in spec.components if c.name == component)
     module = build_component(comp, dtype="bf16")
-    size = measure_component(module)
+    size = component_size(module)
     assert abs(size.params - published) / published < 0.01, (size.params, source)
     # bf16: 2 bytes per element; 4 for what the library keeps in fp32 (Wan's norms); int64 index buffers
     count: dict = {}
@@ -285,14 +286,14 @@ def test_parse_bytes():
 def test_budget_fits_per_mode_and_suggests_changes():
     est = _estimate()
     none, model = est.mode("none").peak_bytes, est.mode("model").peak_bytes
-    rep = check_budget(est, (none + model) // 2, mode="none",
-                       estimate=lambda r, cache=None: estimate_pipeline(r, peak_fn=_fake_peak,
-                                                                         decode_fn=_fake_decode, cache=cache))
+    rep = check_pipeline_budget(est, (none + model) // 2, mode="none",
+                                estimate=lambda r, cache=None: estimate_pipeline(r, peak_fn=_fake_peak,
+                                                                                  decode_fn=_fake_decode, cache=cache))
     assert dict((m.value, ok) for m, ok, _ in rep.fits) == {"none": False, "model": True, "sequential": True}
-    changes = {f.change: f for f in rep.fixes}
+    changes = {fix_label(f): f for f in rep.fixes}
     assert changes["--offload model"].fits and changes["--offload sequential"].fits
     assert "--vae-tiling" in changes
-    fit = check_budget(est, none, mode="none")
+    fit = check_pipeline_budget(est, none, mode="none")
     assert fit.fixes == ()
 
 
@@ -310,11 +311,11 @@ def test_budget_size_search_finds_the_largest_size_that_fits():
     est = _estimate()
     big = dataclasses.replace(est, request=dataclasses.replace(est.request, width=512, height=512))
     budget = max(r.peak_bytes for r in est.offload) * 0 + 320 * 320  # below every mode's peak
-    rep = check_budget(big, budget, mode="none", estimate=_AreaEstimate)
-    assert [f.change for f in rep.fixes if f.change.startswith("--size")] == ["--size 320x320"]
+    rep = check_pipeline_budget(big, budget, mode="none", estimate=_AreaEstimate)
+    assert [fix_label(f) for f in rep.fixes if f.size is not None] == ["--size 320x320"]
     wide = dataclasses.replace(est, request=dataclasses.replace(est.request, width=1024, height=512))
-    rep = check_budget(wide, 640 * 320, mode="none", estimate=_AreaEstimate)
-    assert [f.change for f in rep.fixes if f.change.startswith("--size")] == ["--size 640x320"]
+    rep = check_pipeline_budget(wide, 640 * 320, mode="none", estimate=_AreaEstimate)
+    assert [fix_label(f) for f in rep.fixes if f.size is not None] == ["--size 640x320"]
 
 
 # ── end to end with the real tracer and memory model ────────────────────────────────────────────
@@ -381,7 +382,7 @@ def test_rendered_report_golden(golden):
     from vaelens.render.pipeline import render_pipeline
 
     est = _estimate()
-    rep = check_budget(est, est.mode("model").peak_bytes - 1, mode="model", estimate=_AreaEstimate)
+    rep = check_pipeline_budget(est, est.mode("model").peak_bytes - 1, mode="model", estimate=_AreaEstimate)
     golden("pipeline_tiny.txt", render_pipeline(est, Offload.MODEL, rep) + "\n")
 
 

@@ -33,23 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _list() -> str:
-    from vaelens.pipelines import PIPELINES
-    from vaelens.render.tables import table
-
-    rows = []
-    for s in PIPELINES:
-        frames = f"x{s.default_frames}f" if s.default_frames else ""
-        size = f"{s.default_size[0]}x{s.default_size[1]}{frames}"
-        encs = " + ".join(e.title for e in s.text_encoders)
-        rows.append((s.name, s.pipeline_class, encs, s.denoiser.class_name, s.vae_family, size,
-                     s.guidance.value))
-    return table(("pipeline", "class", "text encoders", "denoiser", "vae", "default", "CFG"), rows)
-
-
 def request_from_args(args: argparse.Namespace):
-    """CLI args -> PipelineRequest (the pipeline's default size/frames where not given)."""
-    from vaelens.pipelines import PipelineRequest, get_pipeline
+    """CLI args -> (PipelineSpec, PixelRequest): the pipeline's default size/frames where not given."""
+    from vaelens.options import PixelRequest
+    from vaelens.pipelines import get_pipeline
 
     spec = get_pipeline(args.name)
     size = size_from_args(args)
@@ -59,58 +46,56 @@ def request_from_args(args: argparse.Namespace):
         raise VaeLensError(f"--frames {frames}: {spec.name} makes images; leave --frames out")
     if frames is None:
         frames = spec.default_frames
-    return PipelineRequest(pipeline=spec, width=width, height=height, frames=frames, batch=args.batch,
-                           dtype=dtype_from_args(args), vae_tiling=args.vae_tiling)
+    return spec, PixelRequest(width=width, height=height, frames=frames, batch=args.batch, dtype=dtype_from_args(args))
+
+
+def _check_plot_suffix(path: str) -> None:
+    """Refuse a format matplotlib cannot write before the estimate, not after it."""
+    from pathlib import Path
+
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix and suffix not in formats:
+        raise VaeLensError(f"--plot {path!r}: matplotlib cannot write .{suffix}; use one of: "
+                           f"{', '.join(sorted(formats))}")
+
+
+def _list(args: argparse.Namespace) -> int:
+    from vaelens.pipelines import PIPELINES
+    from vaelens.render.pipeline import pipeline_list_json, render_pipeline_list
+
+    if args.json:
+        emit_json(pipeline_list_json(PIPELINES))
+    else:
+        print(render_pipeline_list(PIPELINES))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from vaelens.pipelines import Offload, pipeline_names
 
     if args.list:
-        if args.json:
-            from vaelens.pipelines import PIPELINES
-
-            emit_json([{"name": s.name, "class": s.pipeline_class, "repo": s.repo, "vae_family": s.vae_family,
-                        "components": [{"name": c.name, "class": c.class_name} for c in s.components],
-                        "default_size": list(s.default_size), "default_frames": s.default_frames,
-                        "guidance": s.guidance.value} for s in PIPELINES])
-        else:
-            print(_list())
-        return 0
+        return _list(args)
     if not args.name:
         raise VaeLensError(f"give a pipeline NAME or --list; built-in: {', '.join(pipeline_names())}")
     from vaelens.options import parse_bytes
-    from vaelens.pipelines.budget import check_budget
+    from vaelens.pipelines.budget import check_pipeline_budget
     from vaelens.pipelines.estimate import EstimateCache, estimate_pipeline
-    from vaelens.render.pipeline import plot_pipeline, render_pipeline
+    from vaelens.render.pipeline import pipeline_json, plot_pipeline, render_pipeline
 
     mode = Offload.parse(args.offload)
-    if args.plot:  # refuse a format matplotlib cannot write before the estimate, not after it
-        from pathlib import Path
-
-        from matplotlib.backend_bases import FigureCanvasBase
-
-        formats = FigureCanvasBase.get_supported_filetypes()
-        suffix = Path(args.plot).suffix.lower().lstrip(".")
-        if suffix and suffix not in formats:
-            raise VaeLensError(f"--plot {args.plot!r}: matplotlib cannot write .{suffix}; use one of: "
-                               f"{', '.join(sorted(formats))}")
+    if args.plot:
+        _check_plot_suffix(args.plot)
     budget_bytes = parse_bytes(args.budget) if args.budget else None
-    request = request_from_args(args)
+    spec, request = request_from_args(args)
     cache = EstimateCache()
-    est = estimate_pipeline(request, cache=cache)
-    budget = check_budget(est, budget_bytes, mode=mode, cache=cache) if budget_bytes else None
+    est = estimate_pipeline(spec, request, vae_tiling=args.vae_tiling, cache=cache)
+    budget = check_pipeline_budget(est, budget_bytes, mode=mode, cache=cache) if budget_bytes else None
     plot = str(plot_pipeline(est, args.plot, mode=mode, budget_bytes=budget_bytes)) if args.plot else None
     if args.json:
-        data = est.to_json()
-        data["offload_shown"] = mode.value
-        data["peak_bytes"] = est.mode(mode).peak_bytes
-        data["peak_stage"] = est.mode(mode).peak.stage.label
-        if budget is not None:
-            data["budget"] = budget.to_json()
-        if plot:
-            data["plot"] = plot
-        emit_json(data)
+        emit_json(pipeline_json(est, mode, budget, plot))
     else:
         print(render_pipeline(est, mode, budget))
         if plot:

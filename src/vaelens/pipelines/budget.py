@@ -1,7 +1,8 @@
-"""Budgets: does the pipeline fit in N bytes per offload mode, and which one change would make it fit.
+"""Pipeline budgets: does the pipeline fit in N bytes per offload mode, and which one change would make it fit.
 
-PipelineEstimate + budget -> BudgetReport. Changes are tried one at a time, each a new estimate
-(same memory model): another offload mode, VAE tiling, a 2-byte dtype, a smaller size.
+PipelineEstimate + budget -> PipelineBudgetReport. Changes are tried one at a time, each a new estimate
+(same memory model): another offload mode, VAE tiling, a 2-byte dtype, a smaller size. (The VAE's own
+budget search is vaelens.memory.budget.)
 """
 
 from __future__ import annotations
@@ -15,37 +16,31 @@ from vaelens.pipelines.estimate import (
     Offload,
     PipelineEstimate,
     PipelineRequest,
-    estimate_pipeline,
+    estimate_request,
 )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Fix:
-    """One change and the peak it gives (under `mode`)."""
+    """One change and the peak it gives under `mode`. Exactly one change is set: another offload mode,
+    VAE tiling on, another dtype, or a smaller size (height, width)."""
 
-    change: str
     mode: Offload
     peak_bytes: int
     fits: bool
+    offload: Offload | None = None
+    vae_tiling: bool = False
+    dtype: DType | None = None
+    size: tuple[int, int] | None = None  # (height, width)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class BudgetReport:
+class PipelineBudgetReport:
     budget_bytes: int
     mode: Offload  # the mode asked for
     fits: tuple[tuple[Offload, bool, int], ...]  # (mode, fits, peak) for every mode
     fixes: tuple[Fix, ...]  # only when the asked mode does not fit
     weights_note: str = ""  # why no smaller size helps (the resident weights alone), when none does
-
-    def to_json(self) -> dict:
-        return {
-            "budget_bytes": self.budget_bytes,
-            "fits": {m.value: ok for m, ok, _ in self.fits},
-            "fixes": [
-                {"change": f.change, "offload": f.mode.value, "peak_bytes": f.peak_bytes, "fits": f.fits}
-                for f in self.fixes
-            ],
-        }
 
 
 def _sizes_below(width: int, height: int, step: int = 64) -> list[tuple[int, int]]:
@@ -58,10 +53,10 @@ def _sizes_below(width: int, height: int, step: int = 64) -> list[tuple[int, int
     return out
 
 
-def check_budget(
+def check_pipeline_budget(
     est: PipelineEstimate, budget_bytes: int, *, mode: Offload | str = Offload.NONE,
-    cache: EstimateCache | None = None, estimate=estimate_pipeline,
-) -> BudgetReport:
+    cache: EstimateCache | None = None, estimate=estimate_request,
+) -> PipelineBudgetReport:
     """estimate + budget -> which offload modes fit, and (if `mode` does not) the changes that would.
 
     Tries, keeping everything else as asked: each other offload mode; VAE tiling; bf16 (from fp32);
@@ -71,26 +66,26 @@ def check_budget(
     cache = cache if cache is not None else EstimateCache()
     fits = tuple((r.mode, r.peak_bytes <= budget_bytes, r.peak_bytes) for r in est.offload)
     if est.mode(mode).peak_bytes <= budget_bytes:
-        return BudgetReport(budget_bytes=budget_bytes, mode=mode, fits=fits, fixes=())
+        return PipelineBudgetReport(budget_bytes=budget_bytes, mode=mode, fits=fits, fixes=())
     req = est.request
     fixes: list[Fix] = []
     for m, ok, peak in fits:
         if m is not mode:
-            fixes.append(Fix(change=f"--offload {m.value}", mode=m, peak_bytes=peak, fits=ok))
+            fixes.append(Fix(offload=m, mode=m, peak_bytes=peak, fits=ok))
 
-    def trial(change: str, new: PipelineRequest) -> PipelineEstimate | None:
+    def trial(change: dict, new: PipelineRequest) -> PipelineEstimate | None:
         try:
             e = estimate(new, cache=cache)
         except VaeLensError:
             return None
         peak = e.mode(mode).peak_bytes
-        fixes.append(Fix(change=change, mode=mode, peak_bytes=peak, fits=peak <= budget_bytes))
+        fixes.append(Fix(**change, mode=mode, peak_bytes=peak, fits=peak <= budget_bytes))
         return e
 
     if not req.vae_tiling:
-        trial("--vae-tiling", replace(req, vae_tiling=True))
+        trial({"vae_tiling": True}, replace(req, vae_tiling=True))
     if req.dtype is DType.FP32:
-        trial("--dtype bf16", replace(req, dtype=DType.BF16))
+        trial({"dtype": DType.BF16}, replace(req, dtype=DType.BF16))
     # Largest smaller size that fits: the peak grows with the size, so bisect the candidates.
     sizes = _sizes_below(req.width, req.height)
     peaks: dict[int, int] = {}
@@ -110,7 +105,7 @@ def check_budget(
             else:
                 lo = mid + 1
         w, h = sizes[hi]
-        fixes.append(Fix(change=f"--size {w}x{h}", mode=mode, peak_bytes=peak_at(hi), fits=True))
+        fixes.append(Fix(size=(h, w), mode=mode, peak_bytes=peak_at(hi), fits=True))
     heaviest = max(est.mode(mode).stages, key=lambda s: s.weights_bytes)
     from vaelens.render.tables import human_bytes
 
@@ -120,4 +115,5 @@ def check_budget(
         note = f"{req.width}x{req.height} is already the smallest size in 64-pixel steps"
     else:
         note = f"even {sizes[-1][0]}x{sizes[-1][1]} is over"
-    return BudgetReport(budget_bytes=budget_bytes, mode=mode, fits=fits, fixes=tuple(fixes), weights_note=note)
+    return PipelineBudgetReport(budget_bytes=budget_bytes, mode=mode, fits=fits, fixes=tuple(fixes),
+                                weights_note=note)

@@ -104,7 +104,7 @@ class ComponentSize:
     largest_leaf: str
 
 
-def measure_component(module) -> ComponentSize:
+def component_size(module) -> ComponentSize:
     """nn.Module -> ComponentSize, counted from its parameters and buffers (shared tensors once)."""
     seen: set[int] = set()
     params = buffers = nbytes = 0

@@ -28,7 +28,7 @@ from vaelens.options import DType, PixelRequest, parse_choice
 from vaelens.pipelines.components import (
     ComponentSize,
     build_component,
-    measure_component,
+    component_size,
     own_parameter_bytes,
     stack_weight_peak,
 )
@@ -109,6 +109,20 @@ class PipelineRequest:
     dtype: DType = DType.BF16
     vae_tiling: bool = False
 
+    @classmethod
+    def of(cls, pipeline: str | PipelineSpec, request: PixelRequest | None = None, *,
+           vae_tiling: bool = False) -> PipelineRequest:
+        """name | PipelineSpec + PixelRequest (None: the pipeline's default size/frames, bf16) -> PipelineRequest."""
+        if isinstance(pipeline, str):
+            from vaelens.pipelines import get_pipeline
+
+            pipeline = get_pipeline(pipeline)
+        if request is None:
+            width, height = pipeline.default_size
+            request = PixelRequest(width=width, height=height, frames=pipeline.default_frames, dtype=DType.BF16)
+        return cls(pipeline=pipeline, width=request.width, height=request.height, frames=request.frames,
+                   batch=request.batch, dtype=request.dtype, vae_tiling=vae_tiling)
+
     def pixel_request(self, dtype: DType | None = None) -> PixelRequest:
         return PixelRequest(width=self.width, height=self.height, frames=self.frames, batch=self.batch,
                             dtype=dtype or self.dtype)
@@ -178,7 +192,12 @@ class PipelineEstimate:
     offload: tuple[OffloadReport, ...]
     used_size: tuple[int, int] = (0, 0)  # (height, width) after the VAE family's size rule
     used_frames: int | None = None  # frames after its frame rule
-    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """The old name of `warnings` (0.1)."""
+        return self.warnings
 
     def mode(self, mode: Offload | str) -> OffloadReport:
         mode = Offload.parse(mode)
@@ -192,7 +211,7 @@ class PipelineEstimate:
             "pipeline_class": spec.pipeline_class,
             "repo": spec.repo,
             "dtype": req.dtype.value,
-            "size": [req.width, req.height],
+            "size": [req.height, req.width],  # [H, W], as every size in vaelens' JSON
             "frames": req.frames,
             "used_size": list(self.used_size),
             "used_frames": self.used_frames,
@@ -222,7 +241,8 @@ class PipelineEstimate:
                 }
                 for r in self.offload
             },
-            "notes": list(self.notes),
+            "warnings": list(self.warnings),
+            "notes": list(self.warnings),  # the old name, kept until 0.2
         }
 
 
@@ -363,21 +383,42 @@ class EstimateCache:
 
 
 def estimate_pipeline(
-    request: PipelineRequest, *, peak_fn: PeakFn = trace_peak, decode_fn: DecodeFn = estimate_decode,
+    pipeline: str | PipelineSpec | PipelineRequest, request: PixelRequest | None = None, *,
+    vae_tiling: bool = False, peak_fn: PeakFn = trace_peak, decode_fn: DecodeFn = estimate_decode,
     cache: EstimateCache | None = None,
 ) -> PipelineEstimate:
-    """PipelineRequest -> PipelineEstimate: components built on meta, stages traced, offload modes.
+    """pipeline + pixels [B,3,(F,)H,W] at dtype -> PipelineEstimate: components built on meta, stages
+    traced, the peak per offload mode.
 
-    >>> from vaelens.pipelines import get_pipeline
-    >>> est = estimate_pipeline(PipelineRequest(pipeline=get_pipeline("sd15"), width=256, height=256))
+    `pipeline` is a built-in name (or alias) or a PipelineSpec; `request` the PixelRequest to estimate,
+    or None for the pipeline's default size and frames, batch 1, in bf16 (what its examples run in).
+    A PipelineRequest as `pipeline` (0.1's form) is still accepted.
+
+    >>> est = estimate_pipeline("sd15", PixelRequest(width=256, height=256, dtype="bf16"))
     >>> [s.label for s in est.stages]
     ['text_encoder', 'text_encoder (negative)', 'unet (CFG batch ×2) · 1 step', 'vae decode']
     """
+    if isinstance(pipeline, PipelineRequest):
+        if request is not None:
+            from vaelens.errors import VaeLensError
+
+            raise VaeLensError("request= is given twice: pass a pipeline name or PipelineSpec with request=")
+        full = pipeline
+    else:
+        full = PipelineRequest.of(pipeline, request, vae_tiling=vae_tiling)
+    return estimate_request(full, peak_fn=peak_fn, decode_fn=decode_fn, cache=cache)
+
+
+def estimate_request(
+    request: PipelineRequest, *, peak_fn: PeakFn = trace_peak, decode_fn: DecodeFn = estimate_decode,
+    cache: EstimateCache | None = None,
+) -> PipelineEstimate:
+    """PipelineRequest (pipeline, pixels, VAE tiling) -> PipelineEstimate; estimate_pipeline's worker."""
     spec, dtype = request.pipeline, request.dtype
     cache = cache if cache is not None else EstimateCache()
     peak_fn = cache.wrap(peak_fn)
     modules = {c.name: cache.module(c, dtype) for c in spec.components}
-    sizes = {name: measure_component(m) for name, m in modules.items()}
+    sizes = {name: component_size(m) for name, m in modules.items()}
     vae_dtype = dtype
     notes = []
     if spec.upcasts_fp16_vae and dtype is DType.FP16:
@@ -403,7 +444,7 @@ def estimate_pipeline(
         notes.append(spec.notes)
     return PipelineEstimate(request=request, latent_shape=latent_shape, components=components, stages=stages,
                             offload=offload_reports(spec, stages, sizes), used_size=tuple(plan.used_size),
-                            used_frames=plan.frames, notes=tuple(notes))
+                            used_frames=plan.frames, warnings=tuple(notes))
 
 
 def _vae_size(family: str, dtype: DType) -> ComponentSize:
@@ -411,7 +452,7 @@ def _vae_size(family: str, dtype: DType) -> ComponentSize:
     from vaelens.build import build_module
     from vaelens.families import get_family
 
-    return measure_component(build_module(get_family(family), device="meta", dtype=dtype))
+    return component_size(build_module(get_family(family), device="meta", dtype=dtype))
 
 
 def _vae_report(spec: PipelineSpec, size: ComponentSize, dtype: DType) -> ComponentReport:

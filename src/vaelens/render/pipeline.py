@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from vaelens.pipelines.budget import BudgetReport
+from vaelens.pipelines.budget import Fix, PipelineBudgetReport
 from vaelens.pipelines.estimate import Offload, OffloadReport, PipelineEstimate
-from vaelens.pipelines.spec import Guidance
+from vaelens.pipelines.spec import Guidance, PipelineSpec
 from vaelens.render.tables import human_bytes, shape_str, table
 
 BAR = 48  # characters of the widest timeline bar
@@ -74,15 +76,74 @@ def render_summary(est: PipelineEstimate) -> str:
     return table(("offload", "peak", "set by"), rows, right=(1,))
 
 
-def render_budget(rep: BudgetReport) -> str:
+def fix_label(fix: Fix) -> str:
+    """Fix -> the `vaelens pipeline` option that makes the change: '--offload model', '--size 768x768'."""
+    if fix.offload is not None:
+        return f"--offload {fix.offload.value}"
+    if fix.vae_tiling:
+        return "--vae-tiling"
+    if fix.dtype is not None:
+        return f"--dtype {fix.dtype.value}"
+    if fix.size is not None:
+        return f"--size {fix.size[1]}x{fix.size[0]}"
+    return "(no change)"
+
+
+def budget_json(rep: PipelineBudgetReport) -> dict[str, Any]:
+    """`budget` in `vaelens pipeline --json`: fits per mode, and each change tried (its option, its peak)."""
+    return {
+        "budget_bytes": rep.budget_bytes,
+        "fits": {m.value: ok for m, ok, _ in rep.fits},
+        "fixes": [
+            {"change": fix_label(f), "offload": f.mode.value, "peak_bytes": f.peak_bytes, "fits": f.fits}
+            for f in rep.fixes
+        ],
+    }
+
+
+def pipeline_json(est: PipelineEstimate, mode: Offload, budget: PipelineBudgetReport | None = None,
+                  plot: str | None = None) -> dict[str, Any]:
+    """`vaelens pipeline --json`: the estimate, the mode shown with its peak, the budget and plot when asked."""
+    data = est.to_json()
+    data["offload_shown"] = mode.value
+    data["peak_bytes"] = est.mode(mode).peak_bytes
+    data["peak_stage"] = est.mode(mode).peak.stage.label
+    if budget is not None:
+        data["budget"] = budget_json(budget)
+    if plot:
+        data["plot"] = plot
+    return data
+
+
+def _default_size(spec: PipelineSpec) -> str:
+    width, height = spec.default_size
+    return f"{width}x{height}" + (f"x{spec.default_frames}f" if spec.default_frames else "")
+
+
+def render_pipeline_list(specs: Sequence[PipelineSpec]) -> str:
+    """`vaelens pipeline --list`: one row per built-in pipeline."""
+    rows = [(s.name, s.pipeline_class, " + ".join(e.title for e in s.text_encoders), s.denoiser.class_name,
+             s.vae_family, _default_size(s), s.guidance.value) for s in specs]
+    return table(("pipeline", "class", "text encoders", "denoiser", "vae", "default", "CFG"), rows)
+
+
+def pipeline_list_json(specs: Sequence[PipelineSpec]) -> list[dict[str, Any]]:
+    """`vaelens pipeline --list --json`; default_size is [H, W] like every size in vaelens' JSON."""
+    return [{"name": s.name, "class": s.pipeline_class, "repo": s.repo, "vae_family": s.vae_family,
+             "components": [{"name": c.name, "class": c.class_name} for c in s.components],
+             "default_size": [s.default_size[1], s.default_size[0]], "default_frames": s.default_frames,
+             "guidance": s.guidance.value} for s in specs]
+
+
+def render_pipeline_budget(rep: PipelineBudgetReport) -> str:
     verdicts = (f"{m.value} {'fits' if ok else 'does not fit'} ({human_bytes(p)})" for m, ok, p in rep.fits)
     lines = [f"budget {human_bytes(rep.budget_bytes)}: " + ", ".join(verdicts)]
     if rep.fixes:
         lines.append(f"with --offload {rep.mode.value} it does not fit; single changes:")
         for f in rep.fixes:
             verdict = "fits" if f.fits else "still over"
-            lines.append(f"  {f.change:<22} peak {human_bytes(f.peak_bytes):>11}  {verdict}")
-        if not any(f.change.startswith("--size") for f in rep.fixes):
+            lines.append(f"  {fix_label(f):<22} peak {human_bytes(f.peak_bytes):>11}  {verdict}")
+        if not any(f.size is not None for f in rep.fixes):
             lines.append(f"  no smaller size of the same aspect fits under --offload {rep.mode.value}: "
                          f"{rep.weights_note}")
     return "\n".join(lines)
@@ -96,7 +157,7 @@ def _used_size(est: PipelineEstimate) -> str:
     return f"{w}x{h}" + (f", {frames} frame{'s' if frames != 1 else ''}" if frames else "")
 
 
-def render_pipeline(est: PipelineEstimate, mode: Offload, budget: BudgetReport | None = None) -> str:
+def render_pipeline(est: PipelineEstimate, mode: Offload, budget: PipelineBudgetReport | None = None) -> str:
     """The human report of `vaelens pipeline`."""
     req, spec = est.request, est.request.pipeline
     head = [
@@ -110,8 +171,8 @@ def render_pipeline(est: PipelineEstimate, mode: Offload, budget: BudgetReport |
              render_timeline(report, budget_bytes=budget.budget_bytes if budget else None),
              render_summary(est)]
     if budget is not None:
-        parts.append(render_budget(budget))
-    notes = [*est.notes,
+        parts.append(render_pipeline_budget(budget))
+    notes = [*est.warnings,
              "peak = resident weights + tensors held by the pipeline + the call's activation peak "
              "(memory model on a meta trace); the CUDA context is not included"]
     parts.append("\n".join(f"note: {n}" for n in notes))

@@ -98,7 +98,7 @@ def families_json(specs: Sequence[FamilySpec]) -> list[dict[str, Any]]:
             "tokens": {"patch": list(s.tokens.patch), "source": s.tokens.source} if s.tokens else None,
             "size_rule": {"kind": s.size_rule.kind.value, "multiple": s.size_rule.multiple,
                           "raise_multiple": s.size_rule.raise_multiple, "source": s.size_rule.source},
-            "default_size": list(s.default_size),
+            "default_size": [s.default_size[1], s.default_size[0]],  # [H, W], as every size in the JSON
             "default_frames": s.default_frames,
             "config_source": s.config_source,
         })
