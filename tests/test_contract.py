@@ -70,21 +70,34 @@ def test_every_family_has_a_case():
 
 
 def test_issue_examples():
-    assert shapes("sdxl", width=1024, height=1024).latent_shape == (1, 4, 128, 128)
-    flux = shapes("flux1", width=1024, height=1024)
+    assert shapes("sdxl", PixelRequest(width=1024, height=1024)).latent_shape == (1, 4, 128, 128)
+    flux = shapes("flux1", PixelRequest(width=1024, height=1024))
     assert (flux.token_count, flux.token_dim) == (4096, 64)
-    assert shapes("wan21", width=832, height=480, frames=81).latent_shape == (1, 16, 21, 60, 104)
+    assert shapes("wan21", PixelRequest(width=832, height=480, frames=81)).latent_shape == (1, 16, 21, 60, 104)
+
+
+def test_size_keywords_of_0_1_still_work_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match=r"pass shapes\(model, PixelRequest"):
+        old = shapes("wan21", width=832, height=480, frames=81)
+    assert old == shapes("wan21", PixelRequest(width=832, height=480, frames=81))
+    with pytest.raises(SizeError, match="give both or neither"):
+        shapes("sdxl", width=512)
+
+
+def test_no_request_means_the_family_defaults():
+    plan = shapes("wan21")
+    assert plan.used_size == (480, 832) and plan.frames == 81
 
 
 def test_tokens_are_patches_of_the_latent():
-    plan = shapes("wan21", width=832, height=480, frames=81)
+    plan = shapes("wan21", PixelRequest(width=832, height=480, frames=81))
     # Wan's transformer patch (1, 2, 2): 21 · 30 · 52 tokens of 16·4 values
     assert (plan.token_count, plan.token_dim) == (21 * 30 * 52, 64)
-    assert shapes("sdxl", width=512, height=512).token_count is None
+    assert shapes("sdxl", PixelRequest(width=512, height=512)).token_count is None
 
 
 def test_bytes_and_compression_follow_elements():
-    plan = shapes("sdxl", width=1024, height=1024, dtype="bf16")
+    plan = shapes("sdxl", PixelRequest(width=1024, height=1024, dtype="bf16"))
     data = plan.to_json()
     assert data["bytes"] == {"pixels": 3 * 1024 * 1024 * 2, "latent": 4 * 128 * 128 * 2}
     assert data["compression"] == pytest.approx(48.0)
@@ -92,11 +105,11 @@ def test_bytes_and_compression_follow_elements():
 
 def test_raise_rule_names_nearest_sizes():
     with pytest.raises(SizeError, match=r"height 1020 is not a multiple of 8 for sdxl; nearest valid: 1016 or 1024"):
-        shapes("sdxl", width=1024, height=1020)
+        shapes("sdxl", PixelRequest(width=1024, height=1020))
 
 
 def test_floor_rule_warns_with_size_used():
-    plan = shapes("flux1", width=1000, height=1000)
+    plan = shapes("flux1", PixelRequest(width=1000, height=1000))
     assert plan.used_size == (992, 992)
     assert any("1000 → 992" in w for w in plan.warnings)
 
@@ -104,8 +117,8 @@ def test_floor_rule_warns_with_size_used():
 def test_check_before_floor_wan22():
     # WanPipeline.check_inputs raises on % 16; __call__ then floors Wan2.2 sizes to % 32.
     with pytest.raises(SizeError, match="height 1000 is not a multiple of 16 for wan22; nearest valid: 992 or 1008"):
-        shapes("wan22", width=1280, height=1000)
-    plan = shapes("wan22", width=1280, height=720)
+        shapes("wan22", PixelRequest(width=1280, height=1000))
+    plan = shapes("wan22", PixelRequest(width=1280, height=720))
     assert plan.used_size == (704, 1280) and any("720 → 704" in w for w in plan.warnings)
 
 

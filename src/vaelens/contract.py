@@ -269,30 +269,45 @@ def plan_shapes(spec: FamilySpec, request: PixelRequest) -> ShapePlan:
     )
 
 
-def default_request(spec: FamilySpec, **overrides: Any) -> PixelRequest:
-    """The family's default size (and frames), with any field overridden."""
+def default_request(model: str | FamilySpec, **overrides: Any) -> PixelRequest:
+    """MODEL -> its default PixelRequest (size and frames), with any field overridden (None keeps the default).
+
+    >>> default_request("wan21", frames=33)
+    PixelRequest(width=832, height=480, frames=33, batch=1, dtype=<DType.FP32: 'fp32'>)
+    """
+    spec = resolve_model(model)
     width, height = spec.default_size
     fields: dict[str, Any] = {"width": width, "height": height, "frames": spec.default_frames}
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return PixelRequest(**fields)
 
 
-def shapes(
-    model: str | FamilySpec,
-    *,
-    width: int | None = None,
-    height: int | None = None,
-    frames: int | None = None,
-    batch: int = 1,
-    dtype: str = "fp32",
-) -> ShapePlan:
-    """MODEL + size -> ShapePlan (pixels -> latent -> tokens -> decoded); unset sizes use the family's.
+def request_for(spec: FamilySpec, request: PixelRequest | None, size: dict[str, Any], *, caller: str) -> PixelRequest:
+    """An entry point's `request` (None: the family's defaults), or 0.1's size keywords (deprecated)."""
+    if not size:
+        return request if request is not None else default_request(spec)
+    if request is not None:
+        raise VaeLensError(f"{caller}: give request= or the size keywords {sorted(size)}, not both")
+    unknown = sorted(set(size) - {"width", "height", "frames", "batch", "dtype"})
+    if unknown:
+        raise VaeLensError(f"{caller}: unknown keyword(s) {unknown}; pass request=PixelRequest(...)")
+    if (size.get("width") is None) != (size.get("height") is None):
+        raise SizeError(f"width {size.get('width')} and height {size.get('height')}: give both or neither")
+    import warnings
 
-    >>> shapes("flux1", width=1024, height=1024).token_count
+    warnings.warn(f"{caller}(model, width=, height=, …) is deprecated; pass {caller}(model, PixelRequest(...))",
+                  DeprecationWarning, stacklevel=3)
+    return default_request(spec, **size)
+
+
+def shapes(model: str | FamilySpec, request: PixelRequest | None = None, **size: Any) -> ShapePlan:
+    """MODEL + PixelRequest -> ShapePlan (pixels -> latent -> tokens -> decoded, after the family's rules).
+
+    `request` None uses the family's default size (and frames). The size keywords of 0.1
+    (width=, height=, frames=, batch=, dtype=) still work, with a DeprecationWarning.
+
+    >>> shapes("flux1", PixelRequest(width=1024, height=1024)).token_count
     4096
     """
     spec = resolve_model(model)
-    if (width is None) != (height is None):
-        raise SizeError(f"width {width} and height {height}: give both or neither")
-    request = default_request(spec, width=width, height=height, frames=frames, batch=batch, dtype=dtype)
-    return plan_shapes(spec, request)
+    return plan_shapes(spec, request_for(spec, request, size, caller="shapes"))

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable
+from typing import Any
 
 from vaelens.contract import ShapePlan, plan_shapes
 from vaelens.families import FamilySpec, NormKind, SpecOrigin, get_family
+from vaelens.options import PixelRequest
 from vaelens.render.tables import human_bytes, norm_formula, shape_str, table, tokens_str
 
 _WIDTH = 100
@@ -204,9 +206,12 @@ def explain(
     return "\n".join(out)
 
 
-def explain_family(model: str | FamilySpec, **size: int | str | None) -> str:
-    """MODEL + size keywords (width, height, frames, batch, dtype) -> narrated text."""
-    from vaelens.contract import default_request, resolve_model
+def explain_family(model: str | FamilySpec, request: PixelRequest | None = None, **size: Any) -> str:
+    """MODEL + PixelRequest (None: the family's default size) -> narrated text of pixels -> latent -> tokens.
+
+    0.1's size keywords (width=, height=, frames=, batch=, dtype=) still work, with a DeprecationWarning.
+    """
+    from vaelens.contract import request_for, resolve_model
 
     spec = resolve_model(model)
-    return explain(spec, plan_shapes(spec, default_request(spec, **size)))
+    return explain(spec, plan_shapes(spec, request_for(spec, request, size, caller="explain_family")))
