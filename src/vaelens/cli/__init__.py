@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "roundtrip",
     "inspect",
 )
+    "report",
 
 
 class OneLineParser(argparse.ArgumentParser):

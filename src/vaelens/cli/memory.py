@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", metavar="SIZE", help="e.g. 8GiB: does it fit, largest batch / square size that fit")
     p.add_argument("--measure", action="store_true",
                    help="also run the real module (random weights) on CUDA and show measured vs predicted")
+    p.add_argument("--plot", metavar="FILE", help="write the memory timeline per layer as an image (e.g. out.png)")
     add_json(p)
     p.set_defaults(func=run)
 
@@ -34,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
         from vaelens.options import parse_bytes
 
         budget = parse_bytes(args.budget)
+    if args.plot:  # refuse a path matplotlib cannot write before any work
+        from vaelens.render.timeline import check_plot_path
+
+        check_plot_path(args.plot)
     measured: dict[str, int] = {}
     if args.measure:
         from vaelens.memory.measure import cuda_available, measure_peak
@@ -52,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
 
         report = check_budget(spec, request, budget, ops=ops, step=spec.size_rule.multiple, tiled=args.tiled,
                               sliced=args.sliced)
+    plot = None
+    if args.plot:
+        from vaelens.render.timeline import plot_memory_timeline
+
+        plot = str(plot_memory_timeline(estimates, args.plot, budget_bytes=budget, title=f"{spec.name} "
+                                        f"{plan.used_size[1]}x{plan.used_size[0]} {request.dtype.value}"))
     if args.json:
         data = {
             "family": spec.name, "dtype": request.dtype.value, "pixel_shape": list(plan.pixel_shape),
@@ -67,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
             data[est.op.value] = entry
         if report is not None:
             data["budget"] = report.to_json()
+        if plot:
+            data["plot"] = plot
         emit_json(data)
         return 0
     print(render_memory(spec.name, plan.pixel_shape, plan.latent_shape, estimates, measured=measured or None))
@@ -78,4 +91,6 @@ def run(args: argparse.Namespace) -> int:
         print()
         # name the size the estimates ran at (a floor family's size rule may have changed it)
         print(render_budget(report, replace(request, height=plan.used_size[0], width=plan.used_size[1])))
+    if plot:
+        print(f"\nwrote {plot}")
     return 0

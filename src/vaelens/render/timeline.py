@@ -1,0 +1,257 @@
+"""The memory timeline of one encode or decode, layer by layer: as inline SVG (report) and as PNG (CLI).
+
+MemoryEstimate -> MemoryTimeline: the innermost module calls in the order they run, each with the
+activation bytes alive after it and the peak while it ran (kernel temporaries and the layer's inputs
+included), on top of the weights + input band; the peak's layer; the predicted range (when the memory
+model gives one); the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vaelens.errors import VaeLensError
+from vaelens.memory.estimate import MemoryEstimate
+from vaelens.render.memory import stage_of
+from vaelens.render.svg import COLORS, byte_axis, esc, nice_ticks
+from vaelens.render.tables import human_bytes
+
+MAX_STEPS = 600  # more innermost layers than this (video decodes) are drawn in bins, each the max of its layers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimelineStep:
+    """One innermost layer (or a bin of consecutive ones): bytes above weights + input."""
+
+    path: str
+    type: str
+    stage: str
+    live_bytes: int  # activations alive after it
+    peak_bytes: int  # peak while it ran
+    layers: int = 1  # layers in this bin
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryTimeline:
+    """op's memory over time: steps on top of the resident weights + input, its peak, range and budget."""
+
+    op: str
+    steps: tuple[TimelineStep, ...]
+    weights_bytes: int
+    input_bytes: int
+    peak_bytes: int
+    peak_at: str
+    peak_op: str
+    peak_index: int  # the step holding the peak
+    peak_low: int | None = None  # the memory model's range, when it gives one
+    peak_high: int | None = None
+    budget_bytes: int | None = None
+    layers: int = 0  # innermost layers before binning
+
+    @property
+    def base_bytes(self) -> int:
+        return self.weights_bytes + self.input_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return self.base_bytes + self.peak_bytes
+
+
+def memory_timeline(est: MemoryEstimate, *, budget_bytes: int | None = None, max_steps: int = MAX_STEPS
+                    ) -> MemoryTimeline:
+    """MemoryEstimate (with its per-layer timeline) -> MemoryTimeline of its innermost layers.
+
+    A layer is innermost when the next record is not nested in it (records are in call order, parents
+    before children). The step marked as the peak holds est.peak_at (or lies inside it).
+    """
+    records = est.timeline
+    leaves = [r for i, r in enumerate(records)
+              if r.depth > 0 and not (i + 1 < len(records) and records[i + 1].depth > r.depth)]
+    steps = [TimelineStep(path=r.path, type=r.type, stage=stage_of(r.path), live_bytes=r.live_bytes,
+                          peak_bytes=r.peak_bytes) for r in leaves]
+    n_layers = len(steps)
+    if len(steps) > max_steps:
+        size = -(-len(steps) // max_steps)
+        binned = []
+        for k in range(0, len(steps), size):
+            group = steps[k:k + size]
+            top = max(group, key=lambda s: s.peak_bytes)
+            binned.append(TimelineStep(path=top.path, type=top.type, stage=top.stage,
+                                       live_bytes=max(s.live_bytes for s in group), peak_bytes=top.peak_bytes,
+                                       layers=len(group)))
+        steps = binned
+    inside = [i for i, s in enumerate(steps)
+              if est.peak_at and (s.path == est.peak_at or s.path.startswith(est.peak_at + "."))]
+    candidates = inside or list(range(len(steps)))
+    peak_index = max(candidates, key=lambda i: steps[i].peak_bytes) if steps else -1
+    low, high = getattr(est, "peak_bytes_low", None), getattr(est, "peak_bytes_high", None)
+    return MemoryTimeline(
+        op=est.op.value, steps=tuple(steps), weights_bytes=est.weights_bytes, input_bytes=est.input_bytes,
+        peak_bytes=est.peak_bytes, peak_at=est.peak_at, peak_op=est.peak_op.replace("aten.", ""),
+        peak_index=peak_index, peak_low=low, peak_high=high, budget_bytes=budget_bytes, layers=n_layers,
+    )
+
+
+def _stage_spans(steps: Sequence[TimelineStep]) -> list[tuple[str, int, int]]:
+    """steps -> [(stage, first index, end index)] of consecutive runs."""
+    spans: list[tuple[str, int, int]] = []
+    for i, s in enumerate(steps):
+        if spans and spans[-1][0] == s.stage:
+            spans[-1] = (s.stage, spans[-1][1], i + 1)
+        else:
+            spans.append((s.stage, i, i + 1))
+    return spans
+
+
+def _top(tl: MemoryTimeline) -> float:
+    return max(tl.base_bytes + max(tl.peak_high or 0, tl.peak_bytes), tl.budget_bytes or 0) * 1.12
+
+
+def timeline_svg(tl: MemoryTimeline, *, width: float = 860.0, height: float = 300.0) -> str:
+    """MemoryTimeline -> inline SVG: weights + input band, per-layer live and peak bars, the peak's layer,
+    the predicted range, the budget line; stage names under the axis. Hover a bar for its layer."""
+    left, right, top_pad, bottom = 64.0, 16.0, 34.0, 54.0
+    pw, ph = width - left - right, height - top_pad - bottom
+    top = _top(tl)
+    div, unit = byte_axis(top)
+
+    def y(v: float) -> float:
+        return top_pad + ph * (1 - v / top)
+
+    n = max(len(tl.steps), 1)
+    dx = pw / n
+    out = [f'<svg class="timeline" data-op="{tl.op}" viewBox="0 0 {width:.0f} {height:.0f}" width="{width:.0f}" '
+           f'role="img" aria-label="{tl.op} memory timeline" xmlns="http://www.w3.org/2000/svg">']
+    for t in nice_ticks(top / div):
+        ty = y(t * div)
+        out.append(f'<line x1="{left}" y1="{ty:.1f}" x2="{left + pw}" y2="{ty:.1f}" stroke="#e5e5e5"/>')
+        out.append(f'<text x="{left - 6}" y="{ty + 3:.1f}" text-anchor="end" font-size="10">{t:g}</text>')
+    out.append(f'<text x="14" y="{top_pad + ph / 2:.0f}" font-size="10" text-anchor="middle" '
+               f'transform="rotate(-90 14 {top_pad + ph / 2:.0f})">GPU memory ({unit})</text>')
+    base_y = y(tl.base_bytes)
+    out.append(f'<rect x="{left}" y="{base_y:.2f}" width="{pw:.1f}" height="{y(0) - base_y:.2f}" '
+               f'fill="{COLORS["weights"]}" fill-opacity="0.55"><title>weights {esc(human_bytes(tl.weights_bytes))} '
+               f"+ input {esc(human_bytes(tl.input_bytes))}, resident all along</title></rect>")
+    for i, s in enumerate(tl.steps):
+        x = left + i * dx
+        what = f"{s.path} ({s.type})" + (f" and {s.layers - 1} more layers" if s.layers > 1 else "")
+        title = (f"{what}: live after {human_bytes(s.live_bytes)}, peak inside {human_bytes(s.peak_bytes)}")
+        py, ly = y(tl.base_bytes + s.peak_bytes), y(tl.base_bytes + s.live_bytes)
+        out.append(f'<g><title>{esc(title)}</title>'
+                   f'<rect x="{x:.2f}" y="{py:.2f}" width="{max(dx, 0.5):.2f}" height="{max(base_y - py, 0):.2f}" '
+                   f'fill="{COLORS["activations"]}" fill-opacity="0.30"/>'
+                   f'<rect x="{x:.2f}" y="{ly:.2f}" width="{max(dx, 0.5):.2f}" height="{max(base_y - ly, 0):.2f}" '
+                   f'fill="{COLORS["activations"]}" fill-opacity="0.85"/></g>')
+    for stage, a, b in _stage_spans(tl.steps):
+        sx = left + a * dx
+        out.append(f'<line x1="{sx:.1f}" y1="{top_pad}" x2="{sx:.1f}" y2="{y(0) + 6:.1f}" stroke="#999" '
+                   'stroke-dasharray="2 2"/>')
+        if (b - a) * dx > 40:
+            out.append(f'<text x="{left + (a + b) / 2 * dx:.1f}" y="{y(0) + 16:.1f}" text-anchor="middle" '
+                       f'font-size="10">{esc(stage)}</text>')
+    out.append(f'<line x1="{left}" y1="{y(0):.1f}" x2="{left + pw}" y2="{y(0):.1f}" stroke="#444"/>')
+    out.append(f'<text x="{left + pw / 2:.0f}" y="{height - 22:.0f}" text-anchor="middle" font-size="10">'
+               f"innermost layers in the order they run ({tl.layers}"
+               f"{', binned' if tl.layers > len(tl.steps) else ''})</text>")
+    if tl.peak_low is not None and tl.peak_high is not None and tl.peak_high > tl.peak_low:
+        ry = y(tl.base_bytes + tl.peak_high)
+        out.append(f'<rect x="{left}" y="{ry:.2f}" width="{pw:.1f}" height="{y(tl.base_bytes + tl.peak_low) - ry:.2f}"'
+                   f' fill="{COLORS["peak"]}" fill-opacity="0.10"><title>predicted range of the peak: '
+                   f"{esc(human_bytes(tl.peak_low))} – {esc(human_bytes(tl.peak_high))} above weights + input"
+                   "</title></rect>")
+        out.append(f'<text x="{left + pw - 4:.0f}" y="{ry - 3:.1f}" text-anchor="end" font-size="10">'
+                   f"predicted range {esc(human_bytes(tl.peak_low))} – {esc(human_bytes(tl.peak_high))}</text>")
+    if tl.budget_bytes:
+        by = y(tl.budget_bytes)
+        out.append(f'<line x1="{left}" y1="{by:.1f}" x2="{left + pw}" y2="{by:.1f}" stroke="{COLORS["budget"]}" '
+                   'stroke-width="1.6" stroke-dasharray="6 3"/>')
+        out.append(f'<text x="{left + 4}" y="{by - 4:.1f}" font-size="10" fill="{COLORS["budget"]}">'
+                   f"budget {esc(human_bytes(tl.budget_bytes))}</text>")
+    if tl.peak_index >= 0:
+        px = left + (tl.peak_index + 0.5) * dx
+        py = y(tl.total_bytes)
+        label = (f"peak {human_bytes(tl.peak_bytes)} at {tl.peak_at} ({tl.peak_op}); "
+                 f"with weights + input {human_bytes(tl.total_bytes)}")
+        anchor = "end" if px > left + pw / 2 else "start"
+        tx = px - 6 if anchor == "end" else px + 6
+        out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{COLORS["peak"]}"/>')
+        out.append(f'<text class="peak-label" x="{tx:.1f}" y="{max(py - 6, 12):.1f}" text-anchor="{anchor}" '
+                   f'font-size="11" font-weight="bold">{esc(label)}</text>')
+    lx = left
+    legend = (("weights", 0.55, f"weights + input {human_bytes(tl.base_bytes)}"),
+              ("activations", 0.85, "live activations after each layer"),
+              ("activations", 0.30, "peak inside the layer (kernel temporaries, inputs)"))
+    for key, alpha, name in legend:
+        out.append(f'<rect x="{lx:.0f}" y="{height - 12:.0f}" width="10" height="10" fill="{COLORS[key]}" '
+                   f'fill-opacity="{alpha}"/><text x="{lx + 14:.0f}" y="{height - 3:.0f}" font-size="10">'
+                   f"{esc(name)}</text>")
+        lx += 14 + 6.2 * len(name) + 18
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def check_plot_path(path: str | Path) -> Path:
+    """A figure path -> the path matplotlib will write (.png added when there is no suffix); a suffix
+    matplotlib cannot write, or a folder, is refused before any work."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(path)
+    if out.is_dir():
+        raise VaeLensError(f"plot {str(path)!r} is a folder; give a file name, e.g. {str(out / 'memory.png')!r}")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = out.suffix.lower().lstrip(".")
+    if suffix and suffix not in formats:
+        raise VaeLensError(f"plot {str(path)!r}: matplotlib cannot write .{suffix}; use one of: "
+                           f"{', '.join(sorted(formats))}")
+    return out if suffix else out.with_suffix(".png")
+
+
+def plot_memory_timeline(estimates: Sequence[MemoryEstimate], path: str | Path, *, title: str,
+                         budget_bytes: int | None = None) -> Path:
+    """MemoryEstimates (encode, decode) -> PNG, one panel each: the same picture as timeline_svg."""
+    from vaelens.render.figures import _plt
+
+    out = check_plot_path(path)
+    timelines = [memory_timeline(e, budget_bytes=budget_bytes) for e in estimates]
+    plt = _plt()
+    top = max(_top(t) for t in timelines)
+    div, unit = byte_axis(top)
+    fig, axes = plt.subplots(1, len(timelines), figsize=(6.5 * len(timelines), 4.2), squeeze=False,
+                             layout="constrained")
+    for ax, tl in zip(axes[0], timelines, strict=True):
+        xs = range(len(tl.steps))
+        base = tl.base_bytes / div
+        ax.axhspan(0, base, color=COLORS["weights"], alpha=0.55, lw=0,
+                   label=f"weights + input {human_bytes(tl.base_bytes)}")
+        ax.bar(xs, [s.peak_bytes / div for s in tl.steps], bottom=base, width=1.0, color=COLORS["activations"],
+               alpha=0.30, lw=0, label="peak inside the layer (temporaries, inputs)")
+        ax.bar(xs, [s.live_bytes / div for s in tl.steps], bottom=base, width=1.0, color=COLORS["activations"],
+               alpha=0.85, lw=0, label="live activations after each layer")
+        if tl.peak_low is not None and tl.peak_high is not None and tl.peak_high > tl.peak_low:
+            ax.axhspan(base + tl.peak_low / div, base + tl.peak_high / div, color="black", alpha=0.10, lw=0,
+                       label=f"predicted range {human_bytes(tl.peak_low)} – {human_bytes(tl.peak_high)}")
+        if tl.budget_bytes:
+            ax.axhline(tl.budget_bytes / div, color=COLORS["budget"], ls="--", lw=1.5,
+                       label=f"budget {human_bytes(tl.budget_bytes)}")
+        if tl.peak_index >= 0:
+            py = tl.total_bytes / div
+            ax.plot([tl.peak_index], [py], "o", color="black", ms=4)
+            ax.annotate(f"peak {human_bytes(tl.peak_bytes)} at {tl.peak_at}\n"
+                        f"with weights + input {human_bytes(tl.total_bytes)}", (tl.peak_index, py),
+                        xytext=(0, 6), textcoords="offset points", fontsize=7,
+                        ha="right" if tl.peak_index > len(tl.steps) / 2 else "left", va="bottom")
+        for _stage, a, _b in _stage_spans(tl.steps)[1:]:
+            ax.axvline(a - 0.5, color="#999", lw=0.6, ls=":")
+        ax.set_ylim(0, top / div)
+        ax.set_xlim(-0.5, len(tl.steps) - 0.5)
+        ax.set_title(f"{tl.op}", fontsize=9)
+        ax.set_xlabel(f"innermost layers in the order they run ({tl.layers})", fontsize=8)
+        ax.set_ylabel(f"GPU memory ({unit})", fontsize=8)
+        ax.legend(fontsize=6.5, loc="upper left")
+    fig.suptitle(title, fontsize=9)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
