@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY = {
     "build_module": "vaelens.build",
+    "default_request": "vaelens.contract",
     "estimate_memory": "vaelens.memory.estimate",
     "estimate_pipeline": "vaelens.pipelines",
     "explain_family": "vaelens.render.narrate",
@@ -33,6 +34,7 @@ __all__ = [
     "VaeLensError",
     "__version__",
     "build_module",
+    "default_request",
     "estimate_memory",
     "estimate_pipeline",
     "explain_family",
@@ -47,8 +49,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    """A public name loads its module on first use; a submodule (vaelens.codec, vaelens.latents, …) too."""
     if name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if not name.startswith("_"):
+        try:
+            return import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
     raise AttributeError(f"module 'vaelens' has no attribute {name!r}")

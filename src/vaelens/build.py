@@ -143,3 +143,31 @@ def run_encode(module, pixels, *, sample: bool = False, generator: Any = None):
 def run_decode(module, latent):
     """raw latent [B,C,(F',)h,w] -> pixels [B,3,(F,)H,W]: one call of module.decode."""
     return decoded_pixels(module.decode(latent))
+
+
+def meta_copy(module: Any, dtype: Any = None):
+    """nn.Module (weights anywhere) -> a copy on the meta device, cast to `dtype` if given; the weights are
+    never copied (each parameter and buffer is pre-mapped to an empty meta twin). A module already on
+    meta is returned as it is.
+
+    >>> import torch
+    >>> meta_copy(torch.nn.Linear(2, 3)).weight.is_meta
+    True
+    """
+    import copy
+
+    import torch
+
+    tensors = [*module.parameters(), *module.buffers()]
+    if all(t.is_meta for t in tensors):
+        return module
+    memo: dict[int, Any] = {}
+    for t in tensors:
+        twin = torch.empty_like(t, device="meta")
+        is_param = isinstance(t, torch.nn.Parameter)
+        memo[id(t)] = torch.nn.Parameter(twin, requires_grad=t.requires_grad) if is_param else twin
+    clone = copy.deepcopy(module, memo)
+    if dtype is None:
+        return clone
+    with quiet_diffusers():
+        return clone.to(dtype)

@@ -133,14 +133,20 @@ def simulate(tr: Trace, *, dtype: DType | None = None, tiled: bool = False, slic
 
 
 def _module_and_spec(model: Any, dtype: DType):
-    """FamilySpec | name | config path | config dict | nn.Module -> (meta module, spec or None)."""
+    """FamilySpec | name | config path | config dict | nn.Module | LoadedVae -> (meta module, spec or None).
+
+    A module with real weights (or a LoadedVae's) is traced as a meta copy at `dtype`; the original is untouched.
+    """
     import torch
 
-    from vaelens.build import build_module
+    from vaelens.build import build_module, meta_copy
     from vaelens.families.spec import FamilySpec
 
     if isinstance(model, torch.nn.Module):
-        return model, None
+        return meta_copy(model, dtype.torch), None
+    loaded = getattr(model, "module", None), getattr(model, "spec", None)  # a LoadedVae
+    if isinstance(loaded[0], torch.nn.Module) and isinstance(loaded[1], FamilySpec):
+        return meta_copy(loaded[0], dtype.torch), loaded[1]
     if isinstance(model, Mapping):
         return build_module(model, device="meta", dtype=dtype), None
     if isinstance(model, (str, FamilySpec)):
@@ -150,7 +156,7 @@ def _module_and_spec(model: Any, dtype: DType):
         return build_module(spec, device="meta", dtype=dtype), spec
     raise VaeLensError(
         f"model {type(model).__name__} is not supported; give a family name, a FamilySpec, a config "
-        "dict with _class_name, or an nn.Module"
+        "dict with _class_name, an nn.Module (any device) or a LoadedVae"
     )
 
 
@@ -232,8 +238,9 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """model + PixelRequest -> MemoryEstimate of encode (pixels -> latent) or decode (latent -> pixels).
 
-    `model` is a family name, a FamilySpec, a diffusers config dict (with _class_name) or an
-    nn.Module (built on meta for a prediction without memory). `tiled` / `sliced` predict diffusers'
+    `model` is a family name, a FamilySpec, a diffusers config dict (with _class_name), a LoadedVae, or
+    any nn.Module: one with real weights is traced as a meta copy cast to request.dtype (no memory, the
+    module itself untouched); one on meta as it is. `tiled` / `sliced` predict diffusers'
     enable_tiling() / enable_slicing().
 
     >>> from vaelens.options import PixelRequest, DType

@@ -1,0 +1,97 @@
+"""The public Python API: one signature per verb (model first, then a PixelRequest), lazy names and
+submodules, sorted __all__ with no name that is also a submodule, and the JSON vocabulary."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import vaelens
+from tiny_models import tiny_kl
+from vaelens import PixelRequest
+from vaelens.build import build_module
+from vaelens.options import DType
+
+
+def test_all_is_sorted_and_no_public_name_is_a_submodule():
+    assert vaelens.__all__ == sorted(vaelens.__all__)
+    submodules = {m.name for m in pkgutil.iter_modules(vaelens.__path__)}
+    assert "codec" in submodules and not set(vaelens.__all__) & submodules
+    for name in vaelens.__all__:
+        assert getattr(vaelens, name) is not None
+
+
+def test_submodules_load_on_first_use_after_a_bare_import():
+    code = "import vaelens; print(vaelens.codec.encode.__name__, vaelens.latents.LatentMetadata.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["encode", "LatentMetadata"]
+    with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
+        vaelens.no_such_thing  # noqa: B018
+
+
+def test_every_verb_takes_the_model_then_one_request():
+    req = PixelRequest(width=64, height=32, dtype=DType.BF16)
+    plan = vaelens.shapes("sdxl", req)
+    assert plan.used_size == (32, 64)  # (H, W)
+    text = vaelens.explain_family("sdxl", req)
+    assert "64x32" in text
+    est = vaelens.estimate_memory("sdxl", req, op="decode")
+    assert est.output_shape == (1, 3, 32, 64)
+
+
+def test_estimate_memory_takes_a_module_with_real_weights_and_leaves_it_alone():
+    torch.manual_seed(0)
+    real = build_module(tiny_kl(), device="cpu")
+    meta = build_module(tiny_kl(), device="meta")
+    req = PixelRequest(width=32, height=32)
+    before = {k: v.clone() for k, v in real.state_dict().items()}
+    got = vaelens.estimate_memory(real, req, op="decode")
+    assert got.peak_bytes == vaelens.estimate_memory(meta, req, op="decode").peak_bytes > 0
+    assert all(p.device.type == "cpu" for p in real.parameters())
+    assert all(torch.equal(before[k], v) for k, v in real.state_dict().items())
+
+
+def test_estimate_pipeline_takes_a_name_and_defaults_to_the_pipelines_size():
+    from vaelens.pipelines import PipelineRequest, get_pipeline
+
+    full = PipelineRequest.of("flux1-dev")
+    spec = get_pipeline("flux1-dev")
+    assert (full.width, full.height) == spec.default_size and full.dtype is DType.BF16
+    asked = PipelineRequest.of(spec, PixelRequest(width=512, height=256, batch=2), vae_tiling=True)
+    assert (asked.width, asked.height, asked.batch, asked.vae_tiling) == (512, 256, 2, True)
+    with pytest.raises(vaelens.VaeLensError, match="unknown pipeline 'flux9'"):
+        PipelineRequest.of("flux9")
+
+
+def test_pipeline_json_sizes_are_height_first_and_warnings_is_the_word():
+    from vaelens.pipelines import PipelineRequest, get_pipeline
+    from vaelens.pipelines.estimate import ActivationPeak, estimate_pipeline
+    from vaelens.render.pipeline import pipeline_list_json
+
+    def peak(module, plan, dtype):
+        return ActivationPeak(peak_bytes=1, peak_at="x")
+
+    def decode(family, request, tiled):
+        return ActivationPeak(peak_bytes=1, peak_at="d"), (1, 16, request.height // 8, request.width // 8)
+
+    spec = get_pipeline("flux1-dev")
+    est = estimate_pipeline(PipelineRequest(pipeline=spec, width=1000, height=512), peak_fn=peak, decode_fn=decode)
+    data = est.to_json()
+    assert data["size"] == [512, 1000] and data["used_size"] == [512, 992]
+    assert data["warnings"] and data["warnings"] == data["notes"]
+    listed = next(p for p in pipeline_list_json([spec]) if p["name"] == "flux1-dev")
+    w, h = spec.default_size
+    assert listed["default_size"] == [h, w]
+
+
+def test_families_json_default_size_is_height_first():
+    from vaelens.families import get_family
+    from vaelens.render.tables import families_json
+
+    wan = get_family("wan21")
+    (data,) = families_json([wan])
+    assert data["default_size"] == [480, 832] and wan.default_size == (832, 480)
