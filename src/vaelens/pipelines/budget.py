@@ -86,8 +86,21 @@ def check_pipeline_budget(
         trial({"vae_tiling": True}, replace(req, vae_tiling=True))
     if req.dtype is DType.FP32:
         trial({"dtype": DType.BF16}, replace(req, dtype=DType.BF16))
-    # Largest smaller size that fits: the peak grows with the size, so bisect the candidates.
     sizes = _sizes_below(req.width, req.height)
+    size_fix = _largest_size_that_fits(req, sizes, budget_bytes, mode=mode, cache=cache, estimate=estimate)
+    if size_fix is not None:
+        fixes.append(size_fix)
+    note = _why_no_size_helps(est, sizes, budget_bytes, mode)
+    return PipelineBudgetReport(budget_bytes=budget_bytes, mode=mode, fits=fits, fixes=tuple(fixes),
+                                weights_note=note)
+
+
+def _largest_size_that_fits(
+    req: PipelineRequest, sizes: list[tuple[int, int]], budget_bytes: int, *, mode: Offload,
+    cache: EstimateCache, estimate,
+) -> Fix | None:
+    """Candidates (largest first) -> a Fix for the largest one whose peak under `mode` fits, or None.
+    The peak grows with the size, so the candidates are bisected."""
     peaks: dict[int, int] = {}
 
     def peak_at(i: int) -> int:
@@ -96,24 +109,27 @@ def check_pipeline_budget(
             peaks[i] = estimate(replace(req, width=w, height=h), cache=cache).mode(mode).peak_bytes
         return peaks[i]
 
-    if sizes and peak_at(len(sizes) - 1) <= budget_bytes:
-        lo, hi = 0, len(sizes) - 1  # sizes[hi] fits; find the first (largest) that does
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if peak_at(mid) <= budget_bytes:
-                hi = mid
-            else:
-                lo = mid + 1
-        w, h = sizes[hi]
-        fixes.append(Fix(size=(h, w), mode=mode, peak_bytes=peak_at(hi), fits=True))
-    heaviest = max(est.mode(mode).stages, key=lambda s: s.weights_bytes)
+    if not sizes or peak_at(len(sizes) - 1) > budget_bytes:
+        return None
+    lo, hi = 0, len(sizes) - 1  # sizes[hi] fits; find the first (largest) that does
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if peak_at(mid) <= budget_bytes:
+            hi = mid
+        else:
+            lo = mid + 1
+    w, h = sizes[hi]
+    return Fix(size=(h, w), mode=mode, peak_bytes=peak_at(hi), fits=True)
+
+
+def _why_no_size_helps(est: PipelineEstimate, sizes: list[tuple[int, int]], budget_bytes: int, mode: Offload) -> str:
+    """Why no smaller size fits: the resident weights alone, no smaller candidate, or even the smallest is over."""
     from vaelens.render.tables import human_bytes
 
+    req = est.request
+    heaviest = max(est.mode(mode).stages, key=lambda s: s.weights_bytes)
     if heaviest.weights_bytes > budget_bytes:
-        note = f"the weights resident during '{heaviest.stage.label}' alone are {human_bytes(heaviest.weights_bytes)}"
-    elif not sizes:
-        note = f"{req.width}x{req.height} is already the smallest size in 64-pixel steps"
-    else:
-        note = f"even {sizes[-1][0]}x{sizes[-1][1]} is over"
-    return PipelineBudgetReport(budget_bytes=budget_bytes, mode=mode, fits=fits, fixes=tuple(fixes),
-                                weights_note=note)
+        return f"the weights resident during '{heaviest.stage.label}' alone are {human_bytes(heaviest.weights_bytes)}"
+    if not sizes:
+        return f"{req.width}x{req.height} is already the smallest size in 64-pixel steps"
+    return f"even {sizes[-1][0]}x{sizes[-1][1]} is over"
