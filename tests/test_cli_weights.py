@@ -58,7 +58,7 @@ def test_encode_decode_roundtrip_inspect(setup, capsys):
     # 21x18 is cropped to the derived family's multiple of 2: 20x18 -> latent 10x9
     assert enc["pixel_shape"] == [2, 3, 18, 20] and enc["latent_shape"] == [2, 4, 9, 10]
     assert enc["normalized"] is True and enc["encode"]["calls"] == 2 and enc["nonfinite"] == 0
-    assert "centre-cropped" in enc["images"][0]["notes"][0]
+    assert "centre-cropped" in enc["images"][0]["warnings"][0]
 
     dec = run_json(capsys, ["decode", str(root / "z.safetensors"), "--vae", vae, "-o", str(root / "out.png")])
     assert dec["pixel_shape"] == [2, 3, 18, 20] and len(dec["outputs"]) == 2

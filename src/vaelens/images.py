@@ -41,7 +41,8 @@ class ImageInfo:
             "used_size": list(self.used_size),
             "alpha": self.alpha,
             "exif_transposed": self.exif_transposed,
-            "notes": list(self.notes),
+            "warnings": list(self.notes),
+            "notes": list(self.notes),  # the old name of "warnings", kept until 0.2
         }
 
 
