@@ -1,0 +1,15 @@
+"""Budgeted, exact tiled encode and decode: any size inside a device memory budget.
+
+plan.py     meta device, no weights: TilingPlan (tile shape, halo, tiles, predicted peak <= budget)
+execute.py  the real module under a TorchFunctionMode: every operation tiled exactly
+grid.py     tile arithmetic shared by both
+api.py      decode / encode / enable_budgeted_vae (the pipeline drop-in)
+"""
+
+from vaelens.tiling.api import budgeted_vae, decode, disable_budgeted_vae, enable_budgeted_vae, encode
+from vaelens.tiling.plan import EXACT_CLASSES, TilingPlan, plan_tiling
+
+__all__ = [
+    "EXACT_CLASSES", "TilingPlan", "budgeted_vae", "decode", "disable_budgeted_vae", "enable_budgeted_vae",
+    "encode", "plan_tiling",
+]

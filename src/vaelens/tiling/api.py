@@ -1,0 +1,204 @@
+"""Run encode/decode inside a memory budget with real weights, and the drop-in for pipelines.
+
+decode(vae, latent, budget=…) / encode(vae, pixels, budget=…): one call, planned then run.
+enable_budgeted_vae(pipe.vae, budget=…): the module's own .decode/.encode become budgeted (planned per
+input shape and dtype, cached), so a diffusers pipeline's decode is exact and inside the budget; it
+replaces enable_tiling(). disable_budgeted_vae undoes it; budgeted_vae is the same as a `with` block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from vaelens.errors import VaeLensError
+from vaelens.tiling.plan import APPROXIMATE, UNTILED, TilingPlan, plan_tiling
+
+_ATTR = "_vaelens_budget"
+
+
+@dataclass(slots=True)
+class BudgetState:
+    """What enable_budgeted_vae attaches to a module: the budget, its plans, the original methods."""
+
+    budget: int | str
+    originals: dict[str, Any] = field(default_factory=dict)
+    cache: dict[tuple, TilingPlan] = field(default_factory=dict)
+    plans: list[TilingPlan] = field(default_factory=list)  # every call's plan, in order
+
+    @property
+    def last_plan(self) -> TilingPlan | None:
+        return self.plans[-1] if self.plans else None
+
+
+def _module(vae: Any):
+    import torch
+
+    module = getattr(vae, "module", vae)  # LoadedVae -> its diffusers module
+    if not isinstance(module, torch.nn.Module) or not hasattr(module, "decode"):
+        raise VaeLensError(f"vae {type(vae).__name__} is not a diffusers VAE module (nor a LoadedVae)")
+    return module
+
+
+def _dtype(module: Any):
+    from vaelens.tiling.plan import _dtype_of
+
+    return _dtype_of(next(iter(module.parameters()), None))
+
+
+def _move(obj: Any, device: Any) -> Any:
+    """A diffusers output (DecoderOutput, AutoencoderKLOutput with its posterior, tuple, tensor) with
+    every tensor moved to `device`."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_move(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_move(o, device) for o in obj]
+    if isinstance(obj, dict):  # diffusers BaseOutput is an OrderedDict whose __setitem__ keeps attributes
+        for k in list(obj.keys()):
+            obj[k] = _move(obj[k], device)
+        return obj
+    if hasattr(obj, "__dict__") and not isinstance(obj, torch.nn.Module):  # DiagonalGaussianDistribution
+        for k, v in vars(obj).items():
+            if isinstance(v, torch.Tensor):
+                setattr(obj, k, v.to(device))
+    return obj
+
+
+def _plan_for(module: Any, state: BudgetState, op: str, x: Any) -> TilingPlan:
+    key = (op, tuple(x.shape), _dtype(module))
+    if key not in state.cache:
+        state.cache[key] = plan_tiling(module, tuple(x.shape), key[2], state.budget, op=op)
+    return state.cache[key]
+
+
+def run_plan(module: Any, plan: TilingPlan, method: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call `method` (the module's original encode/decode) on x as `plan` says: untiled, exact tiles, or
+    the class's own enable_tiling() (approximate). Tensors in the result are on x's device."""
+    import torch
+
+    from vaelens.tiling.execute import run_tiled
+
+    if plan.method == UNTILED:
+        return method(x, *args, **kwargs)
+    prev = getattr(module, "use_tiling", None)
+    try:
+        if plan.method == APPROXIMATE:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module.enable_tiling()
+            return method(x, *args, **kwargs)
+        if prev is not None:
+            module.use_tiling = False  # the exact path must not take diffusers' blended tiles
+        device = next(iter(module.parameters())).device
+        storage = device if device.type == "cpu" else torch.device("cpu")
+        out = run_tiled(module, lambda: method(x.to(storage), *args, **kwargs), fraction=plan.fraction,
+                        storage=storage)
+        return _move(out, x.device)
+    finally:
+        if prev is not None:
+            module.use_tiling = prev
+
+
+def _call(module: Any, op: str, x: Any, *, budget: int | str | None, plan: TilingPlan | None):
+    import torch
+
+    from vaelens.trace import call_op
+    from vaelens.trace.records import Op
+
+    method = getattr(module, op)
+    state = getattr(module, _ATTR, None)
+    if state is not None:  # a budgeted module: call the original method, not the wrapper
+        method = types.MethodType(state.originals[op], module)
+    with torch.inference_mode():
+        if plan is None and budget is None:
+            return call_op(_Bound(method, op), Op.parse(op), [x])
+        if plan is None:
+            plan = plan_tiling(module, tuple(x.shape), _dtype(module), budget, op=op)
+        elif plan.op != op or tuple(plan.input_shape) != tuple(x.shape):
+            raise VaeLensError(f"plan is for {plan.op} of {list(plan.input_shape)}, not {op} of {list(x.shape)}")
+        return call_op(_Bound(lambda t: run_plan(module, plan, method, t), op), Op.parse(op), [x])
+
+
+class _Bound:
+    """Something call_op can read .encode/.decode from: one bound method."""
+
+    def __init__(self, fn: Any, op: str) -> None:
+        setattr(self, op, fn)
+
+
+def decode(vae: Any, latent: Any, *, budget: int | str | None = None, plan: TilingPlan | None = None):
+    """raw latent [B,C,(F,)h,w] -> pixels [B,3,(F,)H,W] (the module's .decode(...).sample) within `budget`.
+
+    `vae`: a diffusers VAE module or a LoadedVae; the latent is not denormalised (vaelens.codec.decode
+    does that). Exact tiles when the untiled decode does not fit; untiled when it does; without
+    budget and plan, the plain decode. Raises VaeLensError naming the smallest budget when none fits.
+    """
+    return _call(_module(vae), "decode", latent, budget=budget, plan=plan)
+
+
+def encode(vae: Any, pixels: Any, *, budget: int | str | None = None, plan: TilingPlan | None = None):
+    """pixels [B,3,(F,)H,W] in [-1,1] -> raw latent [B,C,(F,)h,w] (the posterior's mode, or the latent of a
+    VAE without one) within `budget`; see decode()."""
+    return _call(_module(vae), "encode", pixels, budget=budget, plan=plan)
+
+
+def enable_budgeted_vae(vae: Any, budget: int | str = "8GiB") -> BudgetState:
+    """Make vae.decode / vae.encode run inside `budget`, exactly (the pipeline drop-in for enable_tiling()).
+
+    Each call is planned for its input's shape and dtype (cached): untiled when that fits, exact tiles
+    otherwise, the class's own tiling (approximate) for classes vaelens cannot tile exactly. Returns the
+    state attached to the module (`.plans` lists what each call did). Calling it again changes the budget.
+    """
+    from vaelens.options import parse_bytes
+
+    module = _module(vae)
+    if isinstance(budget, str):
+        parse_bytes(budget)  # validate now, not at the first decode
+    state = getattr(module, _ATTR, None)
+    if state is not None:
+        state.budget, state.cache = budget, {}
+        return state
+    state = BudgetState(budget=budget)
+    for op in ("decode", "encode"):
+        original = getattr(type(module), op, None)
+        if original is None:
+            continue
+        state.originals[op] = original
+
+        def wrapper(self: Any, x: Any, *args: Any, _op: str = op, _orig: Any = original, **kwargs: Any) -> Any:
+            plan = _plan_for(self, state, _op, x)
+            state.plans.append(plan)
+            return run_plan(self, plan, types.MethodType(_orig, self), x, *args, **kwargs)
+
+        object.__setattr__(module, op, types.MethodType(wrapper, module))
+    object.__setattr__(module, _ATTR, state)
+    return state
+
+
+def disable_budgeted_vae(vae: Any) -> None:
+    """Undo enable_budgeted_vae (the module's own encode/decode again)."""
+    module = _module(vae)
+    state = getattr(module, _ATTR, None)
+    if state is None:
+        return
+    for op in state.originals:
+        module.__dict__.pop(op, None)
+    module.__dict__.pop(_ATTR, None)
+
+
+@contextlib.contextmanager
+def budgeted_vae(vae: Any, budget: int | str) -> Iterator[BudgetState]:
+    """`with budgeted_vae(vae, "4GiB") as state:` — enable_budgeted_vae for the block, undone after."""
+    state = enable_budgeted_vae(vae, budget)
+    try:
+        yield state
+    finally:
+        disable_budgeted_vae(vae)
