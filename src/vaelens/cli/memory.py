@@ -51,12 +51,16 @@ def run(args: argparse.Namespace) -> int:
             shape = plan.pixel_shape if est.op.value == "encode" else plan.latent_shape
             measured[est.op.value] = measure_peak(
                 spec.diffusers_config(), tuple(shape), request.dtype, op=est.op, tiled=args.tiled, sliced=args.sliced)
-    report = None
+    report = tiling = None
     if budget is not None:
         from vaelens.memory.budget import check_budget
 
         report = check_budget(spec, request, budget, ops=ops, step=spec.size_rule.multiple, tiled=args.tiled,
                               sliced=args.sliced)
+        from vaelens.tiling.plan import plan_ops  # the exact tiling that fits (vaelens.tiling)
+
+        tiling = plan_ops(spec, {op: plan.latent_shape if op == "decode" else plan.pixel_shape for op in ops},
+                          request.dtype, budget)
     plot = None
     if args.plot:
         from vaelens.render.timeline import plot_memory_timeline
@@ -78,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
             data[est.op.value] = entry
         if report is not None:
             data["budget"] = report.to_json()
+            from vaelens.render.tiling import plans_json
+
+            data["tiling"] = plans_json(tiling)
         if plot:
             data["plot"] = plot
         emit_json(data)
@@ -91,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
         print()
         # name the size the estimates ran at (a floor family's size rule may have changed it)
         print(render_budget(report, replace(request, height=plan.used_size[0], width=plan.used_size[1])))
+        if any(isinstance(t, str) or t.tiled for t in tiling.values()):
+            from vaelens.render.tiling import render_plans
+
+            print()
+            print(render_plans(tiling))
     if plot:
         print(f"\nwrote {plot}")
     return 0

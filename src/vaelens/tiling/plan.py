@@ -326,3 +326,16 @@ def _refuse(common: dict, need: int, what: str) -> None:
         f"(weights {human_bytes(common['weights_bytes'])}); the smallest budget that works is "
         f"{smallest_budget_text(need)}"
     )
+
+
+def plan_ops(model: Any, shapes: Mapping[str, tuple[int, ...]], dtype: DType | str | None,
+             budget: int | str) -> dict[str, TilingPlan | str]:
+    """{op: input shape} -> {op: TilingPlan, or the one-line reason nothing fits} (for reports that
+    show every op, e.g. `memory --budget`)."""
+    out: dict[str, TilingPlan | str] = {}
+    for op, shape in shapes.items():
+        try:
+            out[op] = plan_tiling(model, tuple(shape), dtype, budget, op=op)
+        except VaeLensError as exc:
+            out[op] = str(exc)
+    return out
