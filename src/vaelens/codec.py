@@ -12,7 +12,7 @@ import contextlib
 import enum
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from vaelens.weights.load import LoadedVae, cast_module
 
 
 class Upcast(str, enum.Enum):
-    """When to run a step in fp32 although --dtype asked for fp16/bf16."""
+    """When to run a step in fp32 although the module's dtype is fp16/bf16."""
 
     AUTO = "auto"  # as diffusers: fp32 when config.force_upcast and fp16; and redo in fp32 on NaN/Inf
     ALWAYS = "always"
@@ -152,7 +152,7 @@ def _run(vae: LoadedVae, op: str, x, fn, upcast: Upcast) -> tuple[Any, StepRepor
     forced = None
     if requested is not DType.FP32:
         if upcast is Upcast.ALWAYS:
-            forced = "--upcast always"
+            forced = "always (as asked)"
         elif upcast is Upcast.AUTO and requested is DType.FP16 and vae.spec.config.get("force_upcast"):
             # diffusers pipelines (e.g. stable_diffusion_xl/pipeline_stable_diffusion_xl.py: needs_upcasting)
             # run a force_upcast VAE in fp32 when the pipeline runs in fp16.
@@ -214,11 +214,29 @@ def _as_module_latent(vae: LoadedVae, latent):
 
 
 def _check_input(t, what: str) -> None:
+    if not t.is_floating_point():
+        hint = f"{what}.float() / 127.5 - 1" if what == "pixels" else f"{what}.float()"
+        raise VaeLensError(
+            f"{what} is a {str(t.dtype).replace('torch.', '')} tensor; vaelens takes float {what}"
+            + (" in [-1, 1] (a uint8 image is 0..255)" if what == "pixels" else "")
+            + f": convert it explicitly, e.g. {hint}"
+        )
     bad = _nonfinite(t)
     if bad:
         raise VaeLensError(
             f"{what} holds {bad} NaN/Inf values of {t.numel()}; the VAE is not run on non-finite input"
         )
+
+
+# Classes whose encode returns a latent, not a posterior distribution (diffusers autoencoder_tiny.py
+# AutoencoderTinyOutput.latents, autoencoder_dc.py EncoderOutput.latent, vq_model.py VQEncoderOutput):
+# `sample` cannot change what they return.
+DETERMINISTIC_CLASSES = frozenset({"AutoencoderTiny", "AutoencoderDC", "VQModel"})
+
+
+def posterior_kind(vae: LoadedVae) -> str:
+    """LoadedVae -> "gaussian" (KL VAEs: mode or seeded sample) or "deterministic" (one latent per image)."""
+    return "deterministic" if vae.spec.diffusers_class in DETERMINISTIC_CLASSES else "gaussian"
 
 
 def encode(
@@ -254,10 +272,49 @@ def encode(
     return z, report
 
 
+def _comparable(norm) -> dict[str, Any]:
+    from vaelens.normalization import normalization_to_json
+
+    return {k: v for k, v in normalization_to_json(norm).items() if k not in ("source", "formula")}
+
+
+def recorded_normalization(recorded, vae: LoadedVae):
+    """The normalisation a latent file records, the VAE's -> (Normalization to undo, note or None).
+
+    The file's record is exact (it is what encode applied), so it wins over the VAE's config when they
+    differ; statistics that live in a checkpoint (stats_from) are not in the file, so such a mismatch is
+    refused naming both.
+    """
+    from vaelens.normalization import describe
+
+    configured = vae.spec.normalization
+    if recorded is None or _comparable(recorded) == _comparable(configured):
+        return configured, None
+    if recorded.stats_from:
+        raise VaeLensError(
+            f"the latent file was normalised as {describe(recorded)} (statistics from the checkpoint's "
+            f"{recorded.stats_from}), {vae.family} normalises as {describe(configured)}; decode it with the "
+            "weights that encoded it, or treat it as raw with normalized=False"
+        )
+    return recorded, (
+        f"undoing the normalisation recorded in the file ({describe(recorded)}), not {vae.family}'s "
+        f"configured {describe(configured)}"
+    )
+
+
 def decode(
-    vae: LoadedVae, latent, *, normalized: bool = True, upcast: Upcast | str = Upcast.AUTO
+    vae: LoadedVae,
+    latent,
+    *,
+    normalized: bool = True,
+    upcast: Upcast | str = Upcast.AUTO,
+    normalization: Any = None,
 ) -> tuple[Any, StepReport]:
-    """latent (normalised unless told not) -> (pixels [B,3,(F,)H,W] float32 CPU, not clamped, StepReport)."""
+    """latent (normalised unless told not) -> (pixels [B,3,(F,)H,W] float32 CPU, not clamped, StepReport).
+
+    normalization: the one to undo (e.g. what a latent file records; see recorded_normalization);
+    default: the VAE's own.
+    """
     from vaelens.build import run_decode
     from vaelens.normalization import denormalize
 
@@ -265,7 +322,7 @@ def decode(
     upcast = Upcast.parse(upcast)
     z = _as_module_latent(vae, latent)
     if normalized:
-        z = denormalize(z.to(vae.device), vae.spec.normalization, module=vae.module)
+        z = denormalize(z.to(vae.device), normalization or vae.spec.normalization, module=vae.module)
     pixels, report = _run(vae, "decode", z, run_decode, upcast)
     if pixels.ndim == 5 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
@@ -283,33 +340,91 @@ class Roundtrip:
     ssim: tuple[float, ...]
     encode: StepReport
     decode: StepReport
+    # The largest |input − reconstruction| of any pixel and channel (the map above averages RGB first,
+    # so its max is smaller); NaN where the reconstruction is not finite.
+    max_abs_error: tuple[float, ...] = ()
+
+    def item(self, i: int) -> Roundtrip:
+        """-> the Roundtrip of batch item i alone (its encode/decode reports are the whole call's)."""
+        from dataclasses import replace
+
+        return replace(
+            self,
+            latent=self.latent[i : i + 1],
+            reconstruction=self.reconstruction[i : i + 1],
+            error=self.error[i : i + 1],
+            psnr=self.psnr[i : i + 1],
+            ssim=self.ssim[i : i + 1],
+            max_abs_error=self.max_abs_error[i : i + 1],
+        )
+
+    @property
+    def finite(self) -> bool:
+        """False when a metric is NaN (the reconstruction holds NaN/Inf): the round trip failed."""
+        return not any(np.isnan(v) for v in (*self.psnr, *self.ssim, *self.max_abs_error))
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "psnr_db": [round(v, 4) for v in self.psnr],
-            "ssim": [round(v, 5) for v in self.ssim],
+        reasons: dict[str, str] = {}
+
+        def number(values, key: str, digits: int) -> list[float | None]:
+            """JSON has no NaN/Infinity: such a value is null, with the reason under "null_reasons"."""
+            out: list[float | None] = []
+            for i, v in enumerate(values):
+                v = float(v)
+                if np.isfinite(v):
+                    out.append(round(v, digits))
+                    continue
+                out.append(None)
+                reasons[f"{key}[{i}]"] = (
+                    "infinite: the reconstruction equals the input exactly" if v == float("inf")
+                    else "NaN: the reconstruction holds NaN/Inf values"
+                )
+            return out
+
+        data = {
+            "psnr_db": number(self.psnr, "psnr_db", 4),
+            "ssim": number(self.ssim, "ssim", 5),
             "latent_shape": list(self.latent.shape),
-            "mean_abs_error": [round(float(e.mean()), 6) for e in self.error],
-            "max_abs_error": [round(float(e.max()), 6) for e in self.error],
+            "mean_abs_error": number((e.mean() for e in self.error), "mean_abs_error", 6),
+            "max_abs_error": number(self.max_abs_error, "max_abs_error", 6),
+            "max_abs_error_map": number((e.max() for e in self.error), "max_abs_error_map", 6),
             "seconds": round(self.encode.seconds + self.decode.seconds, 4),
             "encode": self.encode.to_json(),
             "decode": self.decode.to_json(),
         }
+        if reasons:
+            data["null_reasons"] = reasons
+        return data
 
 
 def roundtrip(
-    vae: LoadedVae, pixels, *, sample: bool = False, seed: int = 0, upcast: Upcast | str = Upcast.AUTO
+    vae: LoadedVae,
+    pixels,
+    *,
+    sample: bool = False,
+    seed: int = 0,
+    upcast: Upcast | str = Upcast.AUTO,
+    on_stage: Callable[[str], None] | None = None,
 ) -> Roundtrip:
-    """pixels [B,3,H,W] in [-1,1] -> Roundtrip (the latent passes through the family's normalisation)."""
+    """pixels [B,3,H,W] in [-1,1] -> Roundtrip (the latent passes through the family's normalisation).
+
+    on_stage("encode" | "decode" | "metrics") is called as each stage starts (a progress display).
+    """
     from vaelens.images import from_pixels
 
+    stage = on_stage or (lambda name: None)
+    stage("encode")
     latent, enc = encode(vae, pixels, sample=sample, seed=seed, upcast=upcast)
+    stage("decode")
     out, dec = decode(vae, latent, upcast=upcast)
+    stage("metrics")
     src, rec = from_pixels(pixels), from_pixels(out)
     if rec.shape != src.shape:
         raise VaeLensError(f"decoder returned {list(out.shape)} for input {list(pixels.shape)}")
-    err = np.abs(src - rec).mean(axis=-1)
+    diff = np.abs(src - rec)
+    err = diff.mean(axis=-1)
     return Roundtrip(
+        max_abs_error=tuple(float(d.max()) for d in diff),
         latent=latent,
         reconstruction=rec,
         error=err,

@@ -417,21 +417,34 @@ class MissingModuleError(VaeLensError):
     """A latent whose normalisation statistics live in a checkpoint, read without that VAE (pass vae=)."""
 
 
-def raw_latent_from_file(path: str | Path, *, vae=None) -> tuple[Any, LatentFile, tuple[str, ...]]:
+def raw_latent_from_file(
+    path: str | Path, *, vae=None, normalized: bool | None = None
+) -> tuple[Any, LatentFile, tuple[str, ...]]:
     """latent file -> (raw latent z [B,C,(F,)h,w] float32 on CPU, the LatentFile, warnings).
 
-    A normalised latent is denormalised with `vae`'s normalisation when a LoadedVae is given, else with
-    the normalisation recorded in the file; statistics that live in a checkpoint need `vae`.
+    normalized: True/False overrides the file; None takes what the file records, and a file that does
+    not say is refused (as decode refuses it). A normalised latent is denormalised with the
+    normalisation recorded in the file (exact; codec.recorded_normalization when `vae` is given, which
+    refuses a mismatch it cannot resolve), else with `vae`'s; statistics that live in a checkpoint need `vae`.
     """
     from vaelens.normalization import denormalize
 
     lf = load_latents(path)
     z = lf.latent
     warnings: list[str] = []
-    if lf.normalized:
+    if normalized is None and lf.normalized is None:
+        raise VaeLensError(
+            f"{path} does not say whether its latents are normalised; pass normalized=True or normalized=False"
+        )
+    if lf.normalized if normalized is None else normalized:
         norm = lf.info.normalization
         if vae is not None:
-            z = denormalize(z, vae.spec.normalization, module=vae.module)
+            from vaelens.codec import recorded_normalization
+
+            undo, note = recorded_normalization(norm, vae)
+            z = denormalize(z, undo, module=vae.module)
+            if note:
+                warnings.append(note)
         elif norm is None:
             raise MissingModuleError(
                 f"{path} holds normalised latents without their normalisation; pass vae= (the VAE that made them)"

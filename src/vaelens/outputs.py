@@ -187,3 +187,33 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 def write_text(path: str | Path, text: str) -> Path:
     """str -> UTF-8 file at path, atomically (see atomic_write)."""
     return write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def staged_prefix(prefix: str | Path) -> Iterator[Path]:
+    """For writers that derive names from a prefix (PREFIX_channels.png, …): yields a temporary prefix in
+    the same folder; on success every file written under it is renamed (os.replace) to the same name
+    under `prefix`; on failure they are removed."""
+    final = Path(prefix)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"output {str(prefix)!r} cannot be written: {exc.strerror or exc}") from None
+    tmp = final.parent / f".vaelens-tmp-{os.getpid()}-{secrets.token_hex(4)}-{final.name}"
+    ok = False
+    try:
+        yield tmp
+        ok = True
+    finally:
+        for f in [f for f in final.parent.iterdir() if f.name.startswith(tmp.name)]:
+            if ok:
+                os.replace(f, final.parent / (final.name + f.name[len(tmp.name):]))
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
+
+
+def unstage(path: str | Path, staged: Path, prefix: str | Path) -> str:
+    """A path a writer returned under the staged prefix -> the same file's final path under prefix."""
+    p = Path(path)
+    return str(Path(prefix).parent / (Path(prefix).name + p.name[len(staged.name):]))

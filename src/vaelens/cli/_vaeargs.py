@@ -19,7 +19,8 @@ def add_vae(parser: argparse.ArgumentParser, *, required: bool) -> None:
         required=required,
         help="diffusers folder (or pipeline folder with vae/), single .safetensors file (diffusers or original "
         "keys, or a full checkpoint), or a repo id in the local Hugging Face cache"
-        + ("" if required else "; default: vaelens' built-in demo VAE"),
+        + "; 'demo': vaelens' built-in demo VAE"
+        + ("" if required else " (the default)"),
     )
     g.add_argument(
         "--family",
@@ -46,8 +47,9 @@ def load_from_args(args: argparse.Namespace, *, default_demo: bool = False):
     """--vae/--family/--device/--dtype -> LoadedVae (the demo model when --vae is absent and allowed)."""
     from vaelens.weights.load import load_vae
 
-    if args.vae is None:
-        if not default_demo:
+    demo = args.vae == "demo" and not Path("demo").exists()  # `--vae demo`: the shipped demo VAE
+    if args.vae is None or demo:
+        if not (default_demo or demo):
             raise VaeLensError("--vae is required: a diffusers folder, a .safetensors file, or a cached repo id")
         from vaelens.weights.demo import demo_weights_path
 

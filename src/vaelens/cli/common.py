@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from typing import Any
@@ -57,9 +58,20 @@ def dtype_from_args(args: argparse.Namespace) -> DType:
 _SCALAR_LIST = re.compile(r"\[\s*([^\[\]{}]*?)\s*\]", re.S)
 
 
+def _json_safe(data: Any) -> Any:
+    """NaN and ±Infinity are not JSON: they become null (commands that can produce them say why)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_json_safe(v) for v in data]
+    return data
+
+
 def to_json(data: Any) -> str:
-    """Indented JSON with lists of scalars (shapes) kept on one line: [1, 4, 128, 128]."""
-    text = json.dumps(data, indent=2, ensure_ascii=False)
+    """Indented JSON (always valid: non-finite numbers are null) with lists of scalars kept on one line."""
+    text = json.dumps(_json_safe(data), indent=2, ensure_ascii=False, allow_nan=False)
     return _SCALAR_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",\n")) + "]"
                             if '"' not in m.group(1) or len(m.group(1)) < 400 else m.group(0), text)
 

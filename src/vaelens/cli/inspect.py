@@ -5,8 +5,10 @@ RGB approximation. Without arguments: the demo VAE on its sample image."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
+from vaelens.cli._io import add_force, add_quiet, bar_enabled, check_outputs, expand_images, stems, weights_inputs
 from vaelens.cli._vaeargs import add_vae, load_from_args
 from vaelens.cli.common import add_json, emit_json, warn
 from vaelens.errors import VaeLensError
@@ -23,9 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "input",
-        nargs="?",
+        nargs="*",
         metavar="LATENTS_OR_IMAGE",
-        help="latent file (.safetensors / ComfyUI .latent) or image (default: the demo sample image)",
+        help="latent files (.safetensors / ComfyUI .latent) or images, folders or glob patterns "
+        "('demo': the sample photograph, the default)",
     )
     add_vae(p, required=False)
     p.add_argument(
@@ -33,9 +36,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out",
         default="inspect",
         metavar="PREFIX",
-        help="writes PREFIX_channels.png and PREFIX_rgb_approx.png (default: inspect)",
+        help="writes PREFIX_channels.png and PREFIX_rgb_approx.png (default: inspect); several inputs write "
+        "PREFIX_<input name>_channels.png, …",
     )
     p.add_argument("--index", type=int, default=0, help="which batch item to draw (default 0)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--raw", action="store_true", help="a latent file holds raw latents, whatever it says")
+    g.add_argument("--normalized", action="store_true", help="a latent file holds normalised latents")
+    add_force(p)
+    add_quiet(p)
     add_json(p)
     p.set_defaults(func=run)
 
@@ -46,10 +55,14 @@ def _raw_latent(source: str, args: argparse.Namespace):
 
     if Path(source).suffix.lower() in LATENT_SUFFIXES:
         vae = load_from_args(args) if args.vae else None
+        override = True if args.normalized else (False if args.raw else None)
         try:
-            raw, lf, notes = raw_latent_from_file(source, vae=vae)
+            raw, lf, notes = raw_latent_from_file(source, vae=vae, normalized=override)
         except MissingModuleError as exc:
             raise VaeLensError(str(exc).replace("pass vae=", "pass --vae")) from None
+        except VaeLensError as exc:
+            text = str(exc).replace("pass normalized=True or normalized=False", "pass --raw or --normalized")
+            raise VaeLensError(text.replace("normalized=False", "--raw")) from None
         return raw, vae, (vae.family if vae else lf.family), notes
     from vaelens.codec import encode
     from vaelens.images import read_for_family, to_pixels
@@ -61,22 +74,41 @@ def _raw_latent(source: str, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from vaelens.latents import inspect_latent
-    from vaelens.render.latents import inspect_json, plot_inspection, render_inspection
-    from vaelens.weights.demo import demo_image_path
+    from vaelens.progress import progress_bar
 
-    source = args.input or str(demo_image_path())
+    sources = expand_images(args.input or ["demo"], extra_suffixes=LATENT_SUFFIXES)
+    prefixes = [Path(args.out)] if len(sources) == 1 else [Path(f"{args.out}_{n}") for n in stems(sources)]
+    planned = [Path(f"{p}_{k}.png") for p in prefixes for k in ("channels", "rgb_approx")]
+    check_outputs(args, planned, inputs=[*sources, *weights_inputs(args)], kind="image")
+    results = []
+    with progress_bar("inspect", total=len(sources), enabled=bar_enabled(args), unit="input") as bar:
+        for source, prefix in zip(sources, prefixes, strict=True):
+            bar.stage(Path(source).name)
+            results.append(_inspect_one(args, source, prefix))
+            bar.advance(1)
+    if args.json:
+        emit_json(results[0] if len(results) == 1 else {"count": len(results), "results": results})
+    return 0
+
+
+def _inspect_one(args: argparse.Namespace, source: str, prefix: Path) -> dict | None:
+    from vaelens.latents import inspect_latent
+    from vaelens.outputs import staged_prefix, unstage
+    from vaelens.render.latents import inspect_json, plot_inspection, render_inspection
+
     raw, vae, family, notes = _raw_latent(source, args)
     if not 0 <= args.index < raw.shape[0]:
         raise VaeLensError(f"--index {args.index} is outside the batch of {raw.shape[0]}")
     insp = inspect_latent(raw, vae=vae, family=family, warnings=tuple(notes), upcast=args.upcast)
-    grid, files = plot_inspection(insp, Path(args.out), index=args.index)
+    with staged_prefix(prefix) as tmp:
+        grid, files = plot_inspection(insp, tmp, index=args.index)
+    files = {k: unstage(v, tmp, prefix) for k, v in files.items()}
+    grid = replace(grid, path=unstage(grid.path, tmp, prefix))
     if args.json:
-        emit_json(inspect_json(insp, source=source, grid=grid, files=files))
-        return 0
+        return inspect_json(insp, source=source, grid=grid, files=files)
     for note in insp.warnings:
         warn(note.replace("no VAE given:", "no --vae:"))
     print(render_inspection(insp, source=source, files=files))
     if insp.stats.nonfinite:
         warn(f"{insp.stats.nonfinite} NaN/Inf values in the latent (left out of the statistics)")
-    return 0
+    return None

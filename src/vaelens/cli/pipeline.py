@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
+from vaelens.cli._io import add_force, add_quiet, bar_enabled, check_outputs
 from vaelens.cli.common import add_json, add_size, dtype_from_args, emit_json, size_from_args
 from vaelens.errors import VaeLensError
 
@@ -29,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", metavar="BYTES",
                    help="e.g. 24GiB: does it fit per offload mode, and what would make it fit")
     p.add_argument("--plot", metavar="FILE", help="write the memory timeline as an image (matplotlib)")
+    add_force(p)
+    add_quiet(p)
     add_json(p)
     p.set_defaults(func=run)
 
@@ -73,6 +77,30 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace, spec):
+    """-> estimate_pipeline's peak_fn / decode_fn wrapped to name each traced call on a progress line."""
+    from vaelens.pipelines.estimate import estimate_decode, trace_peak
+    from vaelens.progress import progress_bar
+
+    name = getattr(spec, "name", spec)
+    with progress_bar(f"pipeline {name}", enabled=bar_enabled(args), unit="trace") as bar:
+
+        def peak_fn(module, plan, dtype):
+            bar.stage(f"tracing {type(module).__name__} on meta")
+            out = trace_peak(module, plan, dtype)
+            bar.advance(1)
+            return out
+
+        def decode_fn(*a, **k):
+            bar.stage("tracing the VAE decode on meta")
+            out = estimate_decode(*a, **k)
+            bar.advance(1)
+            return out
+
+        yield {"peak_fn": peak_fn, "decode_fn": decode_fn}
+
+
 def run(args: argparse.Namespace) -> int:
     from vaelens.pipelines import Offload, pipeline_names
 
@@ -88,12 +116,20 @@ def run(args: argparse.Namespace) -> int:
     mode = Offload.parse(args.offload)
     if args.plot:
         _check_plot_suffix(args.plot)
+        check_outputs(args, [args.plot], kind="figure", what="--plot")
     budget_bytes = parse_bytes(args.budget) if args.budget else None
     spec, request = request_from_args(args)
     cache = EstimateCache()
-    est = estimate_pipeline(spec, request, vae_tiling=args.vae_tiling, cache=cache)
-    budget = check_pipeline_budget(est, budget_bytes, mode=mode, cache=cache) if budget_bytes else None
-    plot = str(plot_pipeline(est, args.plot, mode=mode, budget_bytes=budget_bytes)) if args.plot else None
+    with _progress(args, spec) as hooks:
+        est = estimate_pipeline(spec, request, vae_tiling=args.vae_tiling, cache=cache, **hooks)
+        budget = check_pipeline_budget(est, budget_bytes, mode=mode, cache=cache) if budget_bytes else None
+    plot = None
+    if args.plot:
+        from vaelens.outputs import atomic_write
+
+        with atomic_write(args.plot) as tmp:
+            plot_pipeline(est, tmp, mode=mode, budget_bytes=budget_bytes)
+        plot = args.plot
     if args.json:
         emit_json(pipeline_json(est, mode, budget, plot))
     else:

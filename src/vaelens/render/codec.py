@@ -137,7 +137,7 @@ def render_roundtrip(vae, rt, *, name: str, pixel_shape, files: dict[str, str]) 
         f"{name} {list(pixel_shape)} -> latent {list(rt.latent.shape)} -> pixels with "
         f"{vae.family} ({vae.detection}) on {vae.device}",
         f"  PSNR {rt.psnr[0]:.2f} dB   SSIM {rt.ssim[0]:.4f}   mean |error| {rt.error[0].mean():.4f} "
-        f"(0-1 scale)   max {rt.error[0].max():.4f}",
+        f"(0-1 scale)   max {rt.max_abs_error[0]:.4f} (error map's max {rt.error[0].max():.4f})",
         "  " + step_line(rt.encode),
         "  " + step_line(rt.decode),
     ]

@@ -1,0 +1,177 @@
+"""Issue 13 through the CLI, with tiny VAEs written to disk: overwrite rules, one-line errors for
+unwritable paths, normalisation from the latent file, JSON always valid, true max error, NaN exit
+status and advice, deterministic posteriors, output naming, many inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tiny_models import tiny_kl
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    from diffusers import AutoencoderKL
+
+    root = tmp_path_factory.mktemp("trust")
+    torch.manual_seed(0)
+    AutoencoderKL.from_config(tiny_kl(force_upcast=False)).eval().save_pretrained(root / "vae")
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"{name}.png")
+    return root
+
+
+def one_line_error(r, *needles: str) -> None:
+    assert r.code == 2, (r.code, r.out, r.err)
+    assert "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    for needle in needles:
+        assert needle in r.err, r.err
+
+
+# ------------------------------------------------------------------------------------ overwriting
+
+
+def test_encode_never_overwrites_its_input_even_with_force(cli, root, tmp_path):
+    victim = tmp_path / "victim.png"
+    victim.write_bytes((root / "a.png").read_bytes())
+    before = victim.read_bytes()
+    for extra in ((), ("--force",)):
+        r = cli("encode", str(victim), "--vae", str(root / "vae"), "-o", str(victim), *extra)
+        assert r.code == 2 and victim.read_bytes() == before, r.err
+
+
+def test_encode_refuses_a_suffix_that_contradicts_the_format(cli, root, tmp_path):
+    r = cli("encode", str(root / "a.png"), "--vae", str(root / "vae"), "-o", str(tmp_path / "out.png"))
+    one_line_error(r, "must end in .safetensors")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_existing_outputs_need_force(cli, root, tmp_path):
+    out = tmp_path / "z.safetensors"
+    args = ("encode", str(root / "a.png"), "--vae", str(root / "vae"), "-o", str(out))
+    assert cli(*args).code == 0
+    first = out.read_bytes()
+    one_line_error(cli(*args), "already exists", "--force")
+    assert out.read_bytes() == first
+    assert cli(*args, "--force").code == 0
+    prefix = str(tmp_path / "rt")
+    rt = ("roundtrip", str(root / "a.png"), "--vae", str(root / "vae"), "-o", prefix)
+    assert cli(*rt).code == 0
+    one_line_error(cli(*rt), "rt_recon.png", "already exists")
+    assert cli(*rt, "--force").code == 0
+
+
+UNWRITABLE = [
+    ("encode", "{a}", "--vae", "{vae}", "-o", "/proc/x.safetensors"),
+    ("encode", "{a}", "--vae", "{vae}", "-o", "/proc/x.latent", "--comfy"),
+    ("encode", "{a}", "--vae", "{vae}", "-o", "{file}/x.safetensors"),
+    ("decode", "{z}", "--vae", "{vae}", "-o", "{file}/x.png"),
+    ("inspect", "{a}", "--vae", "{vae}", "-o", "/proc/ins"),
+    ("roundtrip", "{a}", "--vae", "{vae}", "-o", "/proc/rt"),
+    ("pipeline", "sd15", "--plot", "/proc/p.png"),
+]
+
+
+@pytest.mark.parametrize("argv", UNWRITABLE, ids=lambda a: " ".join(a[:1] + a[-2:]))
+def test_unwritable_outputs_are_one_line(cli, root, tmp_path, argv):
+    if "/proc/x" in " ".join(argv) or "/proc/" in " ".join(argv):
+        if not os.path.isdir("/proc/self"):
+            pytest.skip("no /proc")
+    (tmp_path / "file").write_text("a file, not a folder")
+    z = tmp_path / "z.safetensors"
+    assert cli("encode", str(root / "a.png"), "--vae", str(root / "vae"), "-o", str(z)).code == 0
+    fill = {"a": str(root / "a.png"), "vae": str(root / "vae"), "file": str(tmp_path / "file"), "z": str(z)}
+    r = cli(*(a.format(**fill) for a in argv))
+    one_line_error(r)
+
+
+# ------------------------------------------------------------------------------------ numbers
+
+
+def test_roundtrip_reports_the_true_max_error_and_the_maps_max_separately(cli, root, tmp_path):
+    r = cli("roundtrip", str(root / "a.png"), "--vae", str(root / "vae"), "-o", str(tmp_path / "rt"), "--json")
+    data = r.json()
+    src = np.asarray(Image.open(root / "a.png"), np.float64) / 255
+    rec = np.asarray(Image.open(tmp_path / "rt_recon.png"), np.float64) / 255
+    true_max = np.abs(src - rec).max()
+    assert data["max_abs_error"][0] == pytest.approx(true_max, abs=1 / 255 + 1e-6)  # recon PNG is 8-bit
+    assert data["max_abs_error"][0] > data["max_abs_error_map"][0]  # the map averages RGB first
+
+
+@pytest.fixture(scope="module")
+def nan_vae(root):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    m = AutoencoderKL.from_config(tiny_kl(force_upcast=False)).eval()
+    with torch.no_grad():
+        m.decoder.conv_out.bias.fill_(float("nan"))
+    m.save_pretrained(root / "nanvae")
+    return root / "nanvae"
+
+
+def test_nan_roundtrip_is_valid_json_and_exits_nonzero(cli, root, nan_vae, tmp_path):
+    r = cli("roundtrip", str(root / "a.png"), "--vae", str(nan_vae), "-o", str(tmp_path / "n"), "--json")
+    assert r.code != 0
+    data = json.loads(r.out, parse_constant=lambda c: pytest.fail(f"non-JSON token {c}"))
+    assert data["psnr_db"] == [None] and "psnr_db[0]" in data["null_reasons"]
+    # fp32 and --upcast auto are already in effect: the advice must not suggest them
+    assert "--dtype fp32" not in r.err and "--upcast auto" not in r.err and "fp32" in r.err
+
+
+def test_json_never_holds_nan_or_infinity():
+    from vaelens.cli.common import to_json
+
+    text = to_json({"a": [math.nan, 1.0, math.inf], "b": {"c": -math.inf}})
+    assert json.loads(text) == {"a": [None, 1.0, None], "b": {"c": None}}
+
+
+def test_sample_on_a_deterministic_vae_is_not_recorded_as_a_sample(cli, root, tmp_path):
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    AutoencoderTiny(
+        encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8), num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1), latent_channels=4, upsampling_scaling_factor=2,
+    ).eval().save_pretrained(tmp_path / "tiny")
+    out = tmp_path / "z.safetensors"
+    r = cli("encode", str(root / "a.png"), "--vae", str(tmp_path / "tiny"), "-o", str(out), "--sample", "--seed", "3")
+    assert r.code == 0, r.err
+    assert "--sample has no effect" in r.err
+    from vaelens.latents import load_latents
+
+    meta = load_latents(out).metadata
+    assert meta["posterior"] == "deterministic" and meta["seed"] is None
+
+
+def test_python_encode_refuses_a_uint8_tensor(root):
+    from vaelens import load_vae
+    from vaelens.codec import encode
+    from vaelens.errors import VaeLensError
+
+    vae = load_vae(str(root / "vae"))
+    with pytest.raises(VaeLensError, match=r"uint8 tensor.*\[-1, 1\].*float\(\) / 127.5 - 1"):
+        encode(vae, torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
+
+
+# ------------------------------------------------------------------------------------ many inputs
+
+
+def test_roundtrip_of_a_folder_names_outputs_after_inputs(cli, root, tmp_path):
+    r = cli("roundtrip", str(root / "*.png"), "--vae", str(root / "vae"), "-o", str(tmp_path / "rt"), "--json",
+            "--batch-size", "2")
+    assert r.code == 0, r.err
+    data = r.json()
+    assert data["count"] == 3
+    assert [os.path.basename(x["files"]["reconstruction"]) for x in data["results"]] == [
+        "rt_a_recon.png", "rt_b_recon.png", "rt_c_recon.png"]
