@@ -175,3 +175,116 @@ def test_roundtrip_of_a_folder_names_outputs_after_inputs(cli, root, tmp_path):
     assert data["count"] == 3
     assert [os.path.basename(x["files"]["reconstruction"]) for x in data["results"]] == [
         "rt_a_recon.png", "rt_b_recon.png", "rt_c_recon.png"]
+
+
+# ------------------------------------------------------------------------------------ normalisation
+
+
+def test_decode_undoes_the_normalisation_recorded_in_the_file(cli, root, tmp_path):
+    """Encoded with scale 0.5 / shift 0.1, decoded with the same weights configured as scale 1.0."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    m = AutoencoderKL.from_config(tiny_kl(force_upcast=False, scaling_factor=0.5, shift_factor=0.1)).eval()
+    m.save_pretrained(tmp_path / "enc")
+    cfg = json.loads((tmp_path / "enc" / "config.json").read_text())
+    m.save_pretrained(tmp_path / "dec")
+    (tmp_path / "dec" / "config.json").write_text(json.dumps({**cfg, "scaling_factor": 1.0, "shift_factor": 0.0}))
+    z = tmp_path / "z.safetensors"
+    assert cli("encode", str(root / "a.png"), "--vae", str(tmp_path / "enc"), "-o", str(z)).code == 0
+    same = cli("decode", str(z), "--vae", str(tmp_path / "enc"), "-o", str(tmp_path / "same.png"))
+    other = cli("decode", str(z), "--vae", str(tmp_path / "dec"), "-o", str(tmp_path / "other.png"))
+    assert same.code == 0 and other.code == 0, other.err
+    assert "recorded in the file" in other.err and "z × 1" not in other.err.split("not")[0]
+    a = np.asarray(Image.open(tmp_path / "same.png"), np.int16)
+    b = np.asarray(Image.open(tmp_path / "other.png"), np.int16)
+    assert np.abs(a - b).max() == 0  # was up to 255 when decode used the VAE's scale
+
+
+def test_files_without_metadata_are_treated_alike_by_decode_and_inspect(cli, root, tmp_path):
+    from safetensors.torch import save_file
+
+    bare = tmp_path / "bare.safetensors"
+    save_file({"latent": torch.randn(1, 4, 8, 8)}, str(bare))
+    vae = str(root / "vae")
+    for argv in (("decode", str(bare), "--vae", vae, "-o", str(tmp_path / "d.png")),
+                 ("inspect", str(bare), "-o", str(tmp_path / "i"))):
+        one_line_error(cli(*argv), "does not say whether its latents are normalised", "--raw")
+        assert cli(*argv, "--raw").code == 0
+
+
+# ------------------------------------------------------------------------------------ naming
+
+
+def test_decode_names_a_batch_after_its_sources_or_zero_padded(cli, root, tmp_path):
+    vae = str(root / "vae")
+    z = tmp_path / "z.safetensors"
+    assert cli("encode", str(root), "--vae", vae, "-o", str(z), "--batch-size", "2").code == 0
+    r = cli("decode", str(z), "--vae", vae, "-o", str(tmp_path / "x.png"), "--batch-size", "2", "--json")
+    assert [os.path.basename(p) for p in r.json()["outputs"]] == ["x_a.png", "x_b.png", "x_c.png"]
+    from safetensors.torch import save_file
+
+    bare = tmp_path / "bare.safetensors"
+    save_file({"latent": torch.randn(11, 4, 4, 4)}, str(bare))
+    r = cli("decode", str(bare), "--vae", vae, "-o", str(tmp_path / "y.png"), "--raw", "--json")
+    names = [os.path.basename(p) for p in r.json()["outputs"]]
+    assert names[0] == "y_00.png" and names[-1] == "y_10.png" and names == sorted(names)
+
+
+@pytest.fixture(scope="module")
+def wan_vae(root):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    AutoencoderKLWan(
+        base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[], temperal_downsample=[True, True],
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    ).eval().save_pretrained(root / "wan")
+    return root / "wan"
+
+
+def _clip(path, frames: int = 7, fps: int = 12) -> None:
+    from vaelens.video import write_video
+
+    t = np.linspace(0, 1, frames, dtype=np.float32)[:, None, None, None]
+    write_video(path, np.broadcast_to(t, (frames, 16, 16, 3)).copy(), fps=fps)
+
+
+def test_video_file_encodes_and_decodes_to_mp4_and_frames(cli, wan_vae, tmp_path):
+    pytest.importorskip("av")
+    from vaelens.latents import load_latents
+    from vaelens.video import read_video
+
+    _clip(tmp_path / "clip.mp4", frames=9, fps=12)
+    z = tmp_path / "clip.safetensors"
+    r = cli("encode", str(tmp_path / "clip.mp4"), "--vae", str(wan_vae), "-o", str(z), "--json")
+    assert r.code == 0, r.err
+    lf = load_latents(z)
+    assert lf.latent.shape[2] == 3  # 9 frames, time factor 4: (9 - 1) // 4 + 1
+    assert lf.metadata["fps"] == 12 and lf.metadata["frames"] == 9
+    r = cli("decode", str(z), "--vae", str(wan_vae), "-o", str(tmp_path / "out.mp4"), "--save-frames", "--json")
+    assert r.code == 0, r.err
+    names = [os.path.basename(p) for p in r.json()["outputs"]]
+    assert names[0] == "out.mp4" and names[1:] == [f"out_f{i:03d}.png" for i in range(9)]
+    frames, info = read_video(tmp_path / "out.mp4")
+    assert frames.shape[0] == 9 and info.fps == pytest.approx(12)
+
+
+def test_image_sequence_for_a_video_vae(cli, wan_vae, tmp_path):
+    from vaelens.latents import load_latents
+
+    for i in range(6):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(tmp_path / f"frame{i}.png")
+    z = tmp_path / "seq.safetensors"
+    r = cli("encode", str(tmp_path / "frame*.png"), "--video", "--fps", "8", "--vae", str(wan_vae), "-o", str(z))
+    assert r.code == 0, r.err
+    assert "6 frames -> first 5" in r.err  # Wan takes 4k+1 frames
+    lf = load_latents(z)
+    assert lf.latent.shape[:3] == (1, 4, 2) and lf.metadata["fps"] == 8 and lf.metadata["frames"] == 5
+
+
+def test_a_video_for_an_image_vae_is_refused(cli, root, tmp_path):
+    pytest.importorskip("av")
+    _clip(tmp_path / "clip.mp4")
+    r = cli("encode", str(tmp_path / "clip.mp4"), "--vae", str(root / "vae"), "-o", str(tmp_path / "z.safetensors"))
+    one_line_error(r, "image VAE")
