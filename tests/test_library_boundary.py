@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import ast
+import io
+import re
+from contextlib import redirect_stderr
+from pathlib import Path
+
 import pytest
 
+import vaelens
 from tiny_models import TINY_KL
-from vaelens.contract import apply_size_rule
-from vaelens.errors import UnknownFamilyError, did_you_mean
+from vaelens.cli.flags import cli_message
+from vaelens.contract import apply_size_rule, shapes
+from vaelens.errors import UnknownFamilyError, VaeLensError, did_you_mean
 from vaelens.families import FAMILIES, SpecOrigin, get_family
 from vaelens.families.from_config import spec_from_config
 
@@ -38,3 +46,89 @@ def test_unknown_family_and_pipeline_share_the_suggestion():
         get_family("sdxll")
     with pytest.raises(ValueError, match="did you mean .*flux1-dev"):
         get_pipeline("flux1-devv")
+
+
+# ------------------------------------------------------------------------------ no CLI flags in the library
+
+SRC = Path(vaelens.__file__).parent
+_FLAG = re.compile(r"(?<![\w-])--[a-zA-Z]")
+_QUOTED_COMMAND = re.compile(r"`[^`]*`")  # another tool's command line, quoted as code (huggingface-cli …)
+
+
+def _strings(node: ast.AST) -> list[tuple[int, str]]:
+    """(id, text) of every string under `node`; an f-string is one text, its fields written {}."""
+    fstrings = [n for n in ast.walk(node) if isinstance(n, ast.JoinedStr)]
+    inner = {id(v) for f in fstrings for v in f.values}
+    out = [(id(f), "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in f.values)) for f in fstrings]
+    out += [(id(n), n.value) for n in ast.walk(node)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in inner]
+    return out
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    out = set()
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body:
+            first = n.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                out.add(id(first.value))
+    return out
+
+
+def _message_strings(path: Path) -> list[str]:
+    """String constants that can reach a user as an error or a warning: everything raised or passed to
+    an *Error / *Warning / warn(...) call; outside render/ (which owns presentation) every string that is
+    not a docstring, since library results (notes, reasons) are shown by the CLI too."""
+    tree = ast.parse(path.read_text())
+    docs = _docstrings(tree)
+    picked: dict[int, str] = {}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Raise) and n.exc is not None:
+            picked.update(_strings(n.exc))
+        elif isinstance(n, ast.Call):
+            f = n.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            if name.endswith(("Error", "Warning")) or name == "warn":
+                picked.update(_strings(n))
+    if "render" not in path.relative_to(SRC).parts:
+        picked.update((i, text) for i, text in _strings(tree) if i not in docs)
+    return list(picked.values())
+
+
+def test_library_messages_name_parameters_never_cli_flags():
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.relative_to(SRC).parts[0] == "cli":
+            continue
+        for text in _message_strings(path):
+            if _FLAG.search(_QUOTED_COMMAND.sub("", text)):
+                offenders.append(f"{path.relative_to(SRC)}: {text!r}")
+    assert not offenders, "library strings name CLI flags (write name=, the CLI maps it):\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize(("library", "cli"), [
+    ("frames 9: sdxl is an image VAE; frames= applies to video families",
+     "frames 9: sdxl is an image VAE; --frames applies to video families"),
+    ("source='x' is neither a file", "--vae 'x' is neither a file"),
+    ("pass family=NAME, or a config.json (family=path/to/config.json)",
+     "pass --family NAME, or a config.json (--family path/to/config.json)"),
+    ("reads it only with allow_pickle=True, and then with torch.load(weights_only=True)",
+     "reads it only with --allow-pickle, and then with torch.load(weights_only=True)"),
+    ("pass size= to resize them all", "pass --size WxH to resize them all"),
+    ("use device='cpu'", "use --device 'cpu'"),
+    ("a vae_tiling=True and a cfg_scale=2", "a --vae-tiling and a cfg_scale=2"),  # not a parameter: kept
+])
+def test_cli_maps_parameter_names_to_flags(library, cli):
+    assert cli_message(library) == cli
+
+
+def test_cli_error_line_names_the_flag(tmp_path):
+    from vaelens.cli import main
+
+    err = io.StringIO()
+    with redirect_stderr(err):
+        code = main(["shapes", "sdxl", "--frames", "9"])
+    assert code == 2
+    assert err.getvalue().startswith("vaelens shapes: error: frames 9: sdxl is an image VAE; --frames applies")
+    with pytest.raises(VaeLensError, match="frames= applies to video families"):
+        shapes("sdxl", frames=9)

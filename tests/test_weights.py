@@ -168,7 +168,7 @@ def test_detection_from_shapes_and_ambiguity(tmp_path, tiny, monkeypatch):
     loaded = load_vae(tmp_path / "x.safetensors", device="cpu")
     assert loaded.family == "tiny-a" and loaded.detection == "tensor shapes fit tiny-a only"
     monkeypatch.setattr(W, "FAMILIES", (a, b, other))
-    with pytest.raises(WeightsError, match=r"\(4 latent channels\) fit tiny-a, tiny-b alike.*--family"):
+    with pytest.raises(WeightsError, match=r"\(4 latent channels\) fit tiny-a, tiny-b alike.*family="):
         load_vae(tmp_path / "x.safetensors", device="cpu")
     monkeypatch.setattr(W, "FAMILIES", (other,))
     with pytest.raises(WeightsError, match="fit no registry family"):
@@ -215,7 +215,7 @@ def test_pickle_needs_the_flag_and_warns(tmp_path, tiny):
     p = tmp_path / "vae.ckpt"
     torch.save({"state_dict": to_ldm(module.state_dict(), blocks=2)}, p)
     spec = spec_from_config(cfg, source="tiny")
-    with pytest.raises(WeightsError, match="--allow-pickle"):
+    with pytest.raises(WeightsError, match="allow_pickle=True"):
         load_vae(p, family=spec, device="cpu")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

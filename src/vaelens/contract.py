@@ -183,7 +183,7 @@ def apply_frame_rule(spec: FamilySpec, frames: int | None) -> tuple[int | None, 
     if spec.temporal is None:
         if frames not in (None, 1):
             raise FrameError(
-                f"frames {frames}: {spec.name} is an image VAE; --frames applies to video families "
+                f"frames {frames}: {spec.name} is an image VAE; frames= applies to video families "
                 "(wan21, wan22, cogvideox-2b, cogvideox-5b, hunyuanvideo, ltx-video, mochi)"
             )
         return None, None
@@ -276,7 +276,7 @@ def default_request(model: str | FamilySpec, **overrides: Any) -> PixelRequest:
     PixelRequest(width=832, height=480, frames=33, batch=1, dtype=<DType.FP32: 'fp32'>)
     """
     spec = resolve_model(model)
-    width, height = spec.default_size
+    height, width = spec.default_size
     fields: dict[str, Any] = {"width": width, "height": height, "frames": spec.default_frames}
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return PixelRequest(**fields)

@@ -275,6 +275,6 @@ def read_for_family(paths: list[str | Path], spec: FamilySpec, *, size: tuple[in
         listing = ", ".join(f"{Path(i.path).name} {i.used_size[1]}x{i.used_size[0]}" for i in infos)
         raise SizeError(
             f"images differ in size after {spec.name}'s size rule ({listing}); "
-            "pass --size WxH to resize them all, or encode them separately"
+            "pass size= to resize them all, or encode them separately"
         )
     return arrays, infos

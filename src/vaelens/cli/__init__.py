@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from vaelens import __version__
+from vaelens.cli.flags import cli_message
 from vaelens.errors import VaeLensError
 
 # Order is the order of `vaelens --help`. A module that is not there yet is skipped.
@@ -86,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except VaeLensError as exc:
-        print(f"vaelens {args.command}: error: {exc}", file=sys.stderr)
+        print(f"vaelens {args.command}: error: {cli_message(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vaelens: interrupted", file=sys.stderr)

@@ -82,4 +82,6 @@ def emit_json(data: Any) -> None:
 
 
 def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    from vaelens.cli.flags import cli_message
+
+    print(f"warning: {cli_message(message)}", file=sys.stderr)

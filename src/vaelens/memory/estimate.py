@@ -196,7 +196,7 @@ def _apply_modes(module: Any, tiled: bool, sliced: bool) -> tuple[bool, bool]:
     import warnings
 
     prev = (bool(getattr(module, "use_tiling", False)), bool(getattr(module, "use_slicing", False)))
-    for flag, name, opt in ((tiled, "tiling", "--tiled"), (sliced, "slicing", "--sliced")):
+    for flag, name, opt in ((tiled, "tiling", "tiled=True"), (sliced, "slicing", "sliced=True")):
         if flag and not hasattr(module, f"enable_{name}"):
             raise VaeLensError(f"{opt}: diffusers {type(module).__name__} has no enable_{name}()")
         with warnings.catch_warnings():

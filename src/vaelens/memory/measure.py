@@ -34,8 +34,8 @@ def measure_peak(
 
     if not cuda_available():
         raise VaeLensError(
-            "--measure needs a CUDA GPU, and torch.cuda.is_available() is False here "
-            f"(torch {torch.__version__}); run without --measure for the prediction, which needs no GPU"
+            "measure=True needs a CUDA GPU, and torch.cuda.is_available() is False here "
+            f"(torch {torch.__version__}); run without measure=True for the prediction, which needs no GPU"
         )
     op = Op.parse(op)
     torch.manual_seed(0)

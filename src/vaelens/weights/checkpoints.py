@@ -51,7 +51,7 @@ def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> tuple[di
     if p.suffix.lower() != ".safetensors":
         raise WeightsError(
             f"weights file {str(path)!r} has suffix {p.suffix!r}; vaelens reads .safetensors "
-            f"(and {', '.join(PICKLE_SUFFIXES)} with --allow-pickle)"
+            f"(and {', '.join(PICKLE_SUFFIXES)} with allow_pickle=True)"
         )
     from safetensors import safe_open
 
@@ -83,7 +83,7 @@ def _read_pickle(p: Path, allow_pickle: bool) -> dict[str, Any]:
     if not allow_pickle:
         raise WeightsError(
             f"weights file {str(p)!r} is a pickle checkpoint ({p.suffix}); unpickling can run code, so vaelens "
-            "reads it only with --allow-pickle (allow_pickle=True), and then with torch.load(weights_only=True)"
+            "reads it only with allow_pickle=True, and then with torch.load(weights_only=True)"
         )
     import torch
 

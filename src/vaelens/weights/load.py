@@ -248,14 +248,14 @@ def load_vae(
         files = (str(p),)
     else:
         raise WeightsError(
-            f"--vae {text!r} is neither a file, a folder, nor a repo id (owner/name) in the local Hugging Face cache"
+            f"source={text!r} is neither a file, a folder, nor a repo id (owner/name) in the local Hugging Face cache"
         )
     fit = fit_family(spec, ckpt)
     if not fit.ok:
         raise _mismatch(files[0], ckpt, spec, fit)
     module = _module_with_weights(spec, fit.state, files[0])
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise VaeLensError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+        raise VaeLensError(f"device {device!r} asked for, but torch sees no CUDA GPU; use device='cpu'")
     module = cast_module(module, device=device, dtype=dtype.torch).eval()
     notes = ("pickle checkpoint read with torch.load(weights_only=True)",) if files[0].endswith(PICKLE_SUFFIXES) else ()
     return LoadedVae(
@@ -357,13 +357,13 @@ def _spec_for_file(p: Path, ckpt, meta: Mapping[str, str], given: FamilySpec | N
     chans = f" ({hint} latent channels)" if hint is not None else ""
     if not fits:
         raise WeightsError(
-            f"weights {str(p)!r}{chans} fit no registry family's module; pass --family NAME or a config.json "
-            "(--family path/to/config.json) describing the architecture"
+            f"weights {str(p)!r}{chans} fit no registry family's module; pass family=NAME, or a config.json "
+            "that describes the architecture (family=path/to/config.json)"
         )
     names = ", ".join(f.spec.name for f in fits)
     raise WeightsError(
         f"weights {str(p)!r}{chans} fit {names} alike (same tensor shapes; the families differ in "
-        "normalisation or pipeline rules); pass --family to say which"
+        "normalisation or pipeline rules); pass family= to say which"
     )
 
 
