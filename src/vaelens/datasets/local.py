@@ -1,0 +1,91 @@
+"""The local engine: decode and resize in worker processes, encode in this process, in plan order.
+
+Job.batches -> pool of `workers` processes (decode_batch, at most 2·workers batches in flight, so memory
+stays bounded) -> BatchEncoder.encode, in batch order -> (Batch, indices decoded, Encoded, decode errors).
+Decoding the next batches overlaps encoding this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import sys
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from vaelens.datasets.encoder import BatchEncoder, Encoded
+from vaelens.datasets.plan import Batch, Job, decode_batch
+
+
+def default_workers() -> int:
+    """Worker processes for decoding: the CPUs this process may use, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[Any]:
+    """-> a multiprocessing pool, or None for 0. Forked on Linux, as torch's DataLoader workers are (the
+    workers run PIL and numpy only; spawn would demand an `if __name__ == "__main__"` guard of every
+    script that calls vaelens), spawned elsewhere."""
+    if workers <= 0:
+        yield None
+        return
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    pool = multiprocessing.get_context(method).Pool(workers)
+    try:
+        yield pool
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch.set_num_threads(n) for the block (results of CPU kernels depend on it bit-wise)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_local(
+    job: Job, encoder: BatchEncoder, *, pool: Any = None, prefetch: int = 4
+) -> Iterator[tuple[Batch, list[int], Encoded | None, dict[int, str]]]:
+    """Job -> per batch in plan order: (batch, indices decoded, Encoded of those (None: none decoded),
+    {index: decode error})."""
+    batches = list(job.batches)
+    with torch_threads(encoder.settings.threads):
+        if pool is None:
+            for batch in batches:
+                yield _encode(batch, decode_batch(batch), encoder)
+            return
+        window: deque[tuple[Batch, Any]] = deque()
+        it = iter(batches)
+        for batch in it:
+            window.append((batch, pool.apply_async(decode_batch, (batch,))))
+            if len(window) >= prefetch:
+                break
+        while window:
+            batch, pending = window.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                window.append((nxt, pool.apply_async(decode_batch, (nxt,))))
+            yield _encode(batch, pending.get(), encoder)
+
+
+def _encode(batch: Batch, decoded, encoder: BatchEncoder):
+    pixels, ok, errors = decoded
+    if pixels is None:
+        return batch, ok, None, errors
+    return batch, ok, encoder.encode(pixels, [batch.items[i].key for i in ok]), errors

@@ -1,0 +1,190 @@
+"""A dataset job planned before any encoding: every file scanned (hash, size), placed in its bucket,
+keyed, and the work cut into batches that every engine runs identically.
+
+DATA + VAE + settings -> scan (worker processes) -> key = sha256(content hash, VAE identity, settings)
+-> batches: per bucket, the files in dataset order cut every `batch_size` (finished files then dropped
+from their batch, so a resumed or distributed run encodes exactly the batches an uninterrupted local run
+does — CPU convolutions give bit-identical results only for identical batches).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vaelens.datasets.items import Scan, list_items, scan_item
+from vaelens.datasets.pixels import Bucketing, Placement, decode_clip, decode_image
+from vaelens.errors import SizeError, VaeLensError
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def vae_identity(vae) -> dict[str, Any]:
+    """LoadedVae -> {family, class, sha256 of its weight files, config}: what makes its raw latents."""
+    digests = []
+    for f in vae.files:
+        st = Path(f).stat()
+        memo = (str(Path(f).resolve()), st.st_size, st.st_mtime_ns)
+        if memo not in _FILE_HASHES:
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                    h.update(chunk)
+            _FILE_HASHES[memo] = h.hexdigest()
+        digests.append(_FILE_HASHES[memo])
+    return {
+        "family": vae.spec.name,
+        "class": vae.spec.diffusers_class,
+        "weights_sha256": digests,
+        "config": {k: v for k, v in vae.spec.config.items() if not str(k).startswith("_")},
+        "source": str(vae.source),
+    }
+
+
+def sample_key(content_hash: str, vae_id: dict[str, Any], settings: dict[str, Any]) -> str:
+    """content hash + VAE identity (weights, architecture) + settings -> 32-hex cache key."""
+    ident = {k: v for k, v in vae_id.items() if k != "source"}  # moving the weights file changes nothing
+    text = json.dumps({"content": content_hash, "vae": ident, "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Item:
+    """One file to encode: where it is, its key, and its placement in a bucket."""
+
+    path: str
+    rel: str
+    key: str
+    content_hash: str
+    kind: str
+    placement: Placement
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Batch:
+    """Files of one bucket encoded in one call."""
+
+    index: int
+    bucket: tuple[int, int]
+    frames: int | None
+    items: tuple[Item, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """The planned work: every file's fate (key, or why it is skipped), and the batches to run."""
+
+    root: str
+    scans: tuple[Scan, ...]
+    keys: dict[str, str]  # path -> key (usable files)
+    items: dict[str, Item]  # key -> item (first file with that content)
+    skipped: dict[str, str]  # path -> reason (unreadable, corrupt, too small, …)
+    batches: tuple[Batch, ...]
+    settings: dict[str, Any]
+    vae_id: dict[str, Any]
+
+    @property
+    def to_encode(self) -> int:
+        return sum(len(b.items) for b in self.batches)
+
+
+def scan_worker(args: tuple[str, str]) -> Scan:
+    """(path, root) -> Scan; top-level so worker processes can run it."""
+    return scan_item(Path(args[0]), Path(args[1]))
+
+
+def decode_batch(batch: Batch) -> tuple[Any, list[int], dict[int, str]]:
+    """Batch -> (uint8 pixels [n,bh,bw,3] or clips [n,F,bh,bw,3] of the files that decoded, their
+    indices in the batch, {index: reason} for the others). Runs in worker processes."""
+    import numpy as np
+
+    arrays, ok, errors = [], [], {}
+    for i, item in enumerate(batch.items):
+        try:
+            if item.kind == "video":
+                arrays.append(decode_clip(item.path, item.placement, batch.frames or 1))
+            else:
+                arrays.append(decode_image(item.path, item.placement))
+            ok.append(i)
+        except Exception as exc:  # noqa: BLE001 — a corrupt file is reported and skipped, never fatal
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            errors[i] = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return (np.stack(arrays) if arrays else None), ok, errors
+
+
+def plan_job(
+    data: str | Path,
+    vae,
+    *,
+    bucketing: Bucketing,
+    batch_size: int,
+    settings: dict[str, Any],
+    frames: int | None,
+    done: set[str] | frozenset[str] = frozenset(),
+    pool: Any = None,
+    progress: Any = None,
+) -> Job:
+    """DATA -> Job. `done` holds keys already in the cache; `pool` (multiprocessing) scans in parallel."""
+    if batch_size < 1:
+        raise VaeLensError(f"batch_size {batch_size} must be at least 1")
+    root, files = list_items(data)
+    args = [(str(f), str(root)) for f in files]
+    scans: list[Scan] = []
+    it = pool.imap(scan_worker, args, chunksize=8) if pool is not None else map(scan_worker, args)
+    for scan in it:
+        scans.append(scan)
+        if progress is not None:
+            progress(len(scans), len(args), "scanning")
+    vae_id = vae_identity(vae)
+    video_vae = vae.spec.is_video
+    keys: dict[str, str] = {}
+    items: dict[str, Item] = {}
+    skipped: dict[str, str] = {}
+    groups: dict[tuple[Any, ...], list[Item]] = {}
+    for scan in scans:
+        if scan.error or scan.size is None:
+            skipped[scan.path] = scan.error or "no size"
+            continue
+        if scan.kind == "video" and not video_vae:
+            skipped[scan.path] = f"a video clip; {vae.spec.name} is an image VAE"
+            continue
+        if scan.kind == "video" and scan.frames and frames and scan.frames < frames:
+            skipped[scan.path] = f"clip has {scan.frames} frames; frames={frames} were asked for"
+            continue
+        try:
+            placement = bucketing.place(*scan.size)
+        except SizeError as exc:
+            skipped[scan.path] = str(exc)
+            continue
+        key = sample_key(scan.content_hash, vae_id, settings)
+        keys[scan.path] = key
+        if key in items:  # the same content twice: encoded once, listed under both names
+            continue
+        item = Item(
+            path=scan.path, rel=scan.rel, key=key, content_hash=scan.content_hash, kind=scan.kind, placement=placement
+        )
+        items[key] = item
+        clip_frames = frames if scan.kind == "video" else None
+        groups.setdefault((placement.bucket, clip_frames), []).append(item)
+    batches = []
+    for (bucket, clip_frames), members in groups.items():
+        for start in range(0, len(members), batch_size):
+            todo = tuple(i for i in members[start : start + batch_size] if i.key not in done)
+            if todo:
+                batches.append((todo, bucket, clip_frames))
+    order = {s.path: n for n, s in enumerate(scans)}
+    batches.sort(key=lambda b: order[b[0][0].path])  # in dataset order of each batch's first file
+    return Job(
+        root=str(root),
+        scans=tuple(scans),
+        keys=keys,
+        items=items,
+        skipped=skipped,
+        batches=tuple(Batch(index=n, bucket=b, frames=f, items=t) for n, (t, b, f) in enumerate(batches)),
+        settings=settings,
+        vae_id=vae_id,
+    )
+

@@ -1,0 +1,171 @@
+"""`compute_stats`: statistics of raw latents over a whole dataset (or over a finished cache), streaming.
+
+DATA + LoadedVae -> plan (scan, bucket, batches) -> engine (local | Ray) -> one Moments per batch,
+merged exactly (Chan et al.) -> DatasetStats + ImpliedNormalization -> StatsReport.
+A cache folder as DATA reads its stored latents instead (no VAE run, the stored dtype's precision).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vaelens.datasets.encoder import EncodeSettings
+from vaelens.datasets.implied import ImpliedNormalization, implied_normalization
+from vaelens.datasets.moments import HIST_BINS, HIST_RANGE, DatasetStats, Moments
+from vaelens.datasets.pixels import Bucketing
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatsReport:
+    """Statistics of one dataset's raw latents, the normalisation they imply, and how they were made."""
+
+    data: str
+    family: str
+    stats: DatasetStats
+    implied: ImpliedNormalization | None
+    latent: str  # "mean" | "sample" | "cached mean" …
+    files: int
+    skipped: tuple[dict[str, str], ...]
+    seconds: float
+    engine: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "data": self.data,
+            "family": self.family,
+            "latent": self.latent,
+            "files": self.files,
+            "skipped": list(self.skipped),
+            "engine": self.engine,
+            "seconds": round(self.seconds, 3),
+            "stats": self.stats.to_json(),
+            "implied_normalization": self.implied.to_json() if self.implied else None,
+        }
+
+
+def compute_stats(
+    data: str | Path,
+    vae,
+    *,
+    bucketing: Bucketing,
+    encode: EncodeSettings | None = None,
+    batch_size: int = 8,
+    frames: int | None = None,
+    workers: int | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    hist_range: float = HIST_RANGE,
+    hist_bins: int = HIST_BINS,
+    progress: Any = None,
+) -> StatsReport:
+    """DATA + LoadedVae -> StatsReport of the raw latents (the posterior mean, or a fixed-seed sample)."""
+    encode = encode or EncodeSettings()
+    from vaelens.datasets.cache import CacheOptions, run_engine
+    from vaelens.datasets.encoder import resolve_dtype
+    from vaelens.datasets.local import default_workers, worker_pool
+    from vaelens.datasets.plan import plan_job
+
+    t0 = time.perf_counter()
+    dtype, _ = resolve_dtype(encode.dtype, device=vae.device, config=dict(vae.spec.config))
+    options = CacheOptions(bucketing=bucketing, frames=frames, batch_size=batch_size, workers=workers,
+                           engine=engine, address=address)
+    n = default_workers() if workers is None else workers
+    total = Moments(vae.spec.latent_channels, hist_range=hist_range, hist_bins=hist_bins)
+    skipped: dict[str, str] = {}
+    with worker_pool(n if engine == "local" else 0) as pool:
+        job = plan_job(data, vae, bucketing=bucketing, batch_size=batch_size,
+                       settings={**options.key_fields(), **encode.key_fields(dtype.value)}, frames=frames,
+                       pool=pool, progress=progress)
+        skipped.update(job.skipped)
+        batches, _ = run_engine(job, vae, encode, options, pool)
+        done = 0
+        for batch, ok, enc, errors in batches:
+            for i, why in errors.items():
+                skipped[batch.items[i].path] = why
+            if enc is not None:
+                import torch
+
+                which = enc.sample if encode.posterior == "sample" else enc.mean
+                for j, i in enumerate(ok):
+                    if j in enc.failed:
+                        skipped[batch.items[i].path] = enc.failed[j]
+                good = [which[j] for j in range(len(ok)) if j not in enc.failed]
+                if good:
+                    total.add(torch.stack(good), samples=len(good))
+            done += len(batch.items)
+            if progress is not None:
+                progress(done, job.to_encode, "encoding")
+    stats = total.result()
+    return StatsReport(
+        data=str(data),
+        family=vae.spec.name,
+        stats=stats,
+        implied=implied_normalization(stats, vae.spec.normalization, family=vae.spec.name, module=vae.module),
+        latent=encode.posterior,
+        files=len(job.scans),
+        skipped=tuple({"source": _rel(p, job.root), "reason": r} for p, r in skipped.items()),
+        seconds=time.perf_counter() - t0,
+        engine=engine,
+    )
+
+
+def _rel(path: str, root: str) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return path
+
+
+def stats_of_records(
+    out: str | Path, records: list[dict[str, Any]], *, vae=None, latent: str = "mean",
+    hist_range: float = HIST_RANGE, hist_bins: int = HIST_BINS,
+) -> DatasetStats:
+    """cache folder + index records -> DatasetStats of the stored raw latents, one shard open at a time."""
+    from safetensors import safe_open
+
+    moments: Moments | None = None
+    by_shard: dict[str, list[dict[str, Any]]] = {}
+    seen: set[str] = set()
+    for r in records:
+        if r["key"] not in seen:  # duplicate files share one latent: count it once
+            seen.add(r["key"])
+            by_shard.setdefault(r["shard"], []).append(r)
+    for shard, recs in by_shard.items():
+        with safe_open(str(Path(out) / shard), framework="pt") as f:
+            for r in recs:
+                z = f.get_tensor(r["tensors"][latent])
+                if moments is None:
+                    moments = Moments(z.shape[0], hist_range=hist_range, hist_bins=hist_bins)
+                moments.add(z[None], samples=1)
+    if moments is None:
+        from vaelens.errors import VaeLensError
+
+        raise VaeLensError(f"cache {str(out)!r} holds no latents")
+    return moments.result()
+
+
+def stats_of_cache(out: str | Path, *, latent: str = "mean") -> StatsReport:
+    """finished cache folder -> StatsReport of its stored latents, with the normalisation it recorded."""
+    from vaelens.datasets.reader import _normalization
+    from vaelens.datasets.store import read_index, read_summary
+
+    t0 = time.perf_counter()
+    summary = read_summary(out)
+    index = read_index(out)
+    stats = stats_of_records(out, [r for r in index if "key" in r], latent=latent)
+    family = summary["vae"]["family"]
+    norm = _normalization(summary["normalization"])
+    return StatsReport(
+        data=str(out),
+        family=family,
+        stats=stats,
+        implied=implied_normalization(stats, norm, family=family),
+        latent=f"cached {latent} ({summary['settings']['latent_dtype']})",
+        files=len(index),
+        skipped=tuple({"source": r["source"], "reason": r["error"]} for r in index if "key" not in r),
+        seconds=time.perf_counter() - t0,
+        engine="cache",
+    )
