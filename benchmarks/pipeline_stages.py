@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         args.pipeline, args.size = "sd15", "256x256"
     spec = get_pipeline(args.pipeline)
     dtype = DType.parse(args.dtype)
-    width, height = parse_size(args.size) if args.size else spec.default_size
+    width, height = parse_size(args.size) if args.size else spec.default_size[::-1]  # spec: (H, W)
     frames = args.frames or spec.default_frames
     req = PixelRequest(width=width, height=height, frames=frames, dtype=dtype)
     latent = tuple(plan_shapes(get_family(spec.vae_family), req).latent_shape)

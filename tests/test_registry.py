@@ -78,7 +78,7 @@ def test_every_constant_has_a_source(spec: FamilySpec):
     if spec.temporal is not None:
         assert spec.temporal.source and spec.default_frames
         assert (spec.default_frames - 1) % spec.temporal.factor == 0
-    w, h = spec.default_size
+    h, w = spec.default_size
     assert w % spec.size_rule.multiple == 0 and h % spec.size_rule.multiple == 0
 
 

@@ -130,7 +130,7 @@ class FamilySpec:
     normalization: Normalization
     tokens: TokenPacking | None = None
     size_rule: SizeRule
-    default_size: tuple[int, int]  # (width, height)
+    default_size: tuple[int, int]  # (height, width)
     default_frames: int | None = None
     origin: SpecOrigin = SpecOrigin.REGISTRY
     notes: str = ""

@@ -59,7 +59,7 @@ WAN21 = FamilySpec(
         multiple=16,
         source=f"{_WAN_PIPE} (check_inputs: height and width have to be divisible by 16)",
     ),
-    default_size=(832, 480),
+    default_size=(480, 832),
     default_frames=81,
     sources={
         "spatial_factor": f"vae.config.scale_factor_spatial (class default 8) — {_WAN_PIPE}",
@@ -132,7 +132,7 @@ WAN22 = FamilySpec(
         source=f"{_WAN_PIPE} (check_inputs raises unless divisible by 16; __call__ then floors to "
         "scale_factor_spatial 16 × patch 2 = 32 with a warning)",
     ),
-    default_size=(1280, 704),
+    default_size=(704, 1280),
     default_frames=121,
     notes="The released config also holds clip_output: false, an argument AutoencoderKLWan in "
     "diffusers 0.42.1 does not take; it is left out. WanPipeline's own defaults are 832×480, 81 frames.",
@@ -211,7 +211,7 @@ COGVIDEOX_2B = FamilySpec(
     normalization=_cog_norm("THUDM/CogVideoX-2b", 1.15258426),
     tokens=_COG_TOKENS,
     size_rule=_COG_SIZE,
-    default_size=(720, 480),
+    default_size=(480, 720),
     default_frames=49,
     notes="The pipeline keeps latents as [B, F, C, H, W] between steps; shapes here are [B, C, F, H, W].",
     sources=_COG_SOURCES,
@@ -230,7 +230,7 @@ COGVIDEOX_5B = FamilySpec(
     normalization=_cog_norm("THUDM/CogVideoX-5b", 0.7),
     tokens=_COG_TOKENS,
     size_rule=_COG_SIZE,
-    default_size=(720, 480),
+    default_size=(480, 720),
     default_frames=49,
     notes="Same VAE weights as 2B; only scaling_factor differs (0.7 vs 1.15258426).",
     sources=_COG_SOURCES,
@@ -279,7 +279,7 @@ HUNYUANVIDEO = FamilySpec(
         multiple=16,
         source=f"{_HY_PIPE} (check_inputs: height and width have to be divisible by 16)",
     ),
-    default_size=(1280, 720),
+    default_size=(720, 1280),
     default_frames=129,
     sources={
         "spatial_factor": f"vae.spatial_compression_ratio — {_HY_PIPE}",
@@ -335,7 +335,7 @@ LTX_VIDEO = FamilySpec(
         multiple=32,
         source=f"{_LTX_PIPE} (check_inputs: height and width have to be divisible by 32)",
     ),
-    default_size=(704, 512),
+    default_size=(512, 704),
     default_frames=161,
     sources={
         "spatial_factor": "vae.spatial_compression_ratio = patch_size · 2 ** sum(spatio_temporal_scaling) "
@@ -405,7 +405,7 @@ MOCHI = FamilySpec(
         multiple=8,
         source=f"{_MOCHI_PIPE} (check_inputs: height and width have to be divisible by 8)",
     ),
-    default_size=(848, 480),
+    default_size=(480, 848),
     default_frames=19,
     sources={
         "spatial_factor": f"vae_spatial_scale_factor = 8, hard-coded in {_MOCHI_PIPE}",

@@ -316,7 +316,7 @@ def _wan(name: str, repo: str, *, heads: int, layers: int, ffn: int, title: str)
         }, f"{repo}/transformer/config.json"),
         denoiser_kind=DenoiserKind.WAN, vae_family="wan21", guidance=Guidance.SEQUENTIAL,
         guidance_source=_P + "wan/pipeline_wan.py (guidance_scale=5.0: cond call, then uncond call)",
-        default_size=(832, 480), default_frames=81, offload_seq=("text_encoder", "transformer", "vae"),
+        default_size=(480, 832), default_frames=81, offload_seq=("text_encoder", "transformer", "vae"),
         encodes_negative=True,
     )
 
@@ -341,7 +341,7 @@ LTX_VIDEO = PipelineSpec(
     }, f"{_LTX_REPO}/transformer/config.json"),
     denoiser_kind=DenoiserKind.LTX, vae_family="ltx-video", guidance=Guidance.BATCH,
     guidance_source=_P + "ltx/pipeline_ltx.py (guidance_scale=3; torch.cat([latents] * 2))",
-    default_size=(704, 512), default_frames=161, offload_seq=("text_encoder", "transformer", "vae"),
+    default_size=(512, 704), default_frames=161, offload_seq=("text_encoder", "transformer", "vae"),
     encodes_negative=True,
 )
 
@@ -365,7 +365,7 @@ COGVIDEOX_5B = PipelineSpec(
     }, f"{_COG_REPO}/transformer/config.json"),
     denoiser_kind=DenoiserKind.COGVIDEOX, vae_family="cogvideox-5b", guidance=Guidance.BATCH,
     guidance_source=_P + "cogvideo/pipeline_cogvideox.py (guidance_scale=6; torch.cat([latents] * 2))",
-    default_size=(720, 480), default_frames=49, offload_seq=("text_encoder", "transformer", "vae"),
+    default_size=(480, 720), default_frames=49, offload_seq=("text_encoder", "transformer", "vae"),
     encodes_negative=True,
 )
 
@@ -405,7 +405,7 @@ HUNYUANVIDEO = PipelineSpec(
     }, f"{_HY_REPO}/transformer/config.json"),
     denoiser_kind=DenoiserKind.HUNYUAN, vae_family="hunyuanvideo", guidance=Guidance.NONE,
     guidance_source=f"{_HY_CALL} (true_cfg_scale=1.0: one call per step; guidance is embedded)",
-    default_size=(1280, 720), default_frames=129,
+    default_size=(720, 1280), default_frames=129,
     offload_seq=("text_encoder", "text_encoder_2", "transformer", "vae"),
 )
 

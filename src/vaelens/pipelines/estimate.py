@@ -118,7 +118,7 @@ class PipelineRequest:
 
             pipeline = get_pipeline(pipeline)
         if request is None:
-            width, height = pipeline.default_size
+            height, width = pipeline.default_size
             request = PixelRequest(width=width, height=height, frames=pipeline.default_frames, dtype=DType.BF16)
         return cls(pipeline=pipeline, width=request.width, height=request.height, frames=request.frames,
                    batch=request.batch, dtype=request.dtype, vae_tiling=vae_tiling)

@@ -113,7 +113,7 @@ class PipelineSpec:
     vae_family: str  # registry name (vaelens.families)
     guidance: Guidance
     guidance_source: str
-    default_size: tuple[int, int]  # (width, height), the pipeline's __call__ default
+    default_size: tuple[int, int]  # (height, width), the pipeline's __call__ default
     default_frames: int | None = None
     # The pipeline's model_cpu_offload_seq: the order enable_model_cpu_offload moves models in.
     offload_seq: tuple[str, ...]

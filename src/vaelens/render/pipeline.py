@@ -116,7 +116,7 @@ def pipeline_json(est: PipelineEstimate, mode: Offload, budget: PipelineBudgetRe
 
 
 def _default_size(spec: PipelineSpec) -> str:
-    width, height = spec.default_size
+    height, width = spec.default_size
     return f"{width}x{height}" + (f"x{spec.default_frames}f" if spec.default_frames else "")
 
 
@@ -131,7 +131,7 @@ def pipeline_list_json(specs: Sequence[PipelineSpec]) -> list[dict[str, Any]]:
     """`vaelens pipeline --list --json`; default_size is [H, W] like every size in vaelens' JSON."""
     return [{"name": s.name, "class": s.pipeline_class, "repo": s.repo, "vae_family": s.vae_family,
              "components": [{"name": c.name, "class": c.class_name} for c in s.components],
-             "default_size": [s.default_size[1], s.default_size[0]], "default_frames": s.default_frames,
+             "default_size": list(s.default_size), "default_frames": s.default_frames,
              "guidance": s.guidance.value} for s in specs]
 
 

@@ -98,7 +98,7 @@ def families_json(specs: Sequence[FamilySpec]) -> list[dict[str, Any]]:
             "tokens": {"patch": list(s.tokens.patch), "source": s.tokens.source} if s.tokens else None,
             "size_rule": {"kind": s.size_rule.kind.value, "multiple": s.size_rule.multiple,
                           "raise_multiple": s.size_rule.raise_multiple, "source": s.size_rule.source},
-            "default_size": [s.default_size[1], s.default_size[0]],  # [H, W], as every size in the JSON
+            "default_size": list(s.default_size),  # [H, W], as every size in the JSON
             "default_frames": s.default_frames,
             "config_source": s.config_source,
         })
@@ -136,12 +136,14 @@ def render_shapes(spec: FamilySpec, plan: ShapePlan) -> str:
                  human_bytes(math.prod(plan.decoded_shape) * item)])
     head = f"{spec.name} ({spec.diffusers_class}) — {dt}, size {plan.used_size[1]}x{plan.used_size[0]}"
     if plan.frames is not None:
-        head += f", {plan.frames} frames"
+        head += f", {plan.frames} frame{'s' if plan.frames != 1 else ''}"
     lines = [head, "", table(["state", "shape [B, C, (F,) H, W]", "elements", "bytes"], rows, right=(2, 3)), ""]
     lines.append(f"normalisation: {norm_formula(spec)}")
     if plan.token_count is None:
         lines.append("tokens: none (this family's denoiser works on the latent grid, not on tokens)")
-    lines.append(f"compression: {plan.compression:.1f}× fewer elements in the latent than in the pixels")
+    c = plan.compression
+    lines.append(f"compression: {c:.1f}× fewer elements in the latent than in the pixels" if c >= 1 else
+                 f"compression: none — the latent has {1 / c:.2f}× more elements than the pixels")
     return "\n".join(lines)
 
 
