@@ -47,7 +47,8 @@ class VideoInfo:
             "total_frames": self.total_frames,
             "size": list(self.size),
             "codec": self.codec,
-            "notes": list(self.notes),
+            "warnings": list(self.notes),
+            "notes": list(self.notes),  # the old name of "warnings", kept until 0.2
         }
 
 
