@@ -288,3 +288,47 @@ def test_a_video_for_an_image_vae_is_refused(cli, root, tmp_path):
     _clip(tmp_path / "clip.mp4")
     r = cli("encode", str(tmp_path / "clip.mp4"), "--vae", str(root / "vae"), "-o", str(tmp_path / "z.safetensors"))
     one_line_error(r, "image VAE")
+
+
+# ------------------------------------------------------------------------------------ cosmetics
+
+
+def test_budget_needs_a_unit(cli):
+    one_line_error(cli("memory", "sd15", "--size", "64x64", "--budget", "8"), "budget '8' has no unit", "8GiB")
+    from vaelens.options import parse_bytes
+
+    assert parse_bytes("8B") == 8
+
+
+def test_one_frame_is_singular_and_width_without_height_names_what_is_missing(cli):
+    r = cli("shapes", "wan21", "--size", "64x64", "--frames", "1")
+    assert r.code == 0 and ", 1 frame" in r.out and "1 frames" not in r.out
+    one_line_error(cli("shapes", "sdxl", "--width", "1024"), "--width 1024 without --height")
+    assert "None" not in cli("shapes", "sdxl", "--height", "512").err
+
+
+def test_compression_below_one_is_not_called_fewer(cli, tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(tiny_kl(latent_channels=16, down_block_types=["DownEncoderBlock2D"],
+                                      up_block_types=["UpDecoderBlock2D"], block_out_channels=[8])))
+    r = cli("shapes", str(cfg), "--size", "32x32")
+    assert r.code == 0, r.err
+    assert "fewer elements" not in r.out and "more elements than the pixels" in r.out
+
+
+def test_unknown_option_names_the_subcommand(cli):
+    r = cli("shapes", "sdxl", "--bogus")
+    assert r.code == 2 and r.err.startswith("vaelens shapes: error: unrecognized arguments: --bogus")
+
+
+def test_tiled_and_sliced_header_names_both(cli):
+    r = cli("memory", "sd15", "--size", "64x64", "--tiled", "--sliced")
+    assert r.code == 0 and "(tiled, sliced)" in r.out
+
+
+def test_constant_latent_correlation_is_null():
+    from vaelens.latents import channel_stats
+
+    stats = channel_stats(np.ones((1, 3, 4, 4)))
+    assert stats.to_json()["correlation"] == [[None] * 3] * 3
+    assert stats.strongest_pair() is None and stats.mean_abs_correlation() is None

@@ -47,7 +47,8 @@ class ChannelStats:
     max: tuple[float, ...]
     overall_mean: float
     overall_std: float
-    correlation: tuple[tuple[float, ...], ...]  # C×C Pearson correlation between channels
+    # C×C Pearson correlation between channels; None where a channel is constant (r is undefined, 0/0)
+    correlation: tuple[tuple[float | None, ...], ...]
     nonfinite: int
 
     @property
@@ -64,17 +65,22 @@ class ChannelStats:
         """Mean |r| over pairs of different channels; None for one channel."""
         if self.channels < 2:
             return None
-        corr = np.abs(np.asarray(self.correlation))
-        return float(corr[~np.eye(self.channels, dtype=bool)].mean())
+        off = np.abs(self._corr_array())[~np.eye(self.channels, dtype=bool)]
+        return float(np.nanmean(off)) if np.isfinite(off).any() else None
+
+    def _corr_array(self) -> np.ndarray:
+        return np.array([[np.nan if v is None else v for v in row] for row in self.correlation], dtype=np.float64)
 
     def strongest_pair(self) -> tuple[int, int, float] | None:
         """(i, j, r) of the two different channels with the largest |r| (the first such pair when every
-        r is 0); None for one channel."""
+        r is 0); None for one channel, or when every pair involves a constant channel."""
         if self.channels < 2:
             return None
-        corr = np.asarray(self.correlation)
-        off = np.abs(corr)
+        corr = self._corr_array()
+        off = np.nan_to_num(np.abs(corr), nan=-1.0)
         np.fill_diagonal(off, -1.0)
+        if off.max() < 0:
+            return None
         i, j = np.unravel_index(np.argmax(off), corr.shape)
         return int(i), int(j), float(corr[i, j])
 
@@ -112,12 +118,15 @@ def channel_stats(latent) -> ChannelStats:
     x = x[finite]
     if x.shape[0] == 0:
         raise VaeLensError("latent has no finite values: every position holds NaN or Inf")
-    with np.errstate(invalid="ignore", divide="ignore"):  # a constant channel has no correlation: 0
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant channel has no correlation: NaN
         corr = np.corrcoef(x, rowvar=False) if x.shape[0] > 1 else np.eye(x.shape[1])
-    corr = np.atleast_2d(np.nan_to_num(corr, nan=0.0))
+    corr = np.atleast_2d(corr)
 
     def r(v) -> tuple[float, ...]:
         return tuple(round(float(t), 6) for t in v)
+
+    def r_or_none(v) -> tuple[float | None, ...]:
+        return tuple(round(float(t), 6) if np.isfinite(t) else None for t in v)
 
     return ChannelStats(
         mean=r(x.mean(0)),
@@ -126,7 +135,7 @@ def channel_stats(latent) -> ChannelStats:
         max=r(x.max(0)),
         overall_mean=round(float(x.mean()), 6),
         overall_std=round(float(x.std()), 6),
-        correlation=tuple(r(row) for row in corr),
+        correlation=tuple(r_or_none(row) for row in corr),
         nonfinite=nonfinite,
     )
 

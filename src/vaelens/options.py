@@ -114,7 +114,7 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10
 
 
 def parse_bytes(text: str) -> int:
-    """'8GiB' | '8 GB' | '512MiB' | '1e9' -> bytes (GiB = 2^30, GB = 10^9).
+    """'8GiB' | '8 GB' | '512MiB' | '1e9B' -> bytes (GiB = 2^30, GB = 10^9); a bare number is refused.
 
     >>> parse_bytes("8GiB")
     8589934592
@@ -124,6 +124,9 @@ def parse_bytes(text: str) -> int:
     if not m or unit not in _UNITS:
         raise VaeLensError(f"budget {text!r} is not a size; write e.g. 8GiB, 24GB or 512MiB "
                            "(units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+    if not m.group(2):  # '8' is almost never 8 bytes: a unit is required (B for bytes)
+        raise VaeLensError(f"budget {text!r} has no unit; write e.g. {m.group(1)}GiB or {m.group(1)}GB "
+                           f"({m.group(1)}B for bytes)")
     number = float(m.group(1)) * _UNITS[unit]
     if not math.isfinite(number):
         raise VaeLensError(f"budget {text!r} is too large to be a number of bytes; write e.g. 8GiB or 24GB")

@@ -28,8 +28,8 @@ COMMAND_MODULES = (
     "decode",
     "roundtrip",
     "inspect",
-)
     "report",
+)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -80,7 +80,11 @@ def _glue_negative_values(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_glue_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    args, extra = parser.parse_known_args(_glue_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    if extra:  # say it as the subcommand: `vaelens encode: error: unrecognized arguments: …`
+        sub = getattr(args, "command", None)
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        (subparsers.choices.get(sub) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -43,9 +43,9 @@ def size_from_args(args: argparse.Namespace) -> tuple[int, int] | None:
             raise VaeLensError("give either --size WxH or --width/--height, not both")
         return parse_size(args.size)
     if (args.width is None) != (args.height is None):
-        raise VaeLensError(
-            f"--width {args.width} --height {args.height}: give both, or --size WxH"
-        )
+        given, missing = ("--width", "--height") if args.width is not None else ("--height", "--width")
+        value = args.width if args.width is not None else args.height
+        raise VaeLensError(f"{given} {value} without {missing}: give both, or --size WxH")
     if args.width is None:
         return None
     return parse_size(f"{args.width}x{args.height}")

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from vaelens.latents import LatentInspection
 from vaelens.render.figures import GridInfo, plot_channel_grid, plot_rgb_approximation
 
@@ -90,6 +88,5 @@ def _correlation_lines(insp: LatentInspection) -> list[str]:
         f"strongest ch{i}-ch{j} r = {r:+.3f}"
     ]
     if stats.channels <= 8:
-        corr = np.asarray(stats.correlation)
-        lines += ["   " + " ".join(f"{v:+.2f}" for v in corr[c]) for c in range(stats.channels)]
+        lines += ["   " + " ".join("    –" if v is None else f"{v:+.2f}" for v in row) for row in stats.correlation]
     return lines

@@ -100,7 +100,7 @@ def explain(
     video = plan.frames is not None
     out: list[str] = []
     title = f"{spec.title} — {spec.diffusers_class}, {width}x{height}"
-    title += f", {plan.frames} frames" if video else ""
+    title += f", {plan.frames} frame{'s' if plan.frames != 1 else ''}" if video else ""
     out += [title, "=" * len(title), ""]
     for note in plan.warnings:
         out += [_para(f"Note: {note}.", ""), ""]
