@@ -173,6 +173,21 @@ def test_report_with_demo_weights_pipeline_and_budget(demo_report):
     assert "pipeline sd15 decodes with the sd15 VAE, not sdxl" in html
 
 
+def test_report_budget_that_needs_tiles_shows_the_plan_and_its_grid():
+    rep = build_report("sdxl", PixelRequest(width=256, height=256), budget_bytes=400 * 2**20)
+    html = render_report(rep)
+    assert not any(o.fits for o in rep.budget.ops)
+    plans = rep.tiling
+    assert set(plans) == {"encode", "decode"} and all(p.tiled and p.method == "exact" for p in plans.values())
+    assert 'id="budget-verdict">fits with exact tiles' in html
+    grids = re.findall(r'<svg class="tiles".*?</svg>', html, re.S)
+    assert [g.count("<rect") for g in grids] == [plans["encode"].tiles, plans["decode"].tiles]
+    for p in plans.values():
+        assert p.predicted_peak_bytes <= rep.budget.budget_bytes
+        assert human_bytes(p.predicted_peak_bytes) in html
+    assert rep.to_json()["tiling"]["decode"]["tiles"] == plans["decode"].tiles
+
+
 def test_report_json_has_the_key_numbers(demo_report):
     data = demo_report.to_json()
     assert data["decode"]["peak_bytes"] == demo_report.estimate("decode").peak_bytes
@@ -227,9 +242,12 @@ def test_cli_report_bad_input_is_one_line(cli, tmp_path, argv, needle):
     assert not out.exists()
 
 
-def test_cli_report_output_folder_is_refused(cli, tmp_path):
-    res = cli("report", "sdxl", "--size", "256x256", "-o", str(tmp_path))
+def test_cli_report_output_folder_or_other_suffix_is_refused(cli, tmp_path):
+    (tmp_path / "dir.html").mkdir()
+    res = cli("report", "sdxl", "--size", "256x256", "-o", str(tmp_path / "dir.html"))
     assert res.code == 2 and "is a folder" in res.err
+    res = cli("report", "sdxl", "--size", "256x256", "-o", str(tmp_path / "r.txt"))
+    assert res.code == 2 and ".html" in res.err and not (tmp_path / "r.txt").exists()
 
 
 def test_cli_memory_plot(cli, tmp_path):

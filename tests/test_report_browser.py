@@ -106,8 +106,9 @@ def test_report_in_chromium_offline(tmp_path):
     from vaelens.render.tables import human_bytes, shape_str
 
     _browser_or_fail()  # before the minute of work, so a missing browser fails fast
-    rep = build_report("sdxl", PixelRequest(width=512, height=512), vae="demo", budget_bytes=2 * 2**30,
-                       pipeline="sdxl")
+    # the arguments of test_report.py's demo_report: traces are cached within one pytest run
+    rep = build_report("sdxl", PixelRequest(width=256, height=256), vae="demo", budget_bytes=2**28,
+                       pipeline="sd15")
     path = save_report(render_report(rep), tmp_path / "report.html")
     shot = ARTEFACTS / "report_full.png"
     check = open_offline(path, shot)

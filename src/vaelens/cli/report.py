@@ -1,12 +1,12 @@
 """`vaelens report MODEL -o report.html`: one self-contained HTML page — the contract to scale, memory per
-layer, the budget, and (with --vae / --pipeline) a real round trip and the pipeline's stages."""
+layer, the budget and tiling plan, and (with --vae / --pipeline) a real round trip and the pipeline's stages."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from vaelens.cli._io import add_force, add_quiet, bar_enabled, check_outputs, weights_inputs
 from vaelens.cli.common import add_json, add_model, add_size, emit_json
 from vaelens.errors import VaeLensError
 
@@ -18,16 +18,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model(p)
     add_size(p)
-    p.add_argument("--budget", metavar="SIZE", help="e.g. 8GiB: the verdict, and a tiling plan when it does not fit")
+    p.add_argument("--budget", metavar="SIZE", help="e.g. 8GiB: the verdict, and the tiling plan that fits")
     p.add_argument("--vae", metavar="WEIGHTS",
                    help="real weights for a round trip (a diffusers folder, .safetensors file, cached repo id, "
                    "or 'demo' for vaelens' demo VAE)")
     p.add_argument("--image", metavar="IMG", help="image for the round trip (default with --vae: the demo photo)")
     p.add_argument("--pipeline", metavar="NAME", help="add a built-in pipeline's stages per offload mode "
                    "(see `vaelens pipeline --list`)")
-    p.add_argument("-o", "--out", default="report.html", metavar="FILE", help="default: report.html")
-    p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("-o", "--out", default="report.html", metavar="FILE", help="an .html file (default: report.html)")
+    add_force(p)
+    add_quiet(p)
     add_json(p)
     p.set_defaults(func=run)
 
@@ -35,41 +35,34 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vaelens.cli.shapes import plan_from_args
     from vaelens.options import parse_bytes
+    from vaelens.progress import progress_bar
     from vaelens.render.report import render_report, save_report
     from vaelens.render.report_data import build_report
+    from vaelens.render.tables import human_bytes
 
-    out = Path(args.out)
-    # Refuse before any work: the checks save_report repeats, in the flags' words.
-    if out.is_dir():
-        raise VaeLensError(f"-o {args.out!r} is a folder; give a file name, e.g. {str(out / 'report.html')!r}")
-    if out.exists() and not args.force:
-        raise VaeLensError(f"-o {args.out!r} exists; pass --force to overwrite it")
+    # Everything that can be refused is refused before any work.
     if args.image is not None and args.vae is None:
         raise VaeLensError("--image needs --vae (the weights that encode it); --vae demo is vaelens' demo VAE")
     if args.image is not None and not Path(args.image).is_file():
         raise VaeLensError(f"--image {args.image!r} is not a file")
+    inputs = weights_inputs(args) + ([args.image] if args.image else [])
+    (out,) = check_outputs(args, [args.out], inputs=inputs, kind="html", what="-o")
     budget = parse_bytes(args.budget) if args.budget is not None else None
     spec, plan = plan_from_args(args)
-    show = not args.quiet and sys.stderr.isatty()
-
-    def step(name: str) -> None:
-        if show:
-            print(f"vaelens report: {name}…", file=sys.stderr)
-
-    rep = build_report(spec, plan.request, budget_bytes=budget, vae=args.vae, image=args.image,
-                       pipeline=args.pipeline, pipeline_dtype=None if args.dtype == "fp32" else args.dtype,
-                       on_step=step)
+    with progress_bar("report", enabled=bar_enabled(args)) as bar:
+        rep = build_report(spec, plan.request, budget_bytes=budget, vae=args.vae, image=args.image,
+                           pipeline=args.pipeline, pipeline_dtype=None if args.dtype == "fp32" else args.dtype,
+                           progress=bar)
     path = save_report(render_report(rep), out, overwrite=args.force)
     if args.json:
         emit_json({"output": str(path), "bytes": path.stat().st_size, **rep.to_json()})
-    else:
-        enc, dec = rep.estimate("encode"), rep.estimate("decode")
-        from vaelens.render.tables import human_bytes
-
-        line = (f"wrote {path} ({human_bytes(path.stat().st_size)}): {spec.name} {plan.used_size[1]}x"
-                f"{plan.used_size[0]}, encode peak {human_bytes(enc.peak_bytes)}, decode peak "
-                f"{human_bytes(dec.peak_bytes)}")
-        if rep.real is not None:
-            line += f", round trip PSNR {rep.real.psnr:.2f} dB"
-        print(line)
+        return 0
+    enc, dec = rep.estimate("encode"), rep.estimate("decode")
+    frames = f", {plan.frames} frames" if plan.frames is not None else ""
+    line = (f"wrote {path} ({human_bytes(path.stat().st_size)}): {spec.name} {plan.used_size[1]}x"
+            f"{plan.used_size[0]}{frames}, encode peak {human_bytes(enc.peak_bytes)}, decode peak "
+            f"{human_bytes(dec.peak_bytes)}")
+    if rep.real is not None:
+        line += f", round trip PSNR {rep.real.psnr:.2f} dB"
+    print(line)
     return 0

@@ -9,9 +9,8 @@ import base64
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from vaelens.errors import VaeLensError
 from vaelens.render.report_data import Report
-from vaelens.render.svg import contract_states, contract_svg, esc, pipeline_svg
+from vaelens.render.svg import contract_states, contract_svg, esc, pipeline_svg, tile_grid_svg
 from vaelens.render.tables import human_bytes, norm_formula, shape_str
 from vaelens.render.timeline import timeline_svg
 
@@ -35,9 +34,10 @@ td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space:
 .note { background: #fff8e1; border-left: 4px solid #E69F00; padding: 6px 10px; margin: 8px 0; }
 .approx { background: #fdecea; border-left: 4px solid #D55E00; padding: 6px 10px; }
 .imgs { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
-figure { margin: 8px 0; } figure img { max-width: min(100%, 720px); height: auto; border: 1px solid var(--rule); }
+figure { margin: 8px 0; } figure img { max-width: min(100%, 640px); height: auto; border: 1px solid var(--rule); }
 figcaption { font-size: 13px; color: var(--muted); max-width: 60ch; }
-img.pixelated { image-rendering: pixelated; }
+pre { font: 12px/1.45 "DejaVu Sans Mono", monospace; background: var(--card); padding: 8px 10px;
+      white-space: pre-wrap; }
 footer { margin-top: 40px; font-size: 13px; color: var(--muted); }
 """
 
@@ -75,11 +75,10 @@ def _summary(rep: Report) -> str:
         _card("decode peak", human_bytes(dec.peak_bytes), "decode-peak"),
     ]
     if rep.budget is not None:
-        fits = all(o.fits for o in rep.budget.ops)
-        cards.append(_card(f"budget {human_bytes(rep.budget.budget_bytes)}", "fits" if fits else "does not fit",
-                           "verdict"))
+        cards.append(_card(f"budget {human_bytes(rep.budget.budget_bytes)}", _verdict(rep), "verdict"))
     if rep.real is not None:
-        cards.append(_card("round trip PSNR / SSIM", f"{rep.real.psnr:.2f} dB / {rep.real.ssim:.4f}", "psnr"))
+        cards.append(_card(f"round trip PSNR / SSIM ({rep.real.family})",
+                           f"{rep.real.psnr:.2f} dB / {rep.real.ssim:.4f}", "psnr"))
     notes = "".join(f'<p class="note">{esc(n)}</p>' for n in rep.notes)
     return f'<div class="cards">{"".join(cards)}</div>{notes}'
 
@@ -122,6 +121,17 @@ def _memory(rep: Report) -> str:
     return "".join(parts)
 
 
+def _verdict(rep: Report) -> str:
+    """'fits' | 'fits with exact tiles' | 'fits with approximate tiles' | 'does not fit'."""
+    if all(o.fits for o in rep.budget.ops):
+        return "fits"
+    plans = list(rep.tiling.values())
+    if plans and not any(isinstance(p, str) for p in plans):
+        approximate = any(p.method == "approximate" for p in plans)
+        return f"fits with {'approximate' if approximate else 'exact'} tiles"
+    return "does not fit"
+
+
 def _budget(rep: Report) -> str:
     b = rep.budget
     rows = []
@@ -130,18 +140,40 @@ def _budget(rep: Report) -> str:
             f"{human_bytes(o.tiled_needed_bytes)}, {'fits' if o.tiled_fits else 'does not fit'}")
         rows.append((o.op, human_bytes(o.needed_bytes), "fits" if o.fits else "does NOT fit", o.max_batch or "none",
                      f"{o.max_square}×{o.max_square}" if o.max_square else "none", tiled))
-    fits = all(o.fits for o in b.ops)
-    verdict = (f'<p>Budget {esc(human_bytes(b.budget_bytes))}: <span class="{"ok" if fits else "bad"}" '
-               f'id="budget-verdict">{"everything fits" if fits else "does not fit"}</span> '
-               "(weights + input + peak must fit; the CUDA context is not counted).</p>")
+    word = _verdict(rep)
+    more = {"fits": "", "does not fit": ", not even in tiles"}.get(word, "; untiled it does not")
+    cls = "bad" if word == "does not fit" else "ok"
+    verdict = (f'<p>Budget {esc(human_bytes(b.budget_bytes))}: <span class="{cls}" '
+               f'id="budget-verdict">{esc(word)}</span>{more} (weights + input + peak must fit; the CUDA context is '
+               "not counted).</p>")
     out = verdict + _table(("op", "needs", "verdict", "largest batch", f"largest square at batch "
                             f"{rep.plan.request.batch}", "with diffusers enable_tiling()"), rows, numeric=(1,))
-    if rep.tiling:
-        out += "<h3>Tiling plan</h3><ul>" + "".join(f"<li><code>{esc(p)}</code></li>" for p in rep.tiling) + "</ul>"
-    elif not fits:
-        out += ('<p class="note">No budgeted tiling plan is available in this install; the last column is '
-                "diffusers' own enable_tiling() (approximate: per-tile GroupNorm, blended seams).</p>")
+    if rep.tiling and any(isinstance(p, str) or p.tiled for p in rep.tiling.values()):
+        out += "<h3>Tiling plan that fits (vaelens.tiling)</h3>" + _tiling(rep)
     return out
+
+
+def _tiling(rep: Report) -> str:
+    """op -> TilingPlan | reason: a table, each plan's text, and the tile grid over the full-size image."""
+    from vaelens.render.tiling import render_plan
+
+    rows, texts, grids = [], [], []
+    for op, p in rep.tiling.items():
+        if isinstance(p, str):
+            rows.append((op, "none fits", "-", "-", "-", "-"))
+            texts.append(p)
+            continue
+        h, w = p.tile_shape or (0, 0)
+        rows.append((op, p.method, p.tiles if p.tiled else 1, f"{w}×{h}" if p.tiled and p.tile_shape else "-",
+                     human_bytes(p.predicted_peak_bytes), human_bytes(p.untiled_peak_bytes)))
+        texts.append(render_plan(p))
+        if p.tiled and p.tile_shape:
+            full = p.output_shape if op == "decode" else p.input_shape
+            grids.append(tile_grid_svg((full[-2], full[-1]), p.tile_shape, label=f"{op}: {p.tiles} {p.method} tiles"))
+    return (_table(("op", "method", "tiles", "tile (px)", "predicted device peak", "untiled needs"), rows,
+                   numeric=(2, 4, 5))
+            + '<div class="imgs">' + "".join(f'<div class="fig">{g}</div>' for g in grids) + "</div>"
+            + "".join(f"<pre>{esc(t)}</pre>" for t in texts))
 
 
 def _real(rep: Report) -> str:
@@ -149,10 +181,10 @@ def _real(rep: Report) -> str:
     assert r is not None
     w, h = r.image_size
 
-    def fig(key: str, caption: str, alt: str, cls: str = "") -> str:
+    def fig(key: str, caption: str, alt: str) -> str:
         if key not in r.pngs:
             return ""
-        return (f'<figure><img{" class=" + cls if cls else ""} src="{data_uri(r.pngs[key])}" alt="{esc(alt)}">'
+        return (f'<figure><img src="{data_uri(r.pngs[key])}" alt="{esc(alt)}">'
                 f"<figcaption>{caption}</figcaption></figure>")
 
     notes = "".join(f'<p class="note">{esc(n)}</p>' for n in r.notes)
@@ -177,7 +209,7 @@ def _real(rep: Report) -> str:
         + fig("error", "|original − round trip|, mean over RGB", "error map")
         + f"<h3>Latent channels</h3><p>The raw latent z, one heat-map per channel, all on <b>one diverging scale</b> "
           f"±{r.channel_limit:.3g} in latent units (white = 0), so a quiet channel looks quiet.</p>"
-        + fig("channels", "raw latent channels, shared symmetric scale", "latent channel heat-maps", "pixelated")
+        + fig("channels", "raw latent channels, shared symmetric scale", "latent channel heat-maps")
         + rgb
     )
 
@@ -188,7 +220,7 @@ def _pipeline(rep: Report) -> str:
     h, w = est.used_size if all(est.used_size) else (req.height, req.width)
     frames = f", {est.used_frames} frames" if est.used_frames else ""
     rows = [(r.mode.value, human_bytes(r.peak_bytes), r.peak.stage.label) for r in est.offload]
-    notes = "".join(f"<li>{esc(n)}</li>" for n in est.notes)
+    notes = "".join(f"<li>{esc(n)}</li>" for n in est.warnings)
     budget = rep.budget.budget_bytes if rep.budget is not None else None
     return (
         f"<p>{esc(req.pipeline.title)} (<code>{esc(req.pipeline.pipeline_class)}</code>, "
@@ -257,12 +289,7 @@ def render_report(rep: Report) -> str:
 
 
 def save_report(html: str, path: str | Path, *, overwrite: bool = False) -> Path:
-    """HTML -> file at path (its folder made); an existing file is kept unless overwrite=True."""
-    out = Path(path)
-    if out.is_dir():
-        raise VaeLensError(f"output {str(path)!r} is a folder; give a file name, e.g. {str(out / 'report.html')!r}")
-    if out.exists() and not overwrite:
-        raise VaeLensError(f"output {str(path)!r} exists; give overwrite=True to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html, encoding="utf-8")
-    return out
+    """HTML -> file at path, atomically (vaelens.outputs); an existing file is kept unless overwrite=True."""
+    from vaelens.outputs import check_output, write_text
+
+    return write_text(check_output(path, force=overwrite, kind="html"), html)

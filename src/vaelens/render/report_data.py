@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from vaelens.errors import VaeLensError
 from vaelens.families import FamilySpec
 from vaelens.memory.estimate import MemoryEstimate
 from vaelens.options import PixelRequest
+from vaelens.progress import ProgressFn
 from vaelens.render.timeline import MemoryTimeline, memory_timeline
 
 DISPLAY_SIDE = 768  # images wider or taller than this are shown downscaled (the metrics use full size)
@@ -65,7 +65,7 @@ class Report:
     estimates: tuple[MemoryEstimate, ...]  # encode, decode
     timelines: tuple[MemoryTimeline, ...]
     budget: Any = None  # vaelens.memory.budget.BudgetReport
-    tiling: tuple[Any, ...] = ()  # tiling plans (vaelens.tiling), when an op does not fit and tiling exists
+    tiling: dict[str, Any] = field(default_factory=dict)  # op -> vaelens.tiling.TilingPlan | why none fits
     real: RealWeights | None = None
     pipeline: Any = None  # vaelens.pipelines.PipelineEstimate
     versions: dict[str, str] = field(default_factory=dict)
@@ -76,12 +76,14 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         from vaelens.render.memory import estimate_json
+        from vaelens.render.tiling import plans_json
 
         data: dict[str, Any] = {
             "family": self.spec.name, "dtype": self.plan.request.dtype.value, **self.plan.to_json(),
             "weights_bytes": self.estimates[0].weights_bytes if self.estimates else None,
             **{e.op.value: estimate_json(e, self.plan.latent_shape) for e in self.estimates},
             "budget": self.budget.to_json() if self.budget is not None else None,
+            "tiling": plans_json(self.tiling) if self.tiling else None,
             "real_weights": self.real.to_json() if self.real else None,
             "pipeline": None, "versions": self.versions, "notes": list(self.notes),
         }
@@ -130,7 +132,8 @@ def real_weights(vae_source: str | Path, image: str | Path | None = None) -> Rea
     from vaelens.weights.demo import demo_image_path, demo_weights_path
     from vaelens.weights.load import load_vae
 
-    source = demo_weights_path() if str(vae_source) == "demo" else vae_source
+    # 'demo' is the shipped demo VAE unless a file or folder of that name exists (as --vae demo elsewhere)
+    source = demo_weights_path() if str(vae_source) == "demo" and not Path("demo").exists() else vae_source
     vae = load_vae(source)
     path = Path(image) if image is not None else demo_image_path()
     t0 = time.perf_counter()
@@ -167,36 +170,25 @@ def real_weights(vae_source: str | Path, image: str | Path | None = None) -> Rea
     )
 
 
-def _tiling_plans(spec: FamilySpec, plan: ShapePlan, budget_bytes: int, ops: tuple[str, ...]) -> tuple[Any, ...]:
-    """Budgeted tiling plans for the ops that do not fit, when vaelens.tiling is installed (else none)."""
-    try:
-        from vaelens.tiling import plan_tiling  # type: ignore[attr-defined]
-    except ImportError:
-        return ()
-    from vaelens.build import build_module
-
-    module = build_module(spec, device="meta", dtype=plan.request.dtype)
-    plans = []
-    for op in ops:
-        shape = plan.pixel_shape if op == "encode" else plan.latent_shape
-        try:
-            plans.append(plan_tiling(module, shape, plan.request.dtype, budget_bytes, op=op))
-        except (VaeLensError, TypeError) as exc:  # no plan fits, or an API this report does not know yet
-            plans.append(f"{op}: {exc}")
-    return tuple(plans)
-
-
 def build_report(
     model: str | FamilySpec, request: PixelRequest, *, budget_bytes: int | None = None,
     vae: str | Path | None = None, image: str | Path | None = None, pipeline: str | None = None,
-    pipeline_dtype: str | None = None, on_step: Callable[[str], None] | None = None,
+    pipeline_dtype: str | None = None, progress: ProgressFn | None = None,
 ) -> Report:
     """MODEL + PixelRequest -> Report: the contract, encode and decode memory per layer, the budget
-    verdict (and tiling plan when it does not fit); with `vae` (weights, or 'demo') a round trip of
-    `image`; with `pipeline` (a built-in name) its stages per offload mode."""
+    verdict and tiling plan (vaelens.tiling); with `vae` (weights, or 'demo') a round trip of `image`;
+    with `pipeline` (a built-in name) its stages per offload mode. `progress(done, total, what)` is
+    called before each step."""
     from vaelens.memory.estimate import estimate_memory
 
-    step = on_step or (lambda _name: None)
+    total = 2 + (budget_bytes is not None) + (vae is not None) + (pipeline is not None)
+    done = 0
+
+    def step(what: str) -> None:
+        nonlocal done
+        if progress is not None:
+            progress(done, total, what)
+        done += 1
     if image is not None and vae is None:
         raise VaeLensError("image= needs vae= (the weights that encode it); vae='demo' is vaelens' demo VAE")
     spec = resolve_model(model)
@@ -214,15 +206,15 @@ def build_report(
         timelines.append(memory_timeline(est, budget_bytes=budget_bytes))
     notes = list(plan.warnings)
     budget = None
-    tiling: tuple[Any, ...] = ()
+    tiling: dict[str, Any] = {}
     if budget_bytes is not None:
         from vaelens.memory.budget import check_budget
+        from vaelens.tiling.plan import plan_ops
 
         step("checking the budget")
         budget = check_budget(spec, request, budget_bytes, step=spec.size_rule.multiple)
-        over = tuple(o.op for o in budget.ops if not o.fits)
-        if over:
-            tiling = _tiling_plans(spec, plan, budget_bytes, over)
+        tiling = plan_ops(spec, {"encode": plan.pixel_shape, "decode": plan.latent_shape}, request.dtype,
+                          budget_bytes)
     real = None
     if vae is not None:
         step("round trip with real weights")
@@ -240,5 +232,7 @@ def build_report(
             dtype=DType.parse(pipeline_dtype or "bf16")))
         if pipe_spec.vae_family != spec.name:
             notes.append(f"pipeline {pipe_spec.name} decodes with the {pipe_spec.vae_family} VAE, not {spec.name}")
+    if progress is not None:
+        progress(total, total, "done")
     return Report(spec=spec, plan=plan, estimates=tuple(estimates), timelines=tuple(timelines), budget=budget,
                   tiling=tiling, real=real, pipeline=pipe, versions=versions(), notes=tuple(notes))

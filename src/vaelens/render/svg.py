@@ -248,3 +248,31 @@ def pipeline_svg(est, *, budget_bytes: int | None = None) -> str:
         lx += 130
     out.append("</svg>")
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------- tiling
+
+
+def tile_grid_svg(size: tuple[int, int], tile: tuple[int, int], *, label: str, largest: float = 300.0) -> str:
+    """(H, W) of the full-size image + tile (h, w) -> SVG of the image split into the plan's tiles
+    (vaelens.tiling.grid.splits: the tiles the executor computes), to scale."""
+    from vaelens.tiling.grid import splits
+
+    height, width = size
+    k = largest / max(height, width)
+    w, h = width * k, height * k
+    rows, cols = splits(height, tile[0]), splits(width, tile[1])
+    th, tw = max(b - a for a, b in rows), max(b - a for a, b in cols)
+    text = f"{label} of ≤{tw}×{th} px over {width}×{height} px"
+    out = [f'<svg class="tiles" viewBox="0 0 {max(w, 6.2 * len(text)) + 2:.0f} {h + 22:.0f}" '
+           f'width="{max(w, 6.2 * len(text)) + 2:.0f}" role="img" aria-label="{esc(text)}" '
+           'xmlns="http://www.w3.org/2000/svg">',
+           f'<text x="1" y="12" font-size="11">{esc(text)}</text>']
+    for i, (r0, r1) in enumerate(rows):
+        for j, (c0, c1) in enumerate(cols):
+            shade = COLORS["decoded"] if (i + j) % 2 else COLORS["pixels"]
+            out.append(f'<rect x="{1 + c0 * k:.2f}" y="{18 + r0 * k:.2f}" width="{(c1 - c0) * k:.2f}" '
+                       f'height="{(r1 - r0) * k:.2f}" fill="{shade}" fill-opacity="0.75" stroke="#fff" '
+                       f'stroke-width="1"><title>tile rows {r0}–{r1}, columns {c0}–{c1}</title></rect>')
+    out.append("</svg>")
+    return "\n".join(out)

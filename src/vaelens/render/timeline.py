@@ -109,7 +109,7 @@ def _top(tl: MemoryTimeline) -> float:
     return max(tl.base_bytes + max(tl.peak_high or 0, tl.peak_bytes), tl.budget_bytes or 0) * 1.12
 
 
-def timeline_svg(tl: MemoryTimeline, *, width: float = 860.0, height: float = 300.0) -> str:
+def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 300.0) -> str:
     """MemoryTimeline -> inline SVG: weights + input band, per-layer live and peak bars, the peak's layer,
     the predicted range, the budget line; stage names under the axis. Hover a bar for its layer."""
     left, right, top_pad, bottom = 64.0, 16.0, 34.0, 54.0
@@ -144,12 +144,16 @@ def timeline_svg(tl: MemoryTimeline, *, width: float = 860.0, height: float = 30
                    f'fill="{COLORS["activations"]}" fill-opacity="0.30"/>'
                    f'<rect x="{x:.2f}" y="{ly:.2f}" width="{max(dx, 0.5):.2f}" height="{max(base_y - ly, 0):.2f}" '
                    f'fill="{COLORS["activations"]}" fill-opacity="0.85"/></g>')
+    last_right = 0.0
     for stage, a, b in _stage_spans(tl.steps):
         sx = left + a * dx
         out.append(f'<line x1="{sx:.1f}" y1="{top_pad}" x2="{sx:.1f}" y2="{y(0) + 6:.1f}" stroke="#999" '
                    'stroke-dasharray="2 2"/>')
-        if (b - a) * dx > 40:
-            out.append(f'<text x="{left + (a + b) / 2 * dx:.1f}" y="{y(0) + 16:.1f}" text-anchor="middle" '
+        text_w = 5.8 * len(stage)  # 10 px DejaVu Sans, roughly
+        cx = min(max(left + (a + b) / 2 * dx, left + text_w / 2), left + pw - text_w / 2)
+        if (b - a) * dx > text_w * 0.6 and cx - text_w / 2 > last_right + 4:
+            last_right = cx + text_w / 2
+            out.append(f'<text x="{cx:.1f}" y="{y(0) + 16:.1f}" text-anchor="middle" '
                        f'font-size="10">{esc(stage)}</text>')
     out.append(f'<line x1="{left}" y1="{y(0):.1f}" x2="{left + pw}" y2="{y(0):.1f}" stroke="#444"/>')
     out.append(f'<text x="{left + pw / 2:.0f}" y="{height - 22:.0f}" text-anchor="middle" font-size="10">'
@@ -175,7 +179,8 @@ def timeline_svg(tl: MemoryTimeline, *, width: float = 860.0, height: float = 30
         label = (f"peak {human_bytes(tl.peak_bytes)} at {tl.peak_at} ({tl.peak_op}); "
                  f"with weights + input {human_bytes(tl.total_bytes)}")
         anchor = "end" if px > left + pw / 2 else "start"
-        tx = px - 6 if anchor == "end" else px + 6
+        text_w = 6.8 * len(label)  # bold 11 px DejaVu Sans, roughly; keeps the label inside the plot
+        tx = max(px - 6, left + text_w) if anchor == "end" else min(px + 6, left + pw - text_w)
         out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{COLORS["peak"]}"/>')
         out.append(f'<text class="peak-label" x="{tx:.1f}" y="{max(py - 6, 12):.1f}" text-anchor="{anchor}" '
                    f'font-size="11" font-weight="bold">{esc(label)}</text>')
