@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from vaelens import __version__
+from vaelens.cli import examples
 from vaelens.cli.flags import cli_message
 from vaelens.errors import VaeLensError
 
@@ -29,6 +30,8 @@ COMMAND_MODULES = (
     "roundtrip",
     "inspect",
     "report",
+    "stats",
+    "cache",
 )
 
 
@@ -55,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+        examples.apply(sub, name, module)
     return parser
 
 

@@ -24,11 +24,11 @@ def add_model(parser: argparse.ArgumentParser) -> None:
 def add_size(parser: argparse.ArgumentParser, *, video: bool = True) -> None:
     g = parser.add_argument_group("size")
     g.add_argument("--size", metavar="WxH", help="pixel size, width first (default: the family's)")
-    g.add_argument("--width", type=int, metavar="W")
-    g.add_argument("--height", type=int, metavar="H")
+    g.add_argument("--width", type=int, metavar="W", help="pixel width (with --height; or use --size)")
+    g.add_argument("--height", type=int, metavar="H", help="pixel height (with --width; or use --size)")
     if video:
         g.add_argument("--frames", type=int, metavar="N", help="video frames (default: the family's)")
-    g.add_argument("--batch", type=int, default=1, metavar="B")
+    g.add_argument("--batch", type=int, default=1, metavar="B", help="batch size (default 1)")
     g.add_argument("--dtype", default="fp32", metavar="D", help="fp32 | fp16 | bf16 (default fp32)")
 
 
