@@ -1,0 +1,85 @@
+"""Arguments shared by `vaelens stats` and `vaelens cache`: buckets, batching, workers, engine, posterior."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from vaelens.cli._vaeargs import add_vae, load_from_args
+from vaelens.errors import VaeLensError
+from vaelens.options import parse_size
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", metavar="DATA", help="folder of images/videos (recursive), one file, or a .txt list")
+    add_vae(p, required=False)
+    p.set_defaults(dtype="auto")  # bf16 on CUDA, fp32 on CPU (see --dtype below)
+    g = p.add_argument_group("pixels")
+    g.add_argument("--size", metavar="WxH", help="resize (cover) and centre-crop every image to WxH")
+    g.add_argument("--resolution", type=int, metavar="R",
+                   help="aspect-ratio buckets of about R×R pixels (sides multiples of the family's size rule)")
+    g.add_argument("--bucket-step", type=int, metavar="N", help="bucket side step (default 64, or the multiple)")
+    g.add_argument("--frames", type=int, metavar="N", help="video clips: frames per clip (the family's rule)")
+    g = p.add_argument_group("encoding")
+    g.add_argument("--posterior", default="mode", choices=("mode", "sample"),
+                   help="latent: the posterior mode (default) or a fixed-seed sample")
+    g.add_argument("--seed", type=int, default=0, help="seed of --posterior sample (per file, batch-independent)")
+    g.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per encode call (default 8)")
+    g.add_argument("--workers", type=int, metavar="N", help="decode processes (default: CPUs, at most 8)")
+    g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the encoder")
+    g.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format")
+    g.add_argument("--engine", default="local", choices=("local", "ray"), help="local processes or Ray Data")
+    g.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start a local one)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def load_data_vae(args: argparse.Namespace):
+    """-> LoadedVae at the compute dtype (auto: bf16 on CUDA, fp32 on CPU; fp16 + force_upcast: fp32)."""
+    from vaelens.datasets.encoder import resolve_dtype
+    from vaelens.weights.load import default_device
+
+    if args.upcast != "auto":
+        raise VaeLensError("--upcast: dataset commands always retry NaN/Inf samples in fp32 (auto)")
+    device = args.device or default_device()
+    requested = args.dtype
+    ns = argparse.Namespace(**vars(args))
+    ns.device = device
+    ns.dtype = "fp32"
+    vae = load_from_args(ns, default_demo=True)
+    dtype, _ = resolve_dtype(requested, device=device, config=dict(vae.spec.config))
+    if dtype.value != "fp32":
+        from vaelens.weights.load import cast_module
+
+        cast_module(vae.module, dtype=dtype.torch)
+        from dataclasses import replace
+
+        vae = replace(vae, dtype=dtype)
+    return vae
+
+
+def bucketing_from_args(args: argparse.Namespace, vae):
+    from vaelens.datasets.pixels import make_bucketing
+
+    size = parse_size(args.size) if args.size else None
+    return make_bucketing(vae.spec, size=size, resolution=args.resolution, step=args.bucket_step)
+
+
+def encode_settings_from_args(args: argparse.Namespace) -> Any:
+    from vaelens.datasets.encoder import EncodeSettings
+
+    return EncodeSettings(
+        dtype=args.dtype,
+        posterior=args.posterior,
+        seed=args.seed,
+        channels_last=not args.no_channels_last,
+        compile=args.compile,
+        threads=args.threads,
+    )
+
+
+def progress_for(args: argparse.Namespace, description: str):
+    """-> a progress bar context (images/s and ETA on stderr; nothing with --quiet, --json or no TTY)."""
+    from vaelens.progress import progress_bar
+
+    return progress_bar(description, enabled=not (args.quiet or args.json), unit="image")
