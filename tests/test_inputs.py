@@ -108,3 +108,20 @@ def test_memory_accuracy_benchmark_says_where_the_data_is_expected(tmp_path):
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "h100.jsonl" in r.stderr and "not found" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["shapes", "memory", "trace"])
+def test_a_cached_repo_id_is_a_model(cli, tmp_path, monkeypatch, command):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny-vae"
+    (repo / "snapshots" / commit / "vae").mkdir(parents=True)
+    (repo / "snapshots" / commit / "vae" / "config.json").write_text(json.dumps(tiny_kl()))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    r = cli(command, "acme/tiny-vae", "--size", "32x32", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["family"] == "acme/tiny-vae"
+    missing = cli(command, "acme/other", "--size", "32x32")
+    assert missing.code == 2 and "never downloads" in missing.err and "acme/tiny-vae" in missing.err

@@ -8,6 +8,7 @@ scaling_factor / shift_factor / latents_mean / latents_std. Nothing is taken fro
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -202,14 +203,27 @@ def spec_from_config(cfg: dict[str, Any], *, source: str) -> FamilySpec:
     )
 
 
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
 def spec_from_config_path(path: str) -> FamilySpec:
-    """config.json | folder with config.json or vae/config.json -> derived FamilySpec."""
+    """config.json | folder with config.json or vae/config.json | 'owner/name' repo id in the local
+    Hugging Face cache (never downloaded) -> derived FamilySpec."""
     from vaelens.build import load_config
 
     p = Path(path).expanduser()
+    repo_id = None
+    if not p.exists() and _REPO_ID.fullmatch(path):
+        from vaelens.weights.checkpoints import hf_cache_folder
+
+        repo_id, p = path, hf_cache_folder(path)
     cfg = load_config(p)
     src = p if p.is_file() else (p / "config.json" if (p / "config.json").is_file() else p / "vae" / "config.json")
     spec = spec_from_config(cfg, source=str(src))
+    if repo_id is not None:  # named by what the user gave, not by the snapshot hash
+        from dataclasses import replace
+
+        spec = replace(spec, name=repo_id)
     if math.prod(spec.default_size) <= 0:  # pragma: no cover - defensive
         raise ConfigError(f"{path}: could not derive a default size")
     return spec
