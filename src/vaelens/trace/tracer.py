@@ -22,8 +22,6 @@ from vaelens.trace.records import LayerRecord, Op, Trace
 
 __all__ = ["call_op", "trace_module"]
 
-_dtype_name = dtype_name
-_tensors = tensors_in
 
 
 def _first_tensor(obj: Any):
@@ -88,6 +86,110 @@ def _to_module_device(module: Any, inputs: Sequence[Any]) -> list[Any]:
     return res
 
 
+def _resident_storages(module: Any, in_tensors: Sequence[Any]) -> tuple[set[int], list[int], int]:
+    """-> (storage ids already on the device, their bytes in the order .to("cuda") allocates them and
+    then the inputs', weight bytes): what is resident before the traced call starts."""
+    resident: set[int] = set()
+    sizes: list[int] = []
+
+    def add(tensors: Sequence[Any]) -> None:
+        for t in tensors:
+            sid = t.untyped_storage()._cdata
+            if sid not in resident:
+                resident.add(sid)
+                sizes.append(t.untyped_storage().nbytes())
+
+    add(_apply_order(module))
+    weights = sum(sizes)
+    add(in_tensors)
+    return resident, sizes, weights
+
+
+def _nbytes(t: Any) -> int:
+    return t.numel() * t.element_size()
+
+
+class _LayerLog:
+    """Forward hooks on every submodule -> one LayerRecord per call (index = call order), with the
+    operator events it spans and its depth in the call tree (containers never called don't count)."""
+
+    def __init__(self, module: Any, rec: Recorder) -> None:
+        self.rec = rec
+        self.records: list[LayerRecord | None] = []
+        self.starts: dict[int, int] = {}
+        self.depths: dict[int, int] = {}
+        self.names = {id(m): n for n, m in module.named_modules()}
+        self.modules = [m for _, m in module.named_modules()]
+        self.handles: list[Any] = []
+
+    def open(self) -> int:
+        idx = len(self.records)
+        self.records.append(None)
+        self.starts[idx] = len(self.rec.events)
+        self.depths[idx] = len(self.rec.stack)
+        self.rec.stack.append(idx)
+        return idx
+
+    def close(self, idx: int, mod: Any, output: Any) -> None:
+        if self.rec.stack and self.rec.stack[-1] == idx:
+            self.rec.stack.pop()
+        ts = tensors_in(output, [])
+        first = ts[0] if ts else _first_tensor(output)
+        self.records[idx] = LayerRecord(
+            index=idx, path=self.names.get(id(mod), ""), type=type(mod).__name__, depth=self.depths.pop(idx),
+            output_shape=tuple(first.shape) if first is not None else None,
+            dtype=dtype_name(first.dtype) if first is not None else None,
+            bytes=sum(_nbytes(t) for t in ts) if ts else (_nbytes(first) if first is not None else 0),
+            live_bytes=self.rec.live, first_op=self.starts.pop(idx), last_op=len(self.rec.events),
+        )
+
+    def _pre(self, mod: Any, _args: Any) -> None:
+        mod._vaelens_call = getattr(mod, "_vaelens_call", []) + [self.open()]
+
+    def _post(self, mod: Any, _args: Any, output: Any) -> None:
+        self.close(mod._vaelens_call.pop(), mod, output)
+
+    def install(self) -> None:
+        for m in self.modules:
+            self.handles.append(m.register_forward_pre_hook(self._pre))
+            self.handles.append(m.register_forward_hook(self._post))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        for m in self.modules:
+            if hasattr(m, "_vaelens_call"):
+                del m._vaelens_call
+
+    def done(self) -> tuple[LayerRecord, ...]:
+        return tuple(r for r in self.records if r is not None)
+
+
+def _run_hooked(module: Any, inputs: list[Any], log: _LayerLog, invoke: Callable[[Any, list[Any]], Any],
+                *, root: bool, emulate: bool) -> tuple[Any, tuple[int, ...]]:
+    """Run invoke(module, inputs) under inference mode and the recording dispatch mode, hooks on;
+    -> (result, storages freed after the last operator). `root`: a record for the whole call (encode
+    and decode are methods, not forward, so no hook fires for the module itself)."""
+    import torch
+
+    rec = log.rec
+    was_training = module.training
+    top = log.open() if root else -1
+    try:
+        module.eval()
+        log.install()
+        with torch.inference_mode(), make_mode(rec, emulate):
+            result = invoke(module, inputs)
+        final = tuple(rec.pending)
+        rec.pending = []
+        if top >= 0:
+            log.close(top, module, result)
+    finally:
+        log.remove()
+        module.train(was_training)
+    return result, final
+
+
 def trace_module(
     module: Any, inputs: Sequence[Any] | Any, *, op: str | Op = "forward", detail: Collection[str] | None = None,
     call: Callable[[Any, list[Any]], Any] | None = None,
@@ -112,98 +214,21 @@ def trace_module(
     op = Op.parse(op)
     if not isinstance(module, torch.nn.Module):
         raise VaeLensError(f"trace needs a torch.nn.Module, got {type(module).__name__}")
-    inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-    inputs = _to_module_device(module, inputs)
-    resident: set[int] = set()
-    sizes: list[int] = []  # resident storages in the order .to("cuda") allocates them, then the inputs
-    for t in _apply_order(module):
-        sid = t.untyped_storage()._cdata
-        if sid not in resident:
-            resident.add(sid)
-            sizes.append(t.untyped_storage().nbytes())
-    weights = sum(sizes)
-    in_tensors = _tensors(inputs, [])
-    for t in in_tensors:
-        sid = t.untyped_storage()._cdata
-        if sid not in resident:
-            resident.add(sid)
-            sizes.append(t.untyped_storage().nbytes())
-    rec = Recorder(resident, detail)
-    layers: list[LayerRecord | None] = []
-    starts: dict[int, int] = {}
-    names = {id(m): (n, m) for n, m in module.named_modules()}
-    handles = []
-
-    depths: dict[int, int] = {}
-
-    def pre_hook(mod, _args):
-        idx = len(layers)
-        layers.append(None)
-        starts[idx] = len(rec.events)
-        depths[idx] = len(rec.stack)  # nesting in the call tree (containers never called don't count)
-        rec.stack.append(idx)
-        mod._vaelens_call = getattr(mod, "_vaelens_call", []) + [idx]
-
-    def post_hook(mod, _args, output):
-        idx = mod._vaelens_call.pop()
-        if rec.stack and rec.stack[-1] == idx:
-            rec.stack.pop()
-        path = names[id(mod)][0]
-        ts = _tensors(output, [])
-        first = ts[0] if ts else _first_tensor(output)
-        layers[idx] = LayerRecord(
-            index=idx, path=path, type=type(mod).__name__, depth=depths.pop(idx),
-            output_shape=tuple(first.shape) if first is not None else None,
-            dtype=_dtype_name(first.dtype) if first is not None else None,
-            bytes=sum(t.numel() * t.element_size() for t in ts) if ts else
-            (first.numel() * first.element_size() if first is not None else 0),
-            live_bytes=rec.live, first_op=starts.pop(idx), last_op=len(rec.events),
-        )
-
-    was_training = module.training
-    result = None
-    final: tuple[int, ...] = ()
-    root = -1
-    if op is not Op.FORWARD:  # encode/decode are methods, not forward: a record for the whole call
-        root = len(layers)
-        layers.append(None)
-        rec.stack.append(root)
-    try:
-        module.eval()
-        for _, m in module.named_modules():
-            handles.append(m.register_forward_pre_hook(pre_hook))
-            handles.append(m.register_forward_hook(post_hook))
-        emulate = any(t.device.type == "meta" for t in [*module.parameters(), *in_tensors])
-        with torch.inference_mode(), make_mode(rec, emulate):
-            result = call(module, inputs) if call is not None else call_op(module, op, inputs)
-        final = tuple(rec.pending)
-        rec.pending = []
-        if root >= 0:
-            out_ts = _tensors(result, [])
-            layers[root] = LayerRecord(
-                index=root, path="", type=type(module).__name__, depth=0,
-                output_shape=tuple(out_ts[0].shape) if out_ts else None,
-                dtype=_dtype_name(out_ts[0].dtype) if out_ts else None,
-                bytes=sum(t.numel() * t.element_size() for t in out_ts), live_bytes=rec.live,
-                first_op=0, last_op=len(rec.events),
-            )
-    finally:
-        for h in handles:
-            h.remove()
-        for _, m in module.named_modules():
-            if hasattr(m, "_vaelens_call"):
-                del m._vaelens_call
-        module.train(was_training)
+    inputs = _to_module_device(module, list(inputs) if isinstance(inputs, (list, tuple)) else [inputs])
+    in_tensors = tensors_in(inputs, [])
+    resident, sizes, weights = _resident_storages(module, in_tensors)
+    log = _LayerLog(module, Recorder(resident, detail))
+    emulate = any(t.device.type == "meta" for t in [*module.parameters(), *in_tensors])
+    result, final = _run_hooked(module, inputs, log, call or (lambda m, xs: call_op(m, op, xs)),
+                                root=op is not Op.FORWARD, emulate=emulate)
     out_t = _first_tensor(result)
-    done = tuple(r for r in layers if r is not None)
     return Trace(
-        op=op, module_type=type(module).__name__, layers=done, events=tuple(rec.events), final_frees=final,
-        input_shapes=tuple(tuple(t.shape) for t in in_tensors),
-        input_bytes=sum(t.numel() * t.element_size() for t in in_tensors),
-        input_dtype=_dtype_name(in_tensors[0].dtype) if in_tensors else None,
+        op=op, module_type=type(module).__name__, layers=log.done(), events=tuple(log.rec.events),
+        final_frees=final, input_shapes=tuple(tuple(t.shape) for t in in_tensors),
+        input_bytes=sum(_nbytes(t) for t in in_tensors),
+        input_dtype=dtype_name(in_tensors[0].dtype) if in_tensors else None,
         output_shape=tuple(out_t.shape) if out_t is not None else None,
-        output_bytes=out_t.numel() * out_t.element_size() if out_t is not None else 0,
+        output_bytes=_nbytes(out_t) if out_t is not None else 0,
         weights_bytes=weights,
         resident_sizes=tuple(sizes),
     )
-
