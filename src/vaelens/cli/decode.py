@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vaelens.cli._budget import add_budget, enable_budget, print_tiling, with_tiling
 from vaelens.cli._io import add_force, add_quiet, bar_enabled, check_batch_size, check_outputs, weights_inputs
 from vaelens.cli._vaeargs import add_vae, load_from_args
 from vaelens.cli.common import add_json, emit_json, warn
@@ -41,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="treat the latents as normalised (undoing the normalisation the file records, else the VAE's)",
     )
+    add_budget(p)
     add_json(p)
     p.set_defaults(func=run)
 
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     names = output_names(args, lf)
     check_outputs(args, [p for _, files in names for p in files], inputs=[args.latents, *weights_inputs(args)])
     vae = load_from_args(args)
+    budget = enable_budget(args, vae)
     normalized = _normalized(args, lf)
     _check_channels(args, lf, vae, normalized)
     norm, note = recorded_normalization(lf.info.normalization, vae) if normalized else (None, None)
@@ -102,9 +105,10 @@ def run(args: argparse.Namespace) -> int:
     report = merge_steps(reports)
     shown = {"normalized": normalized, "pixel_shape": pixel_shape, "outputs": [str(p) for p in paths]}
     if args.json:
-        emit_json(decode_json(vae, lf, report, source=args.latents, **shown))
+        emit_json(with_tiling(decode_json(vae, lf, report, source=args.latents, **shown), budget, "decode"))
     else:
         print(render_decode(vae, lf, report, **shown))
+        print_tiling(budget, ("decode",))
     if report.nonfinite:
         warn(f"{report.nonfinite} NaN/Inf values in the decoded pixels (written as clamped values)")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vaelens.cli._budget import add_budget, enable_budget, print_tiling, with_tiling
 from vaelens.cli._io import (
     add_force,
     add_quiet,
@@ -57,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=int, metavar="N", help="read at most N frames of a video file")
     add_force(p)
     add_quiet(p)
+    add_budget(p)
     add_json(p)
     p.set_defaults(func=run)
 
@@ -158,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     files = expand_images(args.images)
     check_outputs(args, [args.output], inputs=files + weights_inputs(args), kind="comfy" if args.comfy else "latent")
     vae = load_from_args(args)
+    budget = enable_budget(args, vae)
     arrays, infos, clip = _read(args, vae, files)
     normalized = not (args.raw or args.comfy)
     posterior = "sample" if args.sample else "mode"
@@ -185,11 +188,12 @@ def run(args: argparse.Namespace) -> int:
     )
     out, fmt = _write(args, latent, metadata)
     if args.json:
-        emit_json(encode_json(vae, metadata, infos, reports, output=out, fmt=fmt))
+        emit_json(with_tiling(encode_json(vae, metadata, infos, reports, output=out, fmt=fmt), budget, "encode"))
     else:
         for note in dict.fromkeys([*(n for i in infos for n in i.notes), *(clip["notes"] if clip else [])]):
             warn(note)  # once each: a clip's frames share their notes
         print(render_encode(vae, metadata, reports, output=out, fmt=fmt))
+        print_tiling(budget, ("encode",))
     nonfinite = sum(r.nonfinite for r in reports)
     if nonfinite:
         warn(f"{nonfinite} NaN/Inf values in the latent; {nonfinite_advice(args)}")

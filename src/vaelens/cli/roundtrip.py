@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vaelens.cli._budget import add_budget, enable_budget, print_tiling, with_tiling
 from vaelens.cli._io import (
     add_force,
     add_quiet,
@@ -53,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_force(p)
     add_quiet(p)
+    add_budget(p)
     add_json(p)
     p.set_defaults(func=run)
 
@@ -93,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     paths = [{k: Path(f"{prefix}_{v}.png") for k, v in FILES.items()} for prefix in prefixes]
     check_outputs(args, [p for d in paths for p in d.values()], inputs=images + weights_inputs(args), kind="image")
     vae = load_from_args(args, default_demo=True)
+    budget = enable_budget(args, vae)
     size = parse_size(args.size) if args.size else None
     read = [read_for_family([image], vae.spec, size=size[::-1] if size else None) for image in images]  # (H, W)
     results: list[dict] = []
@@ -111,12 +114,14 @@ def run(args: argparse.Namespace) -> int:
                 files = _plot(rt, j, images[i], pixels, paths[i], vae)
                 failed = failed or not one.finite
                 if args.json:
-                    results.append(roundtrip_json(vae, info, one, pixel_shape=pixels[j : j + 1].shape, files=files))
+                    results.append(with_tiling(roundtrip_json(vae, info, one, pixel_shape=pixels[j : j + 1].shape,
+                                                              files=files), budget, "roundtrip"))
                 else:
                     for note in info.notes:
                         warn(note)
                     print(render_roundtrip(vae, one, name=Path(images[i]).name, pixel_shape=pixels[j : j + 1].shape,
                                            files=files))
+                    print_tiling(budget, ("encode", "decode"))
                 bar.advance(1)
             if rt.encode.nonfinite or rt.decode.nonfinite or not rt.finite:
                 warn(f"NaN/Inf values appeared in the round trip of {label}; {nonfinite_advice(args)}")
