@@ -26,7 +26,7 @@ p, li { max-width: 80ch; } .muted { color: var(--muted); } code { font: 13px/1.4
 .cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(190px, 1fr)); gap: 10px; margin: 16px 0; }
 .card { background: var(--card); border-radius: 6px; padding: 10px 12px; }
 .card .k { font-size: 12px; color: var(--muted); } .card .v { font-size: 19px; font-weight: 600; }
-.fig { overflow-x: auto; margin: 10px 0; } .fig svg { max-width: 100%; height: auto; display: block; }
+.fig, .tbl { overflow-x: auto; margin: 10px 0; } .fig svg { max-width: 100%; height: auto; display: block; }
 table { border-collapse: collapse; margin: 8px 0 12px; font-size: 14px; }
 th, td { text-align: left; padding: 4px 10px; border-bottom: 1px solid var(--rule); vertical-align: top; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
@@ -51,7 +51,7 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, numeric:
     head = "".join(f'<th{" class=n" if i in numeric else ""}>{esc(h)}</th>' for i, h in enumerate(headers))
     body = "".join("<tr>" + "".join(f'<td{" class=n" if i in numeric else ""}>{esc(c)}</td>' for i, c in enumerate(r))
                    + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="tbl"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _card(key: str, value: str, ident: str) -> str:
@@ -110,14 +110,31 @@ def _memory(rep: Report) -> str:
         parts.append(f"<h3>{esc(tl.op)}: {esc(shape_str(est.input_shape))} → "
                      f"{esc(shape_str(est.output_shape or ()))}</h3>")
         parts.append(f'<div class="fig">{timeline_svg(tl)}</div>')
-    rows = []
+    # The range, reserved bytes and device minimum come from the memory model when it has them.
+    device = any(getattr(e, "min_device_bytes", 0) for e in rep.estimates)
+    rows, wide = [], []
     for e in rep.estimates:
         low, high = getattr(e, "peak_bytes_low", None), getattr(e, "peak_bytes_high", None)
-        rng = f"{human_bytes(low)} – {human_bytes(high)}" if low is not None and high is not None else "-"
-        rows.append((e.op.value, human_bytes(e.input_bytes), human_bytes(e.output_bytes), human_bytes(e.peak_bytes),
-                     rng, human_bytes(e.total_bytes), f"{e.peak_at} ({e.peak_op.replace('aten.', '')})"))
-    parts.append(_table(("op", "input", "output", "peak", "predicted range", "weights + input + peak", "peak at"),
-                        rows, numeric=(1, 2, 3, 4, 5)))
+        wide_range = low is not None and high is not None and high > low
+        rng = f"{human_bytes(low)} – {human_bytes(high)}" if wide_range else "-"
+        row = [e.op.value, human_bytes(e.peak_bytes), rng, human_bytes(e.total_bytes)]
+        if device:
+            row += [human_bytes(getattr(e, "reserved_peak_bytes", 0)), human_bytes(getattr(e, "min_device_bytes", 0))]
+        rows.append((*row, f"{e.peak_at} ({e.peak_op.replace('aten.', '')})"))
+        wide += [f"{e.op.value}: {r}" for r in getattr(e, "range_ops", ())]
+    headers = ["op", "peak", "predicted range", "weights + input + peak"]
+    headers += ["reserved peak", "needs on the device"] if device else []
+    parts.append(_table((*headers, "peak at"), rows, numeric=tuple(range(1, len(headers)))))
+    if wide:
+        parts.append("<p>Operators that make the range wide (a choice the model cannot know):</p><ul>"
+                     + "".join(f"<li><code>{esc(w)}</code></li>" for w in wide) + "</ul>")
+    if device:
+        from vaelens.memory import estimate as memory_estimate
+
+        context = getattr(memory_estimate, "CUDA_CONTEXT_BYTES", 0)
+        parts.append(f"<p class=muted>needs on the device: the smallest device memory under which the call runs "
+                     f"without an out-of-memory error (the caching allocator's segments, its cache release and retry "
+                     f"modelled). The CUDA context, about {human_bytes(context)}, comes on top.</p>")
     return "".join(parts)
 
 

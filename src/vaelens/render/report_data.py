@@ -208,7 +208,10 @@ def build_report(
     budget = None
     tiling: dict[str, Any] = {}
     if budget_bytes is not None:
-        from vaelens.memory.budget import check_budget
+        try:  # the memory package's VAE budget (named check_budget before the pipelines' budget split)
+            from vaelens.memory.budget import check_vae_budget as check_budget
+        except ImportError:
+            from vaelens.memory.budget import check_budget
         from vaelens.tiling.plan import plan_ops
 
         step("checking the budget")

@@ -49,6 +49,7 @@ class MemoryTimeline:
     peak_high: int | None = None
     budget_bytes: int | None = None
     layers: int = 0  # innermost layers before binning
+    min_device_bytes: int | None = None  # smallest device memory that runs the call (when the model says)
 
     @property
     def base_bytes(self) -> int:
@@ -87,10 +88,12 @@ def memory_timeline(est: MemoryEstimate, *, budget_bytes: int | None = None, max
     candidates = inside or list(range(len(steps)))
     peak_index = max(candidates, key=lambda i: steps[i].peak_bytes) if steps else -1
     low, high = getattr(est, "peak_bytes_low", None), getattr(est, "peak_bytes_high", None)
+    min_device = getattr(est, "min_device_bytes", 0) or None
     return MemoryTimeline(
         op=est.op.value, steps=tuple(steps), weights_bytes=est.weights_bytes, input_bytes=est.input_bytes,
         peak_bytes=est.peak_bytes, peak_at=est.peak_at, peak_op=est.peak_op.replace("aten.", ""),
         peak_index=peak_index, peak_low=low, peak_high=high, budget_bytes=budget_bytes, layers=n_layers,
+        min_device_bytes=min_device,
     )
 
 
@@ -106,13 +109,17 @@ def _stage_spans(steps: Sequence[TimelineStep]) -> list[tuple[str, int, int]]:
 
 
 def _top(tl: MemoryTimeline) -> float:
-    return max(tl.base_bytes + max(tl.peak_high or 0, tl.peak_bytes), tl.budget_bytes or 0) * 1.12
+    return max(tl.base_bytes + max(tl.peak_high or 0, tl.peak_bytes), tl.budget_bytes or 0,
+               tl.min_device_bytes or 0) * 1.12
 
 
 def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 300.0) -> str:
     """MemoryTimeline -> inline SVG: weights + input band, per-layer live and peak bars, the peak's layer,
     the predicted range, the budget line; stage names under the axis. Hover a bar for its layer."""
-    left, right, top_pad, bottom = 64.0, 16.0, 34.0, 54.0
+    ranged = tl.peak_low is not None and tl.peak_high is not None and tl.peak_high > tl.peak_low
+    second = ranged or bool(tl.min_device_bytes)  # a second legend row for the range and the device minimum
+    height += 16 if second else 0
+    left, right, top_pad, bottom = 64.0, 16.0, 34.0, 54.0 + (16 if second else 0)
     pw, ph = width - left - right, height - top_pad - bottom
     top = _top(tl)
     div, unit = byte_axis(top)
@@ -156,17 +163,19 @@ def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 30
             out.append(f'<text x="{cx:.1f}" y="{y(0) + 16:.1f}" text-anchor="middle" '
                        f'font-size="10">{esc(stage)}</text>')
     out.append(f'<line x1="{left}" y1="{y(0):.1f}" x2="{left + pw}" y2="{y(0):.1f}" stroke="#444"/>')
-    out.append(f'<text x="{left + pw / 2:.0f}" y="{height - 22:.0f}" text-anchor="middle" font-size="10">'
+    out.append(f'<text x="{left + pw / 2:.0f}" y="{y(0) + 30:.0f}" text-anchor="middle" font-size="10">'
                f"innermost layers in the order they run ({tl.layers}"
                f"{', binned' if tl.layers > len(tl.steps) else ''})</text>")
-    if tl.peak_low is not None and tl.peak_high is not None and tl.peak_high > tl.peak_low:
+    if ranged:
         ry = y(tl.base_bytes + tl.peak_high)
         out.append(f'<rect x="{left}" y="{ry:.2f}" width="{pw:.1f}" height="{y(tl.base_bytes + tl.peak_low) - ry:.2f}"'
                    f' fill="{COLORS["peak"]}" fill-opacity="0.10"><title>predicted range of the peak: '
                    f"{esc(human_bytes(tl.peak_low))} – {esc(human_bytes(tl.peak_high))} above weights + input"
                    "</title></rect>")
-        out.append(f'<text x="{left + pw - 4:.0f}" y="{ry - 3:.1f}" text-anchor="end" font-size="10">'
-                   f"predicted range {esc(human_bytes(tl.peak_low))} – {esc(human_bytes(tl.peak_high))}</text>")
+    if tl.min_device_bytes:
+        my = y(tl.min_device_bytes)
+        out.append(f'<line x1="{left}" y1="{my:.1f}" x2="{left + pw}" y2="{my:.1f}" stroke="{COLORS["peak"]}" '
+                   'stroke-width="1" stroke-dasharray="2 3"/>')
     if tl.budget_bytes:
         by = y(tl.budget_bytes)
         out.append(f'<line x1="{left}" y1="{by:.1f}" x2="{left + pw}" y2="{by:.1f}" stroke="{COLORS["budget"]}" '
@@ -184,15 +193,24 @@ def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 30
         out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{COLORS["peak"]}"/>')
         out.append(f'<text class="peak-label" x="{tx:.1f}" y="{max(py - 6, 12):.1f}" text-anchor="{anchor}" '
                    f'font-size="11" font-weight="bold">{esc(label)}</text>')
-    lx = left
-    legend = (("weights", 0.55, f"weights + input {human_bytes(tl.base_bytes)}"),
-              ("activations", 0.85, "live activations after each layer"),
-              ("activations", 0.30, "peak inside the layer (kernel temporaries, inputs)"))
-    for key, alpha, name in legend:
-        out.append(f'<rect x="{lx:.0f}" y="{height - 12:.0f}" width="10" height="10" fill="{COLORS[key]}" '
-                   f'fill-opacity="{alpha}"/><text x="{lx + 14:.0f}" y="{height - 3:.0f}" font-size="10">'
-                   f"{esc(name)}</text>")
-        lx += 14 + 6.2 * len(name) + 18
+    rows = [[("weights", 0.55, f"weights + input {human_bytes(tl.base_bytes)}"),
+             ("activations", 0.85, "live activations after each layer"),
+             ("activations", 0.30, "peak inside the layer (kernel temporaries, inputs)")], []]
+    if ranged:
+        rows[1].append(("peak", 0.10, f"predicted range of the peak {human_bytes(tl.peak_low or 0)} – "
+                                      f"{human_bytes(tl.peak_high or 0)} above weights + input"))
+    if tl.min_device_bytes:
+        rows[1].append(("line", 1.0, f"needs at least {human_bytes(tl.min_device_bytes)} on the device "
+                                     "(allocator segments, cache release and retry)"))
+    for r, row in enumerate(rows):
+        lx, ly = left, height - 12 - 16 * (len(rows) - 1 - r if second else 0)
+        for key, alpha, name in row:
+            swatch = (f'<line x1="{lx:.0f}" y1="{ly + 5:.0f}" x2="{lx + 10:.0f}" y2="{ly + 5:.0f}" stroke="black" '
+                      'stroke-dasharray="2 2"/>' if key == "line" else
+                      f'<rect x="{lx:.0f}" y="{ly:.0f}" width="10" height="10" fill="{COLORS[key]}" '
+                      f'fill-opacity="{alpha}"/>')
+            out.append(f'{swatch}<text x="{lx + 14:.0f}" y="{ly + 9:.0f}" font-size="10">{esc(name)}</text>')
+            lx += 14 + 6.2 * len(name) + 18
     out.append("</svg>")
     return "\n".join(out)
 
@@ -237,6 +255,9 @@ def plot_memory_timeline(estimates: Sequence[MemoryEstimate], path: str | Path, 
         if tl.peak_low is not None and tl.peak_high is not None and tl.peak_high > tl.peak_low:
             ax.axhspan(base + tl.peak_low / div, base + tl.peak_high / div, color="black", alpha=0.10, lw=0,
                        label=f"predicted range {human_bytes(tl.peak_low)} – {human_bytes(tl.peak_high)}")
+        if tl.min_device_bytes:
+            ax.axhline(tl.min_device_bytes / div, color="black", ls=":", lw=1,
+                       label=f"needs at least {human_bytes(tl.min_device_bytes)} on the device")
         if tl.budget_bytes:
             ax.axhline(tl.budget_bytes / div, color=COLORS["budget"], ls="--", lw=1.5,
                        label=f"budget {human_bytes(tl.budget_bytes)}")
