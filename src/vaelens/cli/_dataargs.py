@@ -27,6 +27,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per encode call (default 8)")
     g.add_argument("--workers", type=int, metavar="N", help="decode processes (default: CPUs, at most 8)")
     g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    g.add_argument("--budget", metavar="BYTES", help="memory budget per encode call (e.g. 8GiB): exact tiles "
+                   "when the untiled encode does not fit (default: untiled)")
     g.add_argument("--compile", action="store_true", help="torch.compile the encoder")
     g.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format")
     g.add_argument("--engine", default="local", choices=("local", "ray"), help="local processes or Ray Data")
@@ -75,6 +77,7 @@ def encode_settings_from_args(args: argparse.Namespace) -> Any:
         channels_last=not args.no_channels_last,
         compile=args.compile,
         threads=args.threads,
+        budget=args.budget,
     )
 
 

@@ -36,7 +36,7 @@ class EncodeSettings:
     channels_last: bool = True
     compile: bool = False
     threads: int | None = None  # torch CPU threads (results depend on it bit-wise; engines must agree)
-    budget: int | None = None  # bytes; hook for the budgeted tiled encode (vaelens.tiling), None: untiled
+    budget: int | str | None = None  # memory budget of the exact tiled encode (vaelens.tiling); None: untiled
 
     def key_fields(self, resolved_dtype: str) -> dict[str, Any]:
         """The fields that change a latent's value (channels_last, compile and threads change at most the
@@ -99,10 +99,11 @@ class BatchEncoder:
         self._fp32: Any = None
         self._fn = torch.compile(self._moments) if settings.compile else self._moments
         if settings.budget is not None:
-            raise VaeLensError(
-                f"budget={settings.budget}: the budgeted tiled encode (vaelens.tiling) is not available in this "
-                "build; leave budget unset for the untiled encode"
-            )
+            # module.encode becomes the budgeted exact tiled encode of vaelens.tiling (planned per input
+            # shape and dtype, untiled when that fits); _moments calls it unchanged
+            from vaelens.tiling.api import enable_budgeted_vae
+
+            enable_budgeted_vae(self.module, settings.budget)
 
     def _moments(self, module, x):
         """pixels [B,3,(F,)H,W] -> (mean, logvar | None) raw latents."""
@@ -154,6 +155,11 @@ class BatchEncoder:
             if self.dtype is not DType.FP32:
                 if self._fp32 is None:
                     self._fp32 = cast_module(copy.deepcopy(self.vae.module), dtype=torch.float32).eval()
+                    if self.settings.budget is not None:
+                        from vaelens.tiling.api import disable_budgeted_vae, enable_budgeted_vae
+
+                        disable_budgeted_vae(self._fp32)  # the copy carries the original's wrappers
+                        enable_budgeted_vae(self._fp32, self.settings.budget)
                 m, lv = self._run(self._fp32, pixels[i : i + 1], torch.float32, self._moments)
                 retried.append(i)
                 means[i], logvars[i] = m[0], (lv[0] if lv is not None else None)

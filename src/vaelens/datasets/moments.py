@@ -185,21 +185,27 @@ class Moments:
         )
 
     def _percentiles(self, counts: np.ndarray, lo: float, hi: float, ps) -> list[tuple[float, bool]]:
-        """histogram row [bins+2] -> [(value, clamped)] per p; linear inside the bin (numpy's 'linear'
-        convention on the rank p/100·(n−1)), clamped to [min, max]."""
+        """histogram row [bins+2] -> [(value, clamped)] per p, numpy's 'linear' convention: rank
+        r = p/100·(n−1), value = x_(⌊r⌋) + (r − ⌊r⌋)·(x_(⌈r⌉) − x_(⌊r⌋)). Each order statistic x_(k) is
+        placed inside its bin (values spread evenly), so it is within one bin width of the true one, and
+        so is the interpolation; one in the under/overflow slot is clamped to min/max and flagged."""
         total = int(counts.sum())
         cum = np.cumsum(counts)
+
+        def order_stat(k: int) -> tuple[float, bool]:
+            slot = int(np.searchsorted(cum, k, side="right"))
+            if slot == 0 or slot == self.hist_bins + 1:
+                return float(lo if slot == 0 else hi), True
+            frac = (k - cum[slot - 1] + 0.5) / counts[slot]
+            left = -self.hist_range + (slot - 1) * self.bin_width
+            return float(min(max(left + frac * self.bin_width, lo), hi)), False
+
         out = []
         for p in ps:
-            rank = p / 100.0 * (total - 1)  # 0-based rank of the value sought
-            slot = int(np.searchsorted(cum, rank, side="right"))
-            if slot == 0 or slot == self.hist_bins + 1:
-                out.append((float(lo if slot == 0 else hi), True))
-                continue
-            before = cum[slot - 1] if slot > 0 else 0
-            frac = (rank - before + 0.5) / counts[slot]
-            left = -self.hist_range + (slot - 1) * self.bin_width
-            out.append((float(min(max(left + frac * self.bin_width, lo), hi)), False))
+            rank = p / 100.0 * (total - 1)
+            k = int(np.floor(rank))
+            (a, ca), (b, cb) = order_stat(k), order_stat(min(k + 1, total - 1))
+            out.append((a + (rank - k) * (b - a), ca or cb))
         return out
 
 

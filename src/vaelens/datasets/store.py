@@ -56,8 +56,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def read_manifest(out: Path) -> dict[str, dict[str, Any]]:
-    """OUT -> {key: record} from manifest.jsonl (a torn last line is skipped) and from any shard whose
-    records never reached the manifest; records whose shard is missing are dropped."""
+    """OUT -> {key: record} from manifest.jsonl (a torn line is skipped) and from the records in each shard's
+    header that never reached the manifest (appended now); records whose shard is missing are dropped."""
     records: dict[str, dict[str, Any]] = {}
     manifest = out / "manifest.jsonl"
     if manifest.is_file():
@@ -70,15 +70,12 @@ def read_manifest(out: Path) -> dict[str, dict[str, Any]]:
                 if isinstance(rec, dict) and "key" in rec:
                     records[rec["key"]] = rec
     shards = out / "shards"
-    listed = {r["shard"] for r in records.values()}
-    if shards.is_dir():
+    if shards.is_dir():  # every shard's header is read (cheap): its records are the ground truth
         for shard in sorted(shards.glob("*.safetensors")):
-            rel = f"shards/{shard.name}"
-            if rel not in listed:
-                orphan = _shard_records(shard)
-                if orphan:
-                    _append_lines(manifest, orphan)
-                    records.update({r["key"]: r for r in orphan})
+            orphan = [r for r in _shard_records(shard) if r["key"] not in records]
+            if orphan:
+                _append_lines(manifest, orphan)
+                records.update({r["key"]: r for r in orphan})
     return {k: r for k, r in records.items() if (out / r["shard"]).is_file()}
 
 
