@@ -1,4 +1,5 @@
-"""`vaelens memory MODEL`: predicted CUDA peak of encode and decode, without a GPU."""
+"""`vaelens memory MODEL`: predicted CUDA memory of encode and decode (peak, range, reserved, the device
+memory it needs), without a GPU; --measure / --measure-cap check it on one."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sliced", action="store_true", help="predict diffusers' enable_slicing() (batch > 1)")
     p.add_argument("--budget", metavar="SIZE", help="e.g. 8GiB: does it fit, largest batch / square size that fit")
     p.add_argument("--measure", action="store_true",
-                   help="also run the real module (random weights) on CUDA and show measured vs predicted")
+                   help="also run the real module (random weights) on CUDA: allocated and reserved peak beside "
+                        "the predictions")
+    p.add_argument("--measure-cap", action="store_true",
+                   help="with --measure: also bisect the smallest memory-fraction cap the call runs under")
     p.add_argument("--plot", metavar="FILE", help="write the memory timeline per layer as an image (e.g. out.png)")
     add_json(p)
     p.set_defaults(func=run)
@@ -25,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vaelens.cli.shapes import plan_from_args
     from vaelens.memory.estimate import estimate_memory
-    from vaelens.render.memory import estimate_json, render_memory
+    from vaelens.render.memory import memory_json, render_memory
 
     spec, plan = plan_from_args(args)
     request = plan.request
@@ -39,24 +43,32 @@ def run(args: argparse.Namespace) -> int:
         from vaelens.render.timeline import check_plot_path
 
         check_plot_path(args.plot)
-    measured: dict[str, int] = {}
-    if args.measure:
-        from vaelens.memory.measure import cuda_available, measure_peak
+    measured: dict[str, dict[str, int]] = {}
+    if args.measure_cap and not args.measure:
+        from vaelens.errors import VaeLensError
 
-        if not cuda_available():
-            measure_peak(spec.diffusers_config(), plan.pixel_shape, request.dtype, op=ops[0])  # raises, one line
-    estimates = [estimate_memory(spec, request, op=op, tiled=args.tiled, sliced=args.sliced) for op in ops]
+        raise VaeLensError("--measure-cap is a part of --measure; add --measure")
+    if args.measure:
+        from vaelens.memory.measure import measure_call, require_cuda
+
+        require_cuda()  # one line, before any work
+    from vaelens.memory.estimate import TraceCache
+
+    cache = TraceCache()
+    estimates = [estimate_memory(spec, request, op=op, tiled=args.tiled, sliced=args.sliced, cache=cache)
+                 for op in ops]
     if args.measure:
         for est in estimates:
             shape = plan.pixel_shape if est.op.value == "encode" else plan.latent_shape
-            measured[est.op.value] = measure_peak(
-                spec.diffusers_config(), tuple(shape), request.dtype, op=est.op, tiled=args.tiled, sliced=args.sliced)
+            measured[est.op.value] = measure_call(
+                spec.diffusers_config(), tuple(shape), request.dtype, op=est.op, tiled=args.tiled, sliced=args.sliced,
+                cap_search=args.measure_cap).to_json()
     report = tiling = None
     if budget is not None:
-        from vaelens.memory.budget import check_budget
+        from vaelens.memory.budget import check_vae_budget
 
-        report = check_budget(spec, request, budget, ops=ops, step=spec.size_rule.multiple, tiled=args.tiled,
-                              sliced=args.sliced)
+        report = check_vae_budget(spec, request, budget, ops=ops, step=spec.size_rule.multiple, tiled=args.tiled,
+                                  sliced=args.sliced)
         from vaelens.tiling.plan import plan_ops  # the exact tiling that fits (vaelens.tiling)
 
         tiling = plan_ops(spec, {op: plan.latent_shape if op == "decode" else plan.pixel_shape for op in ops},
@@ -68,20 +80,9 @@ def run(args: argparse.Namespace) -> int:
         plot = str(plot_memory_timeline(estimates, args.plot, budget_bytes=budget, title=f"{spec.name} "
                                         f"{plan.used_size[1]}x{plan.used_size[0]} {request.dtype.value}"))
     if args.json:
-        data = {
-            "family": spec.name, "dtype": request.dtype.value, "pixel_shape": list(plan.pixel_shape),
-            "latent_shape": list(plan.latent_shape), "weights_bytes": estimates[0].weights_bytes,
-            "tiled": args.tiled, "sliced": args.sliced,
-            "used_size": list(plan.used_size), "warnings": list(plan.warnings),
-        }
-        for est in estimates:
-            entry = estimate_json(est, plan.latent_shape)
-            if est.op.value in measured:
-                entry["measured_peak_bytes"] = measured[est.op.value]
-                entry["measured_error"] = est.peak_bytes / measured[est.op.value] - 1
-            data[est.op.value] = entry
+        data = memory_json(spec.name, plan, estimates, tiled=args.tiled, sliced=args.sliced, measured=measured,
+                           budget=report)
         if report is not None:
-            data["budget"] = report.to_json()
             from vaelens.render.tiling import plans_json
 
             data["tiling"] = plans_json(tiling)
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if report is not None:
         from dataclasses import replace
 
-        from vaelens.memory.budget import render_budget
+        from vaelens.render.memory import render_budget
 
         print()
         # name the size the estimates ran at (a floor family's size rule may have changed it)

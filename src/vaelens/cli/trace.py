@@ -22,21 +22,14 @@ def run(args: argparse.Namespace) -> int:
     from vaelens.cli.shapes import plan_from_args
     from vaelens.errors import VaeLensError
     from vaelens.memory.estimate import simulate, trace_request
-    from vaelens.render.memory import render_trace, trace_json
+    from vaelens.render.memory import render_trace, trace_report_json
 
     if args.depth < 1:
         raise VaeLensError(f"--depth {args.depth} must be 1 or more (1: encoder/decoder, 2: blocks, ...)")
     spec, plan = plan_from_args(args)
     tr = trace_request(spec, plan.request, op=args.op)
     if args.json:
-        est = simulate(tr, dtype=plan.request.dtype)
-        data = {"family": spec.name, "dtype": plan.request.dtype.value, "pixel_shape": list(plan.pixel_shape),
-                "latent_shape": list(plan.latent_shape), **trace_json(tr),
-                "peak_bytes": est.peak_bytes, "peak_at": est.peak_at,
-                "used_size": list(plan.used_size), "warnings": list(plan.warnings)}
-        for layer, mem in zip(data["layers"], est.timeline, strict=True):
-            layer["peak_bytes"] = mem.peak_bytes
-        emit_json(data)
+        emit_json(trace_report_json(spec.name, plan, tr, simulate(tr, dtype=plan.request.dtype)))
     else:
         print(render_trace(tr, depth=args.depth, estimate=simulate(tr, dtype=plan.request.dtype)))
     return 0

@@ -1,14 +1,28 @@
-"""The CUDA caching allocator, as torch.cuda.memory_allocated() sees it.
+"""The CUDA caching allocator: allocated and reserved bytes, and what it does under a memory cap.
 
-malloc(key, bytes) / free(key) -> `allocated` and `peak`: the bytes of the blocks handed out. The model
-follows pytorch c10/cuda/CUDACachingAllocator.cpp (expandable segments off, the default):
-requests are rounded up to 512 bytes (kMinBlockSize); requests up to 1 MiB (kSmallSize) come from a
-small pool of 2 MiB segments (kSmallBuffer), larger ones from a large pool whose segments are 20 MiB
-(kLargeBuffer) below 10 MiB (kMinLargeAlloc) and otherwise the request rounded up to 2 MiB
-(kRoundLarge). A request takes the smallest cached free block that fits (best fit); the block is split
-only if the rest is at least 512 bytes (small pool) or more than 1 MiB (large pool) — otherwise the
-whole block is handed out, and memory_allocated() counts the whole block. Freed blocks merge with
-free neighbours in their segment; segments are never returned to the driver (no empty_cache()).
+malloc(key, bytes) / free(key) -> `allocated` (torch.cuda.memory_allocated()), `reserved`
+(memory_reserved(): the cudaMalloc'd segments) and their peaks. The model follows PyTorch's
+c10/cuda/CUDACachingAllocator.cpp with its defaults (expandable_segments off, max_split_size
+unlimited, garbage_collection_threshold 0):
+
+- requests are rounded up to 512 bytes (kMinBlockSize); requests up to 1 MiB (kSmallSize) come from
+  a small pool of 2 MiB segments (kSmallBuffer), larger ones from a large pool whose segments are
+  20 MiB (kLargeBuffer) below 10 MiB (kMinLargeAlloc) and otherwise the request rounded up to 2 MiB
+  (kRoundLarge) — `get_allocation_size`;
+- a request takes the smallest cached free block that fits (best fit by size, then address:
+  `get_free_block` on the pool's ordered set); the block is split only if the rest is at least
+  512 bytes (small pool) or more than 1 MiB (large pool) — `should_split` — otherwise the whole
+  block is handed out and memory_allocated() counts the whole block;
+- freed blocks merge with free neighbours of their segment (`free_block` / `try_merge_blocks`);
+  segments stay cached (reserved) until `empty_cache()`;
+- under a cap (`torch.cuda.set_per_process_memory_fraction`: `allowed_memory_maximum`), a new
+  segment that would take `reserved` over the cap fails in `alloc_block`; `malloc` then calls
+  `release_cached_blocks` — every cached segment with no block in use (a free block with no
+  neighbours) goes back to the driver — and tries `alloc_block` once more; only then is it an
+  out-of-memory error (`release_available_cached_blocks` does nothing while max_split_size is
+  unlimited, the default).
+
+`OutOfMemory` is raised where PyTorch raises torch.OutOfMemoryError.
 """
 
 from __future__ import annotations
@@ -44,7 +58,15 @@ def segment_size(size: int) -> int:
     return (size + ROUND_LARGE - 1) // ROUND_LARGE * ROUND_LARGE
 
 
-@dataclass(slots=True)
+class OutOfMemory(Exception):  # noqa: N818 — mirrors torch.OutOfMemoryError, internal to the model
+    """A request that did not fit under the cap even after the cached segments were released."""
+
+    def __init__(self, nbytes: int, reserved: int, cap: int) -> None:
+        super().__init__(f"out of memory: {nbytes} bytes asked, {reserved} reserved, cap {cap}")
+        self.nbytes = nbytes
+
+
+@dataclass(slots=True, eq=False)
 class _Block:
     addr: int
     size: int
@@ -55,16 +77,26 @@ class _Block:
 
 
 class CachingAllocator:
-    """Blocks keyed by the caller's ids; `allocated` is memory_allocated(), `peak` its maximum."""
+    """Blocks keyed by the caller's ids; `allocated` / `reserved` and their peaks, an optional cap.
 
-    def __init__(self) -> None:
+    `cap`: the most bytes of segments the process may hold (None: no limit), as
+    set_per_process_memory_fraction(cap / device_total) sets it. `retries` counts the requests that
+    released the cache and retried; `released` the segment bytes given back that way.
+    """
+
+    def __init__(self, cap: int | None = None) -> None:
         self.allocated = 0
         self.peak = 0
         self.reserved = 0
+        self.reserved_peak = 0
+        self.cap = cap
+        self.retries = 0
+        self.released = 0
         self._live: dict[object, _Block] = {}
         self._free: dict[bool, list[tuple[int, int, _Block]]] = {True: [], False: []}  # (size, addr, block)
         self._next_addr = 0
 
+    # -- pools -------------------------------------------------------------------------------------
     def _insert(self, b: _Block) -> None:
         bisect.insort(self._free[b.small], (b.size, b.addr, b), key=lambda t: (t[0], t[1]))
 
@@ -73,8 +105,41 @@ class CachingAllocator:
         i = bisect.bisect_left(pool, (b.size, b.addr), key=lambda t: (t[0], t[1]))
         del pool[i]
 
+    def _new_segment(self, size: int, small: bool) -> _Block | None:
+        """alloc_block: a fresh segment for a rounded request, or None when the cap forbids it."""
+        seg = segment_size(size)
+        if self.cap is not None and self.reserved + seg > self.cap:
+            return None
+        block = _Block(self._next_addr, seg, small)
+        self._next_addr += seg
+        self.reserved += seg
+        self.reserved_peak = max(self.reserved_peak, self.reserved)
+        return block
+
+    def release_cached(self) -> int:
+        """release_cached_blocks / torch.cuda.empty_cache(): give every cached segment that has no
+        block in use back to the driver; returns the bytes released."""
+        freed = 0
+        for small in (False, True):
+            keep = []
+            for entry in self._free[small]:
+                b = entry[2]
+                if b.prev is None and b.next is None:
+                    freed += b.size
+                else:
+                    keep.append(entry)
+            self._free[small] = keep
+        self.reserved -= freed
+        return freed
+
+    empty_cache = release_cached
+
+    # -- malloc / free -----------------------------------------------------------------------------
     def malloc(self, key: object, nbytes: int) -> int:
-        """Hand out a block for `nbytes`; returns the bytes memory_allocated() grows by."""
+        """Hand out a block for `nbytes`; returns the bytes memory_allocated() grows by.
+
+        Raises OutOfMemory when a new segment is needed, the cap forbids it, and releasing the
+        cached segments does not make room (the block is not handed out then)."""
         size = round_block(max(nbytes, 1))
         small = size <= SMALL_SIZE
         pool = self._free[small]
@@ -82,12 +147,15 @@ class CachingAllocator:
         if i < len(pool):
             block = pool.pop(i)[2]
         else:
-            seg = segment_size(size)
-            block = _Block(self._next_addr, seg, small)
-            self._next_addr += seg
-            self.reserved += seg
+            block = self._new_segment(size, small)
+            if block is None:  # malloc's retry: free all unused cached segments, try cudaMalloc again
+                self.retries += 1
+                self.released += self.release_cached()
+                block = self._new_segment(size, small)
+                if block is None:
+                    raise OutOfMemory(size, self.reserved, self.cap or 0)
         rest = block.size - size
-        if (rest >= 512) if small else (rest > SMALL_SIZE):
+        if (rest >= BLOCK) if small else (rest > SMALL_SIZE):
             tail = _Block(block.addr + size, rest, small, True, block, block.next)
             if block.next is not None:
                 block.next.prev = tail
@@ -97,7 +165,8 @@ class CachingAllocator:
         block.free = False
         self._live[key] = block
         self.allocated += block.size
-        self.peak = max(self.peak, self.allocated)
+        if self.allocated > self.peak:
+            self.peak = self.allocated
         return block.size
 
     def free(self, key: object) -> None:
@@ -123,11 +192,14 @@ class CachingAllocator:
         self._insert(block)
 
     def transient(self, nbytes: int) -> int:
-        """A kernel's temporary buffer: allocated and freed at once; returns its block's bytes."""
+        """A kernel's temporary buffer: allocated and freed at once; returns its block's bytes
+        (raises OutOfMemory as malloc does)."""
         key = object()
         grown = self.malloc(key, nbytes)
         self.free(key)
         return grown
 
     def reset_peak(self) -> None:
+        """torch.cuda.reset_peak_memory_stats(): both peaks restart from the current values."""
         self.peak = self.allocated
+        self.reserved_peak = self.reserved

@@ -1,7 +1,10 @@
-"""Budgets: does encode/decode fit in N bytes, the largest batch and square size that fit, and tiling.
+"""VAE budgets: does encode/decode fit in N bytes of device memory, the largest batch and square size.
 
-model + PixelRequest + budget -> BudgetReport. "Fits" means weights + input + peak <= budget
-(peak as DESIGN.md defines it; the CUDA context and other processes are not counted).
+model + PixelRequest + budget -> VaeBudgetReport. "Fits" means the call runs under a cap of
+`budget` bytes of allocator segments: min_device_bytes <= budget (vaelens.memory.simulate: weights
+and input resident, the caching allocator releasing its cache and retrying under the cap, every
+operator at its `high` temporaries). The CUDA context is not in the budget (CUDA_CONTEXT_BYTES).
+The pipeline-level budget is vaelens.pipelines.budget.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from vaelens.errors import VaeLensError
-from vaelens.memory.estimate import MemoryEstimate, estimate_memory
+from vaelens.memory.estimate import MemoryEstimate, TraceCache, estimate_memory
 from vaelens.options import MAX_BATCH, MAX_SIDE, PixelRequest
 
 
@@ -20,16 +23,17 @@ class OpBudget:
     """One op against the budget: fits now, largest batch and square side that fit, tiling's answer."""
 
     op: str
-    needed_bytes: int  # weights + input + peak at the requested size
+    needed_bytes: int  # min_device_bytes at the requested size (the allocator cap the call runs under)
+    peak_total_high_bytes: int  # weights + input + peak_bytes_high: allocated bytes at the peak
     fits: bool
     max_batch: int  # 0: not even batch 1 fits
     max_square: int  # largest square side (multiple of `step`) at the requested batch; 0: none
-    tiled_needed_bytes: int | None  # with enable_tiling(); None when the class has no tiling
+    tiled_needed_bytes: int | None  # min_device_bytes with enable_tiling(); None when the class has no tiling
     tiled_fits: bool | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class BudgetReport:
+class VaeBudgetReport:
     budget_bytes: int
     step: int  # size granularity searched (the family's size multiple)
     ops: tuple[OpBudget, ...]
@@ -42,7 +46,8 @@ class BudgetReport:
             "tiled": self.tiled,
             **{
                 o.op: {
-                    "needed_bytes": o.needed_bytes, "fits": o.fits, "max_batch": o.max_batch,
+                    "needed_bytes": o.needed_bytes, "min_device_bytes": o.needed_bytes,
+                    "peak_total_high_bytes": o.peak_total_high_bytes, "fits": o.fits, "max_batch": o.max_batch,
                     "max_square": o.max_square, "tiled_needed_bytes": o.tiled_needed_bytes,
                     "tiled_fits": o.tiled_fits,
                 }
@@ -110,27 +115,35 @@ def _bisect(fits: Callable[[int], bool], good: int, bad: int) -> int:
     return good
 
 
-def check_budget(
+def check_vae_budget(
     model: Any, request: PixelRequest, budget_bytes: int, *, ops: tuple[str, ...] = ("encode", "decode"),
     step: int = 8, tiled: bool = False, sliced: bool = False,
     estimate: Callable[..., MemoryEstimate] = estimate_memory,
-) -> BudgetReport:
-    """model + request + budget -> BudgetReport (each op: fits, max batch, max square side, tiling).
+) -> VaeBudgetReport:
+    """model + request + budget -> VaeBudgetReport (each op: fits, max batch, max square side, tiling).
 
-    With `tiled`, the search itself runs with enable_tiling(); otherwise tiling is the alternative
-    reported beside it."""
+    Every verdict compares min_device_bytes with the budget. With `tiled`, the search itself runs
+    with enable_tiling(); otherwise tiling is the alternative reported beside it. Traces and
+    estimates are reused within the call (one TraceCache), so a size tried twice is traced once.
+    """
+    cache = TraceCache()
     results = []
     base_tiled = tiled
     for op in ops:
-        memo: dict[tuple[int, int, int, bool], int] = {}
+        memo: dict[tuple[int, int, int, bool], MemoryEstimate] = {}
 
-        def need(req: PixelRequest, *, tiled: bool = base_tiled, op: str = op, memo: dict = memo) -> int:
+        def est_of(req: PixelRequest, *, tiled: bool = base_tiled, op: str = op, memo: dict = memo) -> MemoryEstimate:
             key = (req.batch, req.width, req.height, tiled)
             if key not in memo:
-                memo[key] = estimate(model, req, op=op, tiled=tiled, sliced=sliced).total_bytes
+                kwargs = {"cache": cache} if estimate is estimate_memory else {}
+                memo[key] = estimate(model, req, op=op, tiled=tiled, sliced=sliced, **kwargs)
             return memo[key]
 
-        needed = need(request)
+        def need(req: PixelRequest, *, tiled: bool = base_tiled) -> int:
+            return est_of(req, tiled=tiled).min_device_bytes
+
+        here = est_of(request)
+        needed = here.min_device_bytes
         # First guesses from two points: memory is close to linear in batch and in pixel count.
         one, two = need(replace(request, batch=1)), need(replace(request, batch=2))
         batch_guess = 1 + (budget_bytes - one) // (two - one) if two > one else None
@@ -150,29 +163,8 @@ def check_budget(
         except VaeLensError:
             tiled_need = None
         results.append(OpBudget(
-            op=op, needed_bytes=needed, fits=needed <= budget_bytes, max_batch=max_batch, max_square=max_side,
+            op=op, needed_bytes=needed, peak_total_high_bytes=here.total_bytes_high, fits=needed <= budget_bytes,
+            max_batch=max_batch, max_square=max_side,
             tiled_needed_bytes=tiled_need, tiled_fits=None if tiled_need is None else tiled_need <= budget_bytes,
         ))
-    return BudgetReport(budget_bytes=budget_bytes, step=step, ops=tuple(results), tiled=tiled)
-
-
-def render_budget(report: BudgetReport, request: PixelRequest) -> str:
-    from vaelens.render.tables import human_bytes
-
-    mode = ", with tiling" if report.tiled else ""
-    lines = [f"budget {human_bytes(report.budget_bytes)}{mode} (weights + input + peak must fit; "
-             "CUDA context not counted)"]
-    for o in report.ops:
-        verdict = "fits" if o.fits else "does NOT fit"
-        tiled = ("" if o.tiled_fits is None or report.tiled else
-                 f"; with --tiled it needs {human_bytes(o.tiled_needed_bytes or 0)} and "
-                 f"{'fits' if o.tiled_fits else 'still does not fit'}")
-        batch = f"largest batch {o.max_batch}" if o.max_batch else "not even batch 1 fits"
-        if o.max_batch == MAX_BATCH:
-            batch += f" (vaelens searches no further than {MAX_BATCH})"
-        side = f"largest square {o.max_square}x{o.max_square}" if o.max_square else "no square size fits"
-        if o.max_square == MAX_SIDE:
-            side += f" (vaelens searches no further than {MAX_SIDE})"
-        lines.append(f"  {o.op}: needs {human_bytes(o.needed_bytes)}, {verdict}; {batch} at "
-                     f"{request.width}x{request.height}; {side} at batch {request.batch}{tiled}")
-    return "\n".join(lines)
+    return VaeBudgetReport(budget_bytes=budget_bytes, step=step, ops=tuple(results), tiled=tiled)

@@ -1,10 +1,26 @@
-"""Allocator-level memory model: a traced encode/decode -> the CUDA peak above resident memory.
+"""Allocator-level memory model: a traced encode/decode -> peak, range, reserved bytes, OOM threshold.
 
 Trace (one event per aten operator) -> MemoryEstimate. Every allocation and free of the trace, and
 each operator's kernel temporaries (per-operator rules, vaelens.memory.rules), go through a model of
-PyTorch's CUDA caching allocator (vaelens.memory.allocator): weights and input first, a warm-up call, then
-the measured call. peak_bytes is DESIGN.md's definition: torch.cuda.max_memory_allocated() during
-the call minus memory_allocated() before it, weights and input resident, the output counted.
+PyTorch's CUDA caching allocator (vaelens.memory.allocator, replayed by vaelens.memory.simulate):
+weights and input first, a warm-up call, empty_cache(), then the measured call.
+
+Figures (DESIGN.md definitions; shared/measurements/README.md measured them that way):
+  peak_bytes          max_memory_allocated() during the call minus memory_allocated() before it
+                      (weights and input resident, the output counted): the best estimate
+  peak_bytes_low/high the same where an unknowable choice goes one way or the other (cuDNN's
+                      engine for batched convolutions, algorithm workspaces); `range_ops` names them
+  reserved_peak_bytes max_memory_reserved() over the call after empty_cache(): the allocator's
+                      segments at their highest, weights' and input's included
+  min_device_bytes    the smallest allocator cap (set_per_process_memory_fraction) under which the
+                      call runs twice without an out-of-memory error, the allocator releasing its
+                      cache and retrying as PyTorch does; operators at their `high` temporaries.
+                      The CUDA context (CUDA_CONTEXT_BYTES) comes on top of it, outside the cap.
+
+API for other packages (stable):
+  estimate_memory(model, request, op=..., tiled=, sliced=, cache=) -> MemoryEstimate
+  estimate_call(module, inputs, op="forward") -> MemoryEstimate of any module call on meta
+  simulate(trace) -> MemoryEstimate;  TraceCache: reuse traces within one search
 """
 
 from __future__ import annotations
@@ -15,8 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from vaelens.errors import VaeLensError
-from vaelens.memory.allocator import CachingAllocator
-from vaelens.memory.rules import RULES, transient
+from vaelens.memory.rules import RULES
+from vaelens.memory.simulate import compile_trace, min_device_bytes, run
 from vaelens.options import DType, PixelRequest
 from vaelens.trace import Op, Trace, trace_module
 
@@ -33,9 +49,17 @@ class LayerMemory:
     peak_bytes: int
 
 
+# What the CUDA context holds outside the caching allocator (driver state, kernel images loaded
+# lazily, cuDNN / cuBLAS handles), not counted by memory_reserved() nor by a memory-fraction cap.
+# It depends on the GPU, driver and libraries: typically 0.3-0.6 GiB with CUDA 12+ lazy module
+# loading; nvidia-smi minus torch.cuda.memory_reserved() shows it on a given machine. A documented
+# figure, reported beside min_device_bytes, never folded into the estimates.
+CUDA_CONTEXT_BYTES = 512 * 2**20
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryEstimate:
-    """op on pixels/latent of a given shape -> predicted CUDA peak above weights + input."""
+    """op on pixels/latent of a given shape -> predicted CUDA memory (see the module docstring)."""
 
     op: Op
     dtype: DType
@@ -47,85 +71,94 @@ class MemoryEstimate:
     input_bytes: int
     output_shape: tuple[int, ...] | None
     output_bytes: int
+    peak_bytes_low: int = -1  # -1: not computed (then peak_bytes)
+    peak_bytes_high: int = -1
+    reserved_peak_bytes: int = 0
+    min_device_bytes: int = 0
+    base_bytes: int = 0  # predicted memory_allocated() before the call (weights, input, cuBLAS workspace)
+    range_ops: tuple[str, ...] = ()  # "path (operator): why" for the operators that make the range wide
     tiled: bool = False
     sliced: bool = False
     timeline: tuple[LayerMemory, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.peak_bytes_low < 0:
+            object.__setattr__(self, "peak_bytes_low", self.peak_bytes)
+        if self.peak_bytes_high < 0:
+            object.__setattr__(self, "peak_bytes_high", self.peak_bytes)
 
     @property
     def total_bytes(self) -> int:
         """weights + input + peak: what the GPU must hold at the peak (CUDA context not included)."""
         return self.weights_bytes + self.input_bytes + self.peak_bytes
 
+    @property
+    def total_bytes_high(self) -> int:
+        """weights + input + peak_bytes_high: allocated bytes at the peak, top of the range."""
+        return self.weights_bytes + self.input_bytes + self.peak_bytes_high
+
     def to_json(self) -> dict[str, Any]:
         return {
             "peak_bytes": self.peak_bytes,
+            "peak_bytes_low": self.peak_bytes_low,
+            "peak_bytes_high": self.peak_bytes_high,
+            "reserved_peak_bytes": self.reserved_peak_bytes,
+            "min_device_bytes": self.min_device_bytes,
+            "cuda_context_bytes": CUDA_CONTEXT_BYTES,
+            "base_bytes": self.base_bytes,
             "peak_at": self.peak_at,
             "peak_op": self.peak_op,
+            "range_ops": list(self.range_ops),
             "input_shape": list(self.input_shape),
             "input_bytes": self.input_bytes,
             "output_shape": list(self.output_shape) if self.output_shape else None,
             "output_bytes": self.output_bytes,
             "total_bytes": self.total_bytes,
+            "total_bytes_high": self.total_bytes_high,
             "tiled": self.tiled,
             "sliced": self.sliced,
         }
 
 
-def _replay(tr: Trace, alloc: CachingAllocator, per_event: list[int] | None = None) -> int:
-    """One call through the allocator; returns the index of the event at the call's peak."""
-    keys: dict[int, object] = {}
-    peak, at = alloc.allocated, -1
-    for ev in tr.events:
-        for sid in ev.frees_before:
-            alloc.free(keys.pop(sid, None))
-        for sid, nbytes in ev.allocs:
-            keys[sid] = key = object()
-            alloc.malloc(key, nbytes)
-        temp = transient(ev)
-        during = alloc.allocated + (alloc.transient(temp) if temp else 0)
-        if per_event is not None:
-            per_event.append(during)
-        if during > peak:
-            peak, at = during, ev.index
-    for key in keys.values():  # what is left (the output, once the caller drops it) goes back to the cache
-        alloc.free(key)
-    return at
+def _innermost(tr: Trace, index: int) -> str:
+    inner = [r for r in tr.layers if r.first_op <= index < r.last_op]
+    path = max(inner, key=lambda r: (r.depth, r.first_op)).path if inner else ""
+    return path or f"({tr.module_type})"  # ran in the top module's own code (e.g. tile blending)
 
 
-def simulate(tr: Trace, *, dtype: DType | None = None, tiled: bool = False, sliced: bool = False) -> MemoryEstimate:
-    """Trace -> MemoryEstimate, the way the measurements were taken: weights and input allocated,
-    one warm-up call (it leaves the allocator's cache warm), then the measured call; peak_bytes is
-    the measured call's max memory_allocated() minus memory_allocated() before it."""
-    alloc = CachingAllocator()
-    for nbytes in tr.resident_sizes:
-        alloc.malloc(object(), nbytes)
-    _replay(tr, alloc)
-    base = alloc.allocated
-    alloc.reset_peak()
-    absolute: list[int] = []
-    peak_event = _replay(tr, alloc, absolute)
-    peak = max(0, alloc.peak - base)
-    per_event_peak = [v - base for v in absolute]
-    layers = tr.layers
+def simulate(
+    tr: Trace, *, dtype: DType | None = None, tiled: bool = False, sliced: bool = False, device: bool = True,
+) -> MemoryEstimate:
+    """Trace -> MemoryEstimate: best, low and high replays, the reserved peak, and (with `device`)
+    the smallest cap the call runs under (a bisection of capped replays)."""
+    prog = compile_trace(tr)
+    best = run(prog, mode="best", per_step=True)
+    low = run(prog, mode="low")
+    high = run(prog, mode="high", per_step=True)
     peak_at, peak_op = "", ""
-    if peak_event >= 0:
-        ev = tr.events[peak_event]
-        peak_op = ev.name
-        inner = [r for r in layers if r.first_op <= peak_event < r.last_op]
-        if inner:
-            peak_at = max(inner, key=lambda r: (r.depth, r.first_op)).path
-        peak_at = peak_at or f"({tr.module_type})"  # ran in the top module's own code (e.g. tile blending)
+    if best.peak_step >= 0:
+        peak_op = tr.events[best.peak_step].name
+        peak_at = _innermost(tr, best.peak_step)
+    wide: dict[str, None] = {}
+    if high.peak > low.peak:
+        for i, step in enumerate(prog.steps):
+            if step.temp.uncertain and (high.during[i] > best.peak or i == best.peak_step):
+                wide[f"{_innermost(tr, i)} ({tr.events[i].name.replace('aten.', '')}): {step.temp.uncertain}"] = None
     timeline = tuple(
         LayerMemory(
             path=r.path, type=r.type, depth=r.depth, output_shape=r.output_shape, live_bytes=r.live_bytes,
-            peak_bytes=max(per_event_peak[r.first_op:r.last_op], default=r.live_bytes),
+            peak_bytes=max(best.during[r.first_op:r.last_op], default=r.live_bytes),
         )
-        for r in layers
+        for r in tr.layers
     )
     if dtype is None:
         dtype = DType.parse(tr.input_dtype) if tr.input_dtype in ("float32", "float16", "bfloat16") else DType.FP32
     return MemoryEstimate(
-        op=tr.op, dtype=dtype, peak_bytes=peak, peak_at=peak_at, peak_op=peak_op,
+        op=tr.op, dtype=dtype, peak_bytes=best.peak, peak_at=peak_at, peak_op=peak_op,
+        peak_bytes_low=min(low.peak, best.peak), peak_bytes_high=max(high.peak, best.peak),
+        reserved_peak_bytes=best.reserved_peak,
+        min_device_bytes=min_device_bytes(prog, mode="high") if device else 0,
+        base_bytes=best.base, range_ops=tuple(wide),
         weights_bytes=tr.weights_bytes, input_shape=tr.input_shapes[0] if tr.input_shapes else (),
         input_bytes=tr.input_bytes, output_shape=tr.output_shape, output_bytes=tr.output_bytes,
         tiled=tiled, sliced=sliced, timeline=timeline,
@@ -170,12 +203,14 @@ def _pixel_shape(module: Any, request: PixelRequest) -> tuple[int, ...]:
     return (request.batch, 3, request.height, request.width)
 
 
-def input_shapes(model: Any, request: PixelRequest) -> tuple[Any, tuple[int, ...], tuple[int, ...]]:
+def input_shapes(
+    model: Any, request: PixelRequest, *, cache: TraceCache | None = None,
+) -> tuple[Any, tuple[int, ...], tuple[int, ...]]:
     """model + request -> (meta module, pixel shape, latent shape) after the family's size rules."""
     import torch
 
     dtype = DType.parse(request.dtype)
-    module, spec = _module_and_spec(model, dtype)
+    module, spec = _cached_module(model, dtype, cache)
     if spec is not None:
         from vaelens.contract import plan_shapes
 
@@ -208,8 +243,43 @@ def _apply_modes(module: Any, tiled: bool, sliced: bool) -> tuple[bool, bool]:
     return prev
 
 
+class TraceCache:
+    """Meta modules, traces and estimates reused within one search (a --budget run, a tiling plan).
+
+    Keyed by (model, dtype) for modules and (model, op, input shape, dtype, tiled, sliced) for traces
+    and estimates; `model` is keyed by name / config / object identity, so keep the cache no longer
+    than the objects it was filled with (one call of check_vae_budget makes and drops its own).
+    """
+
+    def __init__(self) -> None:
+        self.modules: dict[Any, tuple[Any, Any]] = {}
+        self.traces: dict[Any, Trace] = {}
+        self.estimates: dict[Any, MemoryEstimate] = {}
+        self.hits = 0
+
+
+def _model_key(model: Any) -> Any:
+    if isinstance(model, str):
+        return ("name", model)
+    if isinstance(model, Mapping):
+        import json
+
+        return ("config", json.dumps(model, sort_keys=True, default=str))
+    return ("object", id(model))
+
+
+def _cached_module(model: Any, dtype: DType, cache: TraceCache | None) -> tuple[Any, Any]:
+    if cache is None:
+        return _module_and_spec(model, dtype)
+    key = (_model_key(model), dtype)
+    if key not in cache.modules:
+        cache.modules[key] = _module_and_spec(model, dtype)
+    return cache.modules[key]
+
+
 def trace_request(
     model: Any, request: PixelRequest, *, op: str | Op = "decode", tiled: bool = False, sliced: bool = False,
+    cache: TraceCache | None = None,
 ) -> Trace:
     """model + PixelRequest -> Trace of encode (pixels in) or decode (latent in) on the meta device."""
     import torch
@@ -218,11 +288,15 @@ def trace_request(
     if op is Op.FORWARD:
         raise VaeLensError("op 'forward' has no pixel/latent contract; use op='encode' or op='decode'")
     dtype = DType.parse(request.dtype)
-    module, pixel, latent = input_shapes(model, request)
+    module, pixel, latent = input_shapes(model, request, cache=cache)
     shape = pixel if op is Op.ENCODE else latent
+    key = (_model_key(model), op, tuple(shape), dtype, tiled, sliced)
+    if cache is not None and key in cache.traces:
+        cache.hits += 1
+        return cache.traces[key]
     prev = _apply_modes(module, tiled, sliced)
     try:
-        return trace_module(module, [torch.empty(shape, device="meta", dtype=dtype.torch)], op=op, detail=RULES.keys())
+        tr = trace_module(module, [torch.empty(shape, device="meta", dtype=dtype.torch)], op=op, detail=RULES.keys())
     except RuntimeError as exc:  # a diffusers code path that fails for this config (not a vaelens error)
         mode = " with enable_tiling()" if tiled else " with enable_slicing()" if sliced else ""
         raise VaeLensError(
@@ -231,25 +305,75 @@ def trace_request(
         ) from None
     finally:
         _apply_modes(module, *prev)
+    if cache is not None:
+        cache.traces[key] = tr
+    return tr
 
 
 def estimate_memory(
     model: Any, request: PixelRequest, *, op: str | Op = "decode", tiled: bool = False, sliced: bool = False,
+    cache: TraceCache | None = None,
 ) -> MemoryEstimate:
     """model + PixelRequest -> MemoryEstimate of encode (pixels -> latent) or decode (latent -> pixels).
 
     `model` is a family name, a FamilySpec, a diffusers config dict (with _class_name), a LoadedVae, or
     any nn.Module: one with real weights is traced as a meta copy cast to request.dtype (no memory, the
     module itself untouched); one on meta as it is. `tiled` / `sliced` predict diffusers'
-    enable_tiling() / enable_slicing().
+    enable_tiling() / enable_slicing(). `cache` (a TraceCache) reuses modules, traces and estimates
+    across calls of one search. For "will it fit", read min_device_bytes (or peak_bytes_high).
 
     >>> from vaelens.options import PixelRequest, DType
     >>> est = estimate_memory("sdxl", PixelRequest(width=512, height=512, dtype=DType.BF16), op="decode")
-    >>> est.output_shape, est.peak_bytes > est.output_bytes
+    >>> est.output_shape, est.peak_bytes_low <= est.peak_bytes <= est.peak_bytes_high < est.min_device_bytes
     ((1, 3, 512, 512), True)
     """
-    tr = trace_request(model, request, op=op, tiled=tiled, sliced=sliced)
-    return simulate(tr, dtype=DType.parse(request.dtype), tiled=tiled, sliced=sliced)
+    op = Op.parse(op)
+    dtype = DType.parse(request.dtype)
+    key = None
+    if cache is not None:
+        _, pixel, latent = input_shapes(model, request, cache=cache)
+        key = (_model_key(model), op, tuple(pixel if op is Op.ENCODE else latent), dtype, tiled, sliced)
+        if key in cache.estimates:
+            cache.hits += 1
+            return cache.estimates[key]
+    tr = trace_request(model, request, op=op, tiled=tiled, sliced=sliced, cache=cache)
+    est = simulate(tr, dtype=dtype, tiled=tiled, sliced=sliced)
+    if cache is not None:
+        cache.estimates[key] = est
+    return est
+
+
+def estimate_call(
+    module: Any, inputs: Any, *, op: str | Op = "forward", dtype: DType | str | None = None,
+    device: bool = True,
+) -> MemoryEstimate:
+    """nn.Module + input tensors (meta or real; shapes are what count) -> MemoryEstimate of one call.
+
+    The cheap way to ask about any module call (a tile, a sub-block): the module is traced on meta
+    (a module with real weights as a meta copy) and replayed through the allocator model. `op` is
+    "forward" (module(*inputs)), "encode" or "decode". `device=False` skips min_device_bytes.
+
+    >>> import torch
+    >>> m = torch.nn.Conv2d(8, 8, 3, padding=1)
+    >>> est = estimate_call(m, torch.empty(1, 8, 64, 64, device="meta"))
+    >>> est.output_shape, est.peak_bytes >= est.output_bytes
+    ((1, 8, 64, 64), True)
+    """
+    import torch
+
+    from vaelens.build import meta_copy
+
+    inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    first = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
+    dt = DType.parse(dtype) if dtype is not None else (
+        DType.parse(str(first.dtype).replace("torch.", "")) if first is not None and first.is_floating_point()
+        else DType.FP32)
+    if any(p.device.type != "meta" for p in module.parameters()):
+        module = meta_copy(module, dt.torch)
+    metas = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta") if isinstance(t, torch.Tensor)
+             else t for t in inputs]
+    tr = trace_module(module, metas, op=op, detail=RULES.keys())
+    return simulate(tr, dtype=dt, device=device)
 
 
 def latent_multiple(est: MemoryEstimate, latent_shape: tuple[int, ...]) -> float:

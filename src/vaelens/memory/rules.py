@@ -1,32 +1,69 @@
 """Per-operator rules: the temporary bytes a CUDA kernel allocates and frees inside one aten operator.
 
-OpEvent -> transient bytes (allocated and released within the operator, on top of its outputs).
+OpEvent -> Transient(best, low, high, fallback): bytes allocated and released within the operator,
+on top of its outputs. `best` is the estimate, `low`/`high` bracket a choice the model cannot know
+(which cuDNN engine runs a large batched convolution, algorithm workspaces), `fallback` what the
+operator needs when `high` cannot be allocated (Conv_v8.cpp's try_configs catches the
+out-of-memory error of a plan's workspace and runs the next engine).
 
 Each rule is conditioned on the operator, its dtypes, shapes and memory layout — never on the model.
 They were read off the per-operator allocator records in shared/measurements/ops/*.json (H100,
 torch 2.11+cu130, cuDNN 9.19): `peak_during - after` of each operator, compared with the operator's
-tensor sizes. What each rule mirrors in PyTorch's CUDA code is said beside it.
+tensor sizes, and checked against the whole-call peaks of shared/measurements/h100*.jsonl. What each
+rule mirrors in PyTorch's CUDA code is said beside it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from vaelens.memory.allocator import BLOCK, round_block
 from vaelens.trace import OpEvent, TensorMeta
 
-Rule = Callable[[OpEvent], int]
+
+@dataclass(frozen=True, slots=True)
+class Transient:
+    """One operator's kernel temporaries: estimate, range, and what it can fall back to."""
+
+    best: int
+    low: int
+    high: int
+    fallback: int  # bytes needed when `high`/`best` cannot be allocated (an engine without workspace)
+    uncertain: str = ""  # why low < high ("" when the rule is sure)
+
+
+NONE = Transient(0, 0, 0, 0)
+
+
+def exact(nbytes: int) -> Transient:
+    """A temporary the operator cannot do without (no fallback, no range)."""
+    return Transient(nbytes, nbytes, nbytes, nbytes)
+
+
+Rule = Callable[[OpEvent], Transient]
 
 # cuDNN's NHWC tensor-core kernels want channel counts padded to 16 bytes (8 half / 4 float
 # elements): ops/*decode*: a 128->3 conv at bf16 holds an 8-channel output, at fp32 a 4-channel one.
 _ALIGN_BYTES = 16
 
+# Algorithm workspaces on top of the layout buffers: 512 B for every stride-1 k>1 convolution of
+# ops/*bf16*, more where cuDNN's heuristics picked another algorithm: 16 MiB at most (ops/wan2.1-
+# decode: conv3d 384->384 at 3x66x66, 1.6x its 10 MB input), 7.5 MiB (ops/sd-kl-f8c4-decode-fp32:
+# 256->128 at 512², 0.03x its input). Which one an unseen shape gets is not knowable: `high` allows
+# the largest seen, and no more than twice the input.
+_ALGO_WORKSPACE_HIGH = 16 << 20
 
-# h100.jsonl, sd-kl-f8c4 / flux2-kl decode 4x3x1024x1024 bf16: the 256->256 conv at 1024² would need
-# 2 + 2 GiB of NHWC buffers; the measured peak (8193.1 MiB, equal to the next conv's peak with its
-# 3 GiB of buffers) shows it ran without them. The limit is read as cuDNN's engines keeping their
-# workspace below 2^32 bytes; one data point supports it, so it is the least certain rule here.
-_MAX_TRANSFORM_WORKSPACE = 2**32
+# Batched convolutions (N > 1) on the layout-buffer path: the engine cuDNN ranks first is a
+# closed-source function of the shape. Single-image convolutions took the NHWC engine with its
+# buffers at every size measured (64² to 4096², buffers up to 16 GiB: h100-large.jsonl decode 4096²
+# is exact with them). Batched ones did up to 3 GiB of buffers (h100.jsonl 4x1024² encode and the
+# decode's 256->128 conv at 1024², both at their call's peak) and did not at 4 GiB (the decode's
+# 256->256 conv at 1024²: the measured peak is 1.5 GiB below what its buffers would give). The
+# best estimate follows that evidence — without the buffers from 2^32 bytes on — and the range
+# [without, with] covers every batched convolution, because nothing in the data says where the
+# choice flips for other shapes.
+_BATCHED_NO_BUFFERS_FROM = 2**32
 
 
 def _padded(channels: int, itemsize: int) -> int:
@@ -41,33 +78,39 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def conv_rule(ev: OpEvent) -> int:
+def conv_rule(ev: OpEvent) -> Transient:
     """cuDNN convolution on NCHW tensors.
 
-    A k>1 convolution runs in NHWC: cuDNN transforms the input, the weight and the output into NHWC
-    buffers (channels padded to 16 bytes) and back, so the temporaries are input + weight + output
-    again (ops/sd-kl-f8c4-decode-bf16: conv 512->512 at 64² holds 4 + 4.5 + 4 MiB = 13107712 - 512).
-    Inputs with fewer than 8 channels take cuDNN's direct NCHW kernel: no temporaries
-    (conv_in 3->128, post_quant 4->512). A 1x1 convolution is a GEMM on the NCHW tensor; a
-    channels-last input to it is first laid out as the output's layout (wan2.1 decode, 1x1 after
-    attention: one output-sized copy). Depthwise convolutions mostly run PyTorch's own NCHW kernel
-    (see _cudnn_depthwise). Algorithm workspaces beyond the stride-1 512 bytes (0.5 KiB-16 MiB in
-    the records, chosen by cuDNN's heuristics) are not modelled.
+    A k>1 convolution runs in NHWC: cuDNN's engine transforms the input, the weight and the output
+    into NHWC buffers (channels padded to 16 bytes) and back, all inside the plan's workspace
+    (Conv_v8.cpp run_conv_plan: one allocation of plan.getWorkspaceSize()), so the temporaries are
+    input + weight + output again (ops/sd-kl-f8c4-decode-bf16: conv 512->512 at 64² holds
+    4 + 4.5 + 4 MiB + 512). Inputs with fewer than 8 channels take cuDNN's direct NCHW kernel: no
+    temporaries (conv_in 3->128, post_quant 4->512). A 1x1 convolution is a GEMM on the NCHW
+    tensor; a channels-last input to it is first laid out as the output's layout (wan2.1 decode,
+    1x1 after attention: one output-sized copy). Depthwise convolutions mostly run PyTorch's own
+    NCHW kernel (see _cudnn_depthwise).
+
+    The workspace is optional: when it cannot be allocated (under a memory cap), try_configs
+    catches the out-of-memory error and runs the next engine cuDNN lists, down to ones without
+    layout buffers (`fallback` 0) — h100.jsonl 4x1024² decode shows such an engine runs these
+    convolutions. Batched convolutions: see _BATCHED_NO_BUFFERS_FROM.
     """
     if len(ev.inputs) < 2 or not ev.outputs:
-        return 0
+        return NONE
     x, w = ev.inputs[0], ev.inputs[1]
     out = ev.outputs[0]
     if len(x.shape) < 3 or len(w.shape) != len(x.shape):
-        return 0
+        return NONE
     kernel = w.shape[2:]
     cin = x.shape[1]
     if all(k == 1 for k in kernel):
-        return 0 if x.is_contiguous() or _is_channels_last(x) and _is_channels_last(out) else round_block(out.nbytes)
+        return NONE if x.is_contiguous() or _is_channels_last(x) and _is_channels_last(out) \
+            else exact(round_block(out.nbytes))
     if cin % 8 != 0:
-        return 0
+        return NONE
     if w.shape[1] == 1 and cin > 1 and w.shape[0] % cin == 0 and not _cudnn_depthwise(x):
-        return 0  # PyTorch's own CudaDepthwise2d/3d kernels read NCHW directly
+        return NONE  # PyTorch's own CudaDepthwise2d/3d kernels read NCHW directly
     item = x.itemsize
     spatial_in = _numel(x.shape[2:]) * x.shape[0]
     spatial_out = _numel(out.shape[2:]) * out.shape[0]
@@ -79,10 +122,13 @@ def conv_rule(ev: OpEvent) -> int:
     stride = next((s for s in ev.scalars if isinstance(s, (list, tuple, int)) and not isinstance(s, bool)), 1)
     strided = any(v != 1 for v in stride) if isinstance(stride, (list, tuple)) else stride != 1
     workspace = 0 if strided else BLOCK
-    total = round_block(x_nhwc) + round_block(out_nhwc) + round_block(w_nhwc) + workspace
-    if total >= _MAX_TRANSFORM_WORKSPACE:
-        return 0
-    return total
+    buffers = round_block(x_nhwc) + round_block(out_nhwc) + round_block(w_nhwc)
+    high = buffers + workspace + min(_ALGO_WORKSPACE_HIGH, round_block(2 * x.nbytes))
+    if x.shape[0] > 1:
+        best = workspace if buffers >= _BATCHED_NO_BUFFERS_FROM else buffers + workspace
+        return Transient(best, workspace, high, 0, "cuDNN engine for a batched convolution (NHWC layout buffers "
+                                                   "or none)")
+    return Transient(buffers + workspace, buffers + workspace, high, 0, "")
 
 
 def _cudnn_depthwise(x: TensorMeta) -> bool:
@@ -194,14 +240,12 @@ def matmul_rule(ev: OpEvent) -> int:
     return total
 
 
-RULES: dict[str, Rule] = {
+_CONV = ("aten.conv1d.default", "aten.conv2d.default", "aten.conv3d.default", "aten.convolution.default",
+         "aten.conv2d.padding", "aten.conv3d.padding")
+
+# Rules that are sure of their bytes (no engine choice): operator -> bytes.
+_EXACT: dict[str, Callable[[OpEvent], int]] = {
     "aten.matmul.default": matmul_rule,
-    "aten.conv1d.default": conv_rule,
-    "aten.conv2d.default": conv_rule,
-    "aten.conv3d.default": conv_rule,
-    "aten.convolution.default": conv_rule,
-    "aten.conv2d.padding": conv_rule,
-    "aten.conv3d.padding": conv_rule,
     "aten.group_norm.default": group_norm_rule,
     "aten.native_group_norm.default": group_norm_rule,
     "aten.layer_norm.default": layer_norm_rule,
@@ -212,8 +256,18 @@ RULES: dict[str, Rule] = {
     "aten.scaled_dot_product_attention.default": sdpa_rule,
 }
 
+RULES: dict[str, Rule] = {
+    **{name: conv_rule for name in _CONV},
+    **{name: (lambda ev, f=f: exact(f(ev))) for name, f in _EXACT.items()},
+}
+
+
+def transient_range(ev: OpEvent) -> Transient:
+    """OpEvent -> Transient: the kernel's temporaries, best estimate and range (NONE if none known)."""
+    rule = RULES.get(ev.name)
+    return rule(ev) if rule is not None else NONE
+
 
 def transient(ev: OpEvent) -> int:
-    """OpEvent -> bytes the CUDA kernel allocates and frees inside the operator (0 if none known)."""
-    rule = RULES.get(ev.name)
-    return rule(ev) if rule is not None else 0
+    """OpEvent -> bytes the CUDA kernel allocates and frees inside the operator (best estimate)."""
+    return transient_range(ev).best

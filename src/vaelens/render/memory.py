@@ -1,6 +1,7 @@
 """Text and JSON for `vaelens trace` and `vaelens memory`.
 
-Trace -> per-layer table grouped by stage; MemoryEstimate(s) -> weights / input / output / peak table.
+Trace -> per-layer table grouped by stage; MemoryEstimate(s) -> peak / range / reserved / device table;
+VaeBudgetReport -> verdict lines; memory_json / trace_report_json: the `--json` documents.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from vaelens.memory.estimate import MemoryEstimate
+from vaelens.memory.budget import VaeBudgetReport
+from vaelens.memory.estimate import CUDA_CONTEXT_BYTES, MemoryEstimate
+from vaelens.options import MAX_BATCH, MAX_SIDE, PixelRequest
 from vaelens.render.tables import human_bytes, shape_str, table
 from vaelens.trace import LayerRecord, Trace
 
@@ -106,39 +109,119 @@ def estimate_json(est: MemoryEstimate, latent_shape: Sequence[int]) -> dict[str,
     return out
 
 
+def memory_json(
+    family: str, plan: Any, estimates: Sequence[MemoryEstimate], *, tiled: bool, sliced: bool,
+    measured: dict[str, dict[str, int]] | None = None, budget: VaeBudgetReport | None = None,
+) -> dict[str, Any]:
+    """`vaelens memory --json`: family, shapes, and per op the estimate (plus measurements, budget)."""
+    data: dict[str, Any] = {
+        "family": family, "dtype": plan.request.dtype.value, "pixel_shape": list(plan.pixel_shape),
+        "latent_shape": list(plan.latent_shape), "weights_bytes": estimates[0].weights_bytes if estimates else 0,
+        "tiled": tiled, "sliced": sliced, "used_size": list(plan.used_size), "warnings": list(plan.warnings),
+        "cuda_context_bytes": CUDA_CONTEXT_BYTES,
+    }
+    for est in estimates:
+        entry = estimate_json(est, plan.latent_shape)
+        got = (measured or {}).get(est.op.value)
+        if got:
+            entry["measured"] = dict(got)
+            if got.get("peak_bytes"):  # the keys earlier versions wrote
+                entry["measured_peak_bytes"] = got["peak_bytes"]
+                entry["measured_error"] = est.peak_bytes / got["peak_bytes"] - 1
+        data[est.op.value] = entry
+    if budget is not None:
+        data["budget"] = budget.to_json()
+    return data
+
+
+def trace_report_json(family: str, plan: Any, tr: Trace, est: MemoryEstimate) -> dict[str, Any]:
+    """`vaelens trace --json`: the trace's layers with their predicted peaks, and the call's figures."""
+    data = {"family": family, "dtype": plan.request.dtype.value, "pixel_shape": list(plan.pixel_shape),
+            "latent_shape": list(plan.latent_shape), **trace_json(tr),
+            "peak_bytes": est.peak_bytes, "peak_bytes_low": est.peak_bytes_low,
+            "peak_bytes_high": est.peak_bytes_high, "reserved_peak_bytes": est.reserved_peak_bytes,
+            "min_device_bytes": est.min_device_bytes, "peak_at": est.peak_at,
+            "used_size": list(plan.used_size), "warnings": list(plan.warnings)}
+    for layer, mem in zip(data["layers"], est.timeline, strict=True):
+        layer["peak_bytes"] = mem.peak_bytes
+    return data
+
+
+def _range(e: MemoryEstimate) -> str:
+    if e.peak_bytes_low == e.peak_bytes_high:
+        return "-"
+    return f"{human_bytes(e.peak_bytes_low)} – {human_bytes(e.peak_bytes_high)}"
+
+
 def render_memory(
     family: str, pixel_shape: Sequence[int], latent_shape: Sequence[int], estimates: Sequence[MemoryEstimate],
-    *, measured: dict[str, int] | None = None,
+    *, measured: dict[str, dict[str, int]] | None = None,
 ) -> str:
-    """Estimates -> table: weights, input, output, peak, peak ÷ latent bytes, where the peak is."""
+    """Estimates -> table: peak (best, range), reserved, the device memory it needs, where the peak is;
+    with `measured` ({op: {"peak_bytes", "reserved_peak_bytes", "min_device_bytes"}}) the GPU's
+    numbers beside them."""
     if not estimates:
         return ""
     e0 = estimates[0]
     latent_bytes = math.prod(latent_shape) * e0.dtype.itemsize
-    flags = [m for m, on in (("tiled", e0.tiled), ("sliced", e0.sliced)) if on]
-    mode = f" ({', '.join(flags)})" if flags else ""
+    mode = " (tiled)" if e0.tiled else " (sliced)" if e0.sliced else ""
     lines = [
         f"{family}{mode}: pixels {shape_str(pixel_shape)} <-> latent {shape_str(latent_shape)} at {e0.dtype.value}; "
         f"weights {human_bytes(e0.weights_bytes)}",
         "",
     ]
-    headers = ["op", "input", "output", "peak", "peak ÷ latent", "weights+input+peak", "peak at"]
-    if measured:
-        headers[4:4] = ["measured", "error"]
+    headers = ["op", "input", "output", "peak", "range (low – high)", "peak ÷ latent", "reserved", "needs on device",
+               "peak at"]
     rows = []
     for e in estimates:
         where = f"{e.peak_at} ({e.peak_op.replace('aten.', '')})"
-        row = [e.op.value, human_bytes(e.input_bytes), human_bytes(e.output_bytes), human_bytes(e.peak_bytes),
-               f"{e.peak_bytes / latent_bytes:,.0f}×", human_bytes(e.total_bytes), where]
-        if measured:
-            m = measured.get(e.op.value)
-            row[4:4] = [human_bytes(m) if m else "-", f"{e.peak_bytes / m - 1:+.2%}" if m else "-"]
-        rows.append(row)
+        rows.append([e.op.value, human_bytes(e.input_bytes), human_bytes(e.output_bytes), human_bytes(e.peak_bytes),
+                     _range(e), f"{e.peak_bytes / latent_bytes:,.0f}×", human_bytes(e.reserved_peak_bytes),
+                     f"≥ {human_bytes(e.min_device_bytes)}", where])
     right = tuple(range(1, len(headers) - 1))
     lines.append(table(headers, rows, right=right))
+    if measured:
+        lines += ["", "measured on this GPU (random weights, the same call):"]
+        mrows = []
+        for e in estimates:
+            m = measured.get(e.op.value) or {}
+            mrows.append([e.op.value] + [
+                f"{human_bytes(m[k])} ({pred / m[k] - 1:+.1%})" if m.get(k) else "-"
+                for k, pred in (("peak_bytes", e.peak_bytes), ("reserved_peak_bytes", e.reserved_peak_bytes),
+                                ("min_device_bytes", e.min_device_bytes))])
+        lines.append(table(["op", "peak (pred. error)", "reserved", "smallest cap that ran"], mrows, right=(1, 2, 3)))
+    wide = [w for e in estimates for w in e.range_ops]
     lines += [
         "",
         "peak: torch.cuda.max_memory_allocated() during the call minus memory_allocated() before it, predicted",
         "for a CUDA GPU (weights and input already resident; the output counts). No GPU was used.",
+        "range: where cuDNN's choice of engine cannot be known from the shapes; budgets use its high end.",
+        "reserved: max_memory_reserved() (the allocator's segments, weights' included) on a GPU with memory to spare.",
+        "needs on device: the smallest allocator cap (set_per_process_memory_fraction) the call runs under — the",
+        f"figure for \"will it fit\"; the CUDA context (about {human_bytes(CUDA_CONTEXT_BYTES)}) comes on top of it.",
     ]
+    if wide:
+        lines.append("range made wide by: " + "; ".join(dict.fromkeys(wide)))
+    return "\n".join(lines)
+
+
+def render_budget(report: VaeBudgetReport, request: PixelRequest) -> str:
+    """VaeBudgetReport -> one verdict line per op (needs at least X on the device, fits or not, searches)."""
+    mode = ", with tiling" if report.tiled else ""
+    lines = [f"budget {human_bytes(report.budget_bytes)}{mode} (the smallest device memory each call runs in, "
+             f"simulated with the caching allocator under that cap; CUDA context, about "
+             f"{human_bytes(CUDA_CONTEXT_BYTES)}, not counted)"]
+    for o in report.ops:
+        verdict = "fits" if o.fits else "does NOT fit"
+        tiled = ("" if o.tiled_fits is None or report.tiled else
+                 f"; with --tiled it needs at least {human_bytes(o.tiled_needed_bytes or 0)} and "
+                 f"{'fits' if o.tiled_fits else 'still does not fit'}")
+        batch = f"largest batch {o.max_batch}" if o.max_batch else "not even batch 1 fits"
+        if o.max_batch == MAX_BATCH:
+            batch += f" (vaelens searches no further than {MAX_BATCH})"
+        side = f"largest square {o.max_square}x{o.max_square}" if o.max_square else "no square size fits"
+        if o.max_square == MAX_SIDE:
+            side += f" (vaelens searches no further than {MAX_SIDE})"
+        lines.append(f"  {o.op}: needs at least {human_bytes(o.needed_bytes)} on the device, {verdict}; {batch} at "
+                     f"{request.width}x{request.height}; {side} at batch {request.batch}{tiled}")
     return "\n".join(lines)
