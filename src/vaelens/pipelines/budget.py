@@ -43,13 +43,13 @@ class PipelineBudgetReport:
     weights_note: str = ""  # why no smaller size helps (the resident weights alone), when none does
 
 
-def _sizes_below(width: int, height: int, step: int = 64) -> list[tuple[int, int]]:
-    """Same aspect, smaller: sides scaled by 7/8 … 1/8, snapped down to multiples of `step`."""
+def _sizes_below(height: int, width: int, step: int = 64) -> list[tuple[int, int]]:
+    """(H, W) -> smaller (H, W) of the same aspect: sides scaled by 7/8 … 1/8, snapped down to multiples of `step`."""
     out = []
     for k in range(7, 0, -1):
-        w, h = max(step, width * k // 8 // step * step), max(step, height * k // 8 // step * step)
-        if (w, h) not in out and (w, h) != (width, height):
-            out.append((w, h))
+        h, w = max(step, height * k // 8 // step * step), max(step, width * k // 8 // step * step)
+        if (h, w) not in out and (h, w) != (height, width):
+            out.append((h, w))
     return out
 
 
@@ -86,7 +86,7 @@ def check_pipeline_budget(
         trial({"vae_tiling": True}, replace(req, vae_tiling=True))
     if req.dtype is DType.FP32:
         trial({"dtype": DType.BF16}, replace(req, dtype=DType.BF16))
-    sizes = _sizes_below(req.width, req.height)
+    sizes = _sizes_below(req.height, req.width)
     size_fix = _largest_size_that_fits(req, sizes, budget_bytes, mode=mode, cache=cache, estimate=estimate)
     if size_fix is not None:
         fixes.append(size_fix)
@@ -99,13 +99,13 @@ def _largest_size_that_fits(
     req: PipelineRequest, sizes: list[tuple[int, int]], budget_bytes: int, *, mode: Offload,
     cache: EstimateCache, estimate,
 ) -> Fix | None:
-    """Candidates (largest first) -> a Fix for the largest one whose peak under `mode` fits, or None.
+    """Candidate (H, W) sizes (largest first) -> a Fix for the largest one whose peak under `mode` fits, or None.
     The peak grows with the size, so the candidates are bisected."""
     peaks: dict[int, int] = {}
 
     def peak_at(i: int) -> int:
         if i not in peaks:
-            w, h = sizes[i]
+            h, w = sizes[i]
             peaks[i] = estimate(replace(req, width=w, height=h), cache=cache).mode(mode).peak_bytes
         return peaks[i]
 
@@ -118,7 +118,7 @@ def _largest_size_that_fits(
             hi = mid
         else:
             lo = mid + 1
-    w, h = sizes[hi]
+    h, w = sizes[hi]
     return Fix(size=(h, w), mode=mode, peak_bytes=peak_at(hi), fits=True)
 
 
@@ -132,4 +132,4 @@ def _why_no_size_helps(est: PipelineEstimate, sizes: list[tuple[int, int]], budg
         return f"the weights resident during '{heaviest.stage.label}' alone are {human_bytes(heaviest.weights_bytes)}"
     if not sizes:
         return f"{req.width}x{req.height} is already the smallest size in 64-pixel steps"
-    return f"even {sizes[-1][0]}x{sizes[-1][1]} is over"
+    return f"even {sizes[-1][1]}x{sizes[-1][0]} is over"
