@@ -88,121 +88,148 @@ def _decode_peak(spec: FamilySpec, plan: ShapePlan) -> str | None:
     )
 
 
+def _title(spec: FamilySpec, plan: ShapePlan) -> list[str]:
+    height, width = plan.used_size
+    title = f"{spec.title} — {spec.diffusers_class}, {width}x{height}"
+    title += f", {plan.frames} frame{'s' if plan.frames != 1 else ''}" if plan.frames is not None else ""
+    out = [title, "=" * len(title), ""]
+    for note in plan.warnings:
+        out += [_para(f"Note: {note}.", ""), ""]
+    return out
+
+
+def _step_pixels(spec: FamilySpec, plan: ShapePlan) -> list[str]:
+    px = plan.pixel_elements
+    dt = plan.request.dtype.value
+    axes = "[B, C=3, F, H, W]" if plan.frames is not None else "[B, C=3, H, W]"
+    return [
+        f"1. pixels {shape_str(plan.pixel_shape)}  ({px:,} values, {human_bytes(px * plan.itemsize)} at {dt})",
+        _para(
+            f"The state is an RGB tensor {axes}, values scaled from [0, 255] to [-1, 1]. "
+            + _size_rule_text(spec)
+            + (f"Video frames follow {spec.temporal.factor}k+1: frame 0 is encoded alone, every later group "
+               f"of {spec.temporal.factor} frames shares one latent frame." if spec.temporal else "")
+        ),
+    ]
+
+
+def _step_encoder(spec: FamilySpec) -> list[str]:
+    f = spec.spatial_factor
+    wide = _encoder_width(spec)
+    return [
+        f"2. encoder: space ÷{f}" + (f", time ÷{spec.temporal.factor}" if spec.temporal else ""),
+        _para(
+            f"Strided convolutions (and in some families a pixel patchify first) shrink height and width "
+            f"÷{f} per side, ÷{f * f} in area, while widening the channel axis"
+            + (f" to {wide} feature maps" if wide else "")
+            + (f"; causal 3-D convolutions shrink time ÷{spec.temporal.factor}" if spec.temporal else "")
+            + ". The trade-off: every halving makes the later denoiser cheaper, but the encoder must squeeze "
+            "more detail into each latent position, so fine texture is what a stronger compression loses."
+        ),
+    ]
+
+
+def _step_moments(spec: FamilySpec, plan: ShapePlan) -> list[str]:
+    c = spec.latent_channels
+    if not _gaussian(spec):
+        return ["3. latent (deterministic)", _para(
+            f"{spec.diffusers_class} outputs the latent directly: no mean and variance, nothing to sample."
+        )]
+    mom = list(plan.latent_shape)
+    mom[1] = 2 * c
+    return [f"3. moments {shape_str(mom)}: mean and log-variance", _para(
+        f"The encoder outputs 2×{c} channels: a mean and a log-variance per latent "
+        "position — a diagonal Gaussian. Pipelines take the mean (mode) or sample from it; the spread "
+        "is what makes the latent space smooth enough to denoise in."
+    )]
+
+
+def _step_latent(spec: FamilySpec, plan: ShapePlan) -> list[str]:
+    f, c = spec.spatial_factor, spec.latent_channels
+    lat = plan.latent_elements
+    return [
+        f"4. latent {shape_str(plan.latent_shape)}  ({lat:,} values, {human_bytes(lat * plan.itemsize)}; "
+        f"{plan.compression:.1f}× fewer than the pixels)",
+        _para(
+            f"The channel axis now holds {c} learned features. Latent channels are not colours: channel 0 is "
+            "not red and no channel is a brightness map. Each is a feature the encoder learned, and vaelens "
+            "shows them as separate heat-maps in latent units; any RGB picture of a latent is an approximation "
+            f"(a fitted linear projection) and is labelled so. The trade-off: {c} channels at ÷{f} keep "
+            f"{c}/{3 * f * f:.0f} = {c / (3 * f * f):.3f} of the pixel values per frame; more channels "
+            "reconstruct better but give the denoiser a harder distribution to learn."
+        ),
+    ]
+
+
+_WHY_NORMALISE = {
+    NormKind.NONE: "This family feeds the raw latent to its model: no rescaling.",
+    NormKind.AFFINE: "The shift and scale bring the latent to roughly zero mean and unit variance, "
+    "the scale the diffusion noise schedule assumes.",
+    NormKind.PER_CHANNEL: "Each channel gets its own mean and standard deviation, measured on the "
+    "training data: channels differ too much in range for one scalar.",
+    NormKind.BATCHNORM_PATCHED: "FLUX.2 first packs 2×2 latent patches into channels and then "
+    "normalises each packed channel with BatchNorm running statistics stored in the checkpoint.",
+}
+
+
+def _step_normalise(spec: FamilySpec) -> list[str]:
+    n = spec.normalization
+    rows = [[s.name, s.latent_channels, f"÷{s.spatial_factor}",
+             f"÷{s.temporal.factor}" if s.temporal else "–", norm_formula(s), tokens_str(s)]
+            for s in (spec, *contrast_families(spec))]
+    return [
+        f"5. normalise: {norm_formula(spec)}",
+        _para(_WHY_NORMALISE[n.kind] + f" Source: {n.source}."),
+        "",
+        textwrap.indent(table(["family", "C", "space", "time", "normalisation", "tokens"], rows, right=(1,)), "   "),
+    ]
+
+
+def _step_tokens(spec: FamilySpec, plan: ShapePlan) -> list[str]:
+    if plan.token_count is None:
+        return ["6. tokens: none", _para(
+            "This family's denoiser (a UNet, or none at all) convolves the latent grid directly; nothing is "
+            "packed into tokens."
+        )]
+    patch = "×".join(str(p) for p in plan.token_patch or ())
+    return [
+        f"6. tokens [{plan.request.batch}, {plan.token_count}, {plan.token_dim}]: {patch} patches → one token each",
+        _para(
+            f"The transformer sees a sequence: each {patch} block of the normalised latent becomes one token "
+            f"of {plan.token_dim} numbers (C·{patch.replace('×', '·')}). " + _attention_tradeoff(spec, plan.token_count)
+        ),
+    ]
+
+
+def _step_decode(spec: FamilySpec, plan: ShapePlan, spike: str | None) -> list[str]:
+    text = (
+        "Decoding runs the encoder's path backwards: the latent is un-normalised, then upsampled "
+        f"×{spec.spatial_factor} per side through blocks that hold hundreds of channels at full resolution. "
+        "That is why decode, not the denoiser's latent, sets the peak memory of a pipeline."
+    )
+    return [
+        f"7. decode → pixels {shape_str(plan.decoded_shape)}: where memory spikes",
+        _para(text + (" " + spike[0].upper() + spike[1:] if spike else
+                      " Run `vaelens memory` for the predicted peak.")),
+    ]
+
+
 def explain(
     spec: FamilySpec, plan: ShapePlan, *, peak: Callable[[FamilySpec, ShapePlan], str | None] = _decode_peak
 ) -> str:
     """FamilySpec + ShapePlan -> narrated text (one numbered step per state object)."""
-    b = plan.request.batch
-    item = plan.itemsize
-    dt = plan.request.dtype.value
-    f, c = spec.spatial_factor, spec.latent_channels
-    height, width = plan.used_size
-    video = plan.frames is not None
-    out: list[str] = []
-    title = f"{spec.title} — {spec.diffusers_class}, {width}x{height}"
-    title += f", {plan.frames} frame{'s' if plan.frames != 1 else ''}" if video else ""
-    out += [title, "=" * len(title), ""]
-    for note in plan.warnings:
-        out += [_para(f"Note: {note}.", ""), ""]
-
-    px = plan.pixel_elements
-    out.append(f"1. pixels {shape_str(plan.pixel_shape)}  ({px:,} values, {human_bytes(px * item)} at {dt})")
-    axes = "[B, C=3, F, H, W]" if video else "[B, C=3, H, W]"
-    out.append(_para(
-        f"The state is an RGB tensor {axes}, values scaled from [0, 255] to [-1, 1]. "
-        + _size_rule_text(spec)
-        + (f"Video frames follow {spec.temporal.factor}k+1: frame 0 is encoded alone, every later group "
-           f"of {spec.temporal.factor} frames shares one latent frame." if spec.temporal else "")
-    ))
-    out.append("")
-
-    wide = _encoder_width(spec)
-    step = f"2. encoder: space ÷{f}" + (f", time ÷{spec.temporal.factor}" if spec.temporal else "")
-    out.append(step)
-    out.append(_para(
-        f"Strided convolutions (and in some families a pixel patchify first) shrink height and width "
-        f"÷{f} per side, ÷{f * f} in area, while widening the channel axis"
-        + (f" to {wide} feature maps" if wide else "")
-        + (f"; causal 3-D convolutions shrink time ÷{spec.temporal.factor}" if spec.temporal else "")
-        + ". The trade-off: every halving makes the later denoiser cheaper, but the encoder must squeeze "
-        "more detail into each latent position, so fine texture is what a stronger compression loses."
-    ))
-    out.append("")
-
-    if _gaussian(spec):
-        mom = list(plan.latent_shape)
-        mom[1] = 2 * c
-        out.append(f"3. moments {shape_str(mom)}: mean and log-variance")
-        out.append(_para(
-            f"The encoder outputs 2×{c} channels: a mean and a log-variance per latent "
-            "position — a diagonal Gaussian. Pipelines take the mean (mode) or sample from it; the spread "
-            "is what makes the latent space smooth enough to denoise in."
-        ))
-    else:
-        out.append("3. latent (deterministic)")
-        out.append(_para(
-            f"{spec.diffusers_class} outputs the latent directly: no mean and variance, nothing to sample."
-        ))
-    out.append("")
-
-    lat = plan.latent_elements
-    out.append(f"4. latent {shape_str(plan.latent_shape)}  ({lat:,} values, {human_bytes(lat * item)}; "
-               f"{plan.compression:.1f}× fewer than the pixels)")
-    out.append(_para(
-        f"The channel axis now holds {c} learned features. Latent channels are not colours: channel 0 is "
-        "not red and no channel is a brightness map. Each is a feature the encoder learned, and vaelens "
-        "shows them as separate heat-maps in latent units; any RGB picture of a latent is an approximation "
-        f"(a fitted linear projection) and is labelled so. The trade-off: {c} channels at ÷{f} keep "
-        f"{c}/{3 * f * f:.0f} = {c / (3 * f * f):.3f} of the pixel values per frame; more channels "
-        "reconstruct better but give the denoiser a harder distribution to learn."
-    ))
-    out.append("")
-
-    out.append(f"5. normalise: {norm_formula(spec)}")
-    n = spec.normalization
-    why = {
-        NormKind.NONE: "This family feeds the raw latent to its model: no rescaling.",
-        NormKind.AFFINE: "The shift and scale bring the latent to roughly zero mean and unit variance, "
-        "the scale the diffusion noise schedule assumes.",
-        NormKind.PER_CHANNEL: "Each channel gets its own mean and standard deviation, measured on the "
-        "training data: channels differ too much in range for one scalar.",
-        NormKind.BATCHNORM_PATCHED: "FLUX.2 first packs 2×2 latent patches into channels and then "
-        "normalises each packed channel with BatchNorm running statistics stored in the checkpoint.",
-    }[n.kind]
-    out.append(_para(why + f" Source: {n.source}."))
-    others = contrast_families(spec)
-    rows = [[s.name, s.latent_channels, f"÷{s.spatial_factor}",
-             f"÷{s.temporal.factor}" if s.temporal else "–", norm_formula(s), tokens_str(s)]
-            for s in (spec, *others)]
-    out.append("")
-    out.append(textwrap.indent(table(["family", "C", "space", "time", "normalisation", "tokens"], rows,
-                                     right=(1,)), "   "))
-    out.append("")
-
-    if plan.token_count is not None:
-        patch = "×".join(str(p) for p in plan.token_patch or ())
-        out.append(f"6. tokens [{b}, {plan.token_count}, {plan.token_dim}]: {patch} patches → one token each")
-        out.append(_para(
-            f"The transformer sees a sequence: each {patch} block of the normalised latent becomes one token "
-            f"of {plan.token_dim} numbers (C·{patch.replace('×', '·')}). " + _attention_tradeoff(spec, plan.token_count)
-        ))
-    else:
-        out.append("6. tokens: none")
-        out.append(_para(
-            "This family's denoiser (a UNet, or none at all) convolves the latent grid directly; nothing is "
-            "packed into tokens."
-        ))
-    out.append("")
-
-    out.append(f"7. decode → pixels {shape_str(plan.decoded_shape)}: where memory spikes")
-    text = (
-        "Decoding runs the encoder's path backwards: the latent is un-normalised, then upsampled "
-        f"×{f} per side through blocks that hold hundreds of channels at full resolution. That is why decode, "
-        "not the denoiser's latent, sets the peak memory of a pipeline."
-    )
-    spike = peak(spec, plan)
-    out.append(_para(text + (" " + spike[0].upper() + spike[1:] if spike else
-                             " Run `vaelens memory` for the predicted peak.")))
+    steps = [
+        _step_pixels(spec, plan),
+        _step_encoder(spec),
+        _step_moments(spec, plan),
+        _step_latent(spec, plan),
+        _step_normalise(spec),
+        _step_tokens(spec, plan),
+        _step_decode(spec, plan, peak(spec, plan)),
+    ]
+    out = _title(spec, plan)
+    for i, step in enumerate(steps):
+        out += step if i == len(steps) - 1 else [*step, ""]
     return "\n".join(out)
 
 
