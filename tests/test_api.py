@@ -94,3 +94,54 @@ def test_families_json_default_size_is_height_first():
     wan = get_family("wan21")
     (data,) = families_json([wan])
     assert data["default_size"] == [480, 832] and wan.default_size == (480, 832)
+
+
+def _cli_json(capsys, argv: list[str]):
+    import json
+
+    from vaelens.cli import main
+
+    code = main([*argv, "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+def test_one_normalisation_shape_in_shapes_families_encode_and_the_latent_file(tmp_path, capsys):
+    from vaelens.families import get_family
+    from vaelens.latents import load_latents
+    from vaelens.normalization import normalization_to_json
+
+    keys = list(normalization_to_json(get_family("sdxl").normalization))
+    assert keys == ["kind", "formula", "scale", "shift", "mean", "std", "stats_from", "patch", "eps", "source"]
+    assert list(_cli_json(capsys, ["shapes", "sdxl"])["normalization"]) == keys
+    fam = next(f for f in _cli_json(capsys, ["families"]) if f["name"] == "flux2")
+    assert list(fam["normalization"]) == keys
+    enc = _cli_json(capsys, ["encode", "demo", "--vae", "demo", "-o", str(tmp_path / "z.safetensors")])
+    assert list(enc["normalization"]) == keys
+    stored = load_latents(tmp_path / "z.safetensors").metadata["normalization"]
+    assert stored == enc["normalization"]
+
+
+def test_latent_files_of_0_1_without_formula_and_eps_still_load(tmp_path):
+    from vaelens.latents import LatentMetadata, load_latents, save_latents
+
+    old = {"kind": "affine", "scale": 0.5, "shift": 0.1, "mean": None, "std": None, "stats_from": None,
+           "patch": None, "source": "x"}  # what 0.1 wrote
+    save_latents(tmp_path / "old.safetensors", torch.zeros(1, 4, 2, 2),
+                 metadata={"family": "sdxl", "normalized": True, "normalization": old, "pixel_shape": [1, 3, 16, 16]})
+    info = load_latents(tmp_path / "old.safetensors").info
+    assert (info.normalization.scale, info.normalization.shift, info.normalization.eps) == (0.5, 0.1, 0.0)
+    assert info.normalized is True and info.pixel_shape == (1, 3, 16, 16)
+    assert LatentMetadata.from_json(info.to_json()) == info
+
+
+def test_encode_decode_and_roundtrip_report_their_steps_in_one_shape(tmp_path, capsys):
+    enc = _cli_json(capsys, ["encode", "demo", "--vae", "demo", "-o", str(tmp_path / "z.safetensors")])
+    dec = _cli_json(capsys, ["decode", str(tmp_path / "z.safetensors"), "--vae", "demo", "-o", str(tmp_path / "d.png")])
+    rt = _cli_json(capsys, ["roundtrip", "-o", str(tmp_path / "rt")])
+    shapes = {name: sorted(step) for name, step in
+              (("encode", enc["encode"]), ("decode", dec["decode"]), ("rt encode", rt["encode"]),
+               ("rt decode", rt["decode"]))}
+    assert len({tuple(v) for v in shapes.values()}) == 1, shapes
+    assert enc["encode"]["calls"] == 1 and rt["decode"]["op"] == "decode"
