@@ -210,7 +210,7 @@ def test_config_with_zero_latent_channels_is_one_line(cli, tmp_path):
                     '"norm_num_groups": 4}')
     res = cli("shapes", str(path))
     assert res.code == 2 and res.out == ""
-    assert len(res.err.strip().splitlines()) == 1 and "0 latent channels" in res.err
+    assert len(res.err.strip().splitlines()) == 1 and "latent_channels is 0" in res.err
 
 
 def test_budget_names_the_size_used_after_flooring(cli, tmp_path):
