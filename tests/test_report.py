@@ -14,10 +14,10 @@ from vaelens.families import get_family
 from vaelens.memory.estimate import estimate_memory
 from vaelens.options import PixelRequest
 from vaelens.render.report import render_report
-from vaelens.render.report_data import build_report
 from vaelens.render.svg import contract_states, contract_svg
 from vaelens.render.tables import human_bytes, shape_str
 from vaelens.render.timeline import memory_timeline, timeline_svg
+from vaelens.report import build_report
 
 # family, request: image VAEs with and without moments/tokens, a video VAE, FLUX.2's patched normalisation
 CONTRACT_CASES = [
@@ -101,6 +101,27 @@ def test_timeline_bins_keep_the_peak(sdxl_decode):
     assert sum(s.layers for s in binned.steps) == len(full.steps) == binned.layers
     assert max(s.peak_bytes for s in binned.steps) == max(s.peak_bytes for s in full.steps)
     assert binned.steps[binned.peak_index].peak_bytes == sdxl_decode.peak_bytes
+
+
+def test_timeline_draws_the_range_and_the_device_minimum(sdxl_decode):
+    """A memory model that gives a range and a device minimum: both are drawn and named in the legend."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    est = sdxl_decode
+    fields = {f.name: getattr(est, f.name) for f in dataclasses.fields(est)}
+    low, high = est.peak_bytes - 2**20, est.peak_bytes + 64 * 2**20
+    need = est.total_bytes + 300 * 2**20
+    ranged = SimpleNamespace(**{**fields, "peak_bytes_low": low, "peak_bytes_high": high, "min_device_bytes": need})
+    tl = memory_timeline(ranged)
+    assert (tl.peak_low, tl.peak_high, tl.min_device_bytes) == (low, high, need)
+    svg = timeline_svg(tl)
+    assert f"predicted range of the peak {human_bytes(low)} – {human_bytes(high)}" in svg
+    assert f"needs at least {human_bytes(need)} on the device" in svg
+    plain = timeline_svg(memory_timeline(SimpleNamespace(**{**fields, "peak_bytes_low": est.peak_bytes,
+                                                             "peak_bytes_high": est.peak_bytes,
+                                                             "min_device_bytes": 0})))
+    assert "predicted range" not in plain and "needs at least" not in plain
 
 
 class _Links(HTMLParser):

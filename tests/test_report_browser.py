@@ -102,8 +102,8 @@ def _not_blank(path: Path) -> tuple[int, float]:
 def test_report_in_chromium_offline(tmp_path):
     from vaelens.options import PixelRequest
     from vaelens.render.report import render_report, save_report
-    from vaelens.render.report_data import build_report
     from vaelens.render.tables import human_bytes, shape_str
+    from vaelens.report import build_report
 
     _browser_or_fail()  # before the minute of work, so a missing browser fails fast
     # the arguments of test_report.py's demo_report: traces are cached within one pytest run

@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from vaelens.options import parse_bytes
     from vaelens.progress import progress_bar
     from vaelens.render.report import render_report, save_report
-    from vaelens.render.report_data import build_report
     from vaelens.render.tables import human_bytes
+    from vaelens.report import build_report
 
     # Everything that can be refused is refused before any work.
     if args.image is not None and args.vae is None:

@@ -6,13 +6,19 @@ real weights (with a VAE), the pipeline (with --pipeline), sources and versions.
 from __future__ import annotations
 
 import base64
+import io
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from vaelens.render.report_data import Report
+import numpy as np
+
 from vaelens.render.svg import contract_states, contract_svg, esc, pipeline_svg, tile_grid_svg
 from vaelens.render.tables import human_bytes, norm_formula, shape_str
-from vaelens.render.timeline import timeline_svg
+from vaelens.render.timeline import memory_timeline, timeline_svg
+from vaelens.report import RealWeights, Report
+
+DISPLAY_SIDE = 768  # images wider or taller than this are shown downscaled (the metrics use full size)
 
 CSS = """
 :root { color-scheme: light; --ink: #1b1b1b; --muted: #5b5b5b; --rule: #dcdcdc; --card: #f6f6f4; }
@@ -40,6 +46,36 @@ pre { font: 12px/1.45 "DejaVu Sans Mono", monospace; background: var(--card); pa
       white-space: pre-wrap; }
 footer { margin-top: 40px; font-size: 13px; color: var(--muted); }
 """
+
+
+def png_bytes(rgb01: np.ndarray) -> bytes:
+    """[H,W,3] in [0,1] -> PNG bytes, downscaled (Lanczos) when a side passes DISPLAY_SIDE."""
+    from PIL import Image
+
+    img = Image.fromarray((np.clip(rgb01, 0, 1) * 255).round().astype(np.uint8))
+    if max(img.size) > DISPLAY_SIDE:
+        k = DISPLAY_SIDE / max(img.size)
+        img = img.resize((max(1, round(img.width * k)), max(1, round(img.height * k))), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def real_weights_pngs(r: RealWeights) -> dict[str, bytes]:
+    """RealWeights -> PNG bytes: original, reconstruction, error map, channel grid, RGB approximation."""
+    from vaelens.render.figures import plot_channel_grid, plot_error_map, plot_rgb_approximation
+
+    title = f"{r.family}: {Path(r.image).name}  PSNR {r.psnr:.2f} dB  SSIM {r.ssim:.4f}"
+    out = {"original": png_bytes(r.original), "reconstruction": png_bytes(r.reconstruction)}
+    c, h, w = r.channels.shape
+    with tempfile.TemporaryDirectory(prefix="vaelens-report-") as tmp:
+        out["error"] = plot_error_map(r.error, Path(tmp, "error.png"), title=title).read_bytes()
+        grid = plot_channel_grid(r.channels, Path(tmp, "channels.png"), units="raw latent value z (VAE units)",
+                                 title=f"{r.family} raw latent z: {c} channels ({w}x{h}), one shared symmetric scale")
+        out["channels"] = Path(grid.path).read_bytes()
+        if r.rgb is not None and r.rgb_r2 is not None:
+            out["rgb"] = plot_rgb_approximation(r.rgb, r.rgb_decoded, Path(tmp, "rgb.png"), r2=r.rgb_r2).read_bytes()
+    return out
 
 
 def data_uri(png: bytes) -> str:
@@ -79,7 +115,7 @@ def _summary(rep: Report) -> str:
     if rep.real is not None:
         cards.append(_card(f"round trip PSNR / SSIM ({rep.real.family})",
                            f"{rep.real.psnr:.2f} dB / {rep.real.ssim:.4f}", "psnr"))
-    notes = "".join(f'<p class="note">{esc(n)}</p>' for n in rep.notes)
+    notes = "".join(f'<p class="note">{esc(n)}</p>' for n in rep.warnings)
     return f'<div class="cards">{"".join(cards)}</div>{notes}'
 
 
@@ -106,7 +142,8 @@ def _memory(rep: Report) -> str:
              "kernel temporaries. Bars are the innermost layers in the order they run, on top of the weights and "
              "input that stay resident. <b>peak</b> = <code>max_memory_allocated()</code> during the call minus "
              "<code>memory_allocated()</code> before it.</p>"]
-    for tl, est in zip(rep.timelines, rep.estimates, strict=True):
+    for est in rep.estimates:
+        tl = memory_timeline(est, budget_bytes=rep.budget_bytes)
         parts.append(f"<h3>{esc(tl.op)}: {esc(shape_str(est.input_shape))} → "
                      f"{esc(shape_str(est.output_shape or ()))}</h3>")
         parts.append(f'<div class="fig">{timeline_svg(tl)}</div>')
@@ -196,17 +233,18 @@ def _tiling(rep: Report) -> str:
 def _real(rep: Report) -> str:
     r = rep.real
     assert r is not None
-    w, h = r.image_size
+    h, w = r.image_size
+    pngs = real_weights_pngs(r)
 
     def fig(key: str, caption: str, alt: str) -> str:
-        if key not in r.pngs:
+        if key not in pngs:
             return ""
-        return (f'<figure><img src="{data_uri(r.pngs[key])}" alt="{esc(alt)}">'
+        return (f'<figure><img src="{data_uri(pngs[key])}" alt="{esc(alt)}">'
                 f"<figcaption>{caption}</figcaption></figure>")
 
-    notes = "".join(f'<p class="note">{esc(n)}</p>' for n in r.notes)
+    notes = "".join(f'<p class="note">{esc(n)}</p>' for n in r.warnings)
     rgb = ""
-    if "rgb" in r.pngs:
+    if "rgb" in pngs:
         rgb = ('<h3>RGB projection — an approximation</h3><p class="approx"><b>Approximation.</b> A least-squares '
                f"linear map from the {r.latent_shape[1]} latent channels to RGB, fitted to this decoder's own output "
                f"(R² = {r.rgb_r2:.3f}). The channels are learned features, not colours; this only shows how much "
@@ -218,7 +256,7 @@ def _real(rep: Report) -> str:
         f"<code>{esc(Path(r.image).name)}</code> at {w}×{h}: pixels {esc(shape_str(r.pixel_shape))} → latent "
         f"{esc(shape_str(r.latent_shape))} → pixels, in {r.seconds:.2f} s on this machine.</p>{notes}"
         f'<p>PSNR <b id="real-psnr">{r.psnr:.2f} dB</b>, SSIM <b id="real-ssim">{r.ssim:.4f}</b>, mean |error| '
-        f"{r.mean_abs_error:.4f}, max {r.max_abs_error:.4f} (0–1 scale).</p>"
+        f"{r.error.mean():.4f}, max {r.error.max():.4f} (0–1 scale).</p>"
         '<div class="imgs">'
         + fig("original", "original (what the encoder saw)", "original image")
         + fig("reconstruction", "round trip: encode → normalise → denormalise → decode", "reconstruction")

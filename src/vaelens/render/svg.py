@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from html import escape
 
 from vaelens.contract import ShapePlan
-from vaelens.families import FamilySpec, NormKind
+from vaelens.families import FamilySpec, NormKind, get_family  # noqa: F401 (doctest)
+from vaelens.options import PixelRequest  # noqa: F401 (doctest)
 from vaelens.render.tables import human_bytes, normalized_shape, shape_str
 
 # One palette for every drawing of the report (colour-blind safe: Okabe–Ito).
@@ -46,7 +47,7 @@ def nice_ticks(top: float, count: int = 5) -> list[float]:
     if top <= 0:
         return [0.0]
     raw = top / count
-    mag = 10 ** math.floor(math.log10(raw))
+    mag = 10.0 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     return [i * step for i in range(int(top / step + 1e-9) + 1)]
 
@@ -76,7 +77,13 @@ class State:
 
 
 def contract_states(spec: FamilySpec, plan: ShapePlan) -> list[State]:
-    """ShapePlan -> the states pixels → (moments) → latent → normalised → (tokens) → decoded, in order."""
+    """ShapePlan -> the states pixels → (moments) → latent → normalised → (tokens) → decoded, in order.
+
+    >>> from vaelens.contract import shapes
+    >>> [(s.key, s.frames) for s in contract_states(get_family("wan21"), shapes("wan21", PixelRequest(
+    ...     width=64, height=64, frames=9)))][:3]
+    [('pixels', 9), ('moments', 3), ('latent', 3)]
+    """
     item = plan.itemsize
     f = spec.spatial_factor
     video = len(plan.latent_shape) == 5

@@ -1,12 +1,14 @@
-"""What the HTML report shows, gathered from the library: MODEL + request (+ budget, weights, image,
-pipeline) -> Report. No HTML here (vaelens.render.report draws it); pictures that need real weights are
-PNG bytes, ready to inline.
+"""Everything one report page shows, gathered from the library: MODEL + PixelRequest (+ budget, real
+weights and an image, a pipeline) -> Report. The page itself is vaelens.render.report.
+
+Report = the ShapePlan, encode and decode MemoryEstimates (per-layer timelines), the VAE budget and the
+tiling plan that fits, a real-weights round trip (arrays: images, error map, raw latent channels, the
+RGB approximation), a pipeline estimate, the versions that made the numbers.
 """
 
 from __future__ import annotations
 
-import io
-import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,59 +19,68 @@ from vaelens.contract import ShapePlan, plan_shapes, resolve_model
 from vaelens.errors import VaeLensError
 from vaelens.families import FamilySpec
 from vaelens.memory.estimate import MemoryEstimate
-from vaelens.options import PixelRequest
+from vaelens.options import DType, PixelRequest
 from vaelens.progress import ProgressFn
-from vaelens.render.timeline import MemoryTimeline, memory_timeline
-
-DISPLAY_SIDE = 768  # images wider or taller than this are shown downscaled (the metrics use full size)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RealWeights:
-    """A round trip with real weights: metrics, and the pictures as PNG bytes."""
+    """pixels [1,3,H,W] -> latent -> pixels with real weights: metrics, and the arrays to draw."""
 
     family: str
     source: str
     detection: str
     image: str
-    image_size: tuple[int, int]  # (width, height) the VAE saw
     pixel_shape: tuple[int, ...]
     latent_shape: tuple[int, ...]
     psnr: float
     ssim: float
-    mean_abs_error: float
-    max_abs_error: float
-    channel_limit: float  # the channel heat-maps share the scale ±channel_limit (raw latent units)
-    rgb_r2: float | None
-    seconds: float
-    pngs: dict[str, bytes] = field(default_factory=dict)  # original, reconstruction, error, channels, rgb
-    notes: tuple[str, ...] = ()
+    original: np.ndarray  # [H,W,3] in [0,1]
+    reconstruction: np.ndarray  # [H,W,3] in [0,1]
+    error: np.ndarray  # [H,W] mean |original − reconstruction| over RGB
+    channels: np.ndarray  # raw latent z [C,h,w] (frame 0 of a video latent), VAE units
+    rgb: np.ndarray | None = None  # linear latent→RGB fit [h,w,3]: an approximation
+    rgb_decoded: np.ndarray | None = None  # the decoder output it was fitted to [H,W,3]
+    rgb_r2: float | None = None
+    seconds: float = 0.0
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) the VAE saw."""
+        return self.original.shape[0], self.original.shape[1]
+
+    @property
+    def channel_limit(self) -> float:
+        """max |z| over the finite values: the channel heat-maps share the scale ±this."""
+        finite = self.channels[np.isfinite(self.channels)]
+        return float(np.abs(finite).max()) if finite.size else 1.0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "family": self.family, "source": self.source, "detection": self.detection, "image": self.image,
             "image_size": list(self.image_size), "pixel_shape": list(self.pixel_shape),
             "latent_shape": list(self.latent_shape), "psnr_db": round(self.psnr, 4), "ssim": round(self.ssim, 5),
-            "mean_abs_error": round(self.mean_abs_error, 6), "max_abs_error": round(self.max_abs_error, 6),
+            "mean_abs_error": round(float(self.error.mean()), 6), "max_abs_error": round(float(self.error.max()), 6),
             "channel_scale": [-self.channel_limit, self.channel_limit], "rgb_approximation_r2": self.rgb_r2,
-            "seconds": round(self.seconds, 3), "notes": list(self.notes),
+            "seconds": round(self.seconds, 3), "warnings": list(self.warnings),
         }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Report:
-    """Everything one report page shows."""
+    """One report: the contract, memory per op, budget and tiling, real weights, pipeline, versions."""
 
     spec: FamilySpec
     plan: ShapePlan
     estimates: tuple[MemoryEstimate, ...]  # encode, decode
-    timelines: tuple[MemoryTimeline, ...]
-    budget: Any = None  # vaelens.memory.budget.BudgetReport
+    budget_bytes: int | None = None
+    budget: Any = None  # vaelens.memory.budget's report for the VAE (fits, largest batch / square)
     tiling: dict[str, Any] = field(default_factory=dict)  # op -> vaelens.tiling.TilingPlan | why none fits
     real: RealWeights | None = None
     pipeline: Any = None  # vaelens.pipelines.PipelineEstimate
     versions: dict[str, str] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def estimate(self, op: str) -> MemoryEstimate:
         return next(e for e in self.estimates if e.op.value == op)
@@ -85,7 +96,7 @@ class Report:
             "budget": self.budget.to_json() if self.budget is not None else None,
             "tiling": plans_json(self.tiling) if self.tiling else None,
             "real_weights": self.real.to_json() if self.real else None,
-            "pipeline": None, "versions": self.versions, "notes": list(self.notes),
+            "pipeline": None, "versions": self.versions, "warnings": list(self.warnings),
         }
         if self.pipeline is not None:
             data["pipeline"] = {"name": self.pipeline.request.pipeline.name,
@@ -106,81 +117,57 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def _png(arr01: np.ndarray) -> bytes:
-    """[H,W,3] in [0,1] -> PNG bytes, downscaled (Lanczos) when a side passes DISPLAY_SIDE."""
-    from PIL import Image
-
-    img = Image.fromarray((np.clip(arr01, 0, 1) * 255).round().astype(np.uint8))
-    if max(img.size) > DISPLAY_SIDE:
-        k = DISPLAY_SIDE / max(img.size)
-        img = img.resize((max(1, round(img.width * k)), max(1, round(img.height * k))), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
-def real_weights(vae_source: str | Path, image: str | Path | None = None) -> RealWeights:
-    """weights ('demo' = vaelens' demo VAE) + image (default: the demo sample) -> RealWeights: round trip,
-    error map, PSNR/SSIM, raw latent channels on one diverging scale, and the labelled RGB approximation."""
-    import time
-
+def real_weights(vae: str | Path, image: str | Path | None = None) -> RealWeights:
+    """weights ('demo': vaelens' demo VAE) + image (default: the demo photograph) -> RealWeights: the round
+    trip scored (PSNR/SSIM, error map), the raw latent's channels, and the linear RGB approximation."""
     from vaelens.codec import roundtrip
     from vaelens.images import from_pixels, read_for_family, to_pixels
     from vaelens.latents import project_with_decoder
     from vaelens.normalization import denormalize
-    from vaelens.render.figures import plot_channel_grid, plot_error_map, plot_rgb_approximation
     from vaelens.weights.demo import demo_image_path, demo_weights_path
     from vaelens.weights.load import load_vae
 
-    # 'demo' is the shipped demo VAE unless a file or folder of that name exists (as --vae demo elsewhere)
-    source = demo_weights_path() if str(vae_source) == "demo" and not Path("demo").exists() else vae_source
-    vae = load_vae(source)
+    # 'demo' is the shipped demo VAE unless a file or folder of that name exists (as elsewhere in vaelens)
+    loaded = load_vae(demo_weights_path() if str(vae) == "demo" and not Path("demo").exists() else vae)
     path = Path(image) if image is not None else demo_image_path()
     t0 = time.perf_counter()
-    arrays, infos = read_for_family([path], vae.spec)
+    arrays, infos = read_for_family([path], loaded.spec)
     pixels = to_pixels(arrays)
-    rt = roundtrip(vae, pixels)
-    raw = denormalize(rt.latent, vae.spec.normalization, module=vae.module).float().cpu()
-    notes = list(infos[0].notes)
-    item = raw[0]
-    if item.ndim == 4:  # a video VAE's latent of one image: [C, 1, h, w]
-        item = item[:, 0]
-    title = f"{vae.family}: {path.name}  PSNR {rt.psnr[0]:.2f} dB  SSIM {rt.ssim[0]:.4f}"
-    pngs = {"original": _png(from_pixels(pixels)[0]), "reconstruction": _png(rt.reconstruction[0])}
-    r2 = None
-    with tempfile.TemporaryDirectory(prefix="vaelens-report-") as tmp:
-        pngs["error"] = plot_error_map(rt.error[0], Path(tmp, "error.png"), title=title).read_bytes()
-        grid = plot_channel_grid(item, Path(tmp, "channels.png"), units="raw latent value z (VAE units)",
-                                   title=f"{vae.family} raw latent z: {item.shape[0]} channels "
-                                   f"({item.shape[2]}x{item.shape[1]}), one shared symmetric scale")
-        pngs["channels"] = Path(grid.path).read_bytes()
-        if raw.ndim == 4:
-            proj, approx, decoded = project_with_decoder(vae, raw)
-            r2 = proj.r2
-            pngs["rgb"] = plot_rgb_approximation(approx[0], decoded[0], Path(tmp, "rgb.png"), r2=r2).read_bytes()
-        else:
-            notes.append("RGB approximation skipped: it is fitted on image latents [B, C, h, w]")
-    h, w = arrays[0].shape[:2]
+    rt = roundtrip(loaded, pixels)
+    raw = denormalize(rt.latent, loaded.spec.normalization, module=loaded.module).float().cpu()
+    warnings = [*getattr(infos[0], "warnings", getattr(infos[0], "notes", ())), *loaded.warnings]
+    channels = raw[0].numpy()
+    if channels.ndim == 4:  # a video VAE's latent of one image: [C, 1, h, w]
+        channels = channels[:, 0]
+    rgb = decoded = r2 = None
+    if raw.ndim == 4:
+        proj, approx, dec = project_with_decoder(loaded, raw)
+        rgb, decoded, r2 = approx[0], dec[0], proj.r2
+    else:
+        warnings.append("the RGB approximation is fitted on image latents [B, C, h, w]; skipped for this latent")
     return RealWeights(
-        family=vae.family, source=str(vae_source), detection=vae.detection, image=str(path), image_size=(w, h),
+        family=loaded.family, source=str(vae), detection=loaded.detection, image=str(path),
         pixel_shape=tuple(pixels.shape), latent_shape=tuple(rt.latent.shape), psnr=rt.psnr[0], ssim=rt.ssim[0],
-        mean_abs_error=float(rt.error[0].mean()), max_abs_error=float(rt.error[0].max()),
-        channel_limit=grid.vmax, rgb_r2=r2, seconds=time.perf_counter() - t0, pngs=pngs,
-        notes=tuple(notes) + tuple(vae.warnings),
+        original=from_pixels(pixels)[0], reconstruction=rt.reconstruction[0], error=rt.error[0],
+        channels=channels, rgb=rgb, rgb_decoded=decoded, rgb_r2=r2, seconds=time.perf_counter() - t0,
+        warnings=tuple(warnings),
     )
 
 
 def build_report(
     model: str | FamilySpec, request: PixelRequest, *, budget_bytes: int | None = None,
     vae: str | Path | None = None, image: str | Path | None = None, pipeline: str | None = None,
-    pipeline_dtype: str | None = None, progress: ProgressFn | None = None,
+    pipeline_dtype: DType | str | None = None, progress: ProgressFn | None = None,
 ) -> Report:
-    """MODEL + PixelRequest -> Report: the contract, encode and decode memory per layer, the budget
-    verdict and tiling plan (vaelens.tiling); with `vae` (weights, or 'demo') a round trip of `image`;
-    with `pipeline` (a built-in name) its stages per offload mode. `progress(done, total, what)` is
-    called before each step."""
+    """MODEL + PixelRequest -> Report: the contract, encode and decode memory per layer; with
+    `budget_bytes` the verdict and the tiling plan that fits (vaelens.tiling); with `vae` (weights, or
+    'demo') a round trip of `image`; with `pipeline` (a built-in name) its stages per offload mode, at
+    `pipeline_dtype` (default bf16, as pipelines run). `progress(done, total, what)` is called per step.
+    """
     from vaelens.memory.estimate import estimate_memory
 
+    if image is not None and vae is None:
+        raise VaeLensError("image= needs vae= (the weights that encode it); vae='demo' is vaelens' demo VAE")
     total = 2 + (budget_bytes is not None) + (vae is not None) + (pipeline is not None)
     done = 0
 
@@ -189,22 +176,19 @@ def build_report(
         if progress is not None:
             progress(done, total, what)
         done += 1
-    if image is not None and vae is None:
-        raise VaeLensError("image= needs vae= (the weights that encode it); vae='demo' is vaelens' demo VAE")
+
     spec = resolve_model(model)
     plan = plan_shapes(spec, request)
     pipe_spec = None
-    if pipeline is not None:  # validate the name before any tracing
+    if pipeline is not None:  # an unknown name is refused before any tracing
         from vaelens.pipelines import get_pipeline
 
         pipe_spec = get_pipeline(pipeline)
-    estimates, timelines = [], []
+    estimates = []
     for op in ("encode", "decode"):
         step(f"tracing {op}")
-        est = estimate_memory(spec, request, op=op)
-        estimates.append(est)
-        timelines.append(memory_timeline(est, budget_bytes=budget_bytes))
-    notes = list(plan.warnings)
+        estimates.append(estimate_memory(spec, request, op=op))
+    warnings = list(plan.warnings)
     budget = None
     tiling: dict[str, Any] = {}
     if budget_bytes is not None:
@@ -222,9 +206,11 @@ def build_report(
     if vae is not None:
         step("round trip with real weights")
         real = real_weights(vae, image)
+        if real.family != spec.name:
+            warnings.append(f"the round trip uses the {real.family} weights; the shapes and memory are "
+                            f"{spec.name}'s")
     pipe = None
     if pipe_spec is not None:
-        from vaelens.options import DType
         from vaelens.pipelines import PipelineRequest, estimate_pipeline
 
         step(f"estimating pipeline {pipe_spec.name}")
@@ -232,10 +218,10 @@ def build_report(
         frames = plan.frames if pipe_spec.is_video and request.frames is not None else pipe_spec.default_frames
         pipe = estimate_pipeline(PipelineRequest(
             pipeline=pipe_spec, width=w, height=h, frames=frames, batch=request.batch,
-            dtype=DType.parse(pipeline_dtype or "bf16")))
+            dtype=DType.parse(pipeline_dtype or DType.BF16)))
         if pipe_spec.vae_family != spec.name:
-            notes.append(f"pipeline {pipe_spec.name} decodes with the {pipe_spec.vae_family} VAE, not {spec.name}")
+            warnings.append(f"pipeline {pipe_spec.name} decodes with the {pipe_spec.vae_family} VAE, not {spec.name}")
     if progress is not None:
         progress(total, total, "done")
-    return Report(spec=spec, plan=plan, estimates=tuple(estimates), timelines=tuple(timelines), budget=budget,
-                  tiling=tiling, real=real, pipeline=pipe, versions=versions(), notes=tuple(notes))
+    return Report(spec=spec, plan=plan, estimates=tuple(estimates), budget_bytes=budget_bytes, budget=budget,
+                  tiling=tiling, real=real, pipeline=pipe, versions=versions(), warnings=tuple(warnings))
