@@ -109,6 +109,7 @@ def decode_json(vae, lf, report: StepReport, *, normalized: bool, pixel_shape, o
 
 
 def render_decode(vae, lf, report: StepReport, *, normalized: bool, pixel_shape, outputs) -> str:
+    """`vaelens decode`: latent file [B,C,(F,)h,w] -> pixels [B,3,(F,)H,W], the decode call, the files written."""
     kind = "ComfyUI .latent" if lf.comfy else "vaelens latent"
     lines = [
         f"{kind} {list(lf.latent.shape)} ({'normalised' if normalized else 'raw'}) -> pixels "
@@ -133,6 +134,7 @@ def roundtrip_json(vae, info, rt, *, pixel_shape, files: dict[str, str]) -> dict
 
 
 def render_roundtrip(vae, rt, *, name: str, pixel_shape, files: dict[str, str]) -> str:
+    """`vaelens roundtrip`: pixels -> latent -> pixels, the scores (PSNR, SSIM, errors), both calls, the files."""
     lines = [
         f"{name} {list(pixel_shape)} -> latent {list(rt.latent.shape)} -> pixels with "
         f"{vae.family} ({vae.detection}) on {vae.device}",
