@@ -67,37 +67,6 @@ def load_from_args(args: argparse.Namespace, *, default_demo: bool = False):
     return vae
 
 
-def progress(enabled: bool):
-    """-> a rich Progress on stderr (transient), or a no-op stand-in when disabled."""
-    if enabled:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        return Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-
-    class _Null:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def add_task(self, *a, **k):
-            return 0
-
-        def advance(self, *a, **k):
-            return None
-
-    return _Null()
-
-
 def step_line(report) -> str:
     """StepReport -> one text line; the renderer lives in vaelens.render.codec."""
     from vaelens.render.codec import step_line as render_step

@@ -1,0 +1,61 @@
+"""Progress on stderr: drawn with rate and ETA on a terminal, never with --quiet, --json or a pipe."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tiny_models import tiny_kl
+from vaelens.cli import main
+from vaelens.progress import progress_bar, wanted
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_wanted_only_on_a_terminal_and_not_quiet():
+    assert wanted(stream=FakeTTY()) and not wanted(stream=io.StringIO())
+    assert not wanted(quiet=True, stream=FakeTTY())
+
+
+def test_the_bar_shows_stage_count_rate_and_eta(monkeypatch):
+    tty = FakeTTY()
+    monkeypatch.setattr(sys, "stderr", tty)
+    with progress_bar("encode with demo", total=3, unit="image") as bar:
+        for i in range(3):
+            bar.stage(f"image {i + 1}")
+            bar.advance(1)
+    text = tty.getvalue()
+    assert "encode with demo" in text and "3/3" in text and "ETA" in text and "image/s" in text
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from diffusers import AutoencoderKL
+
+    root = tmp_path_factory.mktemp("progress")
+    torch.manual_seed(0)
+    AutoencoderKL.from_config(tiny_kl(force_upcast=False)).eval().save_pretrained(root / "vae")
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"{name}.png")
+    return root
+
+
+@pytest.mark.parametrize(("extra", "tty", "drawn"), [((), True, True), (("--quiet",), True, False),
+                                                     (("--json",), True, False), ((), False, False)])
+def test_encode_progress_is_on_only_for_a_terminal(files, tmp_path, monkeypatch, capsys, extra, tty, drawn):
+    err = FakeTTY() if tty else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    code = main(["encode", str(files / "*.png"), "--vae", str(files / "vae"), "--batch-size", "1",
+                 "-o", str(tmp_path / "z.safetensors"), *extra])
+    capsys.readouterr()
+    assert code == 0
+    assert ("encode with" in err.getvalue()) is drawn, err.getvalue()
