@@ -231,26 +231,24 @@ def from_pixels(pixels) -> np.ndarray:
 
 
 def save_image(arr: np.ndarray, path: str | Path) -> Path:
-    """array [H,W,3] in [0,1] -> 8-bit RGB image file (format from the suffix; PNG when none)."""
+    """array [H,W,3] in [0,1] -> 8-bit RGB image file (format from the suffix; PNG when none), written
+    atomically; NaN is written as 0."""
     from PIL import Image
 
     p = Path(path)
     if not p.suffix:
         p = p.with_suffix(".png")
-    p.parent.mkdir(parents=True, exist_ok=True)
+    from vaelens.outputs import atomic_write
+
+    pixels = (np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0) * 255.0).round().astype(np.uint8)  # NaN: black
     try:
-        Image.fromarray((np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8)).save(p)
+        with atomic_write(p) as tmp:  # a crash leaves the old file or none (vaelens.outputs)
+            Image.fromarray(pixels).save(tmp)
     except (ValueError, KeyError, OSError) as exc:  # unknown suffix, a format Pillow cannot write, a folder
         raise VaeLensError(
             f"image {str(p)!r} could not be written ({exc}); write .png, .jpg, .webp, .bmp or .tif"
         ) from None
     return p
-
-
-def numbered(path: str | Path, index: int, count: int) -> Path:
-    """out.png, 2, 3 -> out_2.png (one name per image when a batch is written)."""
-    p = Path(path)
-    return p if count == 1 else p.with_name(f"{p.stem}_{index}{p.suffix or '.png'}")
 
 
 def read_for_family(paths: list[str | Path], spec: FamilySpec, *, size: tuple[int, int] | None = None):
