@@ -84,7 +84,7 @@ def _plot(rt, i: int, image: str, pixels, paths: dict[str, Path], vae) -> dict[s
 
 
 def run(args: argparse.Namespace) -> int:
-    from vaelens.codec import roundtrip
+    from vaelens.codec import posterior_kind, roundtrip
     from vaelens.images import read_for_family, to_pixels
     from vaelens.progress import progress_bar
     from vaelens.render.codec import render_roundtrip, roundtrip_json
@@ -95,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
     paths = [{k: Path(f"{prefix}_{v}.png") for k, v in FILES.items()} for prefix in prefixes]
     check_outputs(args, [p for d in paths for p in d.values()], inputs=images + weights_inputs(args), kind="image")
     vae = load_from_args(args, default_demo=True)
+    if args.sample and posterior_kind(vae) == "deterministic":
+        warn(f"--sample has no effect: {vae.family} ({vae.spec.diffusers_class}) has no posterior; "
+             "its one deterministic latent is used")
     budget = enable_budget(args, vae)
     size = parse_size(args.size) if args.size else None
     read = [read_for_family([image], vae.spec, size=size[::-1] if size else None) for image in images]  # (H, W)
