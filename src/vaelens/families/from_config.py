@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vaelens.errors import ConfigError
 from vaelens.families.spec import (
@@ -115,11 +115,10 @@ def check_config_values(cfg: dict[str, Any], *, source: str) -> None:
             raise ConfigError(f"{where}: latents_std is {v!r}; a std of 0 cannot normalise")
 
 
-def spec_from_config(cfg: dict[str, Any], *, source: str) -> FamilySpec:
-    """config dict (with _class_name) -> FamilySpec whose geometry is probed from the meta module."""
+def _vae_module(cfg: dict[str, Any], *, source: str):
+    """config dict -> its diffusers module on the meta device; a class without encode/decode is refused."""
     from vaelens.build import build_module, diffusers_class
 
-    check_config_values(cfg, source=source)
     cls = diffusers_class(str(cfg["_class_name"]))
     if not (callable(getattr(cls, "encode", None)) and callable(getattr(cls, "decode", None))):
         # e.g. a UNet's or transformer's config.json: a diffusers class, but no pixel <-> latent path
@@ -131,61 +130,81 @@ def spec_from_config(cfg: dict[str, Any], *, source: str) -> FamilySpec:
             f"VAE classes in diffusers {diffusers.__version__}: {', '.join(vaes)}"
         )
     try:
-        module = build_module(cfg)
+        return build_module(cfg)
     except (RuntimeError, ValueError, TypeError, AttributeError) as exc:  # diffusers' own check of the config
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"{cfg['_class_name']} from {source} could not be built: {exc}") from None
+
+
+class _Geometry(NamedTuple):
+    channels: int
+    spatial_factor: int
+    temporal: TemporalRule | None
+    video_module: bool  # takes [B,3,F,H,W] (even with no time compression)
+
+
+def _probe_geometry(module, *, what: str) -> _Geometry:
+    """meta module -> latent channels, spatial factor and (video) temporal factor, read off encode shapes."""
     s = _PROBE_SIDE
     out4 = _encode_shape(module, (1, 3, s, s))
-    temporal: TemporalRule | None = None
-    video_module = False
     if out4 is not None and len(out4) == 4:
-        channels, f = out4[1], s // out4[2]
-    else:
-        # 5-D module: probe two frame counts to read the temporal factor off (F - 1) // t + 1.
-        probes = {}
-        for frames in (9, 17, 33):
-            out = _encode_shape(module, (1, 3, frames, s, s))
-            if out is not None and len(out) == 5:
-                probes[frames] = out
-        if not probes:
-            raise ConfigError(
-                f"{cfg['_class_name']} from {source}: encode rejected both [1,3,{s},{s}] and "
-                f"[1,3,F,{s},{s}] probes; vaelens cannot read its latent geometry"
+        return _Geometry(out4[1], s // out4[2], None, False)
+    # 5-D module: probe two frame counts to read the temporal factor off (F - 1) // t + 1.
+    probes = {}
+    for frames in (9, 17, 33):
+        out = _encode_shape(module, (1, 3, frames, s, s))
+        if out is not None and len(out) == 5:
+            probes[frames] = out
+    if not probes:
+        raise ConfigError(
+            f"{what}: encode rejected both [1,3,{s},{s}] and [1,3,F,{s},{s}] probes; "
+            "vaelens cannot read its latent geometry"
+        )
+    first = next(iter(probes.values()))
+    temporal = None
+    if len(probes) >= 2:
+        (f1, o1), (f2, o2) = list(probes.items())[:2]
+        steps = o2[2] - o1[2]
+        t = (f2 - f1) // steps if steps else 1
+        if t > 1:
+            temporal = TemporalRule(
+                factor=t, rule=FrameRuleKind.RAISE, source=f"probed: encode of {f1} and {f2} frames"
             )
-        first = next(iter(probes.values()))
-        channels, f = first[1], s // first[3]
-        video_module = True
-        if len(probes) >= 2:
-            (f1, o1), (f2, o2) = list(probes.items())[:2]
-            steps = o2[2] - o1[2]
-            t = (f2 - f1) // steps if steps else 1
-            if t > 1:
-                temporal = TemporalRule(
-                    factor=t, rule=FrameRuleKind.RAISE, source=f"probed: encode of {f1} and {f2} frames"
-                )
-    if channels < 1:
-        raise ConfigError(f"{cfg['_class_name']} from {source}: encode gives a latent with {channels} latent "
+    return _Geometry(first[1], s // first[3], temporal, True)
+
+
+def _name_from_source(source: str) -> str:
+    """'…/model/vae/config.json' -> 'model' (the model, not its "vae" sub-folder); 'x.json' -> 'x'."""
+    src = Path(source)
+    if src.name != "config.json":
+        return src.stem
+    return src.parent.parent.name if src.parent.name == "vae" else src.parent.name
+
+
+def spec_from_config(cfg: dict[str, Any], *, source: str) -> FamilySpec:
+    """config dict (with _class_name) -> FamilySpec whose geometry is probed from the meta module."""
+    check_config_values(cfg, source=source)
+    module = _vae_module(cfg, source=source)
+    what = f"{cfg['_class_name']} from {source}"
+    geo = _probe_geometry(module, what=what)
+    f, temporal = geo.spatial_factor, geo.temporal
+    if geo.channels < 1:
+        raise ConfigError(f"{what}: encode gives a latent with {geo.channels} latent "
                           "channels; latent_channels must be at least 1")
     sample = cfg.get("sample_size")
     side = int(sample[0] if isinstance(sample, (list, tuple)) else sample or 512)
     side = max(f, side // f * f)
-    src = Path(source)
-    name = src.stem
-    if src.name == "config.json":
-        # model/vae/config.json names the model, not its "vae" sub-folder
-        name = src.parent.parent.name if src.parent.name == "vae" else src.parent.name
     return FamilySpec(
-        name=name or cfg["_class_name"],
-        title=f"{cfg['_class_name']} from {source}",
+        name=_name_from_source(source) or cfg["_class_name"],
+        title=what,
         diffusers_class=cfg["_class_name"],
         config={k: v for k, v in cfg.items() if not k.startswith("_")},
         config_source=source,
-        latent_channels=int(channels),
+        latent_channels=int(geo.channels),
         spatial_factor=int(f),
         temporal=temporal,
-        video_module=video_module and temporal is None,
+        video_module=geo.video_module and temporal is None,
         # module.config holds the class defaults for keys the file leaves out (SD 1.5's config has no
         # scaling_factor; AutoencoderKL's default 0.18215 is what its pipeline uses).
         normalization=_normalization({**dict(module.config), **cfg}, source, module),
@@ -199,7 +218,8 @@ def spec_from_config(cfg: dict[str, Any], *, source: str) -> FamilySpec:
         default_frames=(4 * temporal.factor + 1) if temporal else None,
         origin=SpecOrigin.CONFIG,
         notes="derived from a config.json: geometry probed on the meta device; no pipeline rules known",
-        sources={"latent_channels": "probed", "spatial_factor": f"probed: encode of {s}x{s} on meta"},
+        sources={"latent_channels": "probed",
+                 "spatial_factor": f"probed: encode of {_PROBE_SIDE}x{_PROBE_SIDE} on meta"},
     )
 
 

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vaelens.errors import VaeLensError, WeightsError
 from vaelens.families import FAMILIES, FamilySpec
@@ -201,6 +201,55 @@ def latent_channels_hint(ckpt: Mapping[str, Any]) -> int | None:
 # -------------------------------------------------------------------------------------------- loading
 
 
+def _check_device(device: str) -> str:
+    import torch
+
+    try:
+        device_type = torch.device(device).type
+    except (RuntimeError, ValueError):
+        device_type = None
+    if device_type not in ("cpu", "cuda"):
+        raise VaeLensError(f"device {device!r} is not one of: cpu, cuda, cuda:N")
+    return device
+
+
+class _Found(NamedTuple):
+    """What a source holds: its tensors, the family they are said or detected to be, and from where."""
+
+    ckpt: dict[str, Any]
+    spec: FamilySpec
+    detection: str
+    file: str
+    layout: Layout
+
+
+def _find_weights(text: str, given: FamilySpec | None, *, allow_pickle: bool,
+                  cache_dir: str | Path | None) -> _Found:
+    """folder | file | repo id in the HF cache -> its checkpoint and family (given, or detected)."""
+    from vaelens.build import load_config
+
+    p = Path(text).expanduser()
+    from_cache = not p.exists() and _looks_like_repo_id(text)
+    if from_cache:
+        p = hf_cache_folder(text, cache_dir=cache_dir)
+    if p.is_dir():
+        cfg = load_config(p)
+        folder = p / "vae" if not (p / "config.json").is_file() else p
+        wfile = _weights_in(folder, allow_pickle)
+        ckpt, _ = read_state_dict(wfile, allow_pickle=allow_pickle)
+        name = text if from_cache else p.resolve().name  # not 'vae' or a snapshot hash
+        spec, detection = _spec_for_folder(cfg, folder, given, ckpt, name=name)
+        layout = Layout.HF_CACHE if from_cache else Layout.DIFFUSERS_FOLDER
+        return _Found(ckpt=ckpt, spec=spec, detection=detection, file=str(wfile), layout=layout)
+    if p.is_file():
+        ckpt, meta = read_state_dict(p, allow_pickle=allow_pickle)
+        spec, detection = _spec_for_file(p, ckpt, meta, given)
+        return _Found(ckpt=ckpt, spec=spec, detection=detection, file=str(p), layout=Layout.SINGLE_FILE)
+    raise WeightsError(
+        f"source={text!r} is neither a file, a folder, nor a repo id (owner/name) in the local Hugging Face cache"
+    )
+
+
 def load_vae(
     source: str | Path,
     *,
@@ -217,54 +266,26 @@ def load_vae(
     """
     import torch
 
-    from vaelens.build import load_config
-
     dtype = DType.parse(dtype)
-    device = device or default_device()
-    try:
-        device_type = torch.device(device).type
-    except (RuntimeError, ValueError):
-        device_type = None
-    if device_type not in ("cpu", "cuda"):
-        raise VaeLensError(f"device {device!r} is not one of: cpu, cuda, cuda:N")
+    device = _check_device(device or default_device())
     given = _resolve(family) if family is not None else None
-    text = str(source)
-    p = Path(text).expanduser()
-    layout = Layout.SINGLE_FILE
-    if not p.exists() and _looks_like_repo_id(text):
-        p, layout = hf_cache_folder(text, cache_dir=cache_dir), Layout.HF_CACHE
-    if p.is_dir():
-        layout = Layout.HF_CACHE if layout is Layout.HF_CACHE else Layout.DIFFUSERS_FOLDER
-        cfg = load_config(p)
-        folder = p / "vae" if not (p / "config.json").is_file() else p
-        wfile = _weights_in(folder, allow_pickle)
-        ckpt, _ = read_state_dict(wfile, allow_pickle=allow_pickle)
-        name = text if layout is Layout.HF_CACHE else p.resolve().name  # not 'vae' or a snapshot hash
-        spec, detection = _spec_for_folder(cfg, folder, given, ckpt, name=name)
-        files = (str(wfile),)
-    elif p.is_file():
-        ckpt, meta = read_state_dict(p, allow_pickle=allow_pickle)
-        spec, detection = _spec_for_file(p, ckpt, meta, given)
-        files = (str(p),)
-    else:
-        raise WeightsError(
-            f"source={text!r} is neither a file, a folder, nor a repo id (owner/name) in the local Hugging Face cache"
-        )
-    fit = fit_family(spec, ckpt)
+    found = _find_weights(str(source), given, allow_pickle=allow_pickle, cache_dir=cache_dir)
+    fit = fit_family(found.spec, found.ckpt)
     if not fit.ok:
-        raise _mismatch(files[0], ckpt, spec, fit)
-    module = _module_with_weights(spec, fit.state, files[0])
+        raise _mismatch(found.file, found.ckpt, found.spec, fit)
+    module = _module_with_weights(found.spec, fit.state, found.file)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VaeLensError(f"device {device!r} asked for, but torch sees no CUDA GPU; use device='cpu'")
     module = cast_module(module, device=device, dtype=dtype.torch).eval()
-    notes = ("pickle checkpoint read with torch.load(weights_only=True)",) if files[0].endswith(PICKLE_SUFFIXES) else ()
+    pickled = found.file.endswith(PICKLE_SUFFIXES)
+    notes = ("pickle checkpoint read with torch.load(weights_only=True)",) if pickled else ()
     return LoadedVae(
         module=module,
-        spec=spec,
-        source=text,
-        files=files,
-        layout=layout,
-        detection=detection,
+        spec=found.spec,
+        source=str(source),
+        files=(found.file,),
+        layout=found.layout,
+        detection=found.detection,
         converted=fit.converted,
         device=device,
         dtype=dtype,
