@@ -83,9 +83,21 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+class Html(str):
+    """A table cell that is HTML already (not escaped again)."""
+
+
+def module_path(path: str) -> Html:
+    """'decoder.up_blocks.2.conv' -> HTML that may wrap after each dot (<wbr>; the text is unchanged)."""
+    return Html(esc(path).replace(".", ".<wbr>"))
+
+
 def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, numeric: Sequence[int] = ()) -> str:
+    def cell(c: object) -> str:
+        return c if isinstance(c, Html) else esc(c)
+
     head = "".join(f'<th{" class=n" if i in numeric else ""}>{esc(h)}</th>' for i, h in enumerate(headers))
-    body = "".join("<tr>" + "".join(f'<td{" class=n" if i in numeric else ""}>{esc(c)}</td>' for i, c in enumerate(r))
+    body = "".join("<tr>" + "".join(f'<td{" class=n" if i in numeric else ""}>{cell(c)}</td>' for i, c in enumerate(r))
                    + "</tr>" for r in rows)
     return f'<div class="tbl"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
@@ -157,7 +169,7 @@ def _memory(rep: Report) -> str:
         row = [e.op.value, human_bytes(e.peak_bytes), rng, human_bytes(e.total_bytes)]
         if device:
             row += [human_bytes(getattr(e, "reserved_peak_bytes", 0)), human_bytes(getattr(e, "min_device_bytes", 0))]
-        rows.append((*row, f"{e.peak_at} ({e.peak_op.replace('aten.', '')})"))
+        rows.append((*row, module_path(f"{e.peak_at} ({e.peak_op.replace('aten.', '')})")))
         wide += [f"{e.op.value}: {r}" for r in getattr(e, "range_ops", ())]
     headers = ["op", "peak", "predicted range", "weights + input + peak"]
     headers += ["reserved peak", "needs on the device"] if device else []

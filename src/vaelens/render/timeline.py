@@ -200,8 +200,7 @@ def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 30
         rows[1].append(("peak", 0.10, f"predicted range of the peak {human_bytes(tl.peak_low or 0)} – "
                                       f"{human_bytes(tl.peak_high or 0)} above weights + input"))
     if tl.min_device_bytes:
-        rows[1].append(("line", 1.0, f"needs at least {human_bytes(tl.min_device_bytes)} on the device "
-                                     "(allocator segments, cache release and retry)"))
+        rows[1].append(("line", 1.0, f"needs at least {human_bytes(tl.min_device_bytes)} on the device"))
     for r, row in enumerate(rows):
         lx, ly = left, height - 12 - 16 * (len(rows) - 1 - r if second else 0)
         for key, alpha, name in row:
