@@ -25,8 +25,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="latent: the posterior mode (default) or a fixed-seed sample")
     g.add_argument("--seed", type=int, default=0, help="seed of --posterior sample (per file, batch-independent)")
     g.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per encode call (default 8)")
-    g.add_argument("--workers", type=int, metavar="N", help="decode processes (default: CPUs, at most 8)")
-    g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="decode processes (default: half the CPUs when encoding on CPU, all up to 8 on CUDA)")
+    g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: the CPUs the workers leave)")
     g.add_argument("--budget", metavar="BYTES", help="memory budget per encode call (e.g. 8GiB): exact tiles "
                    "when the untiled encode does not fit (default: untiled)")
     g.add_argument("--compile", action="store_true", help="torch.compile the encoder")

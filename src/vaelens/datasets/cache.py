@@ -121,7 +121,7 @@ def cache_dataset(
     """
     encode = encode or EncodeSettings()
     from vaelens.datasets.encoder import resolve_dtype
-    from vaelens.datasets.local import default_workers, worker_pool
+    from vaelens.datasets.local import split_cpus, worker_pool
 
     if options.engine not in ENGINES:
         raise VaeLensError(f"engine {options.engine!r} is not one of: {', '.join(ENGINES)}")
@@ -134,7 +134,8 @@ def cache_dataset(
     done = read_manifest(out)
     dtype, dtype_reason = resolve_dtype(encode.dtype, device=vae.device, config=dict(vae.spec.config))
     settings = {**options.key_fields(), **encode.key_fields(dtype.value)}
-    workers = default_workers() if options.workers is None else options.workers
+    workers, threads = split_cpus(options.workers, encode.threads, vae.device)
+    encode = replace(encode, threads=threads)
     writer = ShardWriter(
         out, latent_dtype=options.latent_dtype, shard_size=options.shard_size, flush_seconds=options.flush_seconds
     )

@@ -19,13 +19,25 @@ from vaelens.datasets.encoder import BatchEncoder, Encoded
 from vaelens.datasets.plan import Batch, Job, decode_batch
 
 
-def default_workers() -> int:
-    """Worker processes for decoding: the CPUs this process may use, at most 8."""
+def _cpus() -> int:
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(8, cpus))
+        return os.cpu_count() or 1
+
+
+def split_cpus(workers: int | None, threads: int | None, device: str) -> tuple[int, int | None]:
+    """-> (decode worker processes, torch threads of the encoder).
+
+    On CUDA the encoder needs little CPU: workers = CPUs (at most 8), torch's threads. On CPU the two
+    share the cores: half the CPUs decode, the rest run torch (more threads than free cores makes
+    OpenMP's spinning workers wait on each other: measured 1.14× vs 1.89× the naive loop on 2 cores).
+    """
+    cpus = _cpus()
+    if device.startswith("cuda"):
+        return (min(8, cpus) if workers is None else workers), threads
+    workers = max(1, cpus // 2) if workers is None else workers
+    return workers, (threads if threads is not None else max(1, cpus - workers))
 
 
 @contextlib.contextmanager

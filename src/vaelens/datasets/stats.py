@@ -8,7 +8,7 @@ A cache folder as DATA reads its stored latents instead (no VAE run, the stored 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +65,15 @@ def compute_stats(
     encode = encode or EncodeSettings()
     from vaelens.datasets.cache import CacheOptions, run_engine
     from vaelens.datasets.encoder import resolve_dtype
-    from vaelens.datasets.local import default_workers, worker_pool
+    from vaelens.datasets.local import split_cpus, worker_pool
     from vaelens.datasets.plan import plan_job
 
     t0 = time.perf_counter()
     dtype, _ = resolve_dtype(encode.dtype, device=vae.device, config=dict(vae.spec.config))
     options = CacheOptions(bucketing=bucketing, frames=frames, batch_size=batch_size, workers=workers,
                            engine=engine, address=address)
-    n = default_workers() if workers is None else workers
+    n, threads = split_cpus(workers, encode.threads, vae.device)
+    encode = replace(encode, threads=threads)
     total = Moments(vae.spec.latent_channels, hist_range=hist_range, hist_bins=hist_bins)
     skipped: dict[str, str] = {}
     with worker_pool(n if engine == "local" else 0) as pool:

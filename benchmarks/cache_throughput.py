@@ -1,0 +1,117 @@
+"""Images/s of `vaelens cache` vs a naive loop, same data, same VAE, same run.
+
+    .venv/bin/python benchmarks/cache_throughput.py [--images 48] [--source 1600x1200] [--size 256x256]
+
+Data: generated JPEG photographs-like images (smooth gradients + texture + noise) at --source size,
+written to a temporary folder. The naive loop is what a training script usually does: for each batch,
+PIL open -> RGB -> resize (Lanczos) -> numpy -> torch -> vae.encode(x).latent_dist.mean under no_grad,
+one after the other in one process. `vaelens cache` runs the same VAE on the same files (decode and resize
+in worker processes, channels_last, inference_mode, JPEG draft decoding, batches by bucket, shards
+written). Both use the built-in demo VAE (f4, 4 channels) on CPU, or CUDA when --device cuda.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_data(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for i in range(n):
+        fx, fy = rng.uniform(20, 90, 2)
+        base = np.stack(
+            [np.sin(xx / fx + i) * 90 + 128, np.cos(yy / fy) * 90 + 128, (xx * 0.1 + yy * 0.07 + 40 * i) % 256], -1
+        )
+        noise = rng.normal(0, 14, (h, w, 3)).astype(np.float32)
+        Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(folder / f"{i:05d}.jpg", quality=90)
+
+
+def naive(files: list[Path], module, size: tuple[int, int], batch: int, device: str) -> float:
+    """-> images/s of the plain loop."""
+    import torch
+    from PIL import Image
+
+    t0 = time.perf_counter()
+    for s in range(0, len(files), batch):
+        arrays = []
+        for f in files[s : s + batch]:
+            img = Image.open(f).convert("RGB").resize(size, Image.Resampling.LANCZOS)
+            arrays.append(np.asarray(img, dtype=np.float32) / 127.5 - 1.0)
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device)
+        with torch.no_grad():
+            module.encode(x).latent_dist.mean.cpu()
+    return len(files) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    import torch
+
+    from vaelens.datasets import CacheOptions, EncodeSettings, cache_dataset, make_bucketing
+    from vaelens.weights.demo import load_demo_vae
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=48)
+    ap.add_argument("--source", default="1600x1200", help="WxH of the generated JPEGs")
+    ap.add_argument("--size", default="256x256", help="WxH encoded")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of vaelens' encoder")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeat", type=int, default=2, help="alternate naive / vaelens this many times; best of")
+    args = ap.parse_args()
+    src = tuple(int(v) for v in args.source.split("x"))
+    size = tuple(int(v) for v in args.size.split("x"))
+    tmp = Path(tempfile.mkdtemp(prefix="vaelens-bench-"))
+    try:
+        data = tmp / "data"
+        data.mkdir()
+        make_data(data, args.images, src)
+        files = sorted(data.glob("*.jpg"))
+        vae = load_demo_vae(device=args.device)
+        module = vae.module
+        naive(files[: args.batch], module, size, args.batch, args.device)  # warm-up
+        bucketing = make_bucketing(vae.spec, size=size)
+        naive_rates, cache_rates = [], []
+        for r in range(args.repeat):
+            naive_rates.append(naive(files, module, size, args.batch, args.device))
+            out = tmp / f"out{r}"
+            t0 = time.perf_counter()
+            report = cache_dataset(
+                data, vae, out, options=CacheOptions(bucketing=bucketing, batch_size=args.batch, workers=args.workers),
+                encode=EncodeSettings(threads=args.threads),
+            )
+            cache_rates.append(args.images / (time.perf_counter() - t0))
+            assert report.encoded == args.images
+        result = {
+            "device": args.device,
+            "torch_threads": torch.get_num_threads(),
+            "images": args.images,
+            "source_size": list(src),
+            "encoded_size": list(size),
+            "batch": args.batch,
+            "workers": args.workers,
+            "encoder_threads": args.threads,
+            "pairs": [[round(a, 2), round(b, 2)] for a, b in zip(naive_rates, cache_rates, strict=True)],
+            "naive_images_per_s": round(max(naive_rates), 2),
+            "vaelens_cache_images_per_s": round(max(cache_rates), 2),
+            "speedup": round(max(cache_rates) / max(naive_rates), 2),
+            "note": "vaelens time is the whole run: scan, hash, decode, encode, shard writes, index",
+        }
+        print(json.dumps(result, indent=2))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
