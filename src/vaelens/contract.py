@@ -202,6 +202,50 @@ def apply_frame_rule(spec: FamilySpec, frames: int | None) -> tuple[int | None, 
     raise FrameError(f"frames {frames} is not {t}k+1 for {spec.name}; nearest valid: {low} or {high}")
 
 
+def _tensor_shapes(
+    spec: FamilySpec, batch: int, height: int, width: int, frames: int | None
+) -> tuple[Shape, Shape, Shape, str | None]:
+    """-> (pixels, latent, decoded) shapes at a size the rules accepted, and a note when the decoded
+    frame count differs from the one encoded."""
+    f = spec.spatial_factor
+    if height % f or width % f:  # a size rule coarser than f always divides; a custom spec may not
+        raise SizeError(f"size {width}x{height} is not a multiple of {spec.name}'s spatial factor {f}")
+    b, c = batch, spec.latent_channels
+    h, w = height // f, width // f
+    if frames is None:
+        if spec.video_module:
+            return (b, 3, 1, height, width), (b, c, 1, h, w), (b, 3, 1, height, width), None
+        return (b, 3, height, width), (b, c, h, w), (b, 3, height, width), None
+    lf = latent_frames(spec, frames)
+    out_frames = decoded_frames(spec, lf)
+    note = None
+    if out_frames != frames:
+        note = (
+            f"frames {frames} encode to {lf} latent frames, which decode to {out_frames} frames "
+            f"({spec.name} keeps frame 0 alone and compresses time ÷{spec.temporal.factor})"  # type: ignore[union-attr]
+        )
+    return (b, 3, frames, height, width), (b, c, lf, h, w), (b, 3, out_frames, height, width), note
+
+
+def _token_packing(spec: FamilySpec, latent: Shape) -> tuple[int | None, int | None, Shape | None]:
+    """latent shape -> (token count N, token width D, patch) of the family's transformer, or Nones."""
+    if spec.tokens is None:
+        return None, None, None
+    patch = tuple(spec.tokens.patch)
+    dims = latent[2:]
+    if len(patch) > len(dims):
+        raise VaeLensError(f"{spec.name}: token patch {patch} has more axes than latent {latent}")
+    lead, tail = dims[: len(dims) - len(patch)], dims[len(dims) - len(patch):]
+    for axis, (n, p) in enumerate(zip(tail, patch, strict=True)):
+        if n % p:
+            raise SizeError(
+                f"{spec.name}: latent axis {axis} of size {n} is not divisible by the token patch {p}; "
+                f"choose a size that is a multiple of {spec.spatial_factor * p} pixels"
+            )
+    count = math.prod(lead) * math.prod(n // p for n, p in zip(tail, patch, strict=True))
+    return count, spec.latent_channels * math.prod(patch), patch
+
+
 def plan_shapes(spec: FamilySpec, request: PixelRequest) -> ShapePlan:
     """PixelRequest -> ShapePlan: pixel, latent, token and decoded shapes after the family's rules.
 
@@ -211,49 +255,11 @@ def plan_shapes(spec: FamilySpec, request: PixelRequest) -> ShapePlan:
     >>> plan.latent_shape
     (1, 4, 128, 128)
     """
-    notes: list[str] = []
     height, warn_h = apply_size_rule(spec, "height", request.height)
     width, warn_w = apply_size_rule(spec, "width", request.width)
     frames, warn_f = apply_frame_rule(spec, request.frames)
-    notes += [w for w in (warn_h, warn_w, warn_f) if w]
-    f = spec.spatial_factor
-    if height % f or width % f:  # a size rule coarser than f always divides; a custom spec may not
-        raise SizeError(
-            f"size {width}x{height} is not a multiple of {spec.name}'s spatial factor {f}"
-        )
-    b, c = request.batch, spec.latent_channels
-    h, w = height // f, width // f
-    if frames is not None:
-        lf = latent_frames(spec, frames)
-        pixel: Shape = (b, 3, frames, height, width)
-        latent: Shape = (b, c, lf, h, w)
-        out_frames = decoded_frames(spec, lf)
-        decoded: Shape = (b, 3, out_frames, height, width)
-        if out_frames != frames:
-            notes.append(
-                f"frames {frames} encode to {lf} latent frames, which decode to {out_frames} frames "
-                f"({spec.name} keeps frame 0 alone and compresses time ÷{spec.temporal.factor})"  # type: ignore[union-attr]
-            )
-    elif spec.video_module:
-        pixel, latent, decoded = (b, 3, 1, height, width), (b, c, 1, h, w), (b, 3, 1, height, width)
-    else:
-        pixel, latent, decoded = (b, 3, height, width), (b, c, h, w), (b, 3, height, width)
-
-    count = dim = patch = None
-    if spec.tokens is not None:
-        patch = tuple(spec.tokens.patch)
-        dims = latent[2:]
-        if len(patch) > len(dims):
-            raise VaeLensError(f"{spec.name}: token patch {patch} has more axes than latent {latent}")
-        lead, tail = dims[: len(dims) - len(patch)], dims[len(dims) - len(patch):]
-        for axis, (n, p) in enumerate(zip(tail, patch, strict=True)):
-            if n % p:
-                raise SizeError(
-                    f"{spec.name}: latent axis {axis} of size {n} is not divisible by the token patch {p}; "
-                    f"choose a size that is a multiple of {f * p} pixels"
-                )
-        count = math.prod(lead) * math.prod(n // p for n, p in zip(tail, patch, strict=True))
-        dim = c * math.prod(patch)
+    pixel, latent, decoded, warn_decoded = _tensor_shapes(spec, request.batch, height, width, frames)
+    count, dim, patch = _token_packing(spec, latent)
     return ShapePlan(
         family=spec.name,
         request=request,
@@ -265,7 +271,7 @@ def plan_shapes(spec: FamilySpec, request: PixelRequest) -> ShapePlan:
         token_count=count,
         token_dim=dim,
         token_patch=patch,
-        warnings=tuple(notes),
+        warnings=tuple(w for w in (warn_h, warn_w, warn_f, warn_decoded) if w),
     )
 
 
