@@ -307,23 +307,35 @@ class Executor:
         groups = p.get("groups", 1)
         inner = tuple(0 if 2 + i in axes else padding[i] for i in range(nd))
 
-        def geometry(r: Region) -> tuple[list[slice], list[int]]:
+        # A stride-1 "same" convolution (the 3x3 / padding 1 of every VAE) takes its clipped input tile with
+        # its own padding and drops the rows that padding invented at inner tile edges: no padded copy.
+        same = all(stride[a - 2] == 1 and k[a - 2] % 2 == 1 and padding[a - 2] == dilation[a - 2] * (k[a - 2] - 1) // 2
+                   for a in axes)
+        if same:
+            inner = padding
+
+        def geometry(r: Region) -> tuple[list[slice], list[int], list[slice]]:
             sl: list[slice] = [slice(None)] * x.ndim
             pads: list[int] = []
+            crop: list[slice] = [slice(None)] * x.ndim
             for ax, rng in zip(axes, r, strict=True):
                 i = ax - 2
                 a, b, lo, hi = conv_input(rng, x.shape[ax], k[i], stride[i], padding[i], dilation[i])
                 sl[ax] = slice(a, b)
                 pads[:0] = [lo, hi]  # F.pad lists the last axis first
-            return sl, pads
+                if same:  # output row j of the tile conv is global row a + j
+                    crop[ax] = slice(rng[0] - a, rng[1] - a)
+            return sl, pads, crop
 
         def load(r: Region) -> list[torch.Tensor]:
             return [self.dev(x[tuple(geometry(r)[0])])]
 
         def fn(r: Region) -> Callable[..., torch.Tensor]:
-            pads = geometry(r)[1]
+            _, pads, crop = geometry(r)
 
             def f(t: torch.Tensor) -> torch.Tensor:
+                if same:
+                    return func(t, w, bias, stride, inner, dilation, groups)[tuple(crop)]
                 if any(pads):
                     t = F.pad(t, pads)
                 return func(t, w, bias, stride, inner, dilation, groups)
@@ -363,9 +375,10 @@ class Executor:
 
         def stats_fn(_r: Region) -> Callable[..., tuple[torch.Tensor, torch.Tensor, int]]:
             def f(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-                g = t.reshape(n, groups, -1).float()
-                var, mean = torch.var_mean(g, dim=-1, correction=0)
-                return mean, var, g.shape[-1]
+                g = t.unflatten(1, (groups, -1)).float()  # a view: no copy of the tile at float32
+                dims = tuple(range(2, g.ndim))
+                var, mean = torch.var_mean(g, dim=dims, correction=0)
+                return mean, var, math.prod(g.shape[2:])
             return f
 
         def merge(_r: Region, res: tuple[torch.Tensor, torch.Tensor, int]) -> None:
