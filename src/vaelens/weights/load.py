@@ -16,7 +16,6 @@ from __future__ import annotations
 import enum
 import inspect
 import json
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,9 +136,10 @@ def _convert(cls_name: str, ckpt: dict[str, Any], cfg: dict[str, Any]) -> dict[s
     kwargs: dict[str, Any] = {"checkpoint": ckpt}
     if "config" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
         kwargs["config"] = cfg
+    from vaelens.build import quiet_diffusers
+
     try:
-        with offline(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with offline(), quiet_diffusers():
             return dict(fn(**kwargs))
     except Exception:  # noqa: BLE001 — a mapping that fails on this file means: not this layout
         return None
