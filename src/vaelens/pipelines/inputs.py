@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from vaelens.options import DType
 from vaelens.pipelines.spec import ComponentSpec, DenoiserKind, PipelineSpec
@@ -132,71 +132,114 @@ def _context(spec: PipelineSpec) -> tuple[int, int, int]:
     return main.call.kept_tokens, main.call.kept_dim, pooled  # type: ignore[union-attr]
 
 
+class _Step(NamedTuple):
+    """What every denoiser call shares: call batch, latent, text context, and the config."""
+
+    b: int
+    latent: Shape
+    L: int  # text tokens
+    pooled: int
+    cfg: Any
+    kind: DenoiserKind
+    ts: TensorSpec  # timestep [b]
+    ctx: TensorSpec  # encoder_hidden_states [b, L, D]
+
+    @property
+    def C(self) -> int:
+        return self.latent[1]
+
+
+def _unet_plan(st: _Step) -> CallPlan:
+    h, w = st.latent[-2:]
+    tensors = [TensorSpec(name="sample", shape=(st.b, st.C, h, w)), st.ts, st.ctx]
+    nested: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    if st.cfg.get("addition_embed_type") == "text_time":  # SDXL: pooled bigG + 6 size/crop ids
+        tensors += [TensorSpec(name="text_embeds", shape=(st.b, st.pooled)),
+                    TensorSpec(name="time_ids", shape=(st.b, 6))]
+        nested = (("added_cond_kwargs", ("text_embeds", "time_ids")),)
+    return CallPlan(tensors=tuple(tensors), nested=nested, constants=(("return_dict", False),))
+
+
+def _sd3_sana_plan(st: _Step) -> CallPlan:
+    h, w = st.latent[-2:]
+    tensors = [TensorSpec(name="hidden_states", shape=(st.b, st.C, h, w)), st.ts, st.ctx]
+    if st.kind is DenoiserKind.SD3:
+        tensors.append(TensorSpec(name="pooled_projections", shape=(st.b, st.pooled)))
+    else:
+        tensors.append(TensorSpec(name="encoder_attention_mask", shape=(st.b, st.L), dtype="int64"))
+    return CallPlan(tensors=tuple(tensors), constants=(("return_dict", False),))
+
+
+def _flux_qwen_plan(st: _Step) -> CallPlan:
+    b, L = st.b, st.L
+    h, w = st.latent[-2:]
+    n = (h // 2) * (w // 2)  # 2×2 patches packed into tokens (_pack_latents)
+    tensors = [TensorSpec(name="hidden_states", shape=(b, n, st.C * 4)), st.ts, st.ctx]
+    constants: list[tuple[str, Any]] = [("return_dict", False)]
+    if st.kind is DenoiserKind.FLUX:
+        tensors += [TensorSpec(name="pooled_projections", shape=(b, st.pooled)),
+                    TensorSpec(name="img_ids", shape=(n, 3)), TensorSpec(name="txt_ids", shape=(L, 3))]
+        if st.cfg.get("guidance_embeds"):
+            tensors.append(TensorSpec(name="guidance", shape=(b,), dtype="float32"))
+    else:
+        tensors.append(TensorSpec(name="encoder_hidden_states_mask", shape=(b, L), dtype="int64"))
+        constants.append(("img_shapes", [[(1, h // 2, w // 2)]] * b))
+    return CallPlan(tensors=tuple(tensors), constants=tuple(constants))
+
+
+def _wan_hunyuan_plan(st: _Step) -> CallPlan:
+    b = st.b
+    tensors = [TensorSpec(name="hidden_states", shape=(b, *st.latent[1:])), st.ts, st.ctx]
+    if st.kind is DenoiserKind.HUNYUAN:
+        tensors += [TensorSpec(name="encoder_attention_mask", shape=(b, st.L), dtype="int64"),
+                    TensorSpec(name="pooled_projections", shape=(b, st.pooled)),
+                    TensorSpec(name="guidance", shape=(b,), dtype="float32")]
+    return CallPlan(tensors=tuple(tensors), constants=(("return_dict", False),))
+
+
+def _ltx_plan(st: _Step) -> CallPlan:
+    f, h, w = st.latent[2:]
+    tensors = [TensorSpec(name="hidden_states", shape=(st.b, f * h * w, st.C)), st.ts, st.ctx,
+               TensorSpec(name="encoder_attention_mask", shape=(st.b, st.L), dtype="int64")]
+    # rope_interpolation_scale = (temporal ratio / frame_rate, spatial, spatial): pipeline_ltx.py,
+    # frame_rate=25, VAE ratios 8 and 32 of the LTX VAE.
+    constants = (("num_frames", f), ("height", h), ("width", w),
+                 ("rope_interpolation_scale", (8 / 25, 32, 32)), ("return_dict", False))
+    return CallPlan(tensors=tuple(tensors), constants=constants)
+
+
+def _cogvideox_plan(st: _Step) -> CallPlan:
+    f, h, w = st.latent[2:]
+    p = int(st.cfg["patch_size"])
+    n = f * (h // p) * (w // p)
+    head = int(st.cfg["attention_head_dim"])
+    tensors = [TensorSpec(name="hidden_states", shape=(st.b, f, st.C, h, w)), st.ts, st.ctx,
+               TensorSpec(name="rope_cos", shape=(n, head), dtype="float32"),
+               TensorSpec(name="rope_sin", shape=(n, head), dtype="float32")]
+    return CallPlan(tensors=tuple(tensors), groups=(("image_rotary_emb", ("rope_cos", "rope_sin")),),
+                    constants=(("return_dict", False),))
+
+
+_PLANS = {
+    DenoiserKind.UNET: _unet_plan,
+    DenoiserKind.SD3: _sd3_sana_plan,
+    DenoiserKind.SANA: _sd3_sana_plan,
+    DenoiserKind.FLUX: _flux_qwen_plan,
+    DenoiserKind.QWEN: _flux_qwen_plan,
+    DenoiserKind.WAN: _wan_hunyuan_plan,
+    DenoiserKind.HUNYUAN: _wan_hunyuan_plan,
+    DenoiserKind.LTX: _ltx_plan,
+    DenoiserKind.COGVIDEOX: _cogvideox_plan,
+}
+
+
 def denoiser_plan(spec: PipelineSpec, latent: Shape, *, batch: int) -> CallPlan:
     """pipeline + latent [B,C,(F',)h,w] + call batch b -> the denoiser's inputs for one step."""
-    cfg = spec.denoiser.config
     L, D, pooled = _context(spec)
-    C = latent[1]
-    b = batch
-    kind = spec.denoiser_kind
-    ts = TensorSpec(name="timestep", shape=(b,), dtype="float32")
-    ctx = TensorSpec(name="encoder_hidden_states", shape=(b, L, D))
-    if kind is DenoiserKind.UNET:
-        h, w = latent[-2:]
-        tensors = [TensorSpec(name="sample", shape=(b, C, h, w)), ts, ctx]
-        nested: tuple[tuple[str, tuple[str, ...]], ...] = ()
-        if cfg.get("addition_embed_type") == "text_time":  # SDXL: pooled bigG + 6 size/crop ids
-            tensors += [TensorSpec(name="text_embeds", shape=(b, pooled)),
-                        TensorSpec(name="time_ids", shape=(b, 6))]
-            nested = (("added_cond_kwargs", ("text_embeds", "time_ids")),)
-        return CallPlan(tensors=tuple(tensors), nested=nested, constants=(("return_dict", False),))
-    if kind in (DenoiserKind.SD3, DenoiserKind.SANA):
-        h, w = latent[-2:]
-        tensors = [TensorSpec(name="hidden_states", shape=(b, C, h, w)), ts, ctx]
-        if kind is DenoiserKind.SD3:
-            tensors.append(TensorSpec(name="pooled_projections", shape=(b, pooled)))
-        else:
-            tensors.append(TensorSpec(name="encoder_attention_mask", shape=(b, L), dtype="int64"))
-        return CallPlan(tensors=tuple(tensors), constants=(("return_dict", False),))
-    if kind in (DenoiserKind.FLUX, DenoiserKind.QWEN):
-        h, w = latent[-2:]
-        n = (h // 2) * (w // 2)  # 2×2 patches packed into tokens (_pack_latents)
-        tensors = [TensorSpec(name="hidden_states", shape=(b, n, C * 4)), ts, ctx]
-        constants: list[tuple[str, Any]] = [("return_dict", False)]
-        if kind is DenoiserKind.FLUX:
-            tensors += [TensorSpec(name="pooled_projections", shape=(b, pooled)),
-                        TensorSpec(name="img_ids", shape=(n, 3)), TensorSpec(name="txt_ids", shape=(L, 3))]
-            if cfg.get("guidance_embeds"):
-                tensors.append(TensorSpec(name="guidance", shape=(b,), dtype="float32"))
-        else:
-            tensors.append(TensorSpec(name="encoder_hidden_states_mask", shape=(b, L), dtype="int64"))
-            constants.append(("img_shapes", [[(1, h // 2, w // 2)]] * b))
-        return CallPlan(tensors=tuple(tensors), constants=tuple(constants))
-    if kind in (DenoiserKind.WAN, DenoiserKind.HUNYUAN):
-        tensors = [TensorSpec(name="hidden_states", shape=(b, *latent[1:])), ts, ctx]
-        if kind is DenoiserKind.HUNYUAN:
-            tensors += [TensorSpec(name="encoder_attention_mask", shape=(b, L), dtype="int64"),
-                        TensorSpec(name="pooled_projections", shape=(b, pooled)),
-                        TensorSpec(name="guidance", shape=(b,), dtype="float32")]
-        return CallPlan(tensors=tuple(tensors), constants=(("return_dict", False),))
-    if kind is DenoiserKind.LTX:
-        f, h, w = latent[2:]
-        tensors = [TensorSpec(name="hidden_states", shape=(b, f * h * w, C)), ts, ctx,
-                   TensorSpec(name="encoder_attention_mask", shape=(b, L), dtype="int64")]
-        # rope_interpolation_scale = (temporal ratio / frame_rate, spatial, spatial): pipeline_ltx.py,
-        # frame_rate=25, VAE ratios 8 and 32 of the LTX VAE.
-        constants = (("num_frames", f), ("height", h), ("width", w),
-                     ("rope_interpolation_scale", (8 / 25, 32, 32)), ("return_dict", False))
-        return CallPlan(tensors=tuple(tensors), constants=constants)
-    if kind is DenoiserKind.COGVIDEOX:
-        f, h, w = latent[2:]
-        p = int(cfg["patch_size"])
-        n = f * (h // p) * (w // p)
-        head = int(cfg["attention_head_dim"])
-        tensors = [TensorSpec(name="hidden_states", shape=(b, f, C, h, w)), ts, ctx,
-                   TensorSpec(name="rope_cos", shape=(n, head), dtype="float32"),
-                   TensorSpec(name="rope_sin", shape=(n, head), dtype="float32")]
-        return CallPlan(tensors=tuple(tensors), groups=(("image_rotary_emb", ("rope_cos", "rope_sin")),),
-                        constants=(("return_dict", False),))
-    raise AssertionError(kind)
+    step = _Step(
+        b=batch, latent=latent, L=L, pooled=pooled, cfg=spec.denoiser.config, kind=spec.denoiser_kind,
+        ts=TensorSpec(name="timestep", shape=(batch,), dtype="float32"),
+        ctx=TensorSpec(name="encoder_hidden_states", shape=(batch, L, D)),
+    )
+    return _PLANS[spec.denoiser_kind](step)
 
