@@ -32,6 +32,8 @@ PARAM_FLAGS: dict[str, tuple[str, str]] = {
     "sliced": ("--sliced", ""),
     "measure": ("--measure", ""),
     "budget": ("--budget", ""),
+    "image": ("--image", ""),
+    "pipeline": ("--pipeline", ""),
 }
 
 _PARAM = re.compile(
