@@ -164,7 +164,8 @@ def render_memory(
         return ""
     e0 = estimates[0]
     latent_bytes = math.prod(latent_shape) * e0.dtype.itemsize
-    mode = " (tiled)" if e0.tiled else " (sliced)" if e0.sliced else ""
+    flags = [m for m, on in (("tiled", e0.tiled), ("sliced", e0.sliced)) if on]
+    mode = f" ({', '.join(flags)})" if flags else ""
     lines = [
         f"{family}{mode}: pixels {shape_str(pixel_shape)} <-> latent {shape_str(latent_shape)} at {e0.dtype.value}; "
         f"weights {human_bytes(e0.weights_bytes)}",
