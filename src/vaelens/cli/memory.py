@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         from vaelens.memory.budget import check_vae_budget
 
         report = check_vae_budget(spec, request, budget, ops=ops, step=spec.size_rule.multiple, tiled=args.tiled,
-                                  sliced=args.sliced)
+                                  sliced=args.sliced, cache=cache)
         from vaelens.tiling.plan import plan_ops  # the exact tiling that fits (vaelens.tiling)
 
         tiling = plan_ops(spec, {op: plan.latent_shape if op == "decode" else plan.pixel_shape for op in ops},

@@ -93,17 +93,19 @@ class CachingAllocator:
         self.retries = 0
         self.released = 0
         self._live: dict[object, _Block] = {}
-        self._free: dict[bool, list[tuple[int, int, _Block]]] = {True: [], False: []}  # (size, addr, block)
+        self._free: dict[bool, list[tuple[int, int]]] = {True: [], False: []}  # sorted (size, addr)
+        self._at: dict[int, _Block] = {}  # addr -> free block
         self._next_addr = 0
 
     # -- pools -------------------------------------------------------------------------------------
     def _insert(self, b: _Block) -> None:
-        bisect.insort(self._free[b.small], (b.size, b.addr, b), key=lambda t: (t[0], t[1]))
+        bisect.insort(self._free[b.small], (b.size, b.addr))
+        self._at[b.addr] = b
 
     def _remove(self, b: _Block) -> None:
         pool = self._free[b.small]
-        i = bisect.bisect_left(pool, (b.size, b.addr), key=lambda t: (t[0], t[1]))
-        del pool[i]
+        del pool[bisect.bisect_left(pool, (b.size, b.addr))]
+        del self._at[b.addr]
 
     def _new_segment(self, size: int, small: bool) -> _Block | None:
         """alloc_block: a fresh segment for a rounded request, or None when the cap forbids it."""
@@ -123,9 +125,10 @@ class CachingAllocator:
         for small in (False, True):
             keep = []
             for entry in self._free[small]:
-                b = entry[2]
+                b = self._at[entry[1]]
                 if b.prev is None and b.next is None:
                     freed += b.size
+                    del self._at[entry[1]]
                 else:
                     keep.append(entry)
             self._free[small] = keep
@@ -143,9 +146,9 @@ class CachingAllocator:
         size = round_block(max(nbytes, 1))
         small = size <= SMALL_SIZE
         pool = self._free[small]
-        i = bisect.bisect_left(pool, (size, -1), key=lambda t: (t[0], t[1]))
+        i = bisect.bisect_left(pool, (size, -1))
         if i < len(pool):
-            block = pool.pop(i)[2]
+            block = self._at.pop(pool.pop(i)[1])
         else:
             block = self._new_segment(size, small)
             if block is None:  # malloc's retry: free all unused cached segments, try cudaMalloc again

@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from vaelens.errors import VaeLensError
-from vaelens.memory.estimate import MemoryEstimate, TraceCache, estimate_memory
+from vaelens.memory.estimate import MemoryEstimate, TraceCache, estimate_memory, trace_request
+from vaelens.memory.simulate import Program, compile_trace, fits_under, min_device_bytes
 from vaelens.options import MAX_BATCH, MAX_SIDE, PixelRequest
 
 
@@ -30,6 +31,8 @@ class OpBudget:
     max_square: int  # largest square side (multiple of `step`) at the requested batch; 0: none
     tiled_needed_bytes: int | None  # min_device_bytes with enable_tiling(); None when the class has no tiling
     tiled_fits: bool | None
+    batch_extrapolated_from: int = 0  # >0: max_batch is a lower bound extrapolated beyond this traced batch
+    square_extrapolated_from: int = 0  # >0: max_square is a lower bound extrapolated beyond this traced side
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,7 +52,8 @@ class VaeBudgetReport:
                     "needed_bytes": o.needed_bytes, "min_device_bytes": o.needed_bytes,
                     "peak_total_high_bytes": o.peak_total_high_bytes, "fits": o.fits, "max_batch": o.max_batch,
                     "max_square": o.max_square, "tiled_needed_bytes": o.tiled_needed_bytes,
-                    "tiled_fits": o.tiled_fits,
+                    "tiled_fits": o.tiled_fits, "max_batch_extrapolated_from": o.batch_extrapolated_from or None,
+                    "max_square_extrapolated_from": o.square_extrapolated_from or None,
                 }
                 for o in self.ops
             },
@@ -115,56 +119,174 @@ def _bisect(fits: Callable[[int], bool], good: int, bad: int) -> int:
     return good
 
 
+# A search candidate whose trace would have more operators than this (sliced batches, tiles and
+# frames are traced one by one) is not traced: when the largest traced candidate fits, the answer
+# is extrapolated in proportion from it (a lower bound: the real largest may be larger), and the
+# report says so. Tracing costs
+# about 0.2 s per 1000 operators on one core.
+MAX_SEARCH_OPERATORS = 2_000
+
+
+class _Probe:
+    """One op's candidates: a trace reduced to a Program per (batch, W, H, tiled), each traced once."""
+
+    def __init__(self, model: Any, op: str, sliced: bool, cache: TraceCache) -> None:
+        self.model, self.op, self.sliced, self.cache = model, op, sliced, cache
+        self.programs: dict[tuple[int, int, int, bool], Program] = {}
+        self.fit: dict[tuple[int, int, int, bool, int], bool | int] = {}
+
+    def program(self, req: PixelRequest, tiled: bool) -> Program:
+        key = (req.batch, req.width, req.height, tiled)
+        if key not in self.programs:
+            tr = trace_request(self.model, req, op=self.op, tiled=tiled, sliced=self.sliced, cache=self.cache)
+            self.programs[key] = compile_trace(tr)
+        return self.programs[key]
+
+    def guide(self, req: PixelRequest, tiled: bool) -> int:
+        """memory_allocated() at the call's peak (high end): one replay, for first guesses only."""
+        from vaelens.memory.simulate import run
+
+        out = run(self.program(req, tiled), mode="high")
+        return out.base + out.peak
+
+    def size(self, req: PixelRequest, tiled: bool) -> int:
+        return len(self.program(req, tiled).steps)
+
+    def fits(self, req: PixelRequest, tiled: bool, budget: int) -> bool:
+        key = (req.batch, req.width, req.height, tiled, budget)
+        if key not in self.fit:
+            self.fit[key] = fits_under(self.program(req, tiled), budget, mode="high")
+        return self.fit[key]
+
+    def need(self, req: PixelRequest, tiled: bool) -> int:
+        """min_device_bytes of a candidate (a bisection of capped replays; cached)."""
+        key = (req.batch, req.width, req.height, tiled, -1)
+        if key not in self.fit:
+            self.fit[key] = min_device_bytes(self.program(req, tiled), mode="high")
+        return int(self.fit[key])
+
+
+def _proportional(need_at_limit: int, limit_scale: int, budget: int) -> float:
+    """Largest scale x with need_at_limit * x / limit_scale <= budget: the need assumed to grow in
+    proportion to the scale (batch, or area) from the largest traced candidate. Conservative for a
+    need that is a fixed part plus a proportional one, and for a maximum of such (sliced batches:
+    max(working set + outputs so far, all outputs twice at the final torch.cat))."""
+    return budget * limit_scale / max(1, need_at_limit)
+
+
+def _search(fits: Callable[[int], bool], need: Callable[[int], int], size: Callable[[int], int],
+            lo: int, hi: int, budget: int, guide: Callable[[int], float]) -> tuple[int, int]:
+    """Largest n in [lo, hi] that fits, tracing only candidates whose trace stays under
+    MAX_SEARCH_OPERATORS; beyond that, linear extrapolation of `need` (returns (n, traced limit))."""
+    s1, s2 = size(lo), size(lo + 1) if lo + 1 <= hi else size(lo)
+    per = max(0, s2 - s1)
+    limit = hi if per == 0 else max(lo + 1, min(hi, lo + (MAX_SEARCH_OPERATORS - s1) // per))
+    if limit < hi and fits(limit):  # the answer lies beyond what is traced: extrapolate, conservatively
+        return max(limit, min(hi, int(_proportional(need(limit), limit, budget)))), limit
+    n1, n2 = lo, min(lo + 1, hi)
+    a, b = guide(n1), guide(n2)
+    guess = n1 + int((budget - a) // (b - a)) if b > a else None
+    return largest_fitting(fits, lo, limit, guess=min(guess, limit) if guess is not None else None), 0
+
+
 def check_vae_budget(
     model: Any, request: PixelRequest, budget_bytes: int, *, ops: tuple[str, ...] = ("encode", "decode"),
     step: int = 8, tiled: bool = False, sliced: bool = False,
-    estimate: Callable[..., MemoryEstimate] = estimate_memory,
+    estimate: Callable[..., MemoryEstimate] = estimate_memory, cache: TraceCache | None = None,
 ) -> VaeBudgetReport:
     """model + request + budget -> VaeBudgetReport (each op: fits, max batch, max square side, tiling).
 
-    Every verdict compares min_device_bytes with the budget. With `tiled`, the search itself runs
-    with enable_tiling(); otherwise tiling is the alternative reported beside it. Traces and
-    estimates are reused within the call (one TraceCache), so a size tried twice is traced once.
+    Every verdict asks whether the call runs under a cap of `budget_bytes` (the caching allocator
+    simulated with its retry logic, operators at their high temporaries): needed_bytes is
+    min_device_bytes. With `tiled`, the search itself runs with enable_tiling(); otherwise tiling
+    is the alternative reported beside it. Each candidate is traced once (one TraceCache); a
+    candidate whose trace would exceed MAX_SEARCH_OPERATORS is extrapolated and marked so.
+    `estimate` replaces the memory model (tests): then every candidate is an estimate and its
+    min_device_bytes is compared with the budget. `cache`: share traces with the caller's estimates.
     """
-    cache = TraceCache()
+    cache = cache if cache is not None else TraceCache()
     results = []
-    base_tiled = tiled
     for op in ops:
-        memo: dict[tuple[int, int, int, bool], MemoryEstimate] = {}
+        if estimate is estimate_memory:
+            probe = _Probe(model, op, sliced, cache)
 
-        def est_of(req: PixelRequest, *, tiled: bool = base_tiled, op: str = op, memo: dict = memo) -> MemoryEstimate:
-            key = (req.batch, req.width, req.height, tiled)
-            if key not in memo:
-                kwargs = {"cache": cache} if estimate is estimate_memory else {}
-                memo[key] = estimate(model, req, op=op, tiled=tiled, sliced=sliced, **kwargs)
-            return memo[key]
+            def fits(req: PixelRequest, probe: _Probe = probe) -> bool:
+                return probe.fits(req, tiled, budget_bytes)
 
-        def need(req: PixelRequest, *, tiled: bool = base_tiled) -> int:
-            return est_of(req, tiled=tiled).min_device_bytes
+            def need(req: PixelRequest, probe: _Probe = probe) -> int:
+                return probe.need(req, tiled)
 
-        here = est_of(request)
+            def size(req: PixelRequest, probe: _Probe = probe) -> int:
+                return probe.size(req, tiled)
+
+            def guide(req: PixelRequest, probe: _Probe = probe) -> float:
+                return probe.guide(req, tiled)
+
+            def full(req: PixelRequest, with_tiling: bool, op: str = op) -> MemoryEstimate:
+                return estimate_memory(model, req, op=op, tiled=with_tiling, sliced=sliced, cache=cache)
+        else:
+            memo: dict[tuple[int, int, int, bool], MemoryEstimate] = {}
+
+            def full(req: PixelRequest, with_tiling: bool, op: str = op, memo: dict = memo) -> MemoryEstimate:
+                key = (req.batch, req.width, req.height, with_tiling)
+                if key not in memo:
+                    memo[key] = estimate(model, req, op=op, tiled=with_tiling, sliced=sliced)
+                return memo[key]
+
+            def need(req: PixelRequest, full: Callable = full) -> int:
+                return full(req, tiled).min_device_bytes
+
+            def fits(req: PixelRequest, need: Callable = need) -> bool:
+                return need(req) <= budget_bytes
+
+            def size(req: PixelRequest) -> int:
+                return 0
+
+            def guide(req: PixelRequest, need: Callable = need) -> float:
+                return need(req)
+
+        here = full(request, tiled)
         needed = here.min_device_bytes
-        # First guesses from two points: memory is close to linear in batch and in pixel count.
-        one, two = need(replace(request, batch=1)), need(replace(request, batch=2))
-        batch_guess = 1 + (budget_bytes - one) // (two - one) if two > one else None
+        # first guesses scale the cheap allocated-bytes figure to the device figure at the request
+        ratio = needed / max(1, here.base_bytes + here.peak_bytes_high) if estimate is estimate_memory else 1.0
+        max_batch, batch_from = _search(
+            lambda n: fits(replace(request, batch=n)), lambda n: need(replace(request, batch=n)),
+            lambda n: size(replace(request, batch=n)), 1, MAX_BATCH, budget_bytes,
+            lambda n, guide=guide, ratio=ratio: guide(replace(request, batch=n)) * ratio)
+
+        def square(k: int) -> PixelRequest:
+            return replace(request, width=k * step, height=k * step)
+
         k0 = max(1, min(request.width, request.height) // step)
-        a, b = need(replace(request, width=k0 * step, height=k0 * step)), \
-            need(replace(request, width=2 * k0 * step, height=2 * k0 * step))
+        side_guess = None
+        a, b = guide(square(k0)) * ratio, guide(square(2 * k0)) * ratio
         per_area = (b - a) / (3 * k0 * k0) if b > a else 0
-        side_guess = int(((budget_bytes - (a - per_area * k0 * k0)) / per_area) ** 0.5) \
-            if per_area > 0 and budget_bytes > a - per_area * k0 * k0 else None
-        max_batch = largest_fitting(lambda n: need(replace(request, batch=n)) <= budget_bytes, 1, MAX_BATCH,
-                                    guess=batch_guess)
-        max_side = step * largest_fitting(
-            lambda k: need(replace(request, width=k * step, height=k * step)) <= budget_bytes, 1, MAX_SIDE // step,
-            guess=side_guess)
+        if per_area > 0 and budget_bytes > a - per_area * k0 * k0:
+            side_guess = int(((budget_bytes - (a - per_area * k0 * k0)) / per_area) ** 0.5)
+        max_k, square_from = _search_square(
+            lambda k: fits(square(k)), lambda k: need(square(k)), lambda k: size(square(k)),
+            MAX_SIDE // step, budget_bytes, side_guess)
         try:
-            tiled_need: int | None = need(request, tiled=True)
+            tiled_need: int | None = full(request, True).min_device_bytes
         except VaeLensError:
             tiled_need = None
         results.append(OpBudget(
             op=op, needed_bytes=needed, peak_total_high_bytes=here.total_bytes_high, fits=needed <= budget_bytes,
-            max_batch=max_batch, max_square=max_side,
+            max_batch=max_batch, max_square=step * max_k,
             tiled_needed_bytes=tiled_need, tiled_fits=None if tiled_need is None else tiled_need <= budget_bytes,
+            batch_extrapolated_from=batch_from, square_extrapolated_from=step * square_from,
         ))
     return VaeBudgetReport(budget_bytes=budget_bytes, step=step, ops=tuple(results), tiled=tiled)
+
+
+def _search_square(fits: Callable[[int], bool], need: Callable[[int], int], size: Callable[[int], int],
+                   hi: int, budget: int, guess: int | None) -> tuple[int, int]:
+    """Largest side k (in size steps) that fits; candidates whose trace would be too long (tiles,
+    frames) are extrapolated in area from the two largest traced ones (returns (k, traced limit))."""
+    s1 = size(1)
+    s4 = size(4) if hi >= 4 else s1
+    per_area = max(0.0, (s4 - s1) / 15)
+    limit = hi if per_area == 0 else max(2, min(hi, int(((MAX_SEARCH_OPERATORS - s1) / per_area + 1) ** 0.5)))
+    if limit < hi and fits(limit):
+        return max(limit, min(hi, int(_proportional(need(limit), limit * limit, budget) ** 0.5))), limit
+    return largest_fitting(fits, 1, limit, guess=min(guess, limit) if guess is not None else None), 0
