@@ -247,6 +247,7 @@ BAD_INPUTS = [
     (("sdxl", "--size", "100x100"), "not a multiple of 8"),
     (("sdxl", "--size", "256x256", "--image", "x.png"), "--image needs --vae"),
     (("sdxl", "--size", "256x256", "--pipeline", "nope"), "unknown pipeline"),
+    (("sdxl", "--size", "256x256", "--vae", "demo", "--image", "missing.png"), "does not exist"),
     (("sdxl", "--size", "256x256", "--budget", "lots"), "budget"),
     (("nofamily",), "nofamily"),
     (("sdxl", "--frames", "9"), "image VAE"),
@@ -283,3 +284,13 @@ def test_cli_memory_plot(cli, tmp_path):
         assert len(set(im.convert("RGB").getdata())) > 50  # a drawing, not a blank canvas
     bad = cli("memory", "sdxl", "--size", "256x256", "--plot", str(tmp_path / "m.xyz"))
     assert bad.code == 2 and "cannot write .xyz" in bad.err
+
+
+def test_cli_report_with_demo_weights_and_demo_image(cli, tmp_path):
+    out = tmp_path / "demo.html"
+    res = cli("report", "sdxl", "--size", "256x256", "--vae", "demo", "--image", "demo", "-o", str(out), "--json")
+    assert res.code == 0, res.err
+    data = res.json()
+    assert data["real_weights"]["family"] == "demo" and data["real_weights"]["psnr_db"] > 15
+    assert data["real_weights"]["image"].endswith("demo_coffee.png")
+    assert f'{data["real_weights"]["psnr_db"]:.2f} dB' in out.read_text()

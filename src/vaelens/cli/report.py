@@ -4,11 +4,16 @@ layer, the budget and tiling plan, and (with --vae / --pipeline) a real round tr
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from vaelens.cli._io import add_force, add_quiet, bar_enabled, check_outputs, weights_inputs
 from vaelens.cli.common import add_json, add_model, add_size, emit_json
 from vaelens.errors import VaeLensError
+
+EXAMPLES = [
+    "vaelens report sdxl --size 1024x1024 -o sdxl.html",
+    "vaelens report sdxl --budget 4GiB --vae demo --pipeline sdxl -o sdxl_demo.html",
+    "vaelens report wan21 --size 832x480 --frames 81 -o wan21.html",
+]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vae", metavar="WEIGHTS",
                    help="real weights for a round trip (a diffusers folder, .safetensors file, cached repo id, "
                    "or 'demo' for vaelens' demo VAE)")
-    p.add_argument("--image", metavar="IMG", help="image for the round trip (default with --vae: the demo photo)")
+    p.add_argument("--image", metavar="IMG", help="image for the round trip (default with --vae, or 'demo': the demo "
+                   "photograph)")
     p.add_argument("--pipeline", metavar="NAME", help="add a built-in pipeline's stages per offload mode "
                    "(see `vaelens pipeline --list`)")
     p.add_argument("-o", "--out", default="report.html", metavar="FILE", help="an .html file (default: report.html)")
@@ -43,14 +49,20 @@ def run(args: argparse.Namespace) -> int:
     # Everything that can be refused is refused before any work.
     if args.image is not None and args.vae is None:
         raise VaeLensError("--image needs --vae (the weights that encode it); --vae demo is vaelens' demo VAE")
-    if args.image is not None and not Path(args.image).is_file():
-        raise VaeLensError(f"--image {args.image!r} is not a file")
-    inputs = weights_inputs(args) + ([args.image] if args.image else [])
+    image = None
+    if args.image is not None:  # a file, or `demo` for the shipped photograph (as encode/roundtrip take it)
+        from vaelens.sources import IMAGE_SUFFIXES, expand_inputs
+
+        found = expand_inputs([args.image], suffixes=IMAGE_SUFFIXES)
+        if len(found) != 1:
+            raise VaeLensError(f"--image {args.image!r} gives {len(found)} images; the report takes one")
+        image = found[0]
+    inputs = weights_inputs(args) + ([image] if image else [])
     (out,) = check_outputs(args, [args.out], inputs=inputs, kind="html", what="-o")
     budget = parse_bytes(args.budget) if args.budget is not None else None
     spec, plan = plan_from_args(args)
     with progress_bar("report", enabled=bar_enabled(args)) as bar:
-        rep = build_report(spec, plan.request, budget_bytes=budget, vae=args.vae, image=args.image,
+        rep = build_report(spec, plan.request, budget_bytes=budget, vae=args.vae, image=image,
                            pipeline=args.pipeline, pipeline_dtype=None if args.dtype == "fp32" else args.dtype,
                            progress=bar)
     path = save_report(render_report(rep), out, overwrite=args.force)
