@@ -349,3 +349,44 @@ def test_video_clip_decodes_with_pyav(tmp_path, vae):
     clip = decode_clip(str(path), make_bucketing(vae.spec, size=(32, 24)).place(64, 48), 5)
     assert clip.shape == (5, 24, 32, 3)
     assert clip[4].mean() > clip[0].mean() + 100  # frames in order, each decoded
+
+
+def write_clip(path: Path, frames: int, width: int = 32, height: int = 24) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            img = np.full((height, width, 3), 30 * i, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_video_clips_cache_through_a_video_vae(tmp_path):
+    pytest.importorskip("av")
+    from diffusers import AutoencoderKLWan
+
+    from vaelens.weights.load import load_vae
+
+    torch.manual_seed(0)
+    AutoencoderKLWan(
+        base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[], temperal_downsample=[True, True],
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    ).eval().save_pretrained(tmp_path / "wan")
+    wan = load_vae(tmp_path / "wan", device="cpu")
+    data = tmp_path / "data"
+    data.mkdir()
+    write_clip(data / "long.mp4", 7)
+    write_clip(data / "short.mp4", 3)
+    make_images(data, 1)
+    opts = CacheOptions(bucketing=make_bucketing(wan.spec, size=(16, 16)), frames=5, workers=0, batch_size=2)
+    report = cache_dataset(data, wan, tmp_path / "out", options=opts, encode=SETTINGS)
+    assert report.encoded == 2  # the first 5 frames of the 7-frame clip, and the image (one frame)
+    assert [s["source"] for s in report.skipped] == ["short.mp4"]
+    ds = open_cache(tmp_path / "out", normalized=False)
+    by = {ds.records[i]["source"]: ds[i]["latent"] for i in range(len(ds))}
+    t = wan.spec.temporal.factor
+    assert by["long.mp4"].shape[1] == (5 - 1) // t + 1 and by["img000.png"].shape[1] == 1

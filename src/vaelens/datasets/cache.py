@@ -122,10 +122,12 @@ def cache_dataset(
     encode = encode or EncodeSettings()
     from vaelens.datasets.encoder import resolve_dtype
     from vaelens.datasets.local import split_cpus, worker_pool
+    from vaelens.datasets.plan import clip_frames
 
     if options.engine not in ENGINES:
         raise VaeLensError(f"engine {options.engine!r} is not one of: {', '.join(ENGINES)}")
     t0 = time.perf_counter()
+    options = replace(options, frames=clip_frames(vae.spec, options.frames))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VaeLensError(f"out {str(out)!r} is a file; the cache is a folder")

@@ -115,6 +115,16 @@ def decode_batch(batch: Batch) -> tuple[Any, list[int], dict[int, str]]:
     return (np.stack(arrays) if arrays else None), ok, errors
 
 
+def clip_frames(spec, frames: int | None) -> int | None:
+    """Frames per clip for a video family (its frame rule applied: Wan floors to 4k+1; default the
+    family's), None for an image VAE."""
+    from vaelens.contract import apply_frame_rule
+
+    if not spec.is_video:
+        return None
+    return apply_frame_rule(spec, frames)[0]
+
+
 def plan_job(
     data: str | Path,
     vae,
@@ -167,14 +177,14 @@ def plan_job(
             path=scan.path, rel=scan.rel, key=key, content_hash=scan.content_hash, kind=scan.kind, placement=placement
         )
         items[key] = item
-        clip_frames = frames if scan.kind == "video" else None
-        groups.setdefault((placement.bucket, clip_frames), []).append(item)
+        n_frames = frames if scan.kind == "video" else None
+        groups.setdefault((placement.bucket, n_frames), []).append(item)
     batches = []
-    for (bucket, clip_frames), members in groups.items():
+    for (bucket, n_frames), members in groups.items():
         for start in range(0, len(members), batch_size):
             todo = tuple(i for i in members[start : start + batch_size] if i.key not in done)
             if todo:
-                batches.append((todo, bucket, clip_frames))
+                batches.append((todo, bucket, n_frames))
     order = {s.path: n for n, s in enumerate(scans)}
     batches.sort(key=lambda b: order[b[0][0].path])  # in dataset order of each batch's first file
     return Job(

@@ -66,9 +66,10 @@ def compute_stats(
     from vaelens.datasets.cache import CacheOptions, run_engine
     from vaelens.datasets.encoder import resolve_dtype
     from vaelens.datasets.local import split_cpus, worker_pool
-    from vaelens.datasets.plan import plan_job
+    from vaelens.datasets.plan import clip_frames, plan_job
 
     t0 = time.perf_counter()
+    frames = clip_frames(vae.spec, frames)
     dtype, _ = resolve_dtype(encode.dtype, device=vae.device, config=dict(vae.spec.config))
     options = CacheOptions(bucketing=bucketing, frames=frames, batch_size=batch_size, workers=workers,
                            engine=engine, address=address)
