@@ -124,7 +124,7 @@ def _item_names(lf, count: int) -> list[str]:
     return [f"{i:0{width}d}" for i in range(count)]
 
 
-def _frames_out(lf, vae_spec=None) -> int | None:
+def _frames_out(lf) -> int | None:
     """Decoded frames per item of a video latent [B,C,F',h,w] with F' > 1 (None for images)."""
     if lf.latent.ndim != 5 or lf.latent.shape[2] == 1:
         return None

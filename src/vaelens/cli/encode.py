@@ -169,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
             warn(f"--sample has no effect: {vae.family} ({vae.spec.diffusers_class}) has no posterior; its one "
                  "deterministic latent is stored (recorded as posterior: deterministic)")
         posterior = "deterministic"
+    elif args.seed and not args.sample:
+        warn(f"--seed {args.seed} has no effect without --sample: the posterior's mode is stored")
     latent, reports = _encode_batches(vae, arrays, args, normalized=normalized, clip=clip is not None)
     h, w = arrays[0].shape[:2]
     pixel_shape = (1, 3, len(arrays), h, w) if clip else (len(arrays), 3, h, w)

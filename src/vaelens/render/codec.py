@@ -83,8 +83,10 @@ def encode_json(vae, metadata, infos, reports: Sequence[StepReport], *, output, 
 def render_encode(vae, metadata, reports: Sequence[StepReport], *, output, fmt: str) -> str:
     """`vaelens encode`: what went in, what came out, one line per encode call, the file written."""
     pixel, latent = list(metadata.pixel_shape), list(metadata.latent_shape)
+    frames = metadata.extra.get("frames") if metadata.extra else None
+    what = f"1 clip of {frames} frames" if frames else f"{pixel[0]} image(s)"
     lines = [
-        f"{pixel[0]} image(s) {pixel} -> latent {latent} "
+        f"{what} {pixel} -> latent {latent} "
         f"({'normalised' if metadata.normalized else 'raw'}) with {vae.family} [{vae.detection}]"
     ]
     lines += ["  " + step_line(r) for r in reports]
