@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from vaelens.cli._vaeargs import add_vae, load_from_args
@@ -82,8 +84,35 @@ def encode_settings_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-def progress_for(args: argparse.Namespace, description: str):
-    """-> a progress bar context (images/s and ETA on stderr; nothing with --quiet, --json or no TTY)."""
-    from vaelens.progress import progress_bar
+class _Staged:
+    """A progress callback (done, total, what) that draws one bar per stage (scanning files, then
+    encoding images), so each bar's rate and ETA count one kind of step."""
 
-    return progress_bar(description, enabled=not (args.quiet or args.json), unit="image")
+    def __init__(self, description: str, enabled: bool) -> None:
+        self.description, self.enabled = description, enabled
+        self.stage: str | None = None
+        self.stack = contextlib.ExitStack()
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int | None, what: str) -> None:
+        from vaelens.progress import progress_bar
+
+        if what != self.stage:
+            self.stack.close()
+            self.stack = contextlib.ExitStack()
+            unit = "file" if what == "scanning" else "image"
+            self.bar = self.stack.enter_context(
+                progress_bar(f"{self.description}: {what}", total=total, enabled=self.enabled, unit=unit)
+            )
+            self.stage = what
+        self.bar(done, total, "")
+
+
+@contextlib.contextmanager
+def progress_for(args: argparse.Namespace, description: str) -> Iterator[_Staged]:
+    """-> a progress callback: bars with rate and ETA on stderr (none with --quiet, --json or no TTY)."""
+    staged = _Staged(description, enabled=not (args.quiet or args.json))
+    try:
+        yield staged
+    finally:
+        staged.stack.close()
