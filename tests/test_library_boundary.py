@@ -132,3 +132,30 @@ def test_cli_error_line_names_the_flag(tmp_path):
     assert err.getvalue().startswith("vaelens shapes: error: frames 9: sdxl is an image VAE; --frames applies")
     with pytest.raises(VaeLensError, match="frames= applies to video families"):
         shapes("sdxl", frames=9)
+
+
+def test_every_module_imports_first():
+    """Each vaelens module imports on its own (no import cycle that works only in some order: `import
+    vaelens.trace` first once failed, trace.dispatch -> memory -> memory.estimate -> trace)."""
+    import subprocess
+    import sys
+
+    names = sorted(
+        ".".join(("vaelens", *p.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__")
+        for p in SRC.rglob("*.py")
+    )
+    script = (
+        "import importlib, sys, torch, diffusers\n"
+        "bad = []\n"
+        f"for name in {names!r}:\n"
+        "    for key in [k for k in sys.modules if k == 'vaelens' or k.startswith('vaelens.')]:\n"
+        "        del sys.modules[key]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ImportError as exc:\n"
+        "        bad.append(f'{name}: {exc}')\n"
+        "print('\\n'.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == ""

@@ -9,7 +9,6 @@ Video families take a still image as one frame: pixels [B,3,1,H,W].
 from __future__ import annotations
 
 import contextlib
-import enum
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,20 +19,16 @@ import numpy as np
 
 from vaelens.errors import VaeLensError
 from vaelens.metrics import psnr, ssim
-from vaelens.options import DType, parse_choice
+from vaelens.options import Choice, DType
 from vaelens.weights.load import LoadedVae, cast_module
 
 
-class Upcast(str, enum.Enum):
+class Upcast(Choice):
     """When to run a step in fp32 although the module's dtype is fp16/bf16."""
 
     AUTO = "auto"  # as diffusers: fp32 when config.force_upcast and fp16; and redo in fp32 on NaN/Inf
     ALWAYS = "always"
     NEVER = "never"
-
-    @classmethod
-    def parse(cls, value: str | Upcast) -> Upcast:
-        return parse_choice(cls, value, "upcast")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,7 +6,7 @@ import enum
 import math
 import re
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from vaelens.errors import SizeError, VaeLensError
 
@@ -28,6 +28,15 @@ def parse_choice(cls: type[E], value: str | E, what: str) -> E:
         raise VaeLensError(f"{what} {value!r} is not supported; choose one of: {choices}") from None
 
 
+class Choice(str, enum.Enum):
+    """A string option given by users: `parse` takes a member or its value in any case, and anything
+    else raises naming the choices (the option is called by the class name in lower case)."""
+
+    @classmethod
+    def parse(cls, value: str | Self) -> Self:
+        return parse_choice(cls, value, cls.__name__.lower())
+
+
 # A size beyond this is refused before any work: 16384² RGB at fp32 is already 3 GiB of pixels,
 # and the decode activations of an f8 VAE at that size pass a terabyte.
 MAX_SIDE = 16384
@@ -35,7 +44,7 @@ MAX_FRAMES = 1025
 MAX_BATCH = 4096
 
 
-class DType(str, enum.Enum):
+class DType(Choice):
     """Floating dtypes a VAE runs in."""
 
     FP32 = "fp32"

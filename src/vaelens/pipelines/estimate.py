@@ -18,13 +18,12 @@ Offload modes follow diffusers/accelerate:
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vaelens.options import DType, PixelRequest, parse_choice
+from vaelens.options import Choice, DType, PixelRequest
 from vaelens.pipelines.components import (
     ComponentSize,
     build_component,
@@ -36,16 +35,12 @@ from vaelens.pipelines.inputs import CallPlan, denoiser_plan, text_encoder_plan
 from vaelens.pipelines.spec import ComponentSpec, Guidance, PipelineSpec, Role
 
 
-class Offload(str, enum.Enum):
+class Offload(Choice):
     """diffusers' offload modes: none | model (enable_model_cpu_offload) | sequential."""
 
     NONE = "none"
     MODEL = "model"
     SEQUENTIAL = "sequential"
-
-    @classmethod
-    def parse(cls, value: str | Offload) -> Offload:
-        return parse_choice(cls, value, "offload")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

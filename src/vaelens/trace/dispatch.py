@@ -10,7 +10,6 @@ import weakref
 from collections.abc import Collection
 from typing import Any
 
-from vaelens.memory.allocator import round_block
 from vaelens.trace.records import OpEvent, TensorMeta
 
 
@@ -37,6 +36,11 @@ class Recorder:
     """TorchDispatchMode body + module hooks; counts storages per tensor object."""
 
     def __init__(self, resident: set[int], detail: Collection[str] | None = None) -> None:
+        # The caching allocator's block rounding is vaelens.memory's; imported here, not at module level,
+        # because importing vaelens.memory imports vaelens.trace (its estimate traces a module).
+        from vaelens.memory.allocator import round_block
+
+        self.round_block = round_block
         self.resident = resident
         self.detail = frozenset(detail) if detail is not None else None
         self.names: dict[Any, str] = {}
@@ -100,7 +104,7 @@ class Recorder:
             if sid in self.refs:
                 self.refs[sid] += 1
             else:
-                nbytes = round_block(storage.nbytes())
+                nbytes = self.round_block(storage.nbytes())
                 self.refs[sid] = 1
                 self.size[sid] = nbytes
                 self.live += nbytes

@@ -5,23 +5,18 @@ TensorMeta / OpEvent / LayerRecord / Trace are what vaelens.trace produces and v
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Any
 
-from vaelens.options import parse_choice
+from vaelens.options import Choice
 
 
-class Op(str, enum.Enum):
+class Op(Choice):
     """Which call of a module is traced."""
 
     ENCODE = "encode"
     DECODE = "decode"
     FORWARD = "forward"
-
-    @classmethod
-    def parse(cls, value: str | Op) -> Op:
-        return parse_choice(cls, value, "op")
 
 
 @dataclass(frozen=True, slots=True)
