@@ -390,3 +390,16 @@ def test_video_clips_cache_through_a_video_vae(tmp_path):
     by = {ds.records[i]["source"]: ds[i]["latent"] for i in range(len(ds))}
     t = wan.spec.temporal.factor
     assert by["long.mp4"].shape[1] == (5 - 1) // t + 1 and by["img000.png"].shape[1] == 1
+
+
+def test_cache_statistics_equal_one_numpy_pass_over_the_stored_latents(tmp_path, vae, bucketing):
+    data = tmp_path / "data"
+    make_images(data, 9)
+    report = cache_dataset(data, vae, tmp_path / "out", options=options(bucketing, stats=True), encode=SETTINGS)
+    stored = all_latents(tmp_path / "out").values()
+    x = np.concatenate([np.moveaxis(z.double().numpy(), 0, -1).reshape(-1, z.shape[0]) for z in stored])
+    per = report.stats["per_channel"]
+    np.testing.assert_allclose([c["mean"] for c in per], x.mean(0), rtol=1e-9)
+    np.testing.assert_allclose([c["std"] for c in per], x.std(0), rtol=1e-9)
+    np.testing.assert_allclose(report.stats["correlation"], np.corrcoef(x, rowvar=False), rtol=1e-9, atol=1e-12)
+    assert report.stats["overall"]["std"] == pytest.approx(x.std(), rel=1e-9)
