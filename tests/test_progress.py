@@ -59,3 +59,20 @@ def test_encode_progress_is_on_only_for_a_terminal(files, tmp_path, monkeypatch,
     capsys.readouterr()
     assert code == 0
     assert ("encode with" in err.getvalue()) is drawn, err.getvalue()
+
+
+def test_pipeline_names_each_traced_call(monkeypatch):
+    import argparse
+
+    import vaelens.pipelines.estimate as estimate
+    from vaelens.cli.pipeline import _progress
+
+    monkeypatch.setattr(estimate, "trace_peak", lambda module, plan, dtype: "peak")
+    monkeypatch.setattr(estimate, "estimate_decode", lambda *a, **k: ("decode", None))
+    tty = FakeTTY()
+    monkeypatch.setattr(sys, "stderr", tty)
+    with _progress(argparse.Namespace(quiet=False, json=False), "sd15") as hooks:
+        assert hooks["peak_fn"](torch.nn.Linear(1, 1), None, None) == "peak"
+        assert hooks["decode_fn"]("sd15", None, False) == ("decode", None)
+    assert "pipeline sd15" in tty.getvalue(), tty.getvalue()
+    assert "tracing" in tty.getvalue(), tty.getvalue()

@@ -58,7 +58,10 @@ class _Rich:
         self._p, self._task, self._desc, self._unit = progress, task, description, unit
 
     def advance(self, n: int = 1, what: str | None = None) -> None:
-        self._p.update(self._task, advance=n, description=self._label(what))
+        if what is None:  # keep the stage shown
+            self._p.update(self._task, advance=n)
+        else:
+            self._p.update(self._task, advance=n, description=self._label(what))
 
     def stage(self, what: str) -> None:
         self._p.update(self._task, description=self._label(what))
