@@ -107,7 +107,7 @@ def test_memory_accuracy_benchmark_says_where_the_data_is_expected(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "h100.jsonl" in r.stderr and "not found" in r.stderr
+    assert "h100.jsonl" in r.stderr and "shared/measurements" in r.stderr
 
 
 @pytest.mark.parametrize("command", ["shapes", "memory", "trace"])
