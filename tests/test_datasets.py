@@ -251,7 +251,7 @@ CHILD = textwrap.dedent(
         if what == "encoding" and done:
             calls.append(done)
             if len(calls) == 4:  # mid-run, with samples encoded but not yet in a shard
-                print("KILL ME", flush=True)
+                print("KILL ME", done, flush=True)
                 time.sleep(120)
 
     opts = CacheOptions(bucketing=make_bucketing(vae.spec, resolution=32, step=8), batch_size=3, workers=0,
@@ -275,7 +275,7 @@ def test_resume_after_sigkill_encodes_only_what_is_missing(tmp_path, vae, bucket
                              env=env)
     try:
         line = child.stdout.readline()
-        assert line.strip() == "KILL ME"
+        assert line.startswith("KILL ME")
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
     finally:
@@ -403,3 +403,24 @@ def test_cache_statistics_equal_one_numpy_pass_over_the_stored_latents(tmp_path,
     np.testing.assert_allclose([c["std"] for c in per], x.std(0), rtol=1e-9)
     np.testing.assert_allclose(report.stats["correlation"], np.corrcoef(x, rowvar=False), rtol=1e-9, atol=1e-12)
     assert report.stats["overall"]["std"] == pytest.approx(x.std(), rel=1e-9)
+
+
+def test_ctrl_c_flushes_every_finished_sample(tmp_path):
+    from vaelens.datasets.store import read_manifest
+
+    data = tmp_path / "data"
+    make_images(data, 14)
+    out = tmp_path / "interrupted"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    child = subprocess.Popen([sys.executable, str(script), str(data), str(out)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        done = int(child.stdout.readline().split()[-1])
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    assert "KeyboardInterrupt" in err
+    assert len(read_manifest(out)) == done  # samples encoded but not yet in a full shard were written
