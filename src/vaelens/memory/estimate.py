@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vaelens.errors import VaeLensError
+from vaelens.memory.allocator import SMALL_SIZE
 from vaelens.memory.rules import RULES
 from vaelens.memory.simulate import compile_trace, min_device_bytes, run
 from vaelens.options import DType, PixelRequest
@@ -55,6 +56,12 @@ class LayerMemory:
 # loading; nvidia-smi minus torch.cuda.memory_reserved() shows it on a given machine. A documented
 # figure, reported beside min_device_bytes, never folded into the estimates.
 CUDA_CONTEXT_BYTES = 512 * 2**20
+
+# The range also allows for one block at the peak that the real allocator handed out whole while the
+# model split it, or the reverse: a cached block is given whole when what is left would be 1 MiB or
+# less (CUDACachingAllocator.cpp should_split, kSmallSize), and memory_allocated() counts the whole
+# block. Which cached block serves a request depends on the history of the process.
+ALLOCATOR_SLACK = SMALL_SIZE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,7 +162,8 @@ def simulate(
         dtype = DType.parse(tr.input_dtype) if tr.input_dtype in ("float32", "float16", "bfloat16") else DType.FP32
     return MemoryEstimate(
         op=tr.op, dtype=dtype, peak_bytes=best.peak, peak_at=peak_at, peak_op=peak_op,
-        peak_bytes_low=min(low.peak, best.peak), peak_bytes_high=max(high.peak, best.peak),
+        peak_bytes_low=max(0, min(low.peak, best.peak) - ALLOCATOR_SLACK),
+        peak_bytes_high=max(high.peak, best.peak) + ALLOCATOR_SLACK,
         reserved_peak_bytes=best.reserved_peak,
         min_device_bytes=min_device_bytes(prog, mode="high") if device else 0,
         base_bytes=best.base, range_ops=tuple(wide),
