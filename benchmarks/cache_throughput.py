@@ -81,7 +81,7 @@ def main() -> None:
         vae = load_demo_vae(device=args.device)
         module = vae.module
         naive(files[: args.batch], module, size, args.batch, args.device)  # warm-up
-        bucketing = make_bucketing(vae.spec, size=size)
+        bucketing = make_bucketing(vae.spec, size=(size[1], size[0]))  # (H, W)
         naive_rates, cache_rates = [], []
         for r in range(args.repeat):
             naive_rates.append(naive(files, module, size, args.batch, args.device))

@@ -118,7 +118,7 @@ def test_compute_stats_matches_numpy_over_independent_encodes(tmp_path, vae, buc
         from PIL import Image
 
         w, h = Image.open(p).size
-        arr = decode_image(str(p), bucketing.place(w, h)).astype(np.float32) / 255.0
+        arr = decode_image(str(p), bucketing.place(h, w)).astype(np.float32) / 255.0
         z, _ = encode(vae, to_pixels([arr]), normalized=False)
         rows.append(np.moveaxis(z.double().numpy(), 1, -1).reshape(-1, z.shape[1]))
     x = np.concatenate(rows)
@@ -345,8 +345,8 @@ def test_video_clip_decodes_with_pyav(tmp_path, vae):
         for packet in stream.encode():
             container.mux(packet)
     scan = scan_item(path, tmp_path)
-    assert scan.error is None and scan.size == (64, 48) and scan.kind == "video"
-    clip = decode_clip(str(path), make_bucketing(vae.spec, size=(32, 24)).place(64, 48), 5)
+    assert scan.error is None and scan.size == (48, 64) and scan.kind == "video"
+    clip = decode_clip(str(path), make_bucketing(vae.spec, size=(24, 32)).place(48, 64), 5)
     assert clip.shape == (5, 24, 32, 3)
     assert clip[4].mean() > clip[0].mean() + 100  # frames in order, each decoded
 

@@ -231,11 +231,11 @@ def _record(item, batch, mean, dtype: str, retried: bool) -> dict[str, Any]:
         "content_hash": item.content_hash,
         "kind": item.kind,
         "shape": list(mean.shape),
-        # (H, W), as vaelens writes sizes in JSON and SDXL's original_size / target_size take them
-        "original_size": [p.original_size[1], p.original_size[0]],
-        "resized_size": [p.resized_size[1], p.resized_size[0]],
+        # (H, W), as vaelens writes sizes and SDXL's original_size / target_size take them
+        "original_size": list(p.original_size),
+        "resized_size": list(p.resized_size),
         "crop_top_left": list(p.crop_top_left),
-        "bucket": [p.bucket[1], p.bucket[0]],
+        "bucket": list(p.bucket),
         "frames": batch.frames,
         "encode_dtype": "fp32" if retried else dtype,
     }

@@ -1,7 +1,7 @@
 """A dataset's items: which files, their content hashes, their sizes (read from the header only).
 
 DATA (folder, searched recursively | one file | a .txt list of paths) -> [Path] in sorted order
--> scan_item(path) -> Scan(content hash, (width, height) after EXIF orientation, frames, or an error).
+-> scan_item(path) -> Scan(content hash, (height, width) after EXIF orientation, frames, or an error).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class Scan:
     rel: str  # path relative to the dataset root (what manifests record)
     kind: str  # "image" | "video"
     content_hash: str = ""
-    size: tuple[int, int] | None = None  # (width, height) as displayed
+    size: tuple[int, int] | None = None  # (height, width) as displayed
     frames: int | None = None  # video frames the container declares (0: unknown)
     error: str | None = None
 
@@ -101,7 +101,7 @@ def _image_header(path: Path) -> tuple[int, int]:
     with Image.open(path) as img:
         w, h = img.size
         orientation = int(img.getexif().get(0x0112, 1) or 1)  # EXIF tag 274
-    return (h, w) if orientation in _ROTATED else (w, h)
+    return (w, h) if orientation in _ROTATED else (h, w)
 
 
 def _video_header(path: Path) -> tuple[tuple[int, int], int]:
@@ -110,7 +110,7 @@ def _video_header(path: Path) -> tuple[tuple[int, int], int]:
         if not container.streams.video:
             raise VaeLensError("no video stream")
         stream = container.streams.video[0]
-        return (int(stream.width), int(stream.height)), int(stream.frames or 0)
+        return (int(stream.height), int(stream.width)), int(stream.frames or 0)
 
 
 def import_av() -> Any:

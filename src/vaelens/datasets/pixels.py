@@ -1,7 +1,8 @@
 """Aspect-ratio buckets with the family's size rule, and decoding one file to the pixels of its bucket.
 
-(width, height) -> Bucketing.choose -> bucket (bw, bh), both multiples of the family's size multiple
--> resize_plan: scale to cover the bucket, centre-crop -> Placement (resized size, crop top/left)
+(height, width) -> Bucketing.place -> bucket (bh, bw), both multiples of the family's size multiple:
+scale to cover the bucket, centre-crop -> Placement (resized size, crop top/left). Sizes are (H, W), as
+everywhere in vaelens' Python API
 -> decode_image / decode_clip -> uint8 array [bh,bw,3] / [F,bh,bw,3] (RGB, alpha composited onto white,
 EXIF orientation applied, as vaelens.images.read_image reads a file).
 
@@ -29,10 +30,10 @@ MODES = ("native", "fixed", "area")
 class Placement:
     """How one image reaches its bucket: the size it is resized to, and the crop taken from it."""
 
-    original_size: tuple[int, int]  # (width, height) as displayed
-    resized_size: tuple[int, int]  # (width, height) after resizing (= original in native mode)
+    original_size: tuple[int, int]  # (height, width) as displayed
+    resized_size: tuple[int, int]  # (height, width) after resizing (= original in native mode)
     crop_top_left: tuple[int, int]  # (top, left) in the resized image, as SDXL's crops_coords_top_left
-    bucket: tuple[int, int]  # (width, height) encoded
+    bucket: tuple[int, int]  # (height, width) encoded
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,12 +42,12 @@ class Bucketing:
 
     mode: str
     multiple: int  # the family's size multiple (every bucket side is one)
-    size: tuple[int, int] | None = None  # fixed mode (width, height)
+    size: tuple[int, int] | None = None  # fixed mode (height, width)
     resolution: int | None = None  # area mode: buckets of about resolution² pixels
     step: int | None = None
     min_side: int | None = None
     max_side: int | None = None
-    buckets: tuple[tuple[int, int], ...] = ()
+    buckets: tuple[tuple[int, int], ...] = ()  # (height, width) each
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,32 +61,32 @@ class Bucketing:
             "buckets": [list(b) for b in self.buckets],
         }
 
-    def place(self, width: int, height: int) -> Placement:
-        """(width, height) -> Placement in this rule's bucket (SizeError when smaller than one multiple)."""
+    def place(self, height: int, width: int) -> Placement:
+        """(height, width) -> Placement in this rule's bucket (SizeError when smaller than one multiple)."""
         m = self.multiple
         if self.mode == "native":
-            bw, bh = width // m * m, height // m * m
+            bh, bw = height // m * m, width // m * m
             if bw == 0 or bh == 0:
                 raise SizeError(f"image {width}x{height} is smaller than the multiple of {m} pixels per side")
             return Placement(
-                original_size=(width, height),
-                resized_size=(width, height),
+                original_size=(height, width),
+                resized_size=(height, width),
                 crop_top_left=((height - bh) // 2, (width - bw) // 2),
-                bucket=(bw, bh),
+                bucket=(bh, bw),
             )
         if self.mode == "fixed":
             assert self.size is not None
-            bw, bh = self.size
+            bh, bw = self.size
         else:
             ratio = math.log(width / height)
-            bw, bh = min(self.buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
+            bh, bw = min(self.buckets, key=lambda b: (abs(math.log(b[1] / b[0]) - ratio), -b[0] * b[1]))
         scale = max(bw / width, bh / height)
-        rw, rh = max(bw, round(width * scale)), max(bh, round(height * scale))
+        rh, rw = max(bh, round(height * scale)), max(bw, round(width * scale))
         return Placement(
-            original_size=(width, height),
-            resized_size=(rw, rh),
+            original_size=(height, width),
+            resized_size=(rh, rw),
             crop_top_left=((rh - bh) // 2, (rw - bw) // 2),
-            bucket=(bw, bh),
+            bucket=(bh, bw),
         )
 
 
@@ -96,12 +97,12 @@ def make_bucketing(
     resolution: int | None = None,
     step: int | None = None,
 ) -> Bucketing:
-    """The family's size rule + (size=(w, h) | resolution=R [, step]) | neither -> Bucketing.
+    """The family's size rule + (size=(height, width) | resolution=R [, step]) | neither -> Bucketing.
 
     >>> from vaelens.families import get_family
     >>> b = make_bucketing(get_family("sdxl"), resolution=1024)
-    >>> b.place(1600, 900).bucket
-    (1344, 768)
+    >>> b.place(900, 1600).bucket
+    (768, 1344)
     """
     m = spec.size_rule.multiple
     if spec.size_rule.raise_multiple:
@@ -109,10 +110,10 @@ def make_bucketing(
     if size is not None and resolution is not None:
         raise VaeLensError(f"size={size} and resolution={resolution}: give one (fixed size or area buckets)")
     if size is not None:
-        w, h = size
+        h, w = size
         if w % m or h % m or w <= 0 or h <= 0:
             raise SizeError(f"size {w}x{h} is not a multiple of {m} for {spec.name}; choose sides divisible by {m}")
-        return Bucketing(mode="fixed", multiple=m, size=(w, h), buckets=((w, h),))
+        return Bucketing(mode="fixed", multiple=m, size=(h, w), buckets=((h, w),))
     if resolution is None:
         if step is not None:
             raise VaeLensError(f"step={step} applies to area buckets; give resolution= too")
@@ -167,14 +168,14 @@ def _place_pil(img, placement: Placement) -> np.ndarray:
     """PIL image (displayed orientation) -> uint8 [bh,bw,3] resized (Lanczos) and cropped per placement."""
     from PIL import Image
 
-    rw, rh = placement.resized_size
+    rh, rw = placement.resized_size
     if img.size != (rw, rh):
         if img.mode not in ("RGB", "RGBA", "L", "LA"):
             img = Image.fromarray(_rgb_uint8(img))
         img = img.resize((rw, rh), Image.Resampling.LANCZOS, reducing_gap=3.0)
     arr = _rgb_uint8(img)
     top, left = placement.crop_top_left
-    bw, bh = placement.bucket
+    bh, bw = placement.bucket
     return np.ascontiguousarray(arr[top : top + bh, left : left + bw])
 
 
@@ -183,8 +184,8 @@ def decode_image(path: str, placement: Placement) -> np.ndarray:
     from PIL import Image, ImageOps
 
     with Image.open(path) as img:
-        rw, rh = placement.resized_size
-        w, h = placement.original_size
+        rh, rw = placement.resized_size
+        h, w = placement.original_size
         if img.format == "JPEG" and (rw, rh) != (w, h):
             # DCT-domain downscaling: decode at 1/2, 1/4, 1/8 when the result stays ≥ 2× the target
             # (Pillow's draft; what Image.thumbnail does), then Lanczos. Same quality, a fraction of the work.
