@@ -15,7 +15,12 @@ from vaelens.options import parse_size
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", metavar="DATA", help="folder of images/videos (recursive), one file, or a .txt list")
     add_vae(p, required=False)
-    p.set_defaults(dtype="auto")  # bf16 on CUDA, fp32 on CPU (see --dtype below)
+    p.set_defaults(dtype="auto")
+    for action in p._actions:  # the shared weights group's wording, for these commands
+        if action.dest == "dtype":
+            action.help = "compute dtype: auto (default: bf16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16"
+        elif action.dest == "upcast":
+            action.help = argparse.SUPPRESS  # NaN/Inf samples are always redone in fp32
     g = p.add_argument_group("pixels")
     g.add_argument("--size", metavar="WxH", help="resize (cover) and centre-crop every image to WxH")
     g.add_argument("--resolution", type=int, metavar="R",
