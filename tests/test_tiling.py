@@ -39,6 +39,31 @@ def _build(name: str):
         m = diffusers.AutoencoderKLWan(**WAN_LIKE)
     elif name == "qwen-image":
         m = diffusers.AutoencoderKLQwenImage(**WAN_LIKE, latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    elif name == "sana":  # DC-AE: ReLU linear attention over the whole map (runs whole, exactly)
+        m = diffusers.AutoencoderDC(
+            latent_channels=4, attention_head_dim=4, encoder_block_types=("ResBlock", "EfficientViTBlock"),
+            decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 16),
+            decoder_block_out_channels=(8, 16), encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1),
+            encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
+            upsample_block_type="interpolate", downsample_block_type="Conv")
+    elif name == "cogvideox":
+        m = diffusers.AutoencoderKLCogVideoX(
+            block_out_channels=(8, 16), down_block_types=("CogVideoXDownBlock3D",) * 2,
+            up_block_types=("CogVideoXUpBlock3D",) * 2, latent_channels=4, norm_num_groups=4, layers_per_block=1,
+            temporal_compression_ratio=2)
+    elif name == "hunyuanvideo":
+        m = diffusers.AutoencoderKLHunyuanVideo(
+            block_out_channels=(8,) * 4, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+            up_block_types=("HunyuanVideoUpBlock3D",) * 4, latent_channels=4, norm_num_groups=4, layers_per_block=1)
+    elif name == "ltx-video":
+        m = diffusers.AutoencoderKLLTXVideo(
+            latent_channels=8, block_out_channels=(8,), decoder_block_out_channels=(8,), layers_per_block=(1, 1),
+            decoder_layers_per_block=(1, 1), spatio_temporal_scaling=(True,), decoder_spatio_temporal_scaling=(True,),
+            decoder_inject_noise=(False, False), upsample_residual=(False,), upsample_factor=(1,),
+            down_block_types=("LTXVideoDownBlock3D",), downsample_type=("conv",))
+    elif name == "mochi":  # GroupNorm with 32 groups: 32 channels is the least it takes
+        m = diffusers.AutoencoderKLMochi(encoder_block_out_channels=(32,) * 4, decoder_block_out_channels=(32,) * 4,
+                                         latent_channels=4, layers_per_block=(1,) * 5, act_fn="silu")
     else:
         raise AssertionError(name)
     return m.eval()
@@ -52,6 +77,12 @@ CASES = {
     "taesd": ((2, 3, 21, 27), (2, 4, 11, 13)),
     "wan21": ((2, 3, 5, 22, 26), (2, 4, 2, 11, 13)),
     "qwen-image": ((1, 3, 5, 18, 30), (1, 4, 2, 9, 15)),
+    # the other classes: exact too (the executor runs what it does not know whole)
+    "sana": ((1, 3, 22, 26), (1, 4, 11, 13)),
+    "cogvideox": ((1, 3, 5, 22, 26), (1, 4, 3, 11, 13)),
+    "hunyuanvideo": ((1, 3, 5, 40, 48), (1, 4, 2, 5, 6)),
+    "ltx-video": ((1, 3, 9, 32, 48), (1, 8, 5, 4, 6)),
+    "mochi": ((1, 3, 7, 48, 40), (1, 4, 2, 6, 5)),
 }
 MODULES: dict[str, torch.nn.Module] = {}
 
@@ -77,7 +108,8 @@ def test_tiled_equals_untiled(name, op):
     pixels, latent = CASES[name]
     g = torch.Generator().manual_seed(1)
     x = torch.rand(pixels if op == "encode" else latent, generator=g) * 2 - 1
-    plan = plan_tiling(m, tuple(x.shape), budget="80GiB", op=op, tile=12)  # force 12-px tiles
+    tile = min(pixels[-2:]) // 2  # at least 2x2 tiles at full resolution, more on the lower-resolution maps
+    plan = plan_tiling(m, tuple(x.shape), budget="80GiB", op=op, tile=tile)
     assert plan.method == "exact" and plan.tiles >= 4
     run = decode if op == "decode" else encode
     tiled = run(m, x, plan=plan)
@@ -141,7 +173,16 @@ def test_enable_budgeted_vae_makes_the_modules_own_calls_exact_and_budgeted():
 
 
 def test_a_class_without_exact_tiling_falls_back_to_its_own_labelled_approximate():
-    plan = plan_tiling("sana", (1, 32, 64, 64), "bf16", "2GiB")
+    from diffusers import AutoencoderKL
+
+    from vaelens.families import get_family
+
+    class ThirdPartyKL(AutoencoderKL):  # a class vaelens has not checked
+        pass
+
+    with torch.device("meta"):
+        m = ThirdPartyKL.from_config(get_family("sdxl").diffusers_config())
+    plan = plan_tiling(m, (1, 4, 256, 256), "bf16", "4GiB")
     assert plan.method == "approximate" and not plan.exact
     block = plan.to_json()
     assert block["exact"] is False and "enable_tiling" in block["approximate_reason"]

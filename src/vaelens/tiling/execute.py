@@ -55,7 +55,7 @@ _POINTWISE = frozenset({
     "clamp", "clip", "clamp_min", "clamp_max", "pow", "sqrt", "rsqrt", "abs", "mish", "leaky_relu", "softplus",
     "elu", "hardtanh", "hardswish", "hardsigmoid", "square", "reciprocal", "rsub", "nan_to_num",
     "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
-    "__neg__", "__pow__", "__rpow__", "where", "lerp", "addcmul", "maximum", "minimum", "sin", "cos",
+    "__neg__", "__pow__", "__rpow__", "lerp", "addcmul", "maximum", "minimum", "sin", "cos",
     "__iadd__", "__isub__", "__imul__", "__itruediv__", "add_", "sub_", "mul_", "div_", "clamp_", "relu_",
     "silu_", "tanh_", "sigmoid_", "exp_", "neg_", "copysign", "sign", "floor", "round", "erf",
 })

@@ -16,10 +16,12 @@ from typing import Any
 from vaelens.errors import VaeLensError
 from vaelens.options import DType, parse_bytes
 
-# Classes whose every global operation the executor handles exactly (GroupNorm, attention) and whose
-# remaining operations are local: tested tile == untiled in tests/test_tiling.py.
+# Classes tested tiled == untiled (tests/test_tiling.py). The executor is generic (any operation it
+# does not know runs whole, exactly), so the list is the classes whose equality has been checked.
 EXACT_CLASSES = frozenset({
     "AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderTiny", "AutoencoderKLWan", "AutoencoderKLQwenImage",
+    "AutoencoderDC", "AutoencoderKLCogVideoX", "AutoencoderKLHunyuanVideo", "AutoencoderKLLTXVideo",
+    "AutoencoderKLMochi",
 })
 
 UNTILED, EXACT, APPROXIMATE = "untiled", "exact", "approximate"
@@ -103,10 +105,21 @@ def meta_module(model: Any, dtype: DType | str | None = None):
 
     model = getattr(model, "module", model)  # LoadedVae
     if isinstance(model, torch.nn.Module):
+        import copy
+
+        from vaelens.build import meta_copy, quiet_diffusers
+
         first = next(iter(model.parameters()), None)
         dt = DType.parse(dtype) if dtype is not None else _dtype_of(first)
-        cfg = {**dict(model.config), "_class_name": type(model).__name__}
-        return build_module(cfg, device="meta", dtype=dt), dt
+        meta = meta_copy(model, dt.torch)  # the same class and settings, no weights
+        if meta is model:  # already on meta: copy it anyway, the flags below are ours to change
+            with quiet_diffusers():
+                meta = copy.deepcopy(model).to(dt.torch)
+        for name in ("decode", "encode", "_vaelens_budget"):  # an enable_budgeted_vae wrapper: not traced
+            meta.__dict__.pop(name, None)
+        if hasattr(meta, "use_tiling"):
+            meta.use_tiling = False
+        return meta.eval(), dt
     dt = DType.parse(dtype) if dtype is not None else DType.FP32
     if isinstance(model, Mapping):
         return build_module(model, device="meta", dtype=dt), dt
@@ -201,13 +214,15 @@ def _untiled(meta: Any, op: str, shape: tuple[int, ...], dt: DType, *, tiled: bo
     from vaelens.trace import trace_module
 
     x = torch.empty(shape, device="meta", dtype=dt.torch)
-    prev = getattr(meta, "use_tiling", False)
+    prev = getattr(meta, "use_tiling", None)
     if tiled:
         meta.enable_tiling()
+    elif prev is not None:
+        meta.use_tiling = False
     try:
         tr = trace_module(meta, [x], op=op, detail=RULES.keys())
     finally:
-        if hasattr(meta, "use_tiling"):
+        if prev is not None:
             meta.use_tiling = prev
     return tr, simulate(tr, dtype=dt, tiled=tiled)
 
