@@ -1,10 +1,13 @@
-"""Time to trace and predict SDXL decode at 4096² on one CPU core, and the ratio to a real CPU decode.
+"""Time to trace and predict SDXL decode at 4096² on one CPU core, the ratio to a real CPU decode, and
+the time of a `--budget` search.
 
-    python benchmarks/trace_speed.py [--quick] [--json]
+    python benchmarks/trace_speed.py [--quick] [--json] [--budget]
 
 Full: trace + predict SDXL decode at 4096x4096 bf16 (target <= 1 s on one core), and a real CPU
 decode of the same architecture at 512x512 fp32 with random weights. --quick (CI): 1024x1024 and a
-real decode of a 64x64 image, so it runs in seconds.
+real decode of a 64x64 image, so it runs in seconds. --budget: also time check_vae_budget (what
+`vaelens memory sd15 --size 512x512 --budget 8GiB` and the same with `--batch 2 --sliced` run), the
+searches the issue asks to answer in <= 10 s.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--budget", action="store_true", help="also time the --budget searches")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     import torch
@@ -56,6 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         "real_cpu_decode_size": real_side, "real_cpu_decode_seconds": real_s, "ratio": predict_s / real_s,
         "threads": torch.get_num_threads(),
     }
+    if args.budget:
+        from vaelens.memory.budget import check_vae_budget
+        from vaelens.options import parse_bytes
+
+        sd15 = get_family("sd15")
+        for label, req, sliced in (("budget_seconds", PixelRequest(width=512, height=512), False),
+                                   ("budget_sliced_seconds", PixelRequest(width=512, height=512, batch=2), True)):
+            t0 = time.perf_counter()
+            check_vae_budget(sd15, req, parse_bytes("8GiB"), step=8, sliced=sliced)
+            result[label] = time.perf_counter() - t0
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
@@ -63,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trace + predict SDXL decode {side}x{side} bf16: {predict_s:.3f} s (best of {args.repeat}, "
               f"1 thread), peak {est.peak_bytes / 2**30:.2f} GiB at {est.peak_at}")
         print(f"real CPU decode {real_side}x{real_side} fp32: {real_s:.3f} s -> ratio {predict_s / real_s:.3f}")
+        if args.budget:
+            print(f"sd15 512x512 --budget 8GiB: {result['budget_seconds']:.1f} s; with --batch 2 --sliced: "
+                  f"{result['budget_sliced_seconds']:.1f} s (1 thread)")
     return 0
 
 
