@@ -201,3 +201,20 @@ def test_memory_budget_prints_the_tiling_plan(cli, tmp_path):
     data = cli("memory", str(path), "--size", "128x96", "--op", "decode", "--budget", budget, "--json").json()
     block = data["tiling"]["decode"]
     assert block["tiles"] > 1 and block["predicted_peak_bytes"] <= block["budget_bytes"] == parse_bytes(budget)
+
+
+def test_roundtrip_budget_runs_in_tiles_with_the_same_score(cli, tmp_path):
+    from vaelens.weights.demo import load_demo_vae
+
+    demo = load_demo_vae(device="cpu").module
+    need = plan_tiling(demo, (1, 4, 16, 24), budget="80GiB", tile=10**4).predicted_peak_bytes  # decode of 96x64
+    budget = f"{(need - 1024) // 1024}KiB"
+    base = ["roundtrip", "--size", "96x64", "--json", "--force"]
+    plain = cli(*base, "-o", str(tmp_path / "a")).json()
+    tiled = cli(*base, "-o", str(tmp_path / "b"), "--budget", budget).json()
+    assert "tiling" not in plain
+    assert tiled["tiling"]["tiles"] > 1 and tiled["tiling"]["exact"] is True
+    assert tiled["tiling"]["predicted_peak_bytes"] <= tiled["tiling"]["budget_bytes"] == parse_bytes(budget)
+    assert abs(tiled["psnr_db"][0] - plain["psnr_db"][0]) < 1e-3
+    hopeless = cli(*base, "-o", str(tmp_path / "c"), "--budget", "1KiB")
+    assert hopeless.code == 2 and hopeless.err.count("\n") == 1 and "smallest budget that works is" in hopeless.err
