@@ -106,3 +106,29 @@ def test_build_does_not_import_the_registry():
     tree = ast.parse(pathlib.Path(vaelens.build.__file__).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not {m for m in imported if m and m.startswith("vaelens.families")}
+
+
+def test_keyword_call_is_traced_with_the_modules_own_paths():
+    """trace_module(call=) traces a module called with keyword arguments (a pipeline component) without a
+    wrapper module, so layer paths and pipeline peak_at are the component's own (no 'inner.' prefix)."""
+    from vaelens.options import DType
+    from vaelens.pipelines.estimate import trace_peak
+    from vaelens.pipelines.inputs import CallPlan, TensorSpec
+    from vaelens.trace import trace_module
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 64)
+            self.out = torch.nn.Linear(64, 8)
+
+        def forward(self, *, hidden_states, scale):
+            return self.out(torch.nn.functional.gelu(self.proj(hidden_states))) * scale
+
+    net = Net().to("meta")
+    plan = CallPlan(tensors=(TensorSpec(name="hidden_states", shape=(2, 16, 8)),), constants=(("scale", 2.0),))
+    tr = trace_module(net, plan.make_tensors(DType.FP32), call=lambda m, xs: m(**plan.kwargs(xs)))
+    assert [r.path for r in tr.layers] == ["", "proj", "out"]
+    assert tr.output_shape == (2, 16, 8)
+    peak = trace_peak(net, plan, DType.FP32)
+    assert peak.peak_at in {"proj", "out", "(Net)"} and peak.peak_bytes > 0
