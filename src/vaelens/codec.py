@@ -132,10 +132,7 @@ def _nonfinite(t) -> int:
 
 
 def _dtype_of(module) -> DType:
-    import torch
-
-    d = next(module.parameters()).dtype
-    return {torch.float32: DType.FP32, torch.float16: DType.FP16, torch.bfloat16: DType.BF16}[d]
+    return DType.of(next(module.parameters()).dtype)
 
 
 def _run(vae: LoadedVae, op: str, x, fn, upcast: Upcast) -> tuple[Any, StepReport]:

@@ -62,6 +62,14 @@ class DType(Choice):
         return {DType.FP32: torch.float32, DType.FP16: torch.float16, DType.BF16: torch.bfloat16}[self]
 
     @classmethod
+    def of(cls, torch_dtype) -> DType:
+        """torch.float32 | torch.float16 | torch.bfloat16 -> DType; other dtypes raise naming these three."""
+        for member in cls:
+            if member.torch == torch_dtype:
+                return member
+        raise VaeLensError(f"dtype {torch_dtype} is not one vaelens runs a VAE in; choose one of: fp32, fp16, bf16")
+
+    @classmethod
     def parse(cls, value: str | DType) -> DType:
         """'fp32' | 'float32' | 'fp16' | 'half' | 'bf16' | 'bfloat16' -> DType"""
         if isinstance(value, DType):
