@@ -8,7 +8,6 @@ scaling_factor / shift_factor / latents_mean / latents_std. Nothing is taken fro
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -223,19 +222,15 @@ def spec_from_config(cfg: dict[str, Any], *, source: str) -> FamilySpec:
     )
 
 
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
 def spec_from_config_path(path: str) -> FamilySpec:
     """config.json | folder with config.json or vae/config.json | 'owner/name' repo id in the local
     Hugging Face cache (never downloaded) -> derived FamilySpec."""
     from vaelens.build import load_config
+    from vaelens.weights.checkpoints import hf_cache_folder, looks_like_repo_id
 
     p = Path(path).expanduser()
     repo_id = None
-    if not p.exists() and _REPO_ID.fullmatch(path):
-        from vaelens.weights.checkpoints import hf_cache_folder
-
+    if not p.exists() and looks_like_repo_id(path):
         repo_id, p = path, hf_cache_folder(path)
     cfg = load_config(p)
     src = p if p.is_file() else (p / "config.json" if (p / "config.json").is_file() else p / "vae" / "config.json")

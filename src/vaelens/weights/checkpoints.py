@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -129,9 +130,16 @@ def hf_cache_dir(cache_dir: str | Path | None = None) -> Path:
     return Path(home).expanduser() / "hub"
 
 
-def _looks_like_repo_id(text: str) -> bool:
-    parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def looks_like_repo_id(text: str) -> bool:
+    """'owner/name' as the Hugging Face Hub writes it (not './x/y', '~/x', 'a/b/c' or a name with spaces).
+
+    >>> looks_like_repo_id("stabilityai/sdxl-vae"), looks_like_repo_id("./models/vae")
+    (True, False)
+    """
+    return _REPO_ID.fullmatch(text) is not None
 
 
 def hf_cache_folder(repo_id: str, *, cache_dir: str | Path | None = None) -> Path:

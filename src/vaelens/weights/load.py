@@ -27,9 +27,9 @@ from vaelens.options import DType
 from vaelens.weights.checkpoints import (  # noqa: F401 — hf_cache_dir, offline are part of this module's API
     PICKLE_SUFFIXES,
     VAE_PREFIXES,
-    _looks_like_repo_id,
     hf_cache_dir,
     hf_cache_folder,
+    looks_like_repo_id,
     offline,
     read_state_dict,
 )
@@ -229,7 +229,7 @@ def _find_weights(text: str, given: FamilySpec | None, *, allow_pickle: bool,
     from vaelens.build import load_config
 
     p = Path(text).expanduser()
-    from_cache = not p.exists() and _looks_like_repo_id(text)
+    from_cache = not p.exists() and looks_like_repo_id(text)
     if from_cache:
         p = hf_cache_folder(text, cache_dir=cache_dir)
     if p.is_dir():
