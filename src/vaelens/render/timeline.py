@@ -190,8 +190,12 @@ def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 30
         anchor = "end" if px > left + pw / 2 else "start"
         text_w = 6.8 * len(label)  # bold 11 px DejaVu Sans, roughly; keeps the label inside the plot
         tx = max(px - 6, left + text_w) if anchor == "end" else min(px + 6, left + pw - text_w)
+        ty = py - 6
+        for line_bytes in (tl.min_device_bytes, tl.budget_bytes):  # keep the label off the horizontal lines
+            if line_bytes and abs(ty - 4 - y(line_bytes)) < 9:
+                ty = y(line_bytes) - 4 if y(line_bytes) < py else y(line_bytes) + 13
         out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{COLORS["peak"]}"/>')
-        out.append(f'<text class="peak-label" x="{tx:.1f}" y="{max(py - 6, 12):.1f}" text-anchor="{anchor}" '
+        out.append(f'<text class="peak-label" x="{tx:.1f}" y="{max(ty, 12):.1f}" text-anchor="{anchor}" '
                    f'font-size="11" font-weight="bold">{esc(label)}</text>')
     rows = [[("weights", 0.55, f"weights + input {human_bytes(tl.base_bytes)}"),
              ("activations", 0.85, "live activations after each layer"),
