@@ -270,6 +270,7 @@ def plot_memory_timeline(estimates: Sequence[MemoryEstimate], path: str | Path, 
             ax.annotate(f"peak {human_bytes(tl.peak_bytes)} at {tl.peak_at}\n"
                         f"with weights + input {human_bytes(tl.total_bytes)}", (tl.peak_index, py),
                         xytext=(0, 6), textcoords="offset points", fontsize=7,
+                        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85},
                         ha="right" if tl.peak_index > len(tl.steps) / 2 else "left", va="bottom")
         for _stage, a, _b in _stage_spans(tl.steps)[1:]:
             ax.axvline(a - 0.5, color="#999", lw=0.6, ls=":")
