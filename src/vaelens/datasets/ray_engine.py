@@ -12,6 +12,7 @@ filesystem). Ray is an optional extra: pip install 'vaelens[ray]'.
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections.abc import Iterator
 from typing import Any
@@ -68,6 +69,9 @@ def run_ray(
     ray = import_ray()
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    # vaelens draws its own progress (images/s, ETA); Ray Data's bars and INFO lines would interleave
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     dtype, reason = resolve_dtype(encode.dtype, device=vae.device, config=dict(vae.spec.config))
     settings = encode if encode.threads else _with_threads(encode, torch.get_num_threads())
     gpus = 1 if vae.device.startswith("cuda") else 0
@@ -101,7 +105,7 @@ def _stream(job: Job, ray, source, family, device, dtype, settings, gpus, actors
     ds = ds.map(
         _Encoder,
         fn_constructor_args=(source, family, device, dtype, settings),
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=gpus,
         num_cpus=0 if gpus else 1,
     )
