@@ -29,7 +29,9 @@ class OpBudget:
     fits: bool
     max_batch: int  # 0: not even batch 1 fits
     max_square: int  # largest square side (multiple of `step`) at the requested batch; 0: none
-    tiled_needed_bytes: int | None  # min_device_bytes with enable_tiling(); None when the class has no tiling
+    # min_device_bytes with enable_tiling(), computed only where the untiled call does not fit (or the
+    # search is tiled); None otherwise and when the class has no tiling
+    tiled_needed_bytes: int | None
     tiled_fits: bool | None
     batch_extrapolated_from: int = 0  # >0: max_batch is a lower bound extrapolated beyond this traced batch
     square_extrapolated_from: int = 0  # >0: max_square is a lower bound extrapolated beyond this traced side
@@ -265,11 +267,13 @@ def check_vae_budget(
             side_guess = int(((budget_bytes - (a - per_area * k0 * k0)) / per_area) ** 0.5)
         max_k, square_from = _search_square(
             lambda k: fits(square(k)), lambda k: need(square(k)), lambda k: size(square(k)),
-            MAX_SIDE // step, budget_bytes, side_guess)
-        try:
-            tiled_need: int | None = full(request, True).min_device_bytes
-        except VaeLensError:
-            tiled_need = None
+            MAX_SIDE // step, budget_bytes, side_guess, k0)
+        tiled_need: int | None = None
+        if tiled or needed > budget_bytes:  # the alternative is worth its (long, tile by tile) trace
+            try:
+                tiled_need = full(request, True).min_device_bytes
+            except VaeLensError:
+                tiled_need = None
         results.append(OpBudget(
             op=op, needed_bytes=needed, peak_total_high_bytes=here.total_bytes_high, fits=needed <= budget_bytes,
             max_batch=max_batch, max_square=step * max_k,
@@ -280,13 +284,14 @@ def check_vae_budget(
 
 
 def _search_square(fits: Callable[[int], bool], need: Callable[[int], int], size: Callable[[int], int],
-                   hi: int, budget: int, guess: int | None) -> tuple[int, int]:
+                   hi: int, budget: int, guess: int | None, k0: int) -> tuple[int, int]:
     """Largest side k (in size steps) that fits; candidates whose trace would be too long (tiles,
-    frames) are extrapolated in area from the two largest traced ones (returns (k, traced limit))."""
-    s1 = size(1)
-    s4 = size(4) if hi >= 4 else s1
-    per_area = max(0.0, (s4 - s1) / 15)
-    limit = hi if per_area == 0 else max(2, min(hi, int(((MAX_SEARCH_OPERATORS - s1) / per_area + 1) ** 0.5)))
+    frames) are extrapolated in area from the largest traced one (returns (k, traced limit))."""
+    s1, s2 = size(k0), size(min(hi, 2 * k0))
+    per_area = max(0.0, (s2 - s1) / max(1, 3 * k0 * k0))
+    limit = hi
+    if per_area > 0:
+        limit = max(k0, min(hi, int((k0 * k0 + (MAX_SEARCH_OPERATORS - s1) / per_area) ** 0.5)))
     if limit < hi and fits(limit):
         return max(limit, min(hi, int(_proportional(need(limit), limit * limit, budget) ** 0.5))), limit
     return largest_fitting(fits, 1, limit, guess=min(guess, limit) if guess is not None else None), 0

@@ -140,7 +140,7 @@ def simulate(
     the smallest cap the call runs under (a bisection of capped replays)."""
     prog = compile_trace(tr)
     best = run(prog, mode="best", per_step=True)
-    low = run(prog, mode="low")
+    low = run(prog, mode="low") if any(st.temp.low != st.temp.best for st in prog.steps) else best
     high = run(prog, mode="high", per_step=True)
     peak_at, peak_op = "", ""
     if best.peak_step >= 0:

@@ -218,10 +218,16 @@ def render_budget(report: VaeBudgetReport, request: PixelRequest) -> str:
                  f"; with --tiled it needs at least {human_bytes(o.tiled_needed_bytes or 0)} and "
                  f"{'fits' if o.tiled_fits else 'still does not fit'}")
         batch = f"largest batch {o.max_batch}" if o.max_batch else "not even batch 1 fits"
-        if o.max_batch == MAX_BATCH:
+        if o.batch_extrapolated_from:
+            batch = (f"largest batch at least {o.max_batch} (a lower bound: batches above "
+                     f"{o.batch_extrapolated_from} were not traced)")
+        elif o.max_batch == MAX_BATCH:
             batch += f" (vaelens searches no further than {MAX_BATCH})"
         side = f"largest square {o.max_square}x{o.max_square}" if o.max_square else "no square size fits"
-        if o.max_square == MAX_SIDE:
+        if o.square_extrapolated_from:
+            side = (f"largest square at least {o.max_square}x{o.max_square} (a lower bound: sides above "
+                    f"{o.square_extrapolated_from} were not traced)")
+        elif o.max_square == MAX_SIDE:
             side += f" (vaelens searches no further than {MAX_SIDE})"
         lines.append(f"  {o.op}: needs at least {human_bytes(o.needed_bytes)} on the device, {verdict}; {batch} at "
                      f"{request.width}x{request.height}; {side} at batch {request.batch}{tiled}")
