@@ -1,5 +1,5 @@
 # Two entry points (see README): `make demo` and `make test`. Both set up .venv first.
-.PHONY: setup setup-dev demo test lint bench
+.PHONY: setup setup-dev browser demo test lint bench
 
 setup:
 	bash scripts/setup.sh
@@ -7,10 +7,14 @@ setup:
 setup-dev:
 	bash scripts/setup.sh dev
 
+# Debian's chromium for the browser test of `vaelens report` (does nothing when it is there)
+browser:
+	bash scripts/install_browser.sh
+
 demo: setup
 	.venv/bin/vaelens explain sdxl --size 1024x1024
 
-test: setup-dev
+test: setup-dev browser
 	.venv/bin/python -m pytest
 
 lint: setup-dev
