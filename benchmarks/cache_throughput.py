@@ -106,6 +106,9 @@ def main() -> None:
             "naive_images_per_s": round(max(naive_rates), 2),
             "vaelens_cache_images_per_s": round(max(cache_rates), 2),
             "speedup": round(max(cache_rates) / max(naive_rates), 2),
+            "median_pair_speedup": round(
+                float(np.median([c / n for n, c in zip(naive_rates, cache_rates, strict=True)])), 2
+            ),
             "note": "vaelens time is the whole run: scan, hash, decode, encode, shard writes, index",
         }
         print(json.dumps(result, indent=2))
