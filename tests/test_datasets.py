@@ -424,3 +424,16 @@ def test_ctrl_c_flushes_every_finished_sample(tmp_path):
         child.kill()
     assert "KeyboardInterrupt" in err
     assert len(read_manifest(out)) == done  # samples encoded but not yet in a full shard were written
+
+
+def test_a_second_run_on_the_same_cache_is_refused_while_one_holds_it(tmp_path, vae, bucketing):
+    from vaelens.datasets.store import exclusive
+    from vaelens.errors import VaeLensError
+
+    data = tmp_path / "data"
+    make_images(data, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    with exclusive(out), pytest.raises(VaeLensError, match="another vaelens cache run"):
+        cache_dataset(data, vae, out, options=options(bucketing), encode=SETTINGS)
+    assert cache_dataset(data, vae, out, options=options(bucketing), encode=SETTINGS).encoded == 2

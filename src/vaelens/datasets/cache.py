@@ -18,7 +18,7 @@ from typing import Any
 from vaelens.datasets.encoder import BatchEncoder, EncodeSettings
 from vaelens.datasets.pixels import Bucketing
 from vaelens.datasets.plan import Job, plan_job
-from vaelens.datasets.store import FORMAT, ShardWriter, clean_temporaries, read_manifest, write_index
+from vaelens.datasets.store import FORMAT, ShardWriter, clean_temporaries, exclusive, read_manifest, write_index
 from vaelens.errors import VaeLensError
 
 ENGINES = ("local", "ray")
@@ -119,11 +119,9 @@ def cache_dataset(
 
     `progress(done, total, what)` is called after scanning steps and after each batch.
     """
-    encode = encode or EncodeSettings()
-    from vaelens.datasets.encoder import resolve_dtype
-    from vaelens.datasets.local import split_cpus, worker_pool
     from vaelens.datasets.plan import clip_frames
 
+    encode = encode or EncodeSettings()
     if options.engine not in ENGINES:
         raise VaeLensError(f"engine {options.engine!r} is not one of: {', '.join(ENGINES)}")
     t0 = time.perf_counter()
@@ -132,6 +130,15 @@ def cache_dataset(
     if out.exists() and not out.is_dir():
         raise VaeLensError(f"out {str(out)!r} is a file; the cache is a folder")
     out.mkdir(parents=True, exist_ok=True)
+    with exclusive(out):
+        return _cache_locked(data, vae, out, options=options, encode=encode, progress=progress, t0=t0)
+
+
+def _cache_locked(data, vae, out: Path, *, options: CacheOptions, encode: EncodeSettings, progress, t0: float):
+    """cache_dataset's work, holding OUT's lock."""
+    from vaelens.datasets.encoder import resolve_dtype
+    from vaelens.datasets.local import split_cpus, worker_pool
+
     clean_temporaries(out)
     done = read_manifest(out)
     dtype, dtype_reason = resolve_dtype(encode.dtype, device=vae.device, config=dict(vae.spec.config))

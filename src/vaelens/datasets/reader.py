@@ -71,8 +71,9 @@ class CacheDataset(_torch_dataset_base()):  # type: ignore[misc]
             )
         self.latent = latent
         self.normalized = normalized
-        self.records = [r for r in read_index(out) if "key" in r]
-        self.skipped = [r for r in read_index(out) if "key" not in r]
+        index = read_index(out)
+        self.records = [r for r in index if "key" in r]
+        self.skipped = [r for r in index if "key" not in r]
         self._norm = _normalization(self.summary["normalization"]) if normalized else None
         self._handles: dict[str, Any] = {}
 

@@ -16,10 +16,12 @@ own metadata. A sample counts as finished once its shard exists; nothing finishe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,10 +108,30 @@ def _append_lines(path: Path, records: list[dict[str, Any]]) -> None:
         os.fsync(f.fileno())
 
 
+@contextlib.contextmanager
+def exclusive(out: Path) -> Iterator[None]:
+    """Hold OUT/.lock (flock) for the block: a second run on the same cache is refused, not interleaved.
+    The kernel drops the lock when the process dies, so a killed run never leaves it behind."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(out / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise VaeLensError(f"out {str(out)!r} is being written by another vaelens cache run") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def clean_temporaries(out: Path) -> int:
     """Remove temporary files a killed run left behind -> how many."""
     n = 0
-    for tmp in [*out.glob(".*.tmp"), *(out / "shards").glob(".*.tmp")]:
+    for tmp in [*out.glob(".*.tmp"), *(out / "shards").glob(".*.tmp")]:  # only ever called under exclusive()
         tmp.unlink(missing_ok=True)
         n += 1
     return n
