@@ -1,6 +1,7 @@
 """Images/s of `vaelens cache` vs a naive loop, same data, same VAE, same run.
 
     .venv/bin/python benchmarks/cache_throughput.py [--images 48] [--source 1600x1200] [--size 256x256]
+    .venv/bin/python benchmarks/cache_throughput.py --arch sdxl --size 1024x1024 --device cuda --dtype bf16
 
 Data: generated JPEG photographs-like images (smooth gradients + texture + noise) at --source size,
 written to a temporary folder. The naive loop is what a training script usually does: for each batch,
@@ -13,6 +14,7 @@ written). Both use the built-in demo VAE (f4, 4 channels) on CPU, or CUDA when -
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import tempfile
@@ -37,6 +39,19 @@ def make_data(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> Non
         Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(folder / f"{i:05d}.jpg", quality=90)
 
 
+def random_vae(family: str, tmp: Path, device: str):
+    """A registry family's real diffusers module with random weights, saved and loaded as a folder."""
+    import torch
+
+    from vaelens.build import build_module
+    from vaelens.families import get_family
+    from vaelens.weights.load import load_vae
+
+    torch.manual_seed(0)
+    build_module(get_family(family), device="cpu").save_pretrained(tmp / family)
+    return load_vae(tmp / family, device=device)
+
+
 def naive(files: list[Path], module, size: tuple[int, int], batch: int, device: str) -> float:
     """-> images/s of the plain loop."""
     import torch
@@ -48,7 +63,7 @@ def naive(files: list[Path], module, size: tuple[int, int], batch: int, device: 
         for f in files[s : s + batch]:
             img = Image.open(f).convert("RGB").resize(size, Image.Resampling.LANCZOS)
             arrays.append(np.asarray(img, dtype=np.float32) / 127.5 - 1.0)
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device)
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device, next(module.parameters()).dtype)
         with torch.no_grad():
             module.encode(x).latent_dist.mean.cpu()
     return len(files) / (time.perf_counter() - t0)
@@ -58,6 +73,7 @@ def main() -> None:
     import torch
 
     from vaelens.datasets import CacheOptions, EncodeSettings, cache_dataset, make_bucketing
+    from vaelens.options import DType
     from vaelens.weights.demo import load_demo_vae
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,6 +85,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads of vaelens' encoder")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=2, help="alternate naive / vaelens this many times; best of")
+    ap.add_argument("--arch", default="demo", help="demo (trained, f4) or a registry family (e.g. sdxl): that "
+                    "architecture with random weights, for throughput only (e.g. --arch sdxl --size 1024x1024 "
+                    "--device cuda --dtype bf16)")
+    ap.add_argument("--dtype", default="auto", help="vaelens' compute dtype (the naive loop runs the module's)")
     args = ap.parse_args()
     src = tuple(int(v) for v in args.source.split("x"))
     size = tuple(int(v) for v in args.size.split("x"))
@@ -78,8 +98,10 @@ def main() -> None:
         data.mkdir()
         make_data(data, args.images, src)
         files = sorted(data.glob("*.jpg"))
-        vae = load_demo_vae(device=args.device)
+        vae = load_demo_vae(device=args.device) if args.arch == "demo" else random_vae(args.arch, tmp, args.device)
         module = vae.module
+        if args.dtype != "auto" and args.dtype != "fp32":  # the naive loop in the same dtype, as a user would
+            module = copy.deepcopy(module).to(DType.parse(args.dtype).torch)
         naive(files[: args.batch], module, size, args.batch, args.device)  # warm-up
         bucketing = make_bucketing(vae.spec, size=(size[1], size[0]))  # (H, W)
         naive_rates, cache_rates = [], []
@@ -89,12 +111,14 @@ def main() -> None:
             t0 = time.perf_counter()
             report = cache_dataset(
                 data, vae, out, options=CacheOptions(bucketing=bucketing, batch_size=args.batch, workers=args.workers),
-                encode=EncodeSettings(threads=args.threads),
+                encode=EncodeSettings(threads=args.threads, dtype=args.dtype),
             )
             cache_rates.append(args.images / (time.perf_counter() - t0))
             assert report.encoded == args.images
         result = {
             "device": args.device,
+            "arch": args.arch,
+            "dtype": args.dtype,
             "torch_threads": torch.get_num_threads(),
             "images": args.images,
             "source_size": list(src),
