@@ -206,6 +206,15 @@ def render_memory(
     return "\n".join(lines)
 
 
+def _searched(what: str, n: int, shown: str, none: str, extrapolated_from: int, plural: str, limit: int) -> str:
+    """One search result: "largest batch 6", a lower bound beyond what was traced, or vaelens' limit."""
+    if not n:
+        return none
+    if extrapolated_from:
+        return f"{what} at least {shown} (a lower bound: {plural} above {extrapolated_from} were not traced)"
+    return f"{what} {shown}" + (f" (vaelens searches no further than {limit})" if n == limit else "")
+
+
 def render_budget(report: VaeBudgetReport, request: PixelRequest) -> str:
     """VaeBudgetReport -> one verdict line per op (needs at least X on the device, fits or not, searches)."""
     mode = ", with tiling" if report.tiled else ""
@@ -217,18 +226,10 @@ def render_budget(report: VaeBudgetReport, request: PixelRequest) -> str:
         tiled = ("" if o.tiled_fits is None or report.tiled else
                  f"; with --tiled it needs at least {human_bytes(o.tiled_needed_bytes or 0)} and "
                  f"{'fits' if o.tiled_fits else 'still does not fit'}")
-        batch = f"largest batch {o.max_batch}" if o.max_batch else "not even batch 1 fits"
-        if o.batch_extrapolated_from:
-            batch = (f"largest batch at least {o.max_batch} (a lower bound: batches above "
-                     f"{o.batch_extrapolated_from} were not traced)")
-        elif o.max_batch == MAX_BATCH:
-            batch += f" (vaelens searches no further than {MAX_BATCH})"
-        side = f"largest square {o.max_square}x{o.max_square}" if o.max_square else "no square size fits"
-        if o.square_extrapolated_from:
-            side = (f"largest square at least {o.max_square}x{o.max_square} (a lower bound: sides above "
-                    f"{o.square_extrapolated_from} were not traced)")
-        elif o.max_square == MAX_SIDE:
-            side += f" (vaelens searches no further than {MAX_SIDE})"
+        batch = _searched("largest batch", o.max_batch, str(o.max_batch), "not even batch 1 fits",
+                          o.batch_extrapolated_from, "batches", MAX_BATCH)
+        side = _searched("largest square", o.max_square, f"{o.max_square}x{o.max_square}", "no square size fits",
+                         o.square_extrapolated_from, "sides", MAX_SIDE)
         lines.append(f"  {o.op}: needs at least {human_bytes(o.needed_bytes)} on the device, {verdict}; {batch} at "
                      f"{request.width}x{request.height}; {side} at batch {request.batch}{tiled}")
     return "\n".join(lines)
