@@ -336,3 +336,26 @@ def test_measure_cap_bisection_and_no_gpu_message():
     if not torch.cuda.is_available():
         with pytest.raises(VaeLensError, match="measure=True needs a CUDA GPU"):
             measure_call(TINY_KL, (1, 3, 32, 32), DType.FP32, op="encode")
+
+
+@pytest.mark.parametrize("op", ["encode", "decode"])
+def test_sliced_batches_built_from_two_traces_equal_the_traced_ones(op):
+    """enable_slicing(): batch n built from the traces of batches 2 and 3 (the repeated per-sample call
+    replayed) gives the same allocated peak, reserved peak and min_device_bytes as tracing batch n."""
+    from vaelens.memory.estimate import trace_request
+    from vaelens.memory.simulate import compile_trace, extend_repeated, min_device_bytes, run
+
+    def tr(n):
+        return trace_request(TINY_KL, PixelRequest(width=64, height=48, batch=n, dtype=DType.BF16), op=op,
+                             sliced=True)
+
+    two, three = tr(2), tr(3)
+    for n in (3, 5):
+        built, traced = extend_repeated(two, three, n), compile_trace(tr(n))
+        assert built is not None and len(built.steps) == len(traced.steps)
+        for mode in ("best", "high"):
+            a, b = run(built, mode=mode), run(traced, mode=mode)
+            assert (a.base, a.peak, a.reserved_peak) == (b.base, b.peak, b.reserved_peak)
+        assert min_device_bytes(built) == min_device_bytes(traced)
+    unsliced = trace_request(TINY_KL, PixelRequest(width=32, height=32, batch=3, dtype=DType.BF16), op=op)
+    assert extend_repeated(two, unsliced, 4) is None  # not two batches of the same sliced call

@@ -181,3 +181,98 @@ def _floor(prog: Program, mode: str, cudnn_fallback: bool) -> int:
         temp = step.temp.fallback if cudnn_fallback else _amount(step.temp, mode)
         peak = max(peak, alloc.allocated + temp)
     return peak
+
+
+def _scaled(a: int, b: int, k: int) -> int:
+    """The value at k more repetitions, growing by b - a per repetition (never below 0)."""
+    return max(0, b + k * (b - a))
+
+
+def extend_repeated(tr_a: Trace, tr_b: Trace, n: int) -> Program | None:
+    """Traces of one call with r and r+1 identical repeated sub-calls (diffusers' enable_slicing():
+    one encoder/decoder call per sample, then torch.cat) -> the Program with n (>= r+1) repetitions,
+    without tracing it; None when the two traces do not have that structure.
+
+    Both traces start with the same prologue (the split); each repetition is the same operators
+    with the same sizes; the epilogue (torch.cat, the latent distribution) has the same operators
+    with sizes that grow by the same bytes per repetition. The last repetition of `tr_b` is
+    replayed again with fresh storages; what it frees of the repetition before it is freed of the
+    copy before it; the epilogue frees every repetition's storages where it freed those of one.
+    """
+    a, b = compile_trace(tr_a), compile_trace(tr_b)
+    unit = len(b.steps) - len(a.steps)
+    first = [r for r in tr_b.layers if r.depth == 1]
+    if unit <= 0 or not first or len(a.resident) != len(b.resident):
+        return None
+    start = first[0].first_op
+    reps = sum(1 for r in first if r.path == first[0].path)
+    r_b = reps
+    tail = len(b.steps) - start - r_b * unit
+    if tail < 0 or len(a.steps) - start - (r_b - 1) * unit != tail or n < r_b:
+        return None
+
+    def signature(steps: tuple[Step, ...]) -> list:
+        return [(len(s.frees), tuple(n for _, n in s.allocs), s.temp) for s in steps]
+
+    units = [b.steps[start + j * unit: start + (j + 1) * unit] for j in range(r_b)]
+    starts = [r.first_op for r in first if r.path == first[0].path]
+    if starts != [start + j * unit for j in range(r_b)] or r_b < 3 or \
+            any(signature(u) != signature(units[-1]) for u in units[1:]) or \
+            signature(a.steps[:start]) != signature(b.steps[:start]):
+        return None  # (the first repetition frees nothing of one before it: it is not compared)
+    tail_a, tail_b = a.steps[len(a.steps) - tail:], b.steps[len(b.steps) - tail:]
+    if [len(s.allocs) for s in tail_a] != [len(s.allocs) for s in tail_b]:
+        return None
+    # Storage ids are addresses the trace may reuse once freed: name every storage by where it was
+    # allocated (("rep", j, i): repetition j's i-th; ("pro"/"end", step, i) otherwise), resolving
+    # each free against the storages alive at that moment.
+    live: dict[int, tuple] = {}
+    named: list[tuple[tuple, tuple]] = []  # per step of b: (freed names, allocated names)
+    for t, st in enumerate(b.steps):
+        freed = tuple(live.pop(sid) for sid in st.frees if sid in live)
+        j = (t - start) // unit if start <= t < start + r_b * unit else None
+        names = []
+        for i, (sid, _) in enumerate(st.allocs):
+            if j is not None:
+                pos = sum(len(x.allocs) for x in b.steps[start + j * unit: t]) + i
+                name: tuple = ("rep", j, pos)
+            else:
+                name = ("pro" if t < start else "end", t if t < start else t - len(b.steps), i)
+            live[sid] = name
+            names.append(name)
+        named.append((freed, tuple(names)))
+    last = r_b - 1
+    k = n - r_b
+
+    def shift(name: tuple, j: int) -> tuple:
+        """A name in the last repetition's frame, moved to repetition j."""
+        return ("rep", j - (last - name[1]), name[2]) if name[0] == "rep" else name
+
+    steps: list[Step] = []
+    for t in range(start + r_b * unit):
+        freed, names = named[t]
+        steps.append(Step(freed, tuple(zip(names, (nb for _, nb in b.steps[t].allocs), strict=True)),
+                          b.steps[t].temp))
+    base = start + last * unit
+    for j in range(r_b, n):
+        for t in range(base, base + unit):
+            freed, names = named[t]
+            steps.append(Step(tuple(shift(x, j) for x in freed),
+                              tuple((shift(x, j), nb) for x, (_, nb) in zip(names, b.steps[t].allocs, strict=True)),
+                              b.steps[t].temp))
+    for (sa, sb), t in zip(zip(tail_a, tail_b, strict=True), range(len(b.steps) - tail, len(b.steps)), strict=True):
+        freed, names = named[t]
+        frees: list[tuple] = []
+        for x in freed:
+            if x[0] == "rep" and x[1] == last:  # one repetition's storage: every repetition's
+                frees.extend(("rep", j, x[2]) for j in range(n))
+            elif x[0] != "rep":
+                frees.append(x)
+        allocs = tuple((name, _scaled(na, nb, k)) for name, (_, na), (_, nb)
+                       in zip(names, sa.allocs, sb.allocs, strict=True))
+        ta, tb = sa.temp, sb.temp
+        temp = Transient(_scaled(ta.best, tb.best, k), _scaled(ta.low, tb.low, k), _scaled(ta.high, tb.high, k),
+                         _scaled(ta.fallback, tb.fallback, k), tb.uncertain)
+        steps.append(Step(tuple(frees), allocs, temp))
+    # the input (resident) grows with the batch like everything per repetition
+    return Program(tuple(_scaled(x, y, k) for x, y in zip(a.resident, b.resident, strict=True)), tuple(steps))
