@@ -82,7 +82,7 @@ CASES = {
     "cogvideox": ((1, 3, 5, 22, 26), (1, 4, 3, 11, 13)),
     "hunyuanvideo": ((1, 3, 5, 40, 48), (1, 4, 2, 5, 6)),
     "ltx-video": ((1, 3, 9, 32, 48), (1, 8, 5, 4, 6)),
-    "mochi": ((1, 3, 7, 48, 40), (1, 4, 2, 6, 5)),
+    "mochi": ((1, 3, 7, 32, 24), (1, 4, 2, 4, 3)),
 }
 MODULES: dict[str, torch.nn.Module] = {}
 
@@ -101,8 +101,11 @@ def _untiled(m, op: str, x):
         return call_op(m, Op.parse(op), [x])
 
 
-@pytest.mark.parametrize("op", ["decode", "encode"])
-@pytest.mark.parametrize("name", list(CASES))
+BOTH_OPS = ("kl", "kl-sd3", "flux2", "taesd", "wan21", "qwen-image")  # the others: decode only (time)
+
+
+@pytest.mark.parametrize(("name", "op"), [(n, op) for n in CASES for op in ("decode", "encode")
+                                          if op == "decode" or n in BOTH_OPS])
 def test_tiled_equals_untiled(name, op):
     m = module(name)
     pixels, latent = CASES[name]
@@ -148,8 +151,8 @@ def test_a_hopeless_budget_is_one_line_naming_the_smallest_budget_that_works():
     smallest = msg.rsplit("smallest budget that works is ", 1)[1]
     plan = plan_tiling(m, shape, budget=smallest)  # the budget it names does work
     assert plan.tiled and plan.predicted_peak_bytes <= parse_bytes(smallest)
-    with pytest.raises(VaeLensError, match="smallest budget"):
-        plan_tiling(m, shape, budget=parse_bytes(smallest) - 2048)
+    with pytest.raises(VaeLensError, match="smallest budget"):  # one byte less than the least need
+        plan_tiling(m, shape, budget=plan.predicted_peak_bytes - 1)
 
 
 def test_enable_budgeted_vae_makes_the_modules_own_calls_exact_and_budgeted():

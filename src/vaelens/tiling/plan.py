@@ -288,10 +288,15 @@ def plan_tiling(vae: Any, shape: tuple[int, ...], dtype: DType | str | None = No
         if chosen.need > budget_bytes:
             _refuse(common, chosen.need, f"tiles of {k * factor} px")
     else:
-        lo = ev(1)
-        if lo.need > budget_bytes:
-            _refuse(common, lo.need, f"the smallest tile ({factor}x{factor} px)")
-        k, chosen = 1, lo
+        # The need is not strictly monotone in the tile (kernel rules and allocator rounding step with
+        # the shapes): the smallest budget is the least need of the few smallest tiles.
+        small = {j: ev(j) for j in range(1, min(kmax, 4) + 1)}
+        k = min(small, key=lambda j: small[j].need)
+        if small[k].need > budget_bytes:
+            side = k * factor
+            _refuse(common, small[k].need, f"{side}x{side}-px tiles (the least need of the smallest tile sizes)")
+        k = max(j for j, e in small.items() if e.need <= budget_bytes)
+        chosen = small[k]
         hi = kmax
         while k < hi:  # largest k whose plan fits (need grows with the tile)
             mid = (k + hi + 1) // 2
