@@ -10,8 +10,8 @@ non-square sizes that force at least 4 tiles:
   ComfyUI's VAE.decode_tiled_ does with comfy.utils.tiled_scale (decode only).
 
 Reported: PSNR (dB, on the [-1, 1] range, vs untiled) and max |diff|, the plan's tiles, predicted peak
-and budget, and wall time vs untiled (CPU, best of `--repeat`). Then plans at released sizes on the meta
-device (SDXL 4096² bf16 at 2, 4 and 8 GiB, Wan 2.1 and FLUX.2): predicted peak vs budget.
+and budget, and wall time vs untiled (CPU, best of `--repeat` alternating runs after a warm-up). Then
+plans at released sizes on the meta device (SDXL 4096² bf16 at 2, 4 and 8 GiB, Wan 2.1 and FLUX.2): predicted peak vs budget.
 
     python benchmarks/tiled_fidelity.py [--quick] [--json PATH] [--figure docs/img/tiling_seams.png]
 """
@@ -62,12 +62,14 @@ def psnr(a: torch.Tensor, ref: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
-def timed(fn: Any, repeat: int) -> tuple[Any, float]:
+def timed(fn: Any, repeat: int, *, warm: bool = True) -> tuple[Any, float]:
     """-> (result, best wall time of `repeat` calls after one warm-up call: oneDNN builds a kernel per new
     input shape on its first call, and a tiled run meets more shapes than the untiled one)."""
-    with torch.inference_mode():
-        out = fn()
-    best = math.inf
+    out = None
+    if warm:
+        with torch.inference_mode():
+            out = fn()
+    best = math.inf if repeat else 0.0
     for _ in range(repeat):
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -126,8 +128,21 @@ def comfy_tiled_decode(m: Any, z: torch.Tensor, tile: int, overlap: int, factor:
     return (one(tile // 2, tile * 2) + one(tile * 2, tile // 2) + one(tile, tile)) / 3
 
 
+def interleaved(a: Any, b: Any, repeat: int) -> tuple[Any, float, Any, float]:
+    """Best wall time of a() and of b(), called alternately after a warm-up of each: on a shared machine
+    the load drifts, and alternating keeps it from landing on one side only."""
+    out_a, _ = timed(a, 0)
+    out_b, _ = timed(b, 0)
+    ta, tb = [], []
+    for _ in range(repeat):
+        ta.append(timed(a, 1, warm=False)[1])
+        tb.append(timed(b, 1, warm=False)[1])
+    return out_a, min(ta), out_b, min(tb)
+
+
 def bench_one(name: str, m: Any, op: str, x: torch.Tensor, repeat: int, comfy: bool) -> dict[str, Any]:
-    ref, t_ref = timed(lambda: call_op(m, Op.parse(op), [x]), repeat)
+    with torch.inference_mode():
+        ref = call_op(m, Op.parse(op), [x])
     full = ref if op == "decode" else x
     factor = full.shape[-1] // (x.shape[-1] if op == "decode" else ref.shape[-1])
     side = min(full.shape[-2], full.shape[-1])
@@ -136,7 +151,8 @@ def bench_one(name: str, m: Any, op: str, x: torch.Tensor, repeat: int, comfy: b
     budget = probe.predicted_peak_bytes + 1
     plan = plan_tiling(m, tuple(x.shape), budget=budget, op=op)
     run = decode if op == "decode" else encode
-    tiled, t_tiled = timed(lambda: run(m, x, plan=plan), repeat)
+    ref, t_ref, tiled, t_tiled = interleaved(lambda: call_op(m, Op.parse(op), [x]), lambda: run(m, x, plan=plan),
+                                             repeat)
     # diffusers' blending needs a tile whose latent side divides by 4 (its 25 % overlap)
     tile_px = plan.tile_shape[0] if plan.tile_shape else side
     tile_px = max(4 * factor, tile_px // (4 * factor) * 4 * factor)
