@@ -11,7 +11,8 @@ non-square sizes that force at least 4 tiles:
 
 Reported: PSNR (dB, on the [-1, 1] range, vs untiled) and max |diff|, the plan's tiles, predicted peak
 and budget, and wall time vs untiled (CPU, best of `--repeat` alternating runs after a warm-up). Then
-plans at released sizes on the meta device (SDXL 4096² bf16 at 2, 4 and 8 GiB, Wan 2.1 and FLUX.2): predicted peak vs budget.
+plans at released sizes on the meta device (SDXL 4096² bf16 at 2, 4 and 8 GiB, Wan 2.1 and FLUX.2):
+predicted peak vs budget.
 
     python benchmarks/tiled_fidelity.py [--quick] [--json PATH] [--figure docs/img/tiling_seams.png]
 """
