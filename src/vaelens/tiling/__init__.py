@@ -1,7 +1,9 @@
 """Budgeted, exact tiled encode and decode: any size inside a device memory budget.
 
 plan.py     meta device, no weights: TilingPlan (tile shape, halo, tiles, predicted peak <= budget)
-execute.py  the real module under a TorchFunctionMode: every operation tiled exactly
+execute.py  the real module under a TorchFunctionMode: every operation tiled exactly (the shared loop,
+            pointwise, whole, data movement)
+ops.py      the tiled operations: convolution, GroupNorm, nearest upsampling, linear / attention rows
 grid.py     tile arithmetic shared by both
 api.py      decode / encode / enable_budgeted_vae (the pipeline drop-in)
 """

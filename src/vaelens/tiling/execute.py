@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from vaelens.tiling.grid import conv_input, splits, tile_size
+from vaelens.tiling.grid import splits, tile_size
 
 Region = tuple[tuple[int, int], ...]
 
@@ -146,7 +145,7 @@ class Executor:
         return t if t.device == self.storage or id(t) in self.weights else t.to(self.storage)
 
     # ------------------------------------------------------------------ the loop all tiled ops share
-    def _loop(self, kind: str, key: tuple, axes: list[list[tuple[int, int]]],
+    def loop(self, kind: str, key: tuple, axes: list[list[tuple[int, int]]],
               load: Callable[[Region], list[torch.Tensor]], fn: Callable[[Region], Callable[..., Any]],
               store: Callable[[Region, Any], None]) -> None:
         """Every tile (the product of the per-axis ranges): load -> fn on the device -> store.
@@ -165,20 +164,22 @@ class Executor:
         for r in itertools.product(*axes):
             store(r, fn(r)(*load(r)))
 
-    def _fractions(self, n_axes: int) -> tuple[float, ...]:
+    def fractions(self, n_axes: int) -> tuple[float, ...]:
         fh, fw = self.fraction
         return (fh * fw,) if n_axes == 1 else (fh, fw)
 
-    def _splits(self, sizes: Sequence[int]) -> list[list[tuple[int, int]]]:
+    def axis_splits(self, sizes: Sequence[int]) -> list[list[tuple[int, int]]]:
         """Axis sizes (one or two) -> the balanced ranges of each axis under the plan's fraction."""
-        return [splits(s, tile_size(s, f)) for s, f in zip(sizes, self._fractions(len(sizes)), strict=True)]
+        return [splits(s, tile_size(s, f)) for s, f in zip(sizes, self.fractions(len(sizes)), strict=True)]
 
     # ------------------------------------------------------------------ dispatch
     def handle(self, func: Any, args: tuple, kwargs: dict) -> Any:
         name = getattr(func, "__name__", "")
         if name in _PASSTHROUGH or name.startswith("__get"):
             return self.passthrough(func, args, kwargs)
-        handler = _HANDLERS.get(name)
+        from vaelens.tiling.ops import HANDLERS  # the operations (ops.py imports this module)
+
+        handler = HANDLERS.get(name)
         if handler is not None:
             return handler(self, func, args, kwargs)
         if name in _DTYPE_METHODS and args and isinstance(args[0], torch.Tensor):
@@ -236,7 +237,7 @@ class Executor:
         axes = (nd - 2, nd - 1) if nd >= 2 else ()
         if not axes or any(d % nd in axes for d in reduce_dims) or (inplace and tuple(args[0].shape) != shape):
             return self.whole(func, args, kwargs)
-        regs = self._splits([shape[a] for a in axes])
+        regs = self.axis_splits([shape[a] for a in axes])
         if _one(regs):
             return self.whole(func, args, kwargs)
 
@@ -276,218 +277,13 @@ class Executor:
             sl = (Ellipsis, *(slice(a, b) for a, b in r))
             holder[0][sl] = res.to(holder[0].device)
 
-        self._loop(f"pointwise:{name}", (name,), regs, load, fn, store)
+        self.loop(f"pointwise:{name}", (name,), regs, load, fn, store)
         return holder[0]
 
     def cast(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if x.dtype == dtype:
             return x
         return self.pointwise(_Cast(dtype), (x,), {})
-
-    # ------------------------------------------------------------------ convolution
-    def conv(self, func: Any, args: tuple, kwargs: dict) -> Any:
-        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-        p = dict(zip(names, args, strict=False), **kwargs)
-        x, w = p["input"], p["weight"]
-        nd = w.ndim - 2
-        padding = p.get("padding", 0)
-        if isinstance(padding, str) or x.ndim != nd + 2 or nd < 2:
-            return self.whole(func, args, kwargs)
-        stride, dilation = _pair(p.get("stride", 1), nd), _pair(p.get("dilation", 1), nd)
-        padding, k = _pair(padding, nd), tuple(w.shape[2:])
-        out = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (k[i] - 1) - 1) // stride[i] + 1 for i in range(nd)]
-        axes = (x.ndim - 2, x.ndim - 1)
-        regs = self._splits([out[a - 2] for a in axes])
-        if self.recorder is not None:
-            self.recorder.halo = max(self.recorder.halo, *(dilation[i] * (k[i] - 1) // 2 for i in range(nd)))
-            self.recorder.conv_macs += math.prod(out) * x.shape[0] * w.shape[0] * math.prod(w.shape[1:])
-        if _one(regs):
-            return self.whole(func, args, kwargs)
-        bias = p.get("bias")
-        groups = p.get("groups", 1)
-        inner = tuple(0 if 2 + i in axes else padding[i] for i in range(nd))
-
-        # A stride-1 "same" convolution (the 3x3 / padding 1 of every VAE) takes its clipped input tile with
-        # its own padding and drops the rows that padding invented at inner tile edges: no padded copy.
-        same = all(stride[a - 2] == 1 and k[a - 2] % 2 == 1 and padding[a - 2] == dilation[a - 2] * (k[a - 2] - 1) // 2
-                   for a in axes)
-        if same:
-            inner = padding
-
-        def geometry(r: Region) -> tuple[list[slice], list[int], list[slice]]:
-            sl: list[slice] = [slice(None)] * x.ndim
-            pads: list[int] = []
-            crop: list[slice] = [slice(None)] * x.ndim
-            for ax, rng in zip(axes, r, strict=True):
-                i = ax - 2
-                a, b, lo, hi = conv_input(rng, x.shape[ax], k[i], stride[i], padding[i], dilation[i])
-                sl[ax] = slice(a, b)
-                pads[:0] = [lo, hi]  # F.pad lists the last axis first
-                if same:  # output row j of the tile conv is global row a + j
-                    crop[ax] = slice(rng[0] - a, rng[1] - a)
-            return sl, pads, crop
-
-        def load(r: Region) -> list[torch.Tensor]:
-            return [self.dev(x[tuple(geometry(r)[0])])]
-
-        def fn(r: Region) -> Callable[..., torch.Tensor]:
-            _, pads, crop = geometry(r)
-
-            def f(t: torch.Tensor) -> torch.Tensor:
-                if same:
-                    return func(t, w, bias, stride, inner, dilation, groups)[tuple(crop)]
-                if any(pads):
-                    t = F.pad(t, pads)
-                return func(t, w, bias, stride, inner, dilation, groups)
-            return f
-
-        holder: list[torch.Tensor] = []
-
-        def store(r: Region, res: torch.Tensor) -> None:
-            if not holder:
-                holder.append(torch.empty((x.shape[0], w.shape[0], *out), dtype=res.dtype, device=self.storage))
-            holder[0][(Ellipsis, *(slice(a, b) for a, b in r))] = res.to(holder[0].device)
-
-        self._loop(f"conv{nd}d", (tuple(w.shape), stride, padding, dilation), regs, load, fn, store)
-        return holder[0]
-
-    # ------------------------------------------------------------------ GroupNorm: exact statistics
-    def group_norm(self, func: Any, args: tuple, kwargs: dict) -> Any:
-        names = ("input", "num_groups", "weight", "bias", "eps")
-        p = dict(zip(names, args, strict=False), **kwargs)
-        x, groups = p["input"], p["num_groups"]
-        weight, bias, eps = p.get("weight"), p.get("bias"), p.get("eps", 1e-5)
-        if x.ndim < 3:
-            return self.whole(func, args, kwargs)
-        axes = (x.ndim - 2, x.ndim - 1) if x.ndim >= 4 else (2,)
-        regs = self._splits([x.shape[a] for a in axes])
-        if _one(regs):
-            return self.whole(func, args, kwargs)
-        n, c = x.shape[0], x.shape[1]
-
-        def cut(r: Region) -> list[torch.Tensor]:
-            sl: list[slice] = [slice(None)] * x.ndim
-            for ax, (a, b) in zip(axes, r, strict=True):
-                sl[ax] = slice(a, b)
-            return [self.dev(x[tuple(sl)])]
-
-        acc: dict[str, torch.Tensor] = {}
-
-        def stats_fn(_r: Region) -> Callable[..., tuple[torch.Tensor, torch.Tensor, int]]:
-            def f(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-                g = t.unflatten(1, (groups, -1)).float()  # a view: no copy of the tile at float32
-                dims = tuple(range(2, g.ndim))
-                var, mean = torch.var_mean(g, dim=dims, correction=0)
-                return mean, var, math.prod(g.shape[2:])
-            return f
-
-        def merge(_r: Region, res: tuple[torch.Tensor, torch.Tensor, int]) -> None:
-            # Chan et al.'s parallel merge of (count, mean, M2) in float64: exact up to rounding,
-            # unlike averaging per-tile variances.
-            mean_b, var_b, nb = res[0].double(), res[1].double(), res[2]
-            if not acc:
-                acc.update(n=torch.tensor(float(nb), dtype=torch.float64, device=mean_b.device), mean=mean_b,
-                           m2=var_b * nb)
-                return
-            na = acc["n"]
-            tot = na + nb
-            delta = mean_b - acc["mean"]
-            acc["mean"] = acc["mean"] + delta * (nb / tot)
-            acc["m2"] = acc["m2"] + var_b * nb + delta * delta * (na * nb / tot)
-            acc["n"] = tot
-
-        self._loop("group_norm.stats", (groups,), regs, cut, stats_fn, merge)
-        if self.recorder is not None:
-            self.recorder.extra_elements += x.numel()
-        rstd = torch.rsqrt(acc["m2"] / acc["n"] + eps)  # [N, G] float64
-        scale = rstd.repeat_interleave(c // groups, dim=1)  # [N, C]
-        shift = -acc["mean"].repeat_interleave(c // groups, dim=1) * scale
-        if weight is not None:
-            scale = scale * weight.double()
-            shift = shift * weight.double()
-        if bias is not None:
-            shift = shift + bias.double()
-        view = (n, c) + (1,) * (x.ndim - 2)
-        a = scale.float().reshape(view)
-        b = shift.float().reshape(view)
-        return self.pointwise(_affine, (x, a, b), {})
-
-    # ------------------------------------------------------------------ nearest upsampling
-    def interpolate(self, func: Any, args: tuple, kwargs: dict) -> Any:
-        names = ("input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias")
-        p = dict(zip(names, args, strict=False), **kwargs)
-        x = p["input"]
-        if p.get("mode", "nearest") not in ("nearest", "nearest-exact") or x.ndim not in (4, 5):
-            return self.whole(func, args, kwargs)
-        nsp = x.ndim - 2
-        if p.get("size") is not None:
-            size = _pair(p["size"], nsp)
-            scale = [s / i for s, i in zip(size, x.shape[2:], strict=True)]
-        elif p.get("scale_factor") is not None:
-            scale = list(_pair(p["scale_factor"], nsp))
-        else:
-            return self.whole(func, args, kwargs)
-        if any(float(s) != int(s) or s < 1 for s in scale):
-            return self.whole(func, args, kwargs)
-        scale = [int(s) for s in scale]
-        axes = (x.ndim - 2, x.ndim - 1)
-        regs = self._splits([x.shape[a] for a in axes])
-        if _one(regs):
-            return self.whole(func, args, kwargs)
-        mode = p.get("mode", "nearest")
-
-        def load(r: Region) -> list[torch.Tensor]:
-            sl: list[slice] = [slice(None)] * x.ndim
-            for ax, (a, b) in zip(axes, r, strict=True):
-                sl[ax] = slice(a, b)
-            return [self.dev(x[tuple(sl)])]
-
-        def fn(_r: Region) -> Callable[..., torch.Tensor]:
-            return lambda t: func(t, scale_factor=tuple(float(s) for s in scale), mode=mode)
-
-        holder: list[torch.Tensor] = []
-        full = (*x.shape[:2], *(d * s for d, s in zip(x.shape[2:], scale, strict=True)))
-
-        def store(r: Region, res: torch.Tensor) -> None:
-            if not holder:
-                holder.append(torch.empty(full, dtype=res.dtype, device=self.storage))
-            sl = (Ellipsis, *(slice(a * scale[ax - 2], b * scale[ax - 2]) for ax, (a, b) in zip(axes, r, strict=True)))
-            holder[0][sl] = res.to(holder[0].device)
-
-        self._loop("interpolate", (tuple(scale), mode), regs, load, fn, store)
-        return holder[0]
-
-    # ------------------------------------------------------------------ row-local ops: linear, attention
-    def rows(self, func: Any, args: tuple, kwargs: dict, *, first: int = 1) -> Any:
-        """func(x, *rest) where each row (dim -2) of x gives the same row of the output, the rest
-        whole: linear layers, layer norm over the last axis, attention queries (keys/values whole)."""
-        x = args[0]
-        if not isinstance(x, torch.Tensor) or x.ndim < 2 or kwargs.get("out") is not None:
-            return self.whole(func, args, kwargs)
-        chunks = splits(x.shape[-2], tile_size(x.shape[-2], self._fractions(1)[0]))
-        if len(chunks) == 1:
-            return self.whole(func, args, kwargs)
-        rest = _map((args[1:], kwargs), lambda t: t if id(t) in self.weights else self.dev(t))
-        regs = [chunks]
-
-        def load(r: Region) -> list[torch.Tensor]:
-            return [self.dev(x[..., r[0][0]:r[0][1], :])]
-
-        def fn(_r: Region) -> Callable[..., torch.Tensor]:
-            return lambda t: func(t, *rest[0], **rest[1])
-
-        holder: list[torch.Tensor] = []
-
-        def store(r: Region, res: torch.Tensor) -> None:
-            if not holder:
-                holder.append(torch.empty((*res.shape[:-2], x.shape[-2], res.shape[-1]), dtype=res.dtype,
-                                          device=self.storage))
-            holder[0][..., r[0][0]:r[0][1], :] = res.to(holder[0].device)
-
-        name = getattr(func, "__name__", "rows")
-        self._loop(f"rows:{name}", (name, *((tuple(t.shape), t.dtype) for t in _tensors(rest, []))), regs,
-                   load, fn, store)
-        return holder[0]
 
 
 class _Cast:
@@ -499,72 +295,6 @@ class _Cast:
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.dtype)
-
-
-def _affine(t: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """GroupNorm's second pass: x -> x·a + b per (sample, channel), computed in float32 as the CUDA
-    kernel does (a = rstd·weight, b = bias − mean·a)."""
-    y = t.to(torch.float32, copy=True)  # one fresh float32 buffer, then in place
-    return y.mul_(a).add_(b).to(t.dtype)
-
-
-_affine.__name__ = "group_norm.apply"
-
-
-def _to(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
-    """Tensor.to: a dtype change is a pointwise cast; device moves are dropped (storage decides)."""
-    x = args[0]
-    dtype = kwargs.get("dtype")
-    for a in args[1:]:
-        if isinstance(a, torch.dtype):
-            dtype = a
-        elif isinstance(a, torch.Tensor):
-            dtype = a.dtype
-    return x if dtype is None else ex.cast(x, dtype)
-
-
-def _type_as(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
-    return ex.cast(args[0], args[1].dtype)
-
-
-def _normalize(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
-    dim = kwargs.get("dim", args[2] if len(args) > 2 else 1)
-    dims = tuple(dim) if isinstance(dim, (list, tuple)) else (dim,)
-    return ex.pointwise(func, args, kwargs, reduce_dims=dims)
-
-
-def _layer_norm(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
-    shape = kwargs.get("normalized_shape", args[1] if len(args) > 1 else None)
-    if shape is None or len(_pair(shape, 1)) != 1:
-        return ex.whole(func, args, kwargs)
-    return ex.rows(func, args, kwargs)
-
-
-def _dropout(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
-    """Dropout in eval mode is the identity (no copy); in training, an elementwise op."""
-    training = kwargs.get("training", args[2] if len(args) > 2 else True)
-    return args[0] if not training else ex.pointwise(func, args, kwargs)
-
-
-def _sdpa(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
-    if kwargs.get("attn_mask") is not None or kwargs.get("is_causal") or len(args) > 3:
-        return ex.whole(func, args, kwargs)
-    return ex.rows(func, args, kwargs)
-
-
-_HANDLERS: dict[str, Callable[[Executor, Any, tuple, dict], Any]] = {
-    "conv2d": Executor.conv,
-    "conv3d": Executor.conv,
-    "group_norm": Executor.group_norm,
-    "interpolate": Executor.interpolate,
-    "linear": Executor.rows,
-    "layer_norm": _layer_norm,
-    "scaled_dot_product_attention": _sdpa,
-    "normalize": _normalize,
-    "dropout": _dropout,
-    "to": _to,
-    "type_as": _type_as,
-}
 
 
 class TiledMode(TorchFunctionMode):

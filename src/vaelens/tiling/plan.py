@@ -281,30 +281,7 @@ def plan_tiling(vae: Any, shape: tuple[int, ...], dtype: DType | str | None = No
         side = k * factor
         return _evaluate(meta, op, shape, dt, (min(1.0, side / height), min(1.0, side / width)), pricer, resident)
 
-    kmax = max(1, math.ceil(max(height, width) / factor))
-    if tile is not None:
-        k = max(1, min(kmax, tile // factor))
-        chosen = ev(k)
-        if chosen.need > budget_bytes:
-            _refuse(common, chosen.need, f"tiles of {k * factor} px")
-    else:
-        # The need is not strictly monotone in the tile (kernel rules and allocator rounding step with
-        # the shapes): the smallest budget is the least need of the few smallest tiles.
-        small = {j: ev(j) for j in range(1, min(kmax, 4) + 1)}
-        k = min(small, key=lambda j: small[j].need)
-        if small[k].need > budget_bytes:
-            side = k * factor
-            _refuse(common, small[k].need, f"{side}x{side}-px tiles (the least need of the smallest tile sizes)")
-        k = max(j for j, e in small.items() if e.need <= budget_bytes)
-        chosen = small[k]
-        hi = kmax
-        while k < hi:  # largest k whose plan fits (need grows with the tile)
-            mid = (k + hi + 1) // 2
-            e = ev(mid)
-            if e.need <= budget_bytes:
-                k, chosen = mid, e
-            else:
-                hi = mid - 1
+    k, chosen = _search(ev, max(1, math.ceil(max(height, width) / factor)), budget_bytes, tile, factor, common)
     from vaelens.tiling.grid import count, tile_size
 
     side = k * factor
@@ -313,6 +290,33 @@ def plan_tiling(vae: Any, shape: tuple[int, ...], dtype: DType | str | None = No
     return TilingPlan(**common, method=EXACT, tile_shape=tshape, tiles=count((height, width), tshape),
                       halo=chosen.halo, fraction=fraction, predicted_peak_bytes=chosen.need,
                       transfer_bytes=chosen.transfer, extra_compute=chosen.extra, peak_step=chosen.peak_step)
+
+
+def _search(ev: Any, kmax: int, budget_bytes: int, tile: int | None, factor: int, common: dict) -> tuple[int, _Eval]:
+    """-> (k, its evaluation): the largest tile side k·factor whose plan fits, or the forced `tile`."""
+    if tile is not None:
+        k = max(1, min(kmax, tile // factor))
+        chosen = ev(k)
+        if chosen.need > budget_bytes:
+            _refuse(common, chosen.need, f"tiles of {k * factor} px")
+        return k, chosen
+    # The need is not strictly monotone in the tile (kernel rules and allocator rounding step with
+    # the shapes): the smallest budget is the least need of the few smallest tiles.
+    small = {j: ev(j) for j in range(1, min(kmax, 4) + 1)}
+    k = min(small, key=lambda j: small[j].need)
+    if small[k].need > budget_bytes:
+        side = k * factor
+        _refuse(common, small[k].need, f"{side}x{side}-px tiles (the least need of the smallest tile sizes)")
+    k = max(j for j, e in small.items() if e.need <= budget_bytes)
+    chosen, hi = small[k], kmax
+    while k < hi:  # largest k whose plan fits (need grows with the tile, mostly)
+        mid = (k + hi + 1) // 2
+        e = ev(mid)
+        if e.need <= budget_bytes:
+            k, chosen = mid, e
+        else:
+            hi = mid - 1
+    return k, chosen
 
 
 def _approximate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, common: dict, untiled: int) -> TilingPlan:
