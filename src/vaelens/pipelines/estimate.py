@@ -68,9 +68,10 @@ def trace_peak(module: Any, plan: CallPlan, dtype: DType) -> ActivationPeak:
     from vaelens.trace import trace_module
 
     tr = trace_module(module, plan.make_tensors(dtype), call=lambda m, tensors: m(**plan.kwargs(tensors)))
-    est = simulate(tr, dtype=dtype)
+    est = simulate(tr, dtype=dtype, device=False)  # the pipeline adds stages itself; no per-call cap search
     seq = stack_weight_peak(est.timeline, own_parameter_bytes(module)) if est.timeline else None
-    return ActivationPeak(peak_bytes=est.peak_bytes, peak_at=est.peak_at, output_bytes=est.output_bytes,
+    # the high end of the memory model's range: a pipeline budget that "fits" must never be an OOM
+    return ActivationPeak(peak_bytes=est.peak_bytes_high, peak_at=est.peak_at, output_bytes=est.output_bytes,
                           sequential=seq)
 
 
@@ -87,8 +88,8 @@ def estimate_decode(
     if est.timeline:
         vae = build_module(get_family(family), device="meta", dtype=request.dtype)
         seq = stack_weight_peak(est.timeline, own_parameter_bytes(vae))
-    peak = ActivationPeak(peak_bytes=est.peak_bytes, peak_at=est.peak_at, output_bytes=est.output_bytes,
-                          sequential=seq)
+    peak = ActivationPeak(peak_bytes=est.peak_bytes_high, peak_at=est.peak_at, output_bytes=est.output_bytes,
+                          sequential=seq)  # high end of the range, as for every budget
     return peak, tuple(est.input_shape)
 
 
