@@ -100,7 +100,7 @@ def run_plan(module: Any, plan: TilingPlan, method: Any, x: Any, *args: Any, **k
         device = next(iter(module.parameters())).device
         storage = device if device.type == "cpu" else torch.device("cpu")
         out = run_tiled(module, lambda: method(x.to(storage), *args, **kwargs), fraction=plan.fraction,
-                        storage=storage)
+                        storage=storage, whole_ops=plan.whole_ops)
         return _move(out, x.device)
     finally:
         if prev is not None:

@@ -73,7 +73,7 @@ class StepRecord:
     inputs: list[Any]  # meta tensors moved to the device for that tile
     tiles: int
     io_bytes: int  # bytes moved to and from the device for one tile
-    out_spatial: tuple[int, ...] = ()
+    sig: tuple | None = None  # the operation call it belongs to (see Executor.signature)
 
 
 @dataclass(slots=True)
@@ -84,6 +84,7 @@ class Recorder:
     halo: int = 0
     conv_macs: int = 0  # multiply-accumulates of every convolution (the same tiled or not)
     extra_elements: int = 0  # elements read again by tiling (GroupNorm statistics passes)
+    alternatives: dict[tuple, StepRecord] = field(default_factory=dict)  # signature -> the op run whole
 
 
 def _one(axes: list[list[tuple[int, int]]]) -> bool:
@@ -130,12 +131,21 @@ class Executor:
     and buffers (they stay on `device`)."""
 
     def __init__(self, *, device: torch.device, storage: torch.device, fraction: tuple[float, float],
-                 weights: set[int], recorder: Recorder | None = None) -> None:
+                 weights: set[int], recorder: Recorder | None = None,
+                 whole_ops: frozenset[tuple] = frozenset()) -> None:
         self.device = device
         self.storage = storage
         self.fraction = fraction
         self.weights = weights
         self.recorder = recorder
+        self.whole_ops = whole_ops  # signatures of operations the plan runs whole (their whole map fits)
+        self.sig: tuple | None = None
+
+    @staticmethod
+    def signature(name: str, args: tuple, kwargs: dict) -> tuple:
+        """An operation call -> (name, shapes and dtypes of its tensors): calls with one signature cost the
+        same, so the plan's per-operation choice (tiles or whole) is keyed by it."""
+        return (name, *((tuple(t.shape), str(t.dtype)) for t in _tensors((args, kwargs), [])))
 
     # ------------------------------------------------------------------ moving tensors
     def dev(self, t: torch.Tensor) -> torch.Tensor:
@@ -158,6 +168,7 @@ class Executor:
             self.recorder.steps.append(StepRecord(
                 kind=kind, key=(kind, *key, *((tuple(t.shape), t.dtype) for t in ins)), fn=f, inputs=ins,
                 tiles=math.prod(len(rs) for rs in axes), io_bytes=_nbytes(ins) + _nbytes(_tensors(res, [])),
+                sig=self.sig,
             ))
             store(big, res)
             return
@@ -179,6 +190,13 @@ class Executor:
             return self.passthrough(func, args, kwargs)
         from vaelens.tiling.ops import HANDLERS  # the operations (ops.py imports this module)
 
+        self.sig = self.signature(name, args, kwargs)
+        if self.recorder is not None and self.sig not in self.recorder.alternatives:
+            alt = self._whole_record(func, args, kwargs)
+            if alt is not None:
+                self.recorder.alternatives[self.sig] = alt
+        elif self.sig in self.whole_ops:
+            return self.whole(func, args, kwargs)
         handler = HANDLERS.get(name)
         if handler is not None:
             return handler(self, func, args, kwargs)
@@ -207,20 +225,28 @@ class Executor:
 
         dargs, dkwargs = _map((args, kwargs), to_dev)
         if self.recorder is not None and moved:
-            ids = [id(m) for m in moved]
-
-            def f(*ins: torch.Tensor, dargs=dargs, dkwargs=dkwargs, ids=ids) -> Any:
-                sub = dict(zip(ids, ins, strict=True))
-                a, k = _map((dargs, dkwargs), lambda t: sub.get(id(t), t))
-                return func(*a, **k)
-
-            name = getattr(func, "__name__", str(func))
-            scal = tuple(v for v in args[1:] if isinstance(v, (int, float, bool, str)))
-            self.recorder.steps.append(StepRecord(
-                kind=f"whole:{name}", key=(name, scal, *((tuple(t.shape), t.dtype) for t in moved)), fn=f,
-                inputs=moved, tiles=1, io_bytes=_nbytes(moved)))
+            self.recorder.steps.append(self._step(func, args, dargs, dkwargs, moved))
         out = func(*dargs, **dkwargs)
         return _map(out, lambda t: t if id(t) in self.weights else self.host(t))
+
+    def _step(self, func: Any, args: tuple, dargs: Any, dkwargs: Any, moved: list[torch.Tensor]) -> StepRecord:
+        """The record of an operation run whole on `moved` (its non-weight tensors on the device)."""
+        ids = [id(m) for m in moved]
+
+        def f(*ins: torch.Tensor) -> Any:
+            sub = dict(zip(ids, ins, strict=True))
+            a, k = _map((dargs, dkwargs), lambda t: sub.get(id(t), t))
+            return func(*a, **k)
+
+        name = getattr(func, "__name__", str(func))
+        scal = tuple(v for v in args[1:] if isinstance(v, (int, float, bool, str)))
+        return StepRecord(kind=f"whole:{name}", key=(name, scal, *((tuple(t.shape), t.dtype) for t in moved)), fn=f,
+                          inputs=moved, tiles=1, io_bytes=_nbytes(moved), sig=self.sig)
+
+    def _whole_record(self, func: Any, args: tuple, kwargs: dict) -> StepRecord | None:
+        """Planning: what running this operation whole would record, without running it."""
+        moved = [t for t in _tensors((args, kwargs), []) if id(t) not in self.weights]
+        return self._step(func, args, args, kwargs, moved) if moved else None
 
     # ------------------------------------------------------------------ elementwise
     def pointwise(self, func: Any, args: tuple, kwargs: dict, *, reduce_dims: tuple[int, ...] = ()) -> Any:
@@ -314,14 +340,17 @@ def weight_ids(module: torch.nn.Module) -> set[int]:
 
 
 def run_tiled(module: torch.nn.Module, call: Callable[[], Any], *, fraction: tuple[float, float],
-              storage: torch.device | None = None, recorder: Recorder | None = None) -> Any:
-    """Run call() (a method of `module` on storage-resident inputs) with every operation tiled.
+              storage: torch.device | None = None, recorder: Recorder | None = None,
+              whole_ops: frozenset[tuple] = frozenset()) -> Any:
+    """Run call() (a method of `module` on storage-resident inputs) with every operation tiled, except
+    those whose signature is in `whole_ops` (the plan found their whole map fits).
 
     -> what call() returns, its tensors in `storage` (default: host memory for a GPU module)."""
     device = next(iter(module.parameters())).device
     if storage is None:
         storage = device if device.type in ("cpu", "meta") else torch.device("cpu")
-    ex = Executor(device=device, storage=storage, fraction=fraction, weights=weight_ids(module), recorder=recorder)
+    ex = Executor(device=device, storage=storage, fraction=fraction, weights=weight_ids(module), recorder=recorder,
+                  whole_ops=whole_ops)
     with TiledMode(ex):
         return call()
 

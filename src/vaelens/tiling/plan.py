@@ -53,6 +53,8 @@ class TilingPlan:
     extra_compute: float  # extra arithmetic vs untiled, as a fraction (GroupNorm statistics passes)
     peak_step: str  # the operation whose tile sets the peak
     approximate_reason: str | None = None
+    # signatures (Executor.signature) of the operations that run whole: their whole map fits the budget
+    whole_ops: frozenset[tuple] = frozenset()
 
     @property
     def tiled(self) -> bool:
@@ -181,10 +183,13 @@ class _Eval:
     halo: int
     transfer: int
     extra: float
+    whole_ops: frozenset[tuple] = frozenset()
 
 
 def _evaluate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: tuple[float, float],
-              pricer: _Pricer, resident: int) -> _Eval:
+              pricer: _Pricer, resident: int, budget: int | None = None) -> _Eval:
+    """One candidate tile: the device need of its largest step. With `budget`, an operation whose whole map
+    fits runs whole (fewer, larger kernel calls); the others tile."""
     import torch
 
     from vaelens.tiling.execute import Recorder, run_tiled
@@ -195,15 +200,26 @@ def _evaluate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: t
     x = torch.empty(shape, device="meta", dtype=dt.torch)
     with torch.inference_mode():
         run_tiled(meta, lambda: call_op(meta, Op.parse(op), [x]), fraction=fraction, recorder=rec)
-    best, kind = 0, ""
+    whole: set[tuple] = set()
+    if budget is not None:
+        for sig, alt in rec.alternatives.items():
+            if resident + pricer.price(alt) <= budget:
+                whole.add(sig)
+    best, kind, transfer, done = 0, "", 0, set()
     for s in rec.steps:
-        b = pricer.price(s)
+        step = s
+        if s.sig in whole:  # one whole step for the operation, however many tiled steps it had
+            if s.sig in done:
+                continue
+            done.add(s.sig)
+            step = rec.alternatives[s.sig]
+        b = pricer.price(step)
+        transfer += step.io_bytes * step.tiles
         if b > best:
-            best, kind = b, s.kind
-    transfer = sum(s.io_bytes * s.tiles for s in rec.steps)
+            best, kind = b, step.kind
     extra = 3 * rec.extra_elements / max(1, 2 * rec.conv_macs)
     return _Eval(need=resident + best, step_bytes=best, peak_step=kind, halo=rec.halo, transfer=transfer,
-                 extra=extra)
+                 extra=extra, whole_ops=frozenset(whole))
 
 
 def _untiled(meta: Any, op: str, shape: tuple[int, ...], dt: DType, *, tiled: bool = False):
@@ -277,9 +293,10 @@ def plan_tiling(vae: Any, shape: tuple[int, ...], dtype: DType | str | None = No
     pricer = _Pricer()
     resident = weights + inputs
 
-    def ev(k: int) -> _Eval:
+    def ev(k: int) -> _Eval:  # a forced tile tiles every operation (what the tests check)
         side = k * factor
-        return _evaluate(meta, op, shape, dt, (min(1.0, side / height), min(1.0, side / width)), pricer, resident)
+        return _evaluate(meta, op, shape, dt, (min(1.0, side / height), min(1.0, side / width)), pricer, resident,
+                         None if tile is not None else budget_bytes)
 
     k, chosen = _search(ev, max(1, math.ceil(max(height, width) / factor)), budget_bytes, tile, factor, common)
     from vaelens.tiling.grid import count, tile_size
@@ -289,7 +306,8 @@ def plan_tiling(vae: Any, shape: tuple[int, ...], dtype: DType | str | None = No
     tshape = (tile_size(height, fraction[0]), tile_size(width, fraction[1]))
     return TilingPlan(**common, method=EXACT, tile_shape=tshape, tiles=count((height, width), tshape),
                       halo=chosen.halo, fraction=fraction, predicted_peak_bytes=chosen.need,
-                      transfer_bytes=chosen.transfer, extra_compute=chosen.extra, peak_step=chosen.peak_step)
+                      transfer_bytes=chosen.transfer, extra_compute=chosen.extra, peak_step=chosen.peak_step,
+                      whole_ops=chosen.whole_ops)
 
 
 def _search(ev: Any, kmax: int, budget_bytes: int, tile: int | None, factor: int, common: dict) -> tuple[int, _Eval]:
