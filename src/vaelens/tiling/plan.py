@@ -184,6 +184,7 @@ class _Eval:
     transfer: int
     extra: float
     whole_ops: frozenset[tuple] = frozenset()
+    tiled: bool = True  # some operation runs in more than one tile
 
 
 def _evaluate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: tuple[float, float],
@@ -205,7 +206,7 @@ def _evaluate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: t
         for sig, alt in rec.alternatives.items():
             if resident + pricer.price(alt) <= budget:
                 whole.add(sig)
-    best, kind, transfer, done = 0, "", 0, set()
+    best, kind, transfer, done, tiled = 0, "", 0, set(), False
     for s in rec.steps:
         step = s
         if s.sig in whole:  # one whole step for the operation, however many tiled steps it had
@@ -214,12 +215,13 @@ def _evaluate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: t
             done.add(s.sig)
             step = rec.alternatives[s.sig]
         b = pricer.price(step)
+        tiled = tiled or step.tiles > 1
         transfer += step.io_bytes * step.tiles
         if b > best:
             best, kind = b, step.kind
     extra = 3 * rec.extra_elements / max(1, 2 * rec.conv_macs)
     return _Eval(need=resident + best, step_bytes=best, peak_step=kind, halo=rec.halo, transfer=transfer,
-                 extra=extra, whole_ops=frozenset(whole))
+                 extra=extra, whole_ops=frozenset(whole), tiled=tiled)
 
 
 def _untiled(meta: Any, op: str, shape: tuple[int, ...], dt: DType, *, tiled: bool = False):
@@ -304,6 +306,8 @@ def plan_tiling(vae: Any, shape: tuple[int, ...], dtype: DType | str | None = No
     side = k * factor
     fraction = (min(1.0, side / height), min(1.0, side / width))
     tshape = (tile_size(height, fraction[0]), tile_size(width, fraction[1]))
+    if not chosen.tiled:  # every operation fits whole: one tile, op by op, intermediates in host memory
+        tshape = (height, width)
     return TilingPlan(**common, method=EXACT, tile_shape=tshape, tiles=count((height, width), tshape),
                       halo=chosen.halo, fraction=fraction, predicted_peak_bytes=chosen.need,
                       transfer_bytes=chosen.transfer, extra_compute=chosen.extra, peak_step=chosen.peak_step,
