@@ -35,9 +35,10 @@ def render_plan(plan: Any) -> str:
     h, w = plan.tile_shape or (0, 0)
     lines = [head + ("exact tiles" if plan.exact else "APPROXIMATE tiles")]
     if plan.exact:
-        lines.append(f"  {plan.tiles} tiles of {w}x{h} px at full resolution; every operation tiles its own map in "
-                     f"the same proportion (halo {plan.halo} px per convolution, GroupNorm statistics merged over "
-                     "tiles in float64)")
+        whole = f"operations whose whole map fits run whole ({len(plan.whole_ops)} call shapes), the others tile"
+        lines.append(f"  {plan.tiles} tiles of {w}x{h} px at full resolution; {whole} their own map in the same "
+                     f"proportion (halo {plan.halo} px per convolution, GroupNorm statistics merged over tiles in "
+                     "float64)")
     else:
         lines.append(f"  {plan.approximate_reason}")
         lines.append(f"  {plan.tiles} tiles of {w}x{h} px")
