@@ -134,8 +134,21 @@ def cache_dataset(
         return _cache_locked(data, vae, out, options=options, encode=encode, progress=progress, t0=t0)
 
 
+@dataclass(slots=True)
+class _Tally:
+    """What the encode loop has done so far; filled batch by batch, so not frozen."""
+
+    dtype_reason: str | None
+    nonfinite: list[dict[str, Any]] = field(default_factory=list)
+    decode_failed: dict[str, str] = field(default_factory=dict)  # path -> why it did not decode
+    encoded: int = 0
+    processed: int = 0
+    encode_seconds: float = 0.0
+    complete: bool = False
+
+
 def _cache_locked(data, vae, out: Path, *, options: CacheOptions, encode: EncodeSettings, progress, t0: float):
-    """cache_dataset's work, holding OUT's lock."""
+    """cache_dataset's work, holding OUT's lock: plan -> encode into shards -> index + summary."""
     from vaelens.datasets.encoder import resolve_dtype
     from vaelens.datasets.local import split_cpus, worker_pool
 
@@ -148,11 +161,7 @@ def _cache_locked(data, vae, out: Path, *, options: CacheOptions, encode: Encode
     writer = ShardWriter(
         out, latent_dtype=options.latent_dtype, shard_size=options.shard_size, flush_seconds=options.flush_seconds
     )
-    nonfinite: list[dict[str, Any]] = []
-    decode_failed: dict[str, str] = {}
-    encoded = processed = 0
-    encode_seconds = 0.0
-    complete = False
+    tally = _Tally(dtype_reason=dtype_reason)
     with worker_pool(workers if options.engine == "local" else 0) as pool:
         job = plan_job(
             data,
@@ -165,47 +174,69 @@ def _cache_locked(data, vae, out: Path, *, options: CacheOptions, encode: Encode
             pool=pool,
             progress=progress,
         )
-        total = job.to_encode
-        if progress is not None:
-            progress(0, total, "encoding")
-        try:
-            batches, (dtype_used, reason) = run_engine(job, vae, encode, options, pool)
-            dtype_reason = reason
-            t_enc = time.perf_counter()
-            for batch, ok, enc, errors in batches:
-                for i, why in errors.items():
-                    decode_failed[batch.items[i].path] = why
-                if enc is not None:
-                    for j, i in enumerate(ok):
-                        item = batch.items[i]
-                        if j in enc.retried or j in enc.failed:
-                            action = enc.failed.get(j) or f"NaN/Inf at {dtype_used}; redone in fp32, finite"
-                            nonfinite.append(
-                                {"source": item.rel, "key": item.key, "action": action, "written": j not in enc.failed}
-                            )
-                        if j in enc.failed:
-                            continue
-                        tensors = {"mean": enc.mean[j]}
-                        if options.logvar and enc.logvar[j] is not None:
-                            tensors["logvar"] = enc.logvar[j]
-                        if encode.posterior == "sample":
-                            tensors["sample"] = enc.sample[j]
-                        writer.add(_record(item, batch, enc.mean[j], dtype_used, j in enc.retried), tensors)
-                        encoded += 1
-                writer.batch_done()
-                processed += len(batch.items)
-                if progress is not None:
-                    progress(processed, total, "encoding")
-            encode_seconds = time.perf_counter() - t_enc
+        _encode_job(job, vae, encode, options, pool, writer=writer, tally=tally, progress=progress)
+    return _finish(out, job, vae, options=options, encode=encode, writer=writer, tally=tally, done=done,
+                   dtype=dtype.value, t0=t0)
+
+
+def _encode_job(job: Job, vae, encode: EncodeSettings, options: CacheOptions, pool: Any, *,
+                writer: ShardWriter, tally: _Tally, progress) -> None:
+    """Job -> every batch run by the engine and written to shards; counts and failures into TALLY.
+    Ctrl-C or an error still flushes what is finished."""
+    total = job.to_encode
+    if progress is not None:
+        progress(0, total, "encoding")
+    try:
+        batches, (dtype_used, reason) = run_engine(job, vae, encode, options, pool)
+        tally.dtype_reason = reason
+        t_enc = time.perf_counter()
+        for batch, ok, enc, errors in batches:
+            _write_batch(batch, ok, enc, errors, dtype_used=dtype_used, options=options, encode=encode,
+                         writer=writer, tally=tally)
+            writer.batch_done()
+            tally.processed += len(batch.items)
+            if progress is not None:
+                progress(tally.processed, total, "encoding")
+        tally.encode_seconds = time.perf_counter() - t_enc
+        writer.flush()
+        tally.complete = True
+    finally:
+        if not tally.complete:  # Ctrl-C, an error: keep what is finished
             writer.flush()
-            complete = True
-        finally:
-            if not complete:  # Ctrl-C, an error: keep what is finished
-                writer.flush()
+
+
+def _write_batch(batch, ok, enc, errors, *, dtype_used: str, options: CacheOptions, encode: EncodeSettings,
+                 writer: ShardWriter, tally: _Tally) -> None:
+    """One engine result -> its finite latents added to WRITER; decode errors and NaN/Inf handling into TALLY."""
+    for i, why in errors.items():
+        tally.decode_failed[batch.items[i].path] = why
+    if enc is None:
+        return
+    for j, i in enumerate(ok):
+        item = batch.items[i]
+        if j in enc.retried or j in enc.failed:
+            action = enc.failed.get(j) or f"NaN/Inf at {dtype_used}; redone in fp32, finite"
+            tally.nonfinite.append(
+                {"source": item.rel, "key": item.key, "action": action, "written": j not in enc.failed}
+            )
+        if j in enc.failed:
+            continue
+        tensors = {"mean": enc.mean[j]}
+        if options.logvar and enc.logvar[j] is not None:
+            tensors["logvar"] = enc.logvar[j]
+        if encode.posterior == "sample":
+            tensors["sample"] = enc.sample[j]
+        writer.add(_record(item, batch, enc.mean[j], dtype_used, j in enc.retried), tensors)
+        tally.encoded += 1
+
+
+def _finish(out: Path, job: Job, vae, *, options: CacheOptions, encode: EncodeSettings, writer: ShardWriter,
+            tally: _Tally, done, dtype: str, t0: float) -> CacheReport:
+    """Manifest after the run -> index.jsonl + cache.json (+ statistics) written -> CacheReport."""
     records = read_manifest(out)
-    index, skipped = _index(job, records, decode_failed, nonfinite)
+    index, skipped = _index(job, records, tally.decode_failed, tally.nonfinite)
     stats = None
-    if options.stats and complete:
+    if options.stats and tally.complete:
         from vaelens.datasets.stats import stats_of_records
 
         stats = stats_of_records(out, [r for r in index if "key" in r], vae=vae).to_json()
@@ -213,18 +244,18 @@ def _cache_locked(data, vae, out: Path, *, options: CacheOptions, encode: Encode
         out=str(out),
         engine=options.engine,
         files=len(job.scans),
-        encoded=encoded,
+        encoded=tally.encoded,
         reused=sum(1 for k in {r["key"] for r in index if "key" in r} if k in done),
         skipped=tuple(skipped),
-        nonfinite=tuple(nonfinite),
+        nonfinite=tuple(tally.nonfinite),
         shards_written=writer.shards,
         seconds=time.perf_counter() - t0,
-        encode_seconds=encode_seconds,
-        dtype=dtype.value,
-        dtype_reason=dtype_reason,
+        encode_seconds=tally.encode_seconds,
+        dtype=dtype,
+        dtype_reason=tally.dtype_reason,
         buckets=_bucket_counts(index),
         stats=stats,
-        complete=complete,
+        complete=tally.complete,
     )
     write_index(out, index, _summary(report, job, vae, options, encode))
     return report
