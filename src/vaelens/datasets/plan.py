@@ -141,6 +141,23 @@ def plan_job(
     if batch_size < 1:
         raise VaeLensError(f"batch_size {batch_size} must be at least 1")
     root, files = list_items(data)
+    scans = _scan_all(files, root, pool=pool, progress=progress)
+    vae_id = vae_identity(vae)
+    keys, items, skipped, groups = _place_all(scans, vae, vae_id, bucketing=bucketing, settings=settings, frames=frames)
+    return Job(
+        root=str(root),
+        scans=tuple(scans),
+        keys=keys,
+        items=items,
+        skipped=skipped,
+        batches=_cut_batches(groups, scans, batch_size=batch_size, done=done),
+        settings=settings,
+        vae_id=vae_id,
+    )
+
+
+def _scan_all(files, root: Path, *, pool: Any, progress: Any) -> list[Scan]:
+    """files -> their Scans in dataset order (in worker processes when `pool` is given)."""
     args = [(str(f), str(root)) for f in files]
     scans: list[Scan] = []
     it = pool.imap(scan_worker, args, chunksize=8) if pool is not None else map(scan_worker, args)
@@ -148,7 +165,14 @@ def plan_job(
         scans.append(scan)
         if progress is not None:
             progress(len(scans), len(args), "scanning")
-    vae_id = vae_identity(vae)
+    return scans
+
+
+def _place_all(
+    scans: list[Scan], vae, vae_id: dict[str, Any], *, bucketing: Bucketing, settings: dict[str, Any],
+    frames: int | None,
+) -> tuple[dict[str, str], dict[str, Item], dict[str, str], dict[tuple[Any, ...], list[Item]]]:
+    """Scans -> (path -> key, key -> Item, path -> why skipped, (bucket, frames) -> Items in dataset order)."""
     video_vae = vae.spec.is_video
     keys: dict[str, str] = {}
     items: dict[str, Item] = {}
@@ -179,6 +203,15 @@ def plan_job(
         items[key] = item
         n_frames = frames if scan.kind == "video" else None
         groups.setdefault((placement.bucket, n_frames), []).append(item)
+    return keys, items, skipped, groups
+
+
+def _cut_batches(
+    groups: dict[tuple[Any, ...], list[Item]], scans: list[Scan], *, batch_size: int,
+    done: set[str] | frozenset[str],
+) -> tuple[Batch, ...]:
+    """Per bucket, files cut every `batch_size` before finished ones are dropped (so every run cuts the same
+    batches) -> Batches in dataset order of each batch's first file."""
     batches = []
     for (bucket, n_frames), members in groups.items():
         for start in range(0, len(members), batch_size):
@@ -187,14 +220,4 @@ def plan_job(
                 batches.append((todo, bucket, n_frames))
     order = {s.path: n for n, s in enumerate(scans)}
     batches.sort(key=lambda b: order[b[0][0].path])  # in dataset order of each batch's first file
-    return Job(
-        root=str(root),
-        scans=tuple(scans),
-        keys=keys,
-        items=items,
-        skipped=skipped,
-        batches=tuple(Batch(index=n, bucket=b, frames=f, items=t) for n, (t, b, f) in enumerate(batches)),
-        settings=settings,
-        vae_id=vae_id,
-    )
-
+    return tuple(Batch(index=n, bucket=b, frames=f, items=t) for n, (t, b, f) in enumerate(batches))
