@@ -76,3 +76,13 @@ def test_pipeline_names_each_traced_call(monkeypatch):
         assert hooks["decode_fn"]("sd15", None, False) == ("decode", None)
     assert "pipeline sd15" in tty.getvalue(), tty.getvalue()
     assert "tracing" in tty.getvalue(), tty.getvalue()
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"], ["--quiet"]])
+def test_memory_budget_names_its_stages_on_a_terminal_only(monkeypatch, capsys, extra):
+    tty = FakeTTY()
+    monkeypatch.setattr(sys, "stderr", tty)
+    assert main(["memory", "taesd", "--size", "64x64", "--op", "decode", "--budget", "80GiB", *extra]) == 0
+    drawn = not extra
+    assert ("memory taesd" in tty.getvalue()) is drawn, tty.getvalue()
+    assert capsys.readouterr().out  # the report itself still goes to stdout

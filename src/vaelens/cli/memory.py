@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from vaelens.cli._io import add_quiet, bar_enabled
 from vaelens.cli.common import add_json, add_model, add_size, emit_json
+from vaelens.progress import progress_bar
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,19 +25,40 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --measure: also bisect the smallest memory-fraction cap the call runs under")
     p.add_argument("--plot", metavar="FILE", help="write the memory timeline per layer as an image (e.g. out.png)")
     add_json(p)
+    add_quiet(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from vaelens.cli.shapes import plan_from_args
-    from vaelens.memory.estimate import estimate_memory
-    from vaelens.render.memory import memory_json, render_memory
+    from vaelens.memory.estimate import TraceCache, estimate_memory
 
     spec, plan = plan_from_args(args)
     request = plan.request
     ops = ("encode", "decode") if args.op == "both" else (args.op,)
+    budget = _check_args(args)
+    cache = TraceCache()
+    with progress_bar(f"memory {spec.name}", enabled=bar_enabled(args), unit="stage") as bar:
+        estimates = []
+        for op in ops:
+            bar.stage(f"estimate {op}")
+            estimates.append(estimate_memory(spec, request, op=op, tiled=args.tiled, sliced=args.sliced,
+                                             cache=cache))
+            bar.advance(1)
+        measured = _measure(args, spec, plan, estimates)
+        report, tiling = _budget(args, spec, plan, ops, budget, cache, bar) if budget is not None else (None, None)
+    plot = _plot(args, spec, plan, estimates, budget)
+    if args.json:
+        _emit(args, spec, plan, estimates, measured, report, tiling, plot)
+    else:
+        _print(spec, plan, estimates, measured, report, tiling, plot)
+    return 0
+
+
+def _check_args(args: argparse.Namespace) -> int | None:
+    """Refuse bad arguments before any work -> the --budget in bytes (None without one)."""
     budget = None
-    if args.budget is not None:  # validate before any work
+    if args.budget is not None:
         from vaelens.options import parse_bytes
 
         budget = parse_bytes(args.budget)
@@ -43,53 +66,75 @@ def run(args: argparse.Namespace) -> int:
         from vaelens.render.timeline import check_plot_path
 
         check_plot_path(args.plot)
-    measured: dict[str, dict[str, int]] = {}
     if args.measure_cap and not args.measure:
         from vaelens.errors import VaeLensError
 
         raise VaeLensError("--measure-cap is a part of --measure; add --measure")
     if args.measure:
-        from vaelens.memory.measure import measure_call, require_cuda
+        from vaelens.memory.measure import require_cuda
 
         require_cuda()  # one line, before any work
-    from vaelens.memory.estimate import TraceCache
+    return budget
 
-    cache = TraceCache()
-    estimates = [estimate_memory(spec, request, op=op, tiled=args.tiled, sliced=args.sliced, cache=cache)
-                 for op in ops]
-    if args.measure:
-        for est in estimates:
-            shape = plan.pixel_shape if est.op.value == "encode" else plan.latent_shape
-            measured[est.op.value] = measure_call(
-                spec.diffusers_config(), tuple(shape), request.dtype, op=est.op, tiled=args.tiled, sliced=args.sliced,
-                cap_search=args.measure_cap).to_json()
-    report = tiling = None
-    if budget is not None:
-        from vaelens.memory.budget import check_vae_budget
 
-        report = check_vae_budget(spec, request, budget, ops=ops, step=spec.size_rule.multiple, tiled=args.tiled,
-                                  sliced=args.sliced, cache=cache)
-        from vaelens.tiling.plan import plan_ops  # the exact tiling that fits (vaelens.tiling)
+def _measure(args: argparse.Namespace, spec, plan, estimates) -> dict[str, dict[str, int]]:
+    """--measure: each estimated call run for real on CUDA -> {op: measured peaks}."""
+    measured: dict[str, dict[str, int]] = {}
+    if not args.measure:
+        return measured
+    from vaelens.memory.measure import measure_call
 
-        tiling = plan_ops(spec, {op: plan.latent_shape if op == "decode" else plan.pixel_shape for op in ops},
-                          request.dtype, budget)
-    plot = None
-    if args.plot:
-        from vaelens.render.timeline import plot_memory_timeline
+    for est in estimates:
+        shape = plan.pixel_shape if est.op.value == "encode" else plan.latent_shape
+        measured[est.op.value] = measure_call(
+            spec.diffusers_config(), tuple(shape), plan.request.dtype, op=est.op, tiled=args.tiled,
+            sliced=args.sliced, cap_search=args.measure_cap).to_json()
+    return measured
 
-        plot = str(plot_memory_timeline(estimates, args.plot, budget_bytes=budget, title=f"{spec.name} "
-                                        f"{plan.used_size[1]}x{plan.used_size[0]} {request.dtype.value}"))
-    if args.json:
-        data = memory_json(spec.name, plan, estimates, tiled=args.tiled, sliced=args.sliced, measured=measured,
-                           budget=report)
-        if report is not None:
-            from vaelens.render.tiling import plans_json
 
-            data["tiling"] = plans_json(tiling)
-        if plot:
-            data["plot"] = plot
-        emit_json(data)
-        return 0
+def _budget(args: argparse.Namespace, spec, plan, ops, budget: int, cache, bar):
+    """--budget: the budget report and the exact tiling that fits (vaelens.tiling), one bar stage each."""
+    from vaelens.memory.budget import check_vae_budget
+    from vaelens.tiling.plan import plan_ops
+
+    bar.stage("budget search")
+    report = check_vae_budget(spec, plan.request, budget, ops=ops, step=spec.size_rule.multiple, tiled=args.tiled,
+                              sliced=args.sliced, cache=cache)
+    bar.advance(1)
+    bar.stage("tiling plan")
+    tiling = plan_ops(spec, {op: plan.latent_shape if op == "decode" else plan.pixel_shape for op in ops},
+                      plan.request.dtype, budget)
+    bar.advance(1)
+    return report, tiling
+
+
+def _plot(args: argparse.Namespace, spec, plan, estimates, budget: int | None) -> str | None:
+    """--plot: the memory timeline per layer written as an image -> its path (None without --plot)."""
+    if not args.plot:
+        return None
+    from vaelens.render.timeline import plot_memory_timeline
+
+    return str(plot_memory_timeline(estimates, args.plot, budget_bytes=budget, title=f"{spec.name} "
+                                    f"{plan.used_size[1]}x{plan.used_size[0]} {plan.request.dtype.value}"))
+
+
+def _emit(args: argparse.Namespace, spec, plan, estimates, measured, report, tiling, plot) -> None:
+    from vaelens.render.memory import memory_json
+
+    data = memory_json(spec.name, plan, estimates, tiled=args.tiled, sliced=args.sliced, measured=measured,
+                       budget=report)
+    if report is not None:
+        from vaelens.render.tiling import plans_json
+
+        data["tiling"] = plans_json(tiling)
+    if plot:
+        data["plot"] = plot
+    emit_json(data)
+
+
+def _print(spec, plan, estimates, measured, report, tiling, plot) -> None:
+    from vaelens.render.memory import render_memory
+
     print(render_memory(spec.name, plan.pixel_shape, plan.latent_shape, estimates, measured=measured or None))
     if report is not None:
         from dataclasses import replace
@@ -98,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
         print()
         # name the size the estimates ran at (a floor family's size rule may have changed it)
-        print(render_budget(report, replace(request, height=plan.used_size[0], width=plan.used_size[1])))
+        print(render_budget(report, replace(plan.request, height=plan.used_size[0], width=plan.used_size[1])))
         if any(isinstance(t, str) or t.tiled for t in tiling.values()):
             from vaelens.render.tiling import render_plans
 
@@ -106,4 +151,3 @@ def run(args: argparse.Namespace) -> int:
             print(render_plans(tiling))
     if plot:
         print(f"\nwrote {plot}")
-    return 0
