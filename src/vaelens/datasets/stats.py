@@ -83,23 +83,8 @@ def compute_stats(
                        pool=pool, progress=progress)
         skipped.update(job.skipped)
         batches, _ = run_engine(job, vae, encode, options, pool)
-        done = 0
-        for batch, ok, enc, errors in batches:
-            for i, why in errors.items():
-                skipped[batch.items[i].path] = why
-            if enc is not None:
-                import torch
-
-                which = enc.sample if encode.posterior == "sample" else enc.mean
-                for j, i in enumerate(ok):
-                    if j in enc.failed:
-                        skipped[batch.items[i].path] = enc.failed[j]
-                good = [which[j] for j in range(len(ok)) if j not in enc.failed]
-                if good:
-                    total.add(torch.stack(good), samples=len(good))
-            done += len(batch.items)
-            if progress is not None:
-                progress(done, job.to_encode, "encoding")
+        _accumulate(batches, job.to_encode, total=total, skipped=skipped, posterior=encode.posterior,
+                    progress=progress)
     stats = total.result()
     return StatsReport(
         data=str(data),
@@ -112,6 +97,34 @@ def compute_stats(
         seconds=time.perf_counter() - t0,
         engine=engine,
     )
+
+
+def _accumulate(batches, to_encode: int, *, total: Moments, skipped: dict[str, str], posterior: str,
+                progress: Any) -> None:
+    """The engine's batches -> their latents merged into TOTAL; files that failed into SKIPPED."""
+    done = 0
+    for batch, ok, enc, errors in batches:
+        _add_batch(batch, ok, enc, errors, total=total, skipped=skipped, posterior=posterior)
+        done += len(batch.items)
+        if progress is not None:
+            progress(done, to_encode, "encoding")
+
+
+def _add_batch(batch, ok, enc, errors, *, total: Moments, skipped: dict[str, str], posterior: str) -> None:
+    """One engine result -> its finite latents (mean, or the sample) added to TOTAL; failures into SKIPPED."""
+    for i, why in errors.items():
+        skipped[batch.items[i].path] = why
+    if enc is None:
+        return
+    import torch
+
+    which = enc.sample if posterior == "sample" else enc.mean
+    for j, i in enumerate(ok):
+        if j in enc.failed:
+            skipped[batch.items[i].path] = enc.failed[j]
+    good = [which[j] for j in range(len(ok)) if j not in enc.failed]
+    if good:
+        total.add(torch.stack(good), samples=len(good))
 
 
 def _rel(path: str, root: str) -> str:
