@@ -230,77 +230,102 @@ def check_vae_budget(
     results = []
     for op in ops:
         if estimate is estimate_memory:
-            probe = _Probe(model, op, sliced, cache)
-
-            def fits(req: PixelRequest, probe: _Probe = probe) -> bool:
-                return probe.fits(req, tiled, budget_bytes)
-
-            def need(req: PixelRequest, probe: _Probe = probe) -> int:
-                return probe.need(req, tiled)
-
-            def size(req: PixelRequest, probe: _Probe = probe) -> int:
-                return probe.size(req, tiled)
-
-            def guide(req: PixelRequest, probe: _Probe = probe) -> float:
-                return probe.guide(req, tiled)
-
-            def full(req: PixelRequest, with_tiling: bool, op: str = op) -> MemoryEstimate:
-                return estimate_memory(model, req, op=op, tiled=with_tiling, sliced=sliced, cache=cache)
+            fns = _probe_fns(model, op, tiled=tiled, sliced=sliced, budget_bytes=budget_bytes, cache=cache)
         else:
-            memo: dict[tuple[int, int, int, bool], MemoryEstimate] = {}
-
-            def full(req: PixelRequest, with_tiling: bool, op: str = op, memo: dict = memo) -> MemoryEstimate:
-                key = (req.batch, req.width, req.height, with_tiling)
-                if key not in memo:
-                    memo[key] = estimate(model, req, op=op, tiled=with_tiling, sliced=sliced)
-                return memo[key]
-
-            def need(req: PixelRequest, full: Callable = full) -> int:
-                return full(req, tiled).min_device_bytes
-
-            def fits(req: PixelRequest, need: Callable = need) -> bool:
-                return need(req) <= budget_bytes
-
-            def size(req: PixelRequest) -> int:
-                return 0
-
-            def guide(req: PixelRequest, need: Callable = need) -> float:
-                return need(req)
-
-        here = full(request, tiled)
-        needed = here.min_device_bytes
-        # first guesses scale the cheap allocated-bytes figure to the device figure at the request
-        ratio = needed / max(1, here.base_bytes + here.peak_bytes_high) if estimate is estimate_memory else 1.0
-        max_batch, batch_from = _search(
-            lambda n: fits(replace(request, batch=n)), lambda n: need(replace(request, batch=n)),
-            lambda n: size(replace(request, batch=n)), 1, MAX_BATCH, budget_bytes,
-            lambda n, guide=guide, ratio=ratio: guide(replace(request, batch=n)) * ratio)
-
-        def square(k: int) -> PixelRequest:
-            return replace(request, width=k * step, height=k * step)
-
-        k0 = max(1, min(request.width, request.height) // step)
-        side_guess = None
-        a, b = guide(square(k0)) * ratio, guide(square(2 * k0)) * ratio
-        per_area = (b - a) / (3 * k0 * k0) if b > a else 0
-        if per_area > 0 and budget_bytes > a - per_area * k0 * k0:
-            side_guess = int(((budget_bytes - (a - per_area * k0 * k0)) / per_area) ** 0.5)
-        max_k, square_from = _search_square(
-            lambda k: fits(square(k)), lambda k: need(square(k)), lambda k: size(square(k)),
-            MAX_SIDE // step, budget_bytes, side_guess, k0)
-        tiled_need: int | None = None
-        if tiled or needed > budget_bytes:  # the alternative is worth its (long, tile by tile) trace
-            try:
-                tiled_need = full(request, True).min_device_bytes
-            except VaeLensError:
-                tiled_need = None
-        results.append(OpBudget(
-            op=op, needed_bytes=needed, peak_total_high_bytes=here.total_bytes_high, fits=needed <= budget_bytes,
-            max_batch=max_batch, max_square=step * max_k,
-            tiled_needed_bytes=tiled_need, tiled_fits=None if tiled_need is None else tiled_need <= budget_bytes,
-            batch_extrapolated_from=batch_from, square_extrapolated_from=step * square_from,
-        ))
+            fns = _estimate_fns(model, op, estimate, tiled=tiled, sliced=sliced, budget_bytes=budget_bytes)
+        results.append(_check_op(op, request, budget_bytes, step, tiled, fns, scale_guide=estimate is estimate_memory))
     return VaeBudgetReport(budget_bytes=budget_bytes, step=step, ops=tuple(results), tiled=tiled)
+
+
+_Fns = tuple[Callable[..., bool], Callable[..., int], Callable[..., int], Callable[..., float],
+             Callable[..., MemoryEstimate]]
+
+
+def _probe_fns(model: Any, op: str, *, tiled: bool, sliced: bool, budget_bytes: int, cache: TraceCache) -> _Fns:
+    """One op's (fits, need, size, guide, full) from traced candidates (the memory model itself)."""
+    probe = _Probe(model, op, sliced, cache)
+
+    def fits(req: PixelRequest) -> bool:
+        return probe.fits(req, tiled, budget_bytes)
+
+    def need(req: PixelRequest) -> int:
+        return probe.need(req, tiled)
+
+    def size(req: PixelRequest) -> int:
+        return probe.size(req, tiled)
+
+    def guide(req: PixelRequest) -> float:
+        return probe.guide(req, tiled)
+
+    def full(req: PixelRequest, with_tiling: bool) -> MemoryEstimate:
+        return estimate_memory(model, req, op=op, tiled=with_tiling, sliced=sliced, cache=cache)
+
+    return fits, need, size, guide, full
+
+
+def _estimate_fns(model: Any, op: str, estimate: Callable[..., MemoryEstimate], *, tiled: bool, sliced: bool,
+                  budget_bytes: int) -> _Fns:
+    """One op's (fits, need, size, guide, full) from a replacement memory model (tests): estimates only."""
+    memo: dict[tuple[int, int, int, bool], MemoryEstimate] = {}
+
+    def full(req: PixelRequest, with_tiling: bool) -> MemoryEstimate:
+        key = (req.batch, req.width, req.height, with_tiling)
+        if key not in memo:
+            memo[key] = estimate(model, req, op=op, tiled=with_tiling, sliced=sliced)
+        return memo[key]
+
+    def need(req: PixelRequest) -> int:
+        return full(req, tiled).min_device_bytes
+
+    def fits(req: PixelRequest) -> bool:
+        return need(req) <= budget_bytes
+
+    def size(req: PixelRequest) -> int:
+        return 0
+
+    def guide(req: PixelRequest) -> float:
+        return need(req)
+
+    return fits, need, size, guide, full
+
+
+def _check_op(op: str, request: PixelRequest, budget_bytes: int, step: int, tiled: bool, fns: _Fns, *,
+              scale_guide: bool) -> OpBudget:
+    """One op's verdict: fits at the request, largest batch, largest square side, the tiled alternative."""
+    fits, need, size, guide, full = fns
+    here = full(request, tiled)
+    needed = here.min_device_bytes
+    # first guesses scale the cheap allocated-bytes figure to the device figure at the request
+    ratio = needed / max(1, here.base_bytes + here.peak_bytes_high) if scale_guide else 1.0
+    max_batch, batch_from = _search(
+        lambda n: fits(replace(request, batch=n)), lambda n: need(replace(request, batch=n)),
+        lambda n: size(replace(request, batch=n)), 1, MAX_BATCH, budget_bytes,
+        lambda n: guide(replace(request, batch=n)) * ratio)
+
+    def square(k: int) -> PixelRequest:
+        return replace(request, width=k * step, height=k * step)
+
+    k0 = max(1, min(request.width, request.height) // step)
+    side_guess = None
+    a, b = guide(square(k0)) * ratio, guide(square(2 * k0)) * ratio
+    per_area = (b - a) / (3 * k0 * k0) if b > a else 0
+    if per_area > 0 and budget_bytes > a - per_area * k0 * k0:
+        side_guess = int(((budget_bytes - (a - per_area * k0 * k0)) / per_area) ** 0.5)
+    max_k, square_from = _search_square(
+        lambda k: fits(square(k)), lambda k: need(square(k)), lambda k: size(square(k)),
+        MAX_SIDE // step, budget_bytes, side_guess, k0)
+    tiled_need: int | None = None
+    if tiled or needed > budget_bytes:  # the alternative is worth its (long, tile by tile) trace
+        try:
+            tiled_need = full(request, True).min_device_bytes
+        except VaeLensError:
+            tiled_need = None
+    return OpBudget(
+        op=op, needed_bytes=needed, peak_total_high_bytes=here.total_bytes_high, fits=needed <= budget_bytes,
+        max_batch=max_batch, max_square=step * max_k,
+        tiled_needed_bytes=tiled_need, tiled_fits=None if tiled_need is None else tiled_need <= budget_bytes,
+        batch_extrapolated_from=batch_from, square_extrapolated_from=step * square_from,
+    )
 
 
 def _search_square(fits: Callable[[int], bool], need: Callable[[int], int], size: Callable[[int], int],
