@@ -200,6 +200,21 @@ def extend_repeated(tr_a: Trace, tr_b: Trace, n: int) -> Program | None:
     copy before it; the epilogue frees every repetition's storages where it freed those of one.
     """
     a, b = compile_trace(tr_a), compile_trace(tr_b)
+    layout = _repeat_layout(tr_b, a, b, n)
+    if layout is None:
+        return None
+    start, unit, r_b, tail = layout
+    named = _name_storages(b, start, unit, r_b)
+    steps = _repeated_steps(b, named, start, unit, r_b, n)
+    steps += _epilogue_steps(a, b, named, tail, r_b, n)
+    # the input (resident) grows with the batch like everything per repetition
+    k = n - r_b
+    return Program(tuple(_scaled(x, y, k) for x, y in zip(a.resident, b.resident, strict=True)), tuple(steps))
+
+
+def _repeat_layout(tr_b: Trace, a: Program, b: Program, n: int) -> tuple[int, int, int, int] | None:
+    """-> (start of the first repetition, steps per repetition, repetitions in b, epilogue steps), or
+    None when the two programs are not a prologue, identical repetitions and an epilogue alike."""
     unit = len(b.steps) - len(a.steps)
     first = [r for r in tr_b.layers if r.depth == 1]
     if unit <= 0 or not first or len(a.resident) != len(b.resident):
@@ -223,11 +238,15 @@ def extend_repeated(tr_a: Trace, tr_b: Trace, n: int) -> Program | None:
     tail_a, tail_b = a.steps[len(a.steps) - tail:], b.steps[len(b.steps) - tail:]
     if [len(s.allocs) for s in tail_a] != [len(s.allocs) for s in tail_b]:
         return None
-    # Storage ids are addresses the trace may reuse once freed: name every storage by where it was
-    # allocated (("rep", j, i): repetition j's i-th; ("pro"/"end", step, i) otherwise), resolving
-    # each free against the storages alive at that moment.
+    return start, unit, r_b, tail
+
+
+def _name_storages(b: Program, start: int, unit: int, r_b: int) -> list[tuple[tuple, tuple]]:
+    """Storage ids are addresses the trace may reuse once freed: name every storage by where it was
+    allocated (("rep", j, i): repetition j's i-th; ("pro"/"end", step, i) otherwise), resolving
+    each free against the storages alive at that moment -> per step of b: (freed names, allocated names)."""
     live: dict[int, tuple] = {}
-    named: list[tuple[tuple, tuple]] = []  # per step of b: (freed names, allocated names)
+    named: list[tuple[tuple, tuple]] = []
     for t, st in enumerate(b.steps):
         freed = tuple(live.pop(sid) for sid in st.frees if sid in live)
         j = (t - start) // unit if start <= t < start + r_b * unit else None
@@ -241,8 +260,13 @@ def extend_repeated(tr_a: Trace, tr_b: Trace, n: int) -> Program | None:
             live[sid] = name
             names.append(name)
         named.append((freed, tuple(names)))
+    return named
+
+
+def _repeated_steps(b: Program, named: list[tuple[tuple, tuple]], start: int, unit: int, r_b: int,
+                    n: int) -> list[Step]:
+    """b's prologue and repetitions as named steps, then b's last repetition replayed up to n."""
     last = r_b - 1
-    k = n - r_b
 
     def shift(name: tuple, j: int) -> tuple:
         """A name in the last repetition's frame, moved to repetition j."""
@@ -260,6 +284,16 @@ def extend_repeated(tr_a: Trace, tr_b: Trace, n: int) -> Program | None:
             steps.append(Step(tuple(shift(x, j) for x in freed),
                               tuple((shift(x, j), nb) for x, (_, nb) in zip(names, b.steps[t].allocs, strict=True)),
                               b.steps[t].temp))
+    return steps
+
+
+def _epilogue_steps(a: Program, b: Program, named: list[tuple[tuple, tuple]], tail: int, r_b: int,
+                    n: int) -> list[Step]:
+    """The epilogue for n repetitions: sizes extrapolated from a and b, frees of one repetition's
+    storages extended to every repetition's."""
+    last, k = r_b - 1, n - r_b
+    tail_a, tail_b = a.steps[len(a.steps) - tail:], b.steps[len(b.steps) - tail:]
+    steps: list[Step] = []
     for (sa, sb), t in zip(zip(tail_a, tail_b, strict=True), range(len(b.steps) - tail, len(b.steps)), strict=True):
         freed, names = named[t]
         frees: list[tuple] = []
@@ -274,5 +308,4 @@ def extend_repeated(tr_a: Trace, tr_b: Trace, n: int) -> Program | None:
         temp = Transient(_scaled(ta.best, tb.best, k), _scaled(ta.low, tb.low, k), _scaled(ta.high, tb.high, k),
                          _scaled(ta.fallback, tb.fallback, k), tb.uncertain)
         steps.append(Step(tuple(frees), allocs, temp))
-    # the input (resident) grows with the batch like everything per repetition
-    return Program(tuple(_scaled(x, y, k) for x, y in zip(a.resident, b.resident, strict=True)), tuple(steps))
+    return steps
