@@ -70,6 +70,27 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
     if exif_done:
         img = ImageOps.exif_transpose(img)
         notes.append(f"EXIF orientation {orientation} applied")
+    rgb, bits, alpha = _to_rgb(img, mode, notes)
+    if _png_bit_depth(p) == 16 and mode not in ("I;16", "I;16B", "I;16L", "I"):
+        notes.append("16-bit colour PNG read at 8 bits per channel (Pillow decodes 48/64-bit PNG to 8-bit RGB)")
+    h, w = rgb.shape[:2]
+    info = ImageInfo(
+        path=str(p),
+        format=fmt,
+        mode=mode,
+        bits=bits,
+        size=(h, w),
+        used_size=(h, w),
+        alpha=alpha,
+        exif_transposed=exif_done,
+        notes=tuple(notes),
+    )
+    return rgb.astype(np.float32), info
+
+
+def _to_rgb(img, mode: str, notes: list[str]) -> tuple[np.ndarray, int, str | None]:
+    """A loaded PIL image (its mode before any EXIF transpose) -> (RGB float64 [H,W,3] in [0,1], bits,
+    what became of alpha); appends what it did to `notes`."""
     alpha = None
     bits = 8
     if mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -87,32 +108,17 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
         bits = 32
         notes.append("32-bit float grayscale read as 0-1 intensities, repeated into 3 channels"
                      + (f"; {outside} values outside [0, 1] clipped" if outside else ""))
+    elif mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info) or "A" in mode:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float64) / 255.0
+        a = rgba[..., 3:4]
+        rgb = rgba[..., :3] * a + (1.0 - a)
+        alpha = "composited onto white" if float(a.min()) < 1.0 else "opaque alpha channel dropped"
+        notes.append("alpha composited onto white" if alpha.startswith("composited") else alpha)
     else:
-        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info) or "A" in mode:
-            rgba = np.asarray(img.convert("RGBA"), dtype=np.float64) / 255.0
-            a = rgba[..., 3:4]
-            rgb = rgba[..., :3] * a + (1.0 - a)
-            alpha = "composited onto white" if float(a.min()) < 1.0 else "opaque alpha channel dropped"
-            notes.append("alpha composited onto white" if alpha.startswith("composited") else alpha)
-        else:
-            if mode in ("L", "1"):
-                notes.append("grayscale repeated into 3 channels")
-            rgb = np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
-    if _png_bit_depth(p) == 16 and mode not in ("I;16", "I;16B", "I;16L", "I"):
-        notes.append("16-bit colour PNG read at 8 bits per channel (Pillow decodes 48/64-bit PNG to 8-bit RGB)")
-    h, w = rgb.shape[:2]
-    info = ImageInfo(
-        path=str(p),
-        format=fmt,
-        mode=mode,
-        bits=bits,
-        size=(h, w),
-        used_size=(h, w),
-        alpha=alpha,
-        exif_transposed=exif_done,
-        notes=tuple(notes),
-    )
-    return rgb.astype(np.float32), info
+        if mode in ("L", "1"):
+            notes.append("grayscale repeated into 3 channels")
+        rgb = np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
+    return rgb, bits, alpha
 
 
 def open_image(path: str | Path):
