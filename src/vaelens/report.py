@@ -192,16 +192,8 @@ def build_report(
     budget = None
     tiling: dict[str, Any] = {}
     if budget_bytes is not None:
-        try:  # the memory package's VAE budget (named check_budget before the pipelines' budget split)
-            from vaelens.memory.budget import check_vae_budget as check_budget
-        except ImportError:
-            from vaelens.memory.budget import check_budget
-        from vaelens.tiling.plan import plan_ops
-
         step("checking the budget")
-        budget = check_budget(spec, request, budget_bytes, step=spec.size_rule.multiple)
-        tiling = plan_ops(spec, {"encode": plan.pixel_shape, "decode": plan.latent_shape}, request.dtype,
-                          budget_bytes)
+        budget, tiling = _budget_and_tiling(spec, plan, budget_bytes)
     real = None
     if vae is not None:
         step("round trip with real weights")
@@ -211,17 +203,38 @@ def build_report(
                             f"{spec.name}'s")
     pipe = None
     if pipe_spec is not None:
-        from vaelens.pipelines import PipelineRequest, estimate_pipeline
-
         step(f"estimating pipeline {pipe_spec.name}")
-        h, w = plan.used_size
-        frames = plan.frames if pipe_spec.is_video and request.frames is not None else pipe_spec.default_frames
-        pipe = estimate_pipeline(PipelineRequest(
-            pipeline=pipe_spec, width=w, height=h, frames=frames, batch=request.batch,
-            dtype=DType.parse(pipeline_dtype or DType.BF16)))
+        pipe = _pipeline(pipe_spec, plan, pipeline_dtype)
         if pipe_spec.vae_family != spec.name:
             warnings.append(f"pipeline {pipe_spec.name} decodes with the {pipe_spec.vae_family} VAE, not {spec.name}")
     if progress is not None:
         progress(total, total, "done")
     return Report(spec=spec, plan=plan, estimates=tuple(estimates), budget_bytes=budget_bytes, budget=budget,
                   tiling=tiling, real=real, pipeline=pipe, versions=versions(), warnings=tuple(warnings))
+
+
+def _budget_and_tiling(spec: FamilySpec, plan: Any, budget_bytes: int) -> tuple[Any, dict[str, Any]]:
+    """-> (the VAE budget verdict, {op: the tiling plan that fits}) at plan's request."""
+    try:  # the memory package's VAE budget (named check_budget before the pipelines' budget split)
+        from vaelens.memory.budget import check_vae_budget as check_budget
+    except ImportError:
+        from vaelens.memory.budget import check_budget
+    from vaelens.tiling.plan import plan_ops
+
+    request = plan.request
+    budget = check_budget(spec, request, budget_bytes, step=spec.size_rule.multiple)
+    tiling = plan_ops(spec, {"encode": plan.pixel_shape, "decode": plan.latent_shape}, request.dtype,
+                      budget_bytes)
+    return budget, tiling
+
+
+def _pipeline(pipe_spec: Any, plan: Any, pipeline_dtype: DType | str | None) -> Any:
+    """The built-in pipeline's stages at the plan's size (its frames for a video pipeline asked for frames)."""
+    from vaelens.pipelines import PipelineRequest, estimate_pipeline
+
+    request = plan.request
+    h, w = plan.used_size
+    frames = plan.frames if pipe_spec.is_video and request.frames is not None else pipe_spec.default_frames
+    return estimate_pipeline(PipelineRequest(
+        pipeline=pipe_spec, width=w, height=h, frames=frames, batch=request.batch,
+        dtype=DType.parse(pipeline_dtype or DType.BF16)))
