@@ -113,6 +113,22 @@ def _top(tl: MemoryTimeline) -> float:
                tl.min_device_bytes or 0) * 1.12
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Frame:
+    """Where a timeline's plot area lies in the SVG: left edge, width, top padding, height, the byte
+    value at its top, and the width of one step."""
+
+    left: float
+    pw: float
+    top_pad: float
+    ph: float
+    top: float
+    dx: float
+
+    def y(self, v: float) -> float:
+        return self.top_pad + self.ph * (1 - v / self.top)
+
+
 def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 300.0) -> str:
     """MemoryTimeline -> inline SVG: weights + input band, per-layer live and peak bars, the peak's layer,
     the predicted range, the budget line; stage names under the axis. Hover a bar for its layer."""
@@ -121,17 +137,25 @@ def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 30
     height += 16 if second else 0
     left, right, top_pad, bottom = 64.0, 16.0, 34.0, 54.0 + (16 if second else 0)
     pw, ph = width - left - right, height - top_pad - bottom
-    top = _top(tl)
-    div, unit = byte_axis(top)
-
-    def y(v: float) -> float:
-        return top_pad + ph * (1 - v / top)
-
-    n = max(len(tl.steps), 1)
-    dx = pw / n
+    f = _Frame(left=left, pw=pw, top_pad=top_pad, ph=ph, top=_top(tl), dx=pw / max(len(tl.steps), 1))
     out = [f'<svg class="timeline" data-op="{tl.op}" viewBox="0 0 {width:.0f} {height:.0f}" width="{width:.0f}" '
            f'role="img" aria-label="{tl.op} memory timeline" xmlns="http://www.w3.org/2000/svg">']
-    for t in nice_ticks(top / div):
+    out += _axis_and_bars(tl, f)
+    out += _stage_names(tl, f)
+    out += _range_and_lines(tl, f, ranged)
+    if tl.peak_index >= 0:
+        out += _peak_label(tl, f)
+    out += _legend(tl, left, height, ranged, second)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _axis_and_bars(tl: MemoryTimeline, f: _Frame) -> list[str]:
+    """The byte axis, the weights + input band and each step's live and peak bars."""
+    left, pw, top_pad, ph, y = f.left, f.pw, f.top_pad, f.ph, f.y
+    div, unit = byte_axis(f.top)
+    out = []
+    for t in nice_ticks(f.top / div):
         ty = y(t * div)
         out.append(f'<line x1="{left}" y1="{ty:.1f}" x2="{left + pw}" y2="{ty:.1f}" stroke="#e5e5e5"/>')
         out.append(f'<text x="{left - 6}" y="{ty + 3:.1f}" text-anchor="end" font-size="10">{t:g}</text>')
@@ -141,6 +165,7 @@ def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 30
     out.append(f'<rect x="{left}" y="{base_y:.2f}" width="{pw:.1f}" height="{y(0) - base_y:.2f}" '
                f'fill="{COLORS["weights"]}" fill-opacity="0.55"><title>weights {esc(human_bytes(tl.weights_bytes))} '
                f"+ input {esc(human_bytes(tl.input_bytes))}, resident all along</title></rect>")
+    dx = f.dx
     for i, s in enumerate(tl.steps):
         x = left + i * dx
         what = f"{s.path} ({s.type})" + (f" and {s.layers - 1} more layers" if s.layers > 1 else "")
@@ -151,6 +176,13 @@ def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 30
                    f'fill="{COLORS["activations"]}" fill-opacity="0.30"/>'
                    f'<rect x="{x:.2f}" y="{ly:.2f}" width="{max(dx, 0.5):.2f}" height="{max(base_y - ly, 0):.2f}" '
                    f'fill="{COLORS["activations"]}" fill-opacity="0.85"/></g>')
+    return out
+
+
+def _stage_names(tl: MemoryTimeline, f: _Frame) -> list[str]:
+    """Stage boundaries and the names that fit under the axis, then the axis line and its caption."""
+    left, pw, top_pad, dx, y = f.left, f.pw, f.top_pad, f.dx, f.y
+    out = []
     last_right = 0.0
     for stage, a, b in _stage_spans(tl.steps):
         sx = left + a * dx
@@ -166,6 +198,13 @@ def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 30
     out.append(f'<text x="{left + pw / 2:.0f}" y="{y(0) + 30:.0f}" text-anchor="middle" font-size="10">'
                f"innermost layers in the order they run ({tl.layers}"
                f"{', binned' if tl.layers > len(tl.steps) else ''})</text>")
+    return out
+
+
+def _range_and_lines(tl: MemoryTimeline, f: _Frame, ranged: bool) -> list[str]:
+    """The predicted range of the peak, the device minimum and the budget line."""
+    left, pw, y = f.left, f.pw, f.y
+    out = []
     if ranged:
         ry = y(tl.base_bytes + tl.peak_high)
         out.append(f'<rect x="{left}" y="{ry:.2f}" width="{pw:.1f}" height="{y(tl.base_bytes + tl.peak_low) - ry:.2f}"'
@@ -182,21 +221,30 @@ def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 30
                    'stroke-width="1.6" stroke-dasharray="6 3"/>')
         out.append(f'<text x="{left + 4}" y="{by - 4:.1f}" font-size="10" fill="{COLORS["budget"]}">'
                    f"budget {esc(human_bytes(tl.budget_bytes))}</text>")
-    if tl.peak_index >= 0:
-        px = left + (tl.peak_index + 0.5) * dx
-        py = y(tl.total_bytes)
-        label = (f"peak {human_bytes(tl.peak_bytes)} at {tl.peak_at} ({tl.peak_op}); "
-                 f"with weights + input {human_bytes(tl.total_bytes)}")
-        anchor = "end" if px > left + pw / 2 else "start"
-        text_w = 6.8 * len(label)  # bold 11 px DejaVu Sans, roughly; keeps the label inside the plot
-        tx = max(px - 6, left + text_w) if anchor == "end" else min(px + 6, left + pw - text_w)
-        ty = py - 6
-        for line_bytes in (tl.min_device_bytes, tl.budget_bytes):  # keep the label off the horizontal lines
-            if line_bytes and abs(ty - 4 - y(line_bytes)) < 9:
-                ty = y(line_bytes) - 4 if y(line_bytes) < py else y(line_bytes) + 13
-        out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{COLORS["peak"]}"/>')
-        out.append(f'<text class="peak-label" x="{tx:.1f}" y="{max(ty, 12):.1f}" text-anchor="{anchor}" '
-                   f'font-size="11" font-weight="bold">{esc(label)}</text>')
+    return out
+
+
+def _peak_label(tl: MemoryTimeline, f: _Frame) -> list[str]:
+    """The peak's dot and its label, kept inside the plot and off the horizontal lines."""
+    left, pw, y = f.left, f.pw, f.y
+    px = left + (tl.peak_index + 0.5) * f.dx
+    py = y(tl.total_bytes)
+    label = (f"peak {human_bytes(tl.peak_bytes)} at {tl.peak_at} ({tl.peak_op}); "
+             f"with weights + input {human_bytes(tl.total_bytes)}")
+    anchor = "end" if px > left + pw / 2 else "start"
+    text_w = 6.8 * len(label)  # bold 11 px DejaVu Sans, roughly; keeps the label inside the plot
+    tx = max(px - 6, left + text_w) if anchor == "end" else min(px + 6, left + pw - text_w)
+    ty = py - 6
+    for line_bytes in (tl.min_device_bytes, tl.budget_bytes):  # keep the label off the horizontal lines
+        if line_bytes and abs(ty - 4 - y(line_bytes)) < 9:
+            ty = y(line_bytes) - 4 if y(line_bytes) < py else y(line_bytes) + 13
+    return [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{COLORS["peak"]}"/>',
+            f'<text class="peak-label" x="{tx:.1f}" y="{max(ty, 12):.1f}" text-anchor="{anchor}" '
+            f'font-size="11" font-weight="bold">{esc(label)}</text>']
+
+
+def _legend(tl: MemoryTimeline, left: float, height: float, ranged: bool, second: bool) -> list[str]:
+    """One legend row, and a second for the range and the device minimum when drawn."""
     rows = [[("weights", 0.55, f"weights + input {human_bytes(tl.base_bytes)}"),
              ("activations", 0.85, "live activations after each layer"),
              ("activations", 0.30, "peak inside the layer (kernel temporaries, inputs)")], []]
@@ -205,6 +253,7 @@ def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 30
                                       f"{human_bytes(tl.peak_high or 0)} above weights + input"))
     if tl.min_device_bytes:
         rows[1].append(("line", 1.0, f"needs at least {human_bytes(tl.min_device_bytes)} on the device"))
+    out = []
     for r, row in enumerate(rows):
         lx, ly = left, height - 12 - 16 * (len(rows) - 1 - r if second else 0)
         for key, alpha, name in row:
@@ -214,8 +263,7 @@ def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 30
                       f'fill-opacity="{alpha}"/>')
             out.append(f'{swatch}<text x="{lx + 14:.0f}" y="{ly + 9:.0f}" font-size="10">{esc(name)}</text>')
             lx += 14 + 6.2 * len(name) + 18
-    out.append("</svg>")
-    return "\n".join(out)
+    return out
 
 
 def check_plot_path(path: str | Path) -> Path:
