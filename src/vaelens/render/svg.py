@@ -139,18 +139,7 @@ def contract_svg(states: Sequence[State], *, largest: float = 210.0) -> str:
     top = max(s.elements for s in states)
     px_per_element = largest * largest / top
     col_w, gap, label_h = 150.0, 46.0, 78.0
-    boxes = []
-    for s in states:
-        area = s.elements * px_per_element
-        rows, cols = s.grid
-        aspect = cols / max(rows, 1)
-        tile_area = area / s.frames
-        th = math.sqrt(tile_area / aspect)
-        tw = tile_area / th
-        tr, tc = _tile_layout(s.frames, aspect)
-        pad = 1.5 if s.frames > 1 else 0.0
-        w, h = tc * tw + (tc - 1) * pad, tr * th + (tr - 1) * pad
-        boxes.append((s, tw, th, tr, tc, pad, w, h))
+    boxes = [_box(s, px_per_element) for s in states]
     draw_h = max(b[7] for b in boxes)
     widths = [max(col_w, b[6] + 8) for b in boxes]
     total_w = sum(widths) + gap * (len(boxes) - 1)
@@ -161,40 +150,70 @@ def contract_svg(states: Sequence[State], *, largest: float = 210.0) -> str:
     mid = 10 + draw_h / 2
     for i, (s, tw, th, _rows, tc, pad, w, h) in enumerate(boxes):
         cx = x + widths[i] / 2
-        left, top_y = cx - w / 2, mid - h / 2
-        color = COLORS[s.key]
-        title = (f"{s.name} {shape_str(s.shape)}: {s.elements:,} elements, {human_bytes(s.bytes)}"
-                 + (f"; {s.frames} frames" if s.frames > 1 else ""))
-        out.append(f'<g class="state" data-state="{s.key}"><title>{esc(title)}</title>')
-        for k in range(s.frames):
-            r, c = divmod(k, tc)
-            out.append(f'<rect x="{left + c * (tw + pad):.2f}" y="{top_y + r * (th + pad):.2f}" '
-                       f'width="{max(tw, 0.6):.2f}" height="{max(th, 0.6):.2f}" fill="{color}" '
-                       f'fill-opacity="0.85" stroke="{color}" stroke-width="0.5"/>')
-        out.append("</g>")
-        ly = 10 + draw_h + 18
-        lines = [(s.name, "b"), (shape_str(s.shape), ""), (f"{s.elements:,} elements", ""),
-                 (human_bytes(s.bytes), "")]
-        if s.frames > 1:
-            lines.append((f"{s.frames} {'latent ' if s.key in ('latent', 'moments', 'normalised') else ''}frames"
-                          if s.key != "tokens" else f"{s.frames} token frames", ""))
-        for j, (text, cls) in enumerate(lines):
-            weight = ' font-weight="bold"' if cls == "b" else ""
-            out.append(f'<text x="{cx:.1f}" y="{ly + 14 * j:.1f}" text-anchor="middle" font-size="11"{weight}>'
-                       f"{esc(text)}</text>")
+        out += _state_tiles(s, cx - w / 2, mid - h / 2, tw, th, tc, pad)
+        out += _state_labels(s, cx, 10 + draw_h + 18)
         if s.arrow and i + 1 < len(boxes):
-            x0, x1 = x + widths[i] + 2, x + widths[i] + gap - 4
-            out.append(f'<line x1="{x0:.1f}" y1="{mid:.1f}" x2="{x1:.1f}" y2="{mid:.1f}" stroke="#444" '
-                       f'stroke-width="1.2" marker-end="url(#arrow)"/>')
-            words = s.arrow.split(" ")
-            for j, word in enumerate(words):
-                out.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{mid - 6 - 11 * (len(words) - 1 - j):.1f}" '
-                           f'text-anchor="middle" font-size="9" fill="#444">{esc(word)}</text>')
+            out += _arrow(s.arrow, x + widths[i] + 2, x + widths[i] + gap - 4, mid)
         x += widths[i] + gap
     out.insert(1, '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" '
                   'markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#444"/></marker></defs>')
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _box(s: State, px_per_element: float) -> tuple:
+    """A state -> (state, tile width, tile height, tile rows, tile columns, padding, width, height)."""
+    area = s.elements * px_per_element
+    rows, cols = s.grid
+    aspect = cols / max(rows, 1)
+    tile_area = area / s.frames
+    th = math.sqrt(tile_area / aspect)
+    tw = tile_area / th
+    tr, tc = _tile_layout(s.frames, aspect)
+    pad = 1.5 if s.frames > 1 else 0.0
+    w, h = tc * tw + (tc - 1) * pad, tr * th + (tr - 1) * pad
+    return (s, tw, th, tr, tc, pad, w, h)
+
+
+def _state_tiles(s: State, left: float, top_y: float, tw: float, th: float, tc: int, pad: float) -> list[str]:
+    """A state's group: its hover title and one tile per frame."""
+    color = COLORS[s.key]
+    title = (f"{s.name} {shape_str(s.shape)}: {s.elements:,} elements, {human_bytes(s.bytes)}"
+             + (f"; {s.frames} frames" if s.frames > 1 else ""))
+    out = [f'<g class="state" data-state="{s.key}"><title>{esc(title)}</title>']
+    for k in range(s.frames):
+        r, c = divmod(k, tc)
+        out.append(f'<rect x="{left + c * (tw + pad):.2f}" y="{top_y + r * (th + pad):.2f}" '
+                   f'width="{max(tw, 0.6):.2f}" height="{max(th, 0.6):.2f}" fill="{color}" '
+                   f'fill-opacity="0.85" stroke="{color}" stroke-width="0.5"/>')
+    out.append("</g>")
+    return out
+
+
+def _state_labels(s: State, cx: float, ly: float) -> list[str]:
+    """The lines under a state: name (bold), shape, elements, bytes, and frames for video."""
+    lines = [(s.name, "b"), (shape_str(s.shape), ""), (f"{s.elements:,} elements", ""),
+             (human_bytes(s.bytes), "")]
+    if s.frames > 1:
+        lines.append((f"{s.frames} {'latent ' if s.key in ('latent', 'moments', 'normalised') else ''}frames"
+                      if s.key != "tokens" else f"{s.frames} token frames", ""))
+    out = []
+    for j, (text, cls) in enumerate(lines):
+        weight = ' font-weight="bold"' if cls == "b" else ""
+        out.append(f'<text x="{cx:.1f}" y="{ly + 14 * j:.1f}" text-anchor="middle" font-size="11"{weight}>'
+                   f"{esc(text)}</text>")
+    return out
+
+
+def _arrow(text: str, x0: float, x1: float, mid: float) -> list[str]:
+    """The arrow from one state to the next, its words stacked above it."""
+    out = [f'<line x1="{x0:.1f}" y1="{mid:.1f}" x2="{x1:.1f}" y2="{mid:.1f}" stroke="#444" '
+           f'stroke-width="1.2" marker-end="url(#arrow)"/>']
+    words = text.split(" ")
+    for j, word in enumerate(words):
+        out.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{mid - 6 - 11 * (len(words) - 1 - j):.1f}" '
+                   f'text-anchor="middle" font-size="9" fill="#444">{esc(word)}</text>')
+    return out
 
 
 # ------------------------------------------------------------------------------------------ pipelines
