@@ -236,14 +236,13 @@ def input_shapes(
 def _apply_modes(module: Any, tiled: bool, sliced: bool) -> tuple[bool, bool]:
     """Call diffusers' enable_tiling()/enable_slicing() (their default tile sizes, read from the
     config by each class's __init__) or switch them off; returns the previous flags."""
-    import warnings
+    from vaelens.build import quiet_diffusers
 
     prev = (bool(getattr(module, "use_tiling", False)), bool(getattr(module, "use_slicing", False)))
     for flag, name, opt in ((tiled, "tiling", "tiled=True"), (sliced, "slicing", "sliced=True")):
         if flag and not hasattr(module, f"enable_{name}"):
             raise VaeLensError(f"{opt}: diffusers {type(module).__name__} has no enable_{name}()")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_diffusers():
             if flag:
                 getattr(module, f"enable_{name}")()
             elif hasattr(module, f"use_{name}"):

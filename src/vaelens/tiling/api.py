@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import types
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from vaelens.build import quiet_diffusers
 from vaelens.errors import VaeLensError
 from vaelens.tiling.plan import APPROXIMATE, UNTILED, TilingPlan, plan_tiling
 
@@ -91,8 +91,7 @@ def run_plan(module: Any, plan: TilingPlan, method: Any, x: Any, *args: Any, **k
     prev = getattr(module, "use_tiling", None)
     try:
         if plan.method == APPROXIMATE:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with quiet_diffusers():
                 module.enable_tiling()
             return method(x, *args, **kwargs)
         if prev is not None:

@@ -32,6 +32,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from vaelens.tiling.grid import splits, tile_size
+from vaelens.trace.dispatch import tensors_in
 
 Region = tuple[tuple[int, int], ...]
 
@@ -91,16 +92,7 @@ def _one(axes: list[list[tuple[int, int]]]) -> bool:
     return all(len(rs) == 1 for rs in axes)
 
 
-def _tensors(obj: Any, out: list) -> list:
-    if isinstance(obj, torch.Tensor):
-        out.append(obj)
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            _tensors(o, out)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            _tensors(o, out)
-    return out
+_tensors = tensors_in  # one walker over nested args, shared with the tracer
 
 
 def _map(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
