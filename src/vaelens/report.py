@@ -215,14 +215,11 @@ def build_report(
 
 def _budget_and_tiling(spec: FamilySpec, plan: Any, budget_bytes: int) -> tuple[Any, dict[str, Any]]:
     """-> (the VAE budget verdict, {op: the tiling plan that fits}) at plan's request."""
-    try:  # the memory package's VAE budget (named check_budget before the pipelines' budget split)
-        from vaelens.memory.budget import check_vae_budget as check_budget
-    except ImportError:
-        from vaelens.memory.budget import check_budget
+    from vaelens.memory.budget import check_vae_budget
     from vaelens.tiling.plan import plan_ops
 
     request = plan.request
-    budget = check_budget(spec, request, budget_bytes, step=spec.size_rule.multiple)
+    budget = check_vae_budget(spec, request, budget_bytes, step=spec.size_rule.multiple)
     tiling = plan_ops(spec, {"encode": plan.pixel_shape, "decode": plan.latent_shape}, request.dtype,
                       budget_bytes)
     return budget, tiling

@@ -86,16 +86,14 @@ class TilingPlan:
 
 
 def _high(est: Any) -> int:
-    """The figure a budget must use: peak_bytes_high where the memory model gives a range."""
-    high = getattr(est, "peak_bytes_high", None)
-    return int(high if high is not None else est.peak_bytes)
+    """The figure a budget must use: the top of the memory model's range."""
+    return int(est.peak_bytes_high)
 
 
 def _device_need(est: Any, weights: int, inputs: int) -> int:
-    """weights + input + peak; the memory model's simulated OOM threshold when it has one."""
-    floor = getattr(est, "min_device_bytes", None)
-    need = weights + inputs + _high(est)
-    return max(need, int(floor)) if floor is not None else need
+    """weights + input + peak (high end); the memory model's simulated OOM threshold when it ran one
+    (min_device_bytes is 0 when the estimate skipped the cap search)."""
+    return max(weights + inputs + _high(est), int(est.min_device_bytes))
 
 
 def meta_module(model: Any, dtype: DType | str | None = None):
