@@ -29,7 +29,12 @@ class ImageInfo:
     used_size: tuple[int, int]  # (height, width) after the family's size rule
     alpha: str | None = None  # what happened to an alpha channel
     exif_transposed: bool = False
-    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """The old name of `warnings` (kept until 0.2)."""
+        return self.warnings
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,8 +46,8 @@ class ImageInfo:
             "used_size": list(self.used_size),
             "alpha": self.alpha,
             "exif_transposed": self.exif_transposed,
-            "warnings": list(self.notes),
-            "notes": list(self.notes),  # the old name of "warnings", kept until 0.2
+            "warnings": list(self.warnings),
+            "notes": list(self.warnings),  # the old name of "warnings", kept until 0.2
         }
 
 
@@ -83,7 +88,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
         used_size=(h, w),
         alpha=alpha,
         exif_transposed=exif_done,
-        notes=tuple(notes),
+        warnings=tuple(notes),
     )
     return rgb.astype(np.float32), info
 
@@ -201,7 +206,7 @@ def apply_family_size(arr: np.ndarray, spec: FamilySpec, info: ImageInfo | None 
     if info is not None:
         from dataclasses import replace
 
-        info = replace(info, used_size=(nh, nw), notes=info.notes + ((warning,) if warning else ()))
+        info = replace(info, used_size=(nh, nw), warnings=info.warnings + ((warning,) if warning else ()))
     return arr, warning, info
 
 
@@ -270,7 +275,7 @@ def read_for_family(paths: list[str | Path], spec: FamilySpec, *, size: tuple[in
             arr = resize_image(arr, size[0], size[1])
             from dataclasses import replace
 
-            info = replace(info, notes=info.notes + (f"resized to {size[1]}x{size[0]} (Lanczos)",))
+            info = replace(info, warnings=info.warnings + (f"resized to {size[1]}x{size[0]} (Lanczos)",))
         arr, _, info = apply_family_size(arr, spec, info)
         arrays.append(arr)
         infos.append(info)

@@ -135,7 +135,7 @@ def real_weights(vae: str | Path, image: str | Path | None = None) -> RealWeight
     pixels = to_pixels(arrays)
     rt = roundtrip(loaded, pixels)
     raw = denormalize(rt.latent, loaded.spec.normalization, module=loaded.module).float().cpu()
-    warnings = [*getattr(infos[0], "warnings", getattr(infos[0], "notes", ())), *loaded.warnings]
+    warnings = [*infos[0].warnings, *loaded.warnings]
     channels = raw[0].numpy()
     if channels.ndim == 4:  # a video VAE's latent of one image: [C, 1, h, w]
         channels = channels[:, 0]

@@ -37,7 +37,12 @@ class VideoInfo:
     total_frames: int  # frames in the file
     size: tuple[int, int]  # (height, width)
     codec: str
-    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """The old name of `warnings` (kept until 0.2)."""
+        return self.warnings
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,8 +52,8 @@ class VideoInfo:
             "total_frames": self.total_frames,
             "size": list(self.size),
             "codec": self.codec,
-            "warnings": list(self.notes),
-            "notes": list(self.notes),  # the old name of "warnings", kept until 0.2
+            "warnings": list(self.warnings),
+            "notes": list(self.warnings),  # the old name of "warnings", kept until 0.2
         }
 
 
@@ -91,7 +96,7 @@ def read_video(path: str | Path, *, max_frames: int | None = None) -> tuple[np.n
     if not rate:
         notes.append(f"no frame rate in the file; {DEFAULT_FPS:g} fps assumed")
     info = VideoInfo(
-        path=str(p), fps=fps, frames=len(frames), total_frames=total, size=(h, w), codec=codec, notes=tuple(notes)
+        path=str(p), fps=fps, frames=len(frames), total_frames=total, size=(h, w), codec=codec, warnings=tuple(notes)
     )
     return np.stack(frames).astype(np.float32) / 255.0, info
 

@@ -130,8 +130,8 @@ def _read(args: argparse.Namespace, vae, files: list[str]):
             frame = resize_image(frame, size[1], size[0])
         frame, warning, _ = apply_family_size(frame, vae.spec)
         out.append(frame)
-    notes = list(vinfo.notes) + ([note] if note else []) + ([warning] if warning else [])
-    vinfo = replace(vinfo, frames=len(out), notes=tuple(notes))
+    notes = list(vinfo.warnings) + ([note] if note else []) + ([warning] if warning else [])
+    vinfo = replace(vinfo, frames=len(out), warnings=tuple(notes))
     return out, [vinfo], {"fps": args.fps or vinfo.fps, "frames": len(out), "notes": notes}
 
 
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(with_tiling(encode_json(vae, metadata, infos, reports, output=out, fmt=fmt), budget, "encode"))
     else:
-        for note in dict.fromkeys([*(n for i in infos for n in i.notes), *(clip["notes"] if clip else [])]):
+        for note in dict.fromkeys([*(n for i in infos for n in i.warnings), *(clip["notes"] if clip else [])]):
             warn(note)  # once each: a clip's frames share their notes
         print(render_encode(vae, metadata, reports, output=out, fmt=fmt))
         print_tiling(budget, ("encode",))

@@ -70,7 +70,7 @@ def _raw_latent(source: str, args: argparse.Namespace):
     vae = load_from_args(args, default_demo=True)
     arrays, infos = read_for_family([source], vae.spec)
     raw, _ = encode(vae, to_pixels(arrays), normalized=False, upcast=args.upcast)
-    return raw, vae, vae.family, infos[0].notes
+    return raw, vae, vae.family, infos[0].warnings
 
 
 def run(args: argparse.Namespace) -> int:

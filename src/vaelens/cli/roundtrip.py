@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
                     results.append(with_tiling(roundtrip_json(vae, info, one, pixel_shape=pixels[j : j + 1].shape,
                                                               files=files), budget, "roundtrip"))
                 else:
-                    for note in info.notes:
+                    for note in info.warnings:
                         warn(note)
                     print(render_roundtrip(vae, one, name=Path(images[i]).name, pixel_shape=pixels[j : j + 1].shape,
                                            files=files))
