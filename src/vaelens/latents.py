@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vaelens.errors import VaeLensError
+from vaelens.errors import MissingModuleError, VaeLensError
 from vaelens.families.spec import Normalization
 from vaelens.normalization import normalization_from_json, normalization_to_json
 
@@ -420,10 +420,6 @@ def project_with_decoder(vae, raw_latent, *, upcast: str = "auto"):
 
 
 # ------------------------------------------------------------------------------------- inspection
-
-
-class MissingModuleError(VaeLensError):
-    """A latent whose normalisation statistics live in a checkpoint, read without that VAE (pass vae=)."""
 
 
 def raw_latent_from_file(

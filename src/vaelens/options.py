@@ -6,7 +6,10 @@ import enum
 import math
 import re
 from dataclasses import dataclass
-from typing import Self, TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are strings here (PEP 563)
+    from typing_extensions import Self
 
 from vaelens.errors import SizeError, VaeLensError
 
@@ -35,6 +38,14 @@ class Choice(str, enum.Enum):
     @classmethod
     def parse(cls, value: str | Self) -> Self:
         return parse_choice(cls, value, cls.__name__.lower())
+
+
+class Posterior(Choice):
+    """Which latent an encode keeps: the posterior's mode (its mean, for KL VAEs) or a seeded sample of it.
+    A VAE without a posterior (TAESD, DC-AE) has one deterministic latent, which both choices return."""
+
+    MODE = "mode"
+    SAMPLE = "sample"
 
 
 # A size beyond this is refused before any work: 16384² RGB at fp32 is already 3 GiB of pixels,
@@ -83,10 +94,10 @@ class DType(Choice):
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'WxH' -> (width, height). Width first, as image tools write it.
+    """'WxH' (width first, as image tools write it) -> (height, width), as everywhere in the library.
 
     >>> parse_size("1024x768")
-    (1024, 768)
+    (768, 1024)
     """
     raw = text.strip().lower().replace("×", "x")
     parts = raw.split("x")
@@ -96,7 +107,7 @@ def parse_size(text: str) -> tuple[int, int]:
     width, height = (int(p) for p in parts)
     check_side("width", width)
     check_side("height", height)
-    return width, height
+    return height, width
 
 
 def check_side(name: str, value: int) -> None:

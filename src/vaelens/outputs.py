@@ -23,7 +23,7 @@ import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from vaelens.errors import VaeLensError
+from vaelens.errors import OutputError, OutputExistsError, VaeLensError
 
 # Suffixes per format kind. Images: what Pillow writes losslessly or commonly; figures: what matplotlib writes.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -42,16 +42,6 @@ KINDS = {
 }
 
 
-class OutputError(VaeLensError):
-    """An output path that may not or cannot be written."""
-
-
-class OutputExistsError(OutputError):
-    """An output path that exists; force=True replaces it (never an input)."""
-
-    def __init__(self, message: str, path: Path) -> None:
-        super().__init__(message)
-        self.path = path
 
 
 def _blocked_parent(p: Path) -> Path | None:
@@ -103,7 +93,7 @@ def check_output(
     >>> check_output("/nonexistent-dir-for-doctest/x.png", kind="latent")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    vaelens.outputs.OutputError: output '...x.png' is a latent file; its name must end in .safetensors, not .png
+    vaelens.errors.OutputError: output '...x.png' is a latent file; its name must end in .safetensors, not .png
     """
     p = Path(path)
     shown = str(path)

@@ -71,7 +71,7 @@ def load_data_vae(args: argparse.Namespace):
 def bucketing_from_args(args: argparse.Namespace, vae):
     from vaelens.datasets.pixels import make_bucketing
 
-    size = parse_size(args.size)[::-1] if args.size else None  # WxH on the command line, (H, W) in Python
+    size = parse_size(args.size) if args.size else None
     return make_bucketing(vae.spec, size=size, resolution=args.resolution, step=args.bucket_step)
 
 

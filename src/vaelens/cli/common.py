@@ -37,7 +37,7 @@ def add_json(parser: argparse.ArgumentParser) -> None:
 
 
 def size_from_args(args: argparse.Namespace) -> tuple[int, int] | None:
-    """--size WxH | --width/--height -> (width, height), or None for the family's default."""
+    """--size WxH | --width/--height -> (height, width), or None for the family's default."""
     if args.size is not None:
         if args.width is not None or args.height is not None:
             raise VaeLensError("give either --size WxH or --width/--height, not both")

@@ -113,7 +113,7 @@ def _read(args: argparse.Namespace, vae, files: list[str]):
     if videos and (len(files) > 1 or args.video):
         raise VaeLensError(f"give one video file per call (got {len(files)} inputs, {len(videos)} of them video)")
     if not videos:
-        arrays, infos = read_for_family(files, vae.spec, size=size[::-1] if size else None)  # (H, W)
+        arrays, infos = read_for_family(files, vae.spec, size=size)
         if not args.video:
             return arrays, infos, None
         frames, note = frames_for_family(np.stack(arrays), vae.spec)
@@ -127,7 +127,7 @@ def _read(args: argparse.Namespace, vae, files: list[str]):
     out = []
     for frame in frames:
         if size is not None:
-            frame = resize_image(frame, size[1], size[0])
+            frame = resize_image(frame, *size)
         frame, warning, _ = apply_family_size(frame, vae.spec)
         out.append(frame)
     notes = list(vinfo.warnings) + ([note] if note else []) + ([warning] if warning else [])

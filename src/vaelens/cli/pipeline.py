@@ -44,7 +44,7 @@ def request_from_args(args: argparse.Namespace):
 
     spec = get_pipeline(args.name)
     size = size_from_args(args)
-    width, height = size if size else spec.default_size[::-1]  # (W, H) from --size; the spec is (H, W)
+    height, width = size if size else spec.default_size
     frames = args.frames
     if frames is not None and not spec.is_video:
         raise VaeLensError(f"--frames {frames}: {spec.name} makes images; leave --frames out")

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
              "its one deterministic latent is used")
     budget = enable_budget(args, vae)
     size = parse_size(args.size) if args.size else None
-    read = [read_for_family([image], vae.spec, size=size[::-1] if size else None) for image in images]  # (H, W)
+    read = [read_for_family([image], vae.spec, size=size) for image in images]
     results: list[dict] = []
     failed = False
     bar_cm = progress_bar(f"roundtrip with {vae.family}", total=len(images), enabled=bar_enabled(args), unit="image")

@@ -21,7 +21,7 @@ def plan_from_args(args: argparse.Namespace):
 
     spec = resolve_model(args.model)
     size = size_from_args(args)
-    width, height = size if size else (None, None)
+    height, width = size if size else (None, None)
     request = default_request(
         spec, width=width, height=height, frames=getattr(args, "frames", None), batch=args.batch,
         dtype=dtype_from_args(args),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vaelens.errors import VaeLensError, did_you_mean
+from vaelens.errors import UnknownPipelineError, VaeLensError, did_you_mean
 from vaelens.pipelines.catalog import PIPELINES
 from vaelens.pipelines.estimate import (
     Offload,
@@ -11,10 +11,6 @@ from vaelens.pipelines.estimate import (
     estimate_pipeline,
 )
 from vaelens.pipelines.spec import ComponentSpec, Guidance, PipelineSpec, Role
-
-
-class UnknownPipelineError(VaeLensError):
-    """A pipeline name that is not built in (the message lists the built-in ones)."""
 
 
 def pipeline_names() -> list[str]:
