@@ -23,7 +23,7 @@ import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from vaelens.errors import OutputError, OutputExistsError, VaeLensError
+from vaelens.errors import OutputError, OutputExistsError
 
 # Suffixes per format kind. Images: what Pillow writes losslessly or commonly; figures: what matplotlib writes.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")

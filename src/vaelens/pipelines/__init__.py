@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vaelens.errors import UnknownPipelineError, VaeLensError, did_you_mean
+from vaelens.errors import UnknownPipelineError, did_you_mean
 from vaelens.pipelines.catalog import PIPELINES
 from vaelens.pipelines.estimate import (
     Offload,
