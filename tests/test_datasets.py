@@ -65,7 +65,7 @@ SETTINGS = EncodeSettings(threads=1)
 
 def all_latents(out) -> dict[str, torch.Tensor]:
     ds = open_cache(out, normalized=False)
-    return {ds.records[i]["source"]: ds[i]["latent"] for i in range(len(ds))}
+    return {ds[i]["source"]: ds[i]["latent"] for i in range(len(ds))}
 
 
 # ------------------------------------------------------------------------------------------ moments
@@ -170,7 +170,7 @@ def test_cache_roundtrip_reader_and_corrupt_files(tmp_path, vae, bucketing):
     raw = open_cache(tmp_path / "out", normalized=False)
     item = ds[0]
     assert torch.allclose(item["latent"], raw[0]["latent"] * vae.spec.normalization.scale)
-    assert item["logvar"].shape == item["latent"].shape
+    assert item["posterior"].logvar.shape == item["latent"].shape
     for b in ds.batches(2, shuffle=True, seed=3):  # one bucket (one shape) per batch
         assert len({tuple(ds[i]["latent"].shape) for i in b}) == 1
     loader = torch.utils.data.DataLoader(ds, batch_sampler=ds.batches(2), collate_fn=lambda xs: xs)
@@ -219,7 +219,7 @@ def test_nan_latent_is_retried_in_fp32_and_reported(tmp_path, vae, bucketing, mo
     assert report.encoded == 4
     [nan] = report.nonfinite
     assert nan["written"] and "redone in fp32" in nan["action"]
-    rec = {r["source"]: r for r in open_cache(tmp_path / "out").records}
+    rec = {r["source"]: r for r in map(json.loads, (tmp_path / "out" / "index.jsonl").read_text().splitlines())}
     assert rec[nan["source"]]["encode_dtype"] == "fp32"
     assert sum(r["encode_dtype"] == "bf16" for r in rec.values()) == 3
     summary = json.loads((tmp_path / "out" / "cache.json").read_text())
@@ -387,7 +387,7 @@ def test_video_clips_cache_through_a_video_vae(tmp_path):
     assert report.encoded == 2  # the first 5 frames of the 7-frame clip, and the image (one frame)
     assert [s["source"] for s in report.skipped] == ["short.mp4"]
     ds = open_cache(tmp_path / "out", normalized=False)
-    by = {ds.records[i]["source"]: ds[i]["latent"] for i in range(len(ds))}
+    by = {ds[i]["source"]: ds[i]["latent"] for i in range(len(ds))}
     t = wan.spec.temporal.factor
     assert by["long.mp4"].shape[1] == (5 - 1) // t + 1 and by["img000.png"].shape[1] == 1
 

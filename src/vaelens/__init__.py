@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
+    "BucketSampler": "vaelens.datasets.sampler",
+    "LatentPosterior": "vaelens.datasets.posterior",
     "build_module": "vaelens.build",
     "decode": "vaelens.tiling.api",
     "disable_budgeted_vae": "vaelens.tiling.api",
@@ -36,7 +38,9 @@ _LAZY = {
 }
 
 __all__ = [
+    "BucketSampler",
     "DType",
+    "LatentPosterior",
     "PixelRequest",
     "TilingPlan",
     "VaeLensError",

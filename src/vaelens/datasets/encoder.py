@@ -21,9 +21,7 @@ from typing import Any
 import numpy as np
 
 from vaelens.errors import VaeLensError
-from vaelens.options import DType
-
-POSTERIORS = ("mode", "sample")
+from vaelens.options import DType, Posterior
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,20 +29,25 @@ class EncodeSettings:
     """How latents are made (every field that changes a latent is part of the cache key)."""
 
     dtype: str = "auto"  # compute dtype: auto | fp32 | fp16 | bf16
-    posterior: str = "mode"  # mode (the mean for KL VAEs) | sample (fixed seed per sample)
+    posterior: Posterior = Posterior.MODE  # the mean for KL VAEs | a fixed-seed sample per file
     seed: int = 0
     channels_last: bool = True
     compile: bool = False
     threads: int | None = None  # torch CPU threads (results depend on it bit-wise; engines must agree)
     budget: int | str | None = None  # memory budget of the exact tiled encode (vaelens.tiling); None: untiled
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "posterior", Posterior.parse(self.posterior))
+        if self.threads is not None and self.threads < 1:
+            raise VaeLensError(f"threads {self.threads} must be at least 1", param="threads", value=self.threads)
+
     def key_fields(self, resolved_dtype: str) -> dict[str, Any]:
         """The fields that change a latent's value (channels_last, compile and threads change at most the
         last bits and are left out, so a cache stays valid across machines)."""
         return {
             "dtype": resolved_dtype,
-            "posterior": self.posterior,
-            "seed": self.seed if self.posterior == "sample" else None,
+            "posterior": self.posterior.value,
+            "seed": self.seed if self.posterior is Posterior.SAMPLE else None,
             "budget": self.budget,
         }
 
@@ -83,8 +86,6 @@ class BatchEncoder:
 
         from vaelens.weights.load import cast_module
 
-        if settings.posterior not in POSTERIORS:
-            raise VaeLensError(f"posterior {settings.posterior!r} is not one of: {', '.join(POSTERIORS)}")
         self.vae = vae
         self.settings = settings
         self.device = vae.device
@@ -117,14 +118,17 @@ class BatchEncoder:
         return dist.mean, dist.logvar
 
     def _to_input(self, pixels: np.ndarray, dtype) -> Any:
-        """uint8 [B,H,W,3] / [B,F,H,W,3] -> [B,3,(F,)H,W] in [-1,1] on the device (pinned, non-blocking)."""
+        """uint8 (or uint16) [B,H,W,3] / [B,F,H,W,3] -> [B,3,(F,)H,W] in [-1,1] on the device (pinned,
+        non-blocking)."""
         import torch
 
-        t = torch.from_numpy(np.ascontiguousarray(pixels))
+        half = 127.5 if pixels.dtype == np.uint8 else 32767.5
+        arr = np.ascontiguousarray(pixels if pixels.dtype == np.uint8 else pixels.astype(np.int32))
+        t = torch.from_numpy(arr)
         cuda = self.device.startswith("cuda")
         if cuda:
             t = t.pin_memory().to(self.device, non_blocking=True)
-        x = t.to(torch.float32).div_(127.5).sub_(1.0).to(dtype)
+        x = t.to(torch.float32).div_(half).sub_(1.0).to(dtype)
         if pixels.ndim == 5:
             return x.permute(0, 4, 1, 2, 3).contiguous()
         x = x.permute(0, 3, 1, 2)  # an NHWC buffer viewed as NCHW is channels_last already
@@ -170,7 +174,7 @@ class BatchEncoder:
             )
             means[i] = logvars[i] = None
         samples: list[Any] = [None] * len(means)
-        if self.settings.posterior == "sample":
+        if self.settings.posterior is Posterior.SAMPLE:
             for i, (m, lv) in enumerate(zip(means, logvars, strict=True)):
                 if m is None:
                     continue
@@ -180,6 +184,19 @@ class BatchEncoder:
                 gen = torch.Generator().manual_seed(sample_seed(keys[i], self.settings.seed))
                 samples[i] = m + torch.exp(0.5 * lv) * torch.randn(m.shape, generator=gen)
         return Encoded(mean=means, logvar=logvars, sample=samples, retried=tuple(retried), failed=failed)
+
+
+def encode_batch(encoder: BatchEncoder, pixels: np.ndarray, keys: list[str], *, flip: bool = False
+                 ) -> tuple[Encoded, Encoded | None]:
+    """pixels [B,H,W,3] / [B,F,H,W,3] of one bucket + their keys -> (Encoded, Encoded of the horizontally
+    flipped pixels or None). The one call every engine makes per batch: dtype, NaN/Inf retry in fp32 and
+    the posterior sample all happen in BatchEncoder.encode. The flipped batch is the same batch mirrored
+    (so it is as deterministic as the first), its samples seeded by key + ":flip"."""
+    enc = encoder.encode(pixels, keys)
+    if not flip:
+        return enc, None
+    mirrored = np.ascontiguousarray(pixels[..., ::-1, :])  # W is the second to last axis
+    return enc, encoder.encode(mirrored, [f"{k}:flip" for k in keys])
 
 
 def _finite(mean, logvar) -> bool:

@@ -1,8 +1,10 @@
 """The local engine: decode and resize in worker processes, encode in this process, in plan order.
 
-Job.batches -> pool of `workers` processes (decode_batch, at most 2·workers batches in flight, so memory
-stays bounded) -> BatchEncoder.encode, in batch order -> (Batch, indices decoded, Encoded, decode errors).
-Decoding the next batches overlaps encoding this one.
+Job.batches -> pool of `workers` processes (decode_batch, at most `prefetch` batches in flight, so memory
+stays bounded) -> encode_batch, in batch order -> Result. Decoding the next batches overlaps encoding this
+one. A worker that dies (killed by the kernel for memory, a crash in a decoder) ends the run with a
+VaeLensError naming the batch, never a hang: the pool is a ProcessPoolExecutor, which fails every
+pending future when a worker process disappears.
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from vaelens.datasets.encoder import BatchEncoder, Encoded
+from vaelens.datasets.encoder import BatchEncoder, Encoded, encode_batch
 from vaelens.datasets.plan import Batch, Job, decode_batch
+from vaelens.errors import VaeLensError
+
+# (batch, indices that decoded, Encoded | None, Encoded of the flipped pixels | None, {index: decode error})
+Result = tuple[Batch, list[int], Encoded | None, Encoded | None, dict[int, str]]
 
 
 def _cpus() -> int:
@@ -42,19 +48,20 @@ def split_cpus(workers: int | None, threads: int | None, device: str) -> tuple[i
 
 @contextlib.contextmanager
 def worker_pool(workers: int) -> Iterator[Any]:
-    """-> a multiprocessing pool, or None for 0. Forked on Linux, as torch's DataLoader workers are (the
-    workers run PIL and numpy only; spawn would demand an `if __name__ == "__main__"` guard of every
-    script that calls vaelens), spawned elsewhere."""
+    """-> a process pool (concurrent.futures), or None for 0. Forked on Linux, as torch's DataLoader
+    workers are (the workers run PIL and numpy only; spawn would demand an `if __name__ == "__main__"`
+    guard of every script that calls vaelens), spawned elsewhere."""
+    from concurrent.futures import ProcessPoolExecutor
+
     if workers <= 0:
         yield None
         return
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    pool = multiprocessing.get_context(method).Pool(workers)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
     try:
         yield pool
     finally:
-        pool.terminate()
-        pool.join()
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 @contextlib.contextmanager
@@ -71,33 +78,46 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def run_local(
-    job: Job, encoder: BatchEncoder, *, pool: Any = None, prefetch: int = 4
-) -> Iterator[tuple[Batch, list[int], Encoded | None, dict[int, str]]]:
+def run_local(job: Job, encoder: BatchEncoder, *, pool: Any = None, prefetch: int = 4,
+              flip: bool = False) -> Iterator[Result]:
     """Job -> per batch in plan order: (batch, indices decoded, Encoded of those (None: none decoded),
-    {index: decode error})."""
+    Encoded of their mirror images (flip=True), {index: decode error})."""
     batches = list(job.batches)
     with torch_threads(encoder.settings.threads):
         if pool is None:
             for batch in batches:
-                yield _encode(batch, decode_batch(batch), encoder)
+                yield _encode(batch, decode_batch(batch), encoder, flip)
             return
         window: deque[tuple[Batch, Any]] = deque()
         it = iter(batches)
         for batch in it:
-            window.append((batch, pool.apply_async(decode_batch, (batch,))))
+            window.append((batch, pool.submit(decode_batch, batch)))
             if len(window) >= prefetch:
                 break
         while window:
             batch, pending = window.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                window.append((nxt, pool.apply_async(decode_batch, (nxt,))))
-            yield _encode(batch, pending.get(), encoder)
+                window.append((nxt, pool.submit(decode_batch, nxt)))
+            yield _encode(batch, _result(pending, batch), encoder, flip)
 
 
-def _encode(batch: Batch, decoded, encoder: BatchEncoder):
+def _result(future: Any, batch: Batch) -> Any:
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        first = batch.items[0].rel if batch.items else "?"
+        raise VaeLensError(
+            f"a decode worker process died while decoding batch {batch.index} ({len(batch.items)} files from "
+            f"{first!r}, bucket {batch.bucket[1]}x{batch.bucket[0]}): killed by the system, most likely for "
+            "memory; use a smaller resolution, batch_size or fewer workers", param="workers") from None
+
+
+def _encode(batch: Batch, decoded, encoder: BatchEncoder, flip: bool) -> Result:
     pixels, ok, errors = decoded
     if pixels is None:
-        return batch, ok, None, errors
-    return batch, ok, encoder.encode(pixels, [batch.items[i].key for i in ok]), errors
+        return batch, ok, None, None, errors
+    enc, flipped = encode_batch(encoder, pixels, [batch.items[i].key for i in ok], flip=flip)
+    return batch, ok, enc, flipped, errors

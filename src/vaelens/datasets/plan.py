@@ -1,10 +1,11 @@
 """A dataset job planned before any encoding: every file scanned (hash, size), placed in its bucket,
 keyed, and the work cut into batches that every engine runs identically.
 
-DATA + VAE + settings -> scan (worker processes) -> key = sha256(content hash, VAE identity, settings)
--> batches: per bucket, the files in dataset order cut every `batch_size` (finished files then dropped
-from their batch, so a resumed or distributed run encodes exactly the batches an uninterrupted local run
-does — CPU convolutions give bit-identical results only for identical batches).
+DATA + VAE + settings -> scan (worker processes) -> per bucketing (one per resolution of a multi-resolution
+cache) key = sha256(content hash, VAE identity, settings, that bucketing) -> batches: per bucket, the
+files in dataset order cut every `batch_size` (finished files then dropped from their batch, so a
+resumed or distributed run encodes exactly the batches an uninterrupted local run does — CPU
+convolutions give bit-identical results only for identical batches).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaelens.datasets.items import Scan, list_items, scan_item
-from vaelens.datasets.pixels import Bucketing, Placement, decode_clip, decode_image
+import numpy as np
+
+from vaelens.datasets.items import Scan, list_items, rel_path, scan_item
+from vaelens.datasets.pixels import Bucketing, Placement, decode_clip, decode_image, stack_pixels
 from vaelens.errors import SizeError, VaeLensError
 
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
@@ -61,6 +64,8 @@ class Item:
     content_hash: str
     kind: str
     placement: Placement
+    resolution: int | None = None  # the bucketing's resolution (area buckets), else None
+    warnings: tuple[str, ...] = ()  # the image reader's and the placement's
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,13 +83,14 @@ class Job:
     """The planned work: every file's fate (key, or why it is skipped), and the batches to run."""
 
     root: str
-    scans: tuple[Scan, ...]
-    keys: dict[str, str]  # path -> key (usable files)
+    scans: tuple[Scan, ...]  # every file under DATA, in dataset order (those that are no item carry an error)
+    keys: dict[tuple[str, int], str]  # (path, bucketing index) -> key (usable files)
     items: dict[str, Item]  # key -> item (first file with that content)
-    skipped: dict[str, str]  # path -> reason (unreadable, corrupt, too small, …)
+    skipped: dict[tuple[str, int], str]  # (path, bucketing index) -> reason (unreadable, corrupt, too small, …)
     batches: tuple[Batch, ...]
     settings: dict[str, Any]
     vae_id: dict[str, Any]
+    bucketings: int = 1
 
     @property
     def to_encode(self) -> int:
@@ -99,9 +105,9 @@ def scan_worker(args: tuple[str, str]) -> Scan:
 def decode_batch(batch: Batch) -> tuple[Any, list[int], dict[int, str]]:
     """Batch -> (uint8 pixels [n,bh,bw,3] or clips [n,F,bh,bw,3] of the files that decoded, their
     indices in the batch, {index: reason} for the others). Runs in worker processes."""
-    import numpy as np
-
-    arrays, ok, errors = [], [], {}
+    arrays: list[np.ndarray] = []
+    ok: list[int] = []
+    errors: dict[int, str] = {}
     for i, item in enumerate(batch.items):
         try:
             if item.kind == "video":
@@ -112,7 +118,7 @@ def decode_batch(batch: Batch) -> tuple[Any, list[int], dict[int, str]]:
         except Exception as exc:  # noqa: BLE001 — a corrupt file is reported and skipped, never fatal
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             errors[i] = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return (np.stack(arrays) if arrays else None), ok, errors
+    return (stack_pixels(arrays) if arrays else None), ok, errors
 
 
 def clip_frames(spec, frames: int | None) -> int | None:
@@ -129,21 +135,31 @@ def plan_job(
     data: str | Path,
     vae,
     *,
-    bucketing: Bucketing,
+    bucketing: Bucketing | tuple[Bucketing, ...],
     batch_size: int,
     settings: dict[str, Any],
     frames: int | None,
     done: set[str] | frozenset[str] = frozenset(),
     pool: Any = None,
     progress: Any = None,
+    listing: tuple[Path, list[Path], list[tuple[Path, str]]] | None = None,
 ) -> Job:
-    """DATA -> Job. `done` holds keys already in the cache; `pool` (multiprocessing) scans in parallel."""
+    """DATA -> Job. `done` holds keys already in the cache; `pool` (an Executor) scans in parallel;
+    `listing` is list_items(DATA) when the caller has it already. Several bucketings: every file is
+    placed, keyed and encoded once per bucketing (a multi-resolution cache)."""
     if batch_size < 1:
-        raise VaeLensError(f"batch_size {batch_size} must be at least 1")
-    root, files = list_items(data)
+        raise VaeLensError(f"batch_size {batch_size} must be at least 1", param="batch_size", value=batch_size)
+    bucketings = bucketing if isinstance(bucketing, tuple) else (bucketing,)
+    root, files, others = listing if listing is not None else list_items(data)
     scans = _scan_all(files, root, pool=pool, progress=progress)
+    if others:  # a folder: every file in the order of its relative path
+        scans += [Scan(path=str(f), rel=rel_path(f, root), kind="other", error=why) for f, why in others]
+        scans.sort(key=lambda s: s.rel)
     vae_id = vae_identity(vae)
-    keys, items, skipped, groups = _place_all(scans, vae, vae_id, bucketing=bucketing, settings=settings, frames=frames)
+    keys, items, skipped, groups = {}, {}, {}, {}
+    for r, b in enumerate(bucketings):
+        _place_all(scans, vae, vae_id, r, bucketing=b, settings={**settings, "bucketing": b.to_json()},
+                   frames=frames, keys=keys, items=items, skipped=skipped, groups=groups)
     return Job(
         root=str(root),
         scans=tuple(scans),
@@ -153,6 +169,7 @@ def plan_job(
         batches=_cut_batches(groups, scans, batch_size=batch_size, done=done),
         settings=settings,
         vae_id=vae_id,
+        bucketings=len(bucketings),
     )
 
 
@@ -160,50 +177,54 @@ def _scan_all(files, root: Path, *, pool: Any, progress: Any) -> list[Scan]:
     """files -> their Scans in dataset order (in worker processes when `pool` is given)."""
     args = [(str(f), str(root)) for f in files]
     scans: list[Scan] = []
-    it = pool.imap(scan_worker, args, chunksize=8) if pool is not None else map(scan_worker, args)
-    for scan in it:
-        scans.append(scan)
-        if progress is not None:
-            progress(len(scans), len(args), "scanning")
+    it = pool.map(scan_worker, args, chunksize=8) if pool is not None else map(scan_worker, args)
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        for scan in it:
+            scans.append(scan)
+            if progress is not None:
+                progress(len(scans), len(args), "scanning")
+    except BrokenProcessPool:
+        raise VaeLensError(f"a scan worker process died after {len(scans)} of {len(args)} files (killed by the "
+                           "system, most likely for memory)", param="workers") from None
     return scans
 
 
 def _place_all(
-    scans: list[Scan], vae, vae_id: dict[str, Any], *, bucketing: Bucketing, settings: dict[str, Any],
-    frames: int | None,
-) -> tuple[dict[str, str], dict[str, Item], dict[str, str], dict[tuple[Any, ...], list[Item]]]:
-    """Scans -> (path -> key, key -> Item, path -> why skipped, (bucket, frames) -> Items in dataset order)."""
+    scans: list[Scan], vae, vae_id: dict[str, Any], r: int, *, bucketing: Bucketing, settings: dict[str, Any],
+    frames: int | None, keys: dict[tuple[str, int], str], items: dict[str, Item], skipped: dict[tuple[str, int], str],
+    groups: dict[tuple[Any, ...], list[Item]],
+) -> None:
+    """Scans placed by bucketing number R -> KEYS ((path, r) -> key), ITEMS (key -> Item), SKIPPED
+    ((path, r) -> why), GROUPS ((bucket, frames) -> Items in dataset order)."""
     video_vae = vae.spec.is_video
-    keys: dict[str, str] = {}
-    items: dict[str, Item] = {}
-    skipped: dict[str, str] = {}
-    groups: dict[tuple[Any, ...], list[Item]] = {}
     for scan in scans:
         if scan.error or scan.size is None:
-            skipped[scan.path] = scan.error or "no size"
+            skipped[(scan.path, r)] = scan.error or "no size"
             continue
         if scan.kind == "video" and not video_vae:
-            skipped[scan.path] = f"a video clip; {vae.spec.name} is an image VAE"
+            skipped[(scan.path, r)] = f"a video clip; {vae.spec.name} is an image VAE"
             continue
         if scan.kind == "video" and scan.frames and frames and scan.frames < frames:
-            skipped[scan.path] = f"clip has {scan.frames} frames; frames={frames} were asked for"
+            skipped[(scan.path, r)] = f"clip has {scan.frames} frames; frames={frames} were asked for"
             continue
         try:
             placement = bucketing.place(*scan.size)
         except SizeError as exc:
-            skipped[scan.path] = str(exc)
+            skipped[(scan.path, r)] = str(exc)
             continue
         key = sample_key(scan.content_hash, vae_id, settings)
-        keys[scan.path] = key
+        keys[(scan.path, r)] = key
         if key in items:  # the same content twice: encoded once, listed under both names
             continue
         item = Item(
-            path=scan.path, rel=scan.rel, key=key, content_hash=scan.content_hash, kind=scan.kind, placement=placement
+            path=scan.path, rel=scan.rel, key=key, content_hash=scan.content_hash, kind=scan.kind, placement=placement,
+            resolution=bucketing.resolution, warnings=scan.warnings + placement.warnings,
         )
         items[key] = item
         n_frames = frames if scan.kind == "video" else None
         groups.setdefault((placement.bucket, n_frames), []).append(item)
-    return keys, items, skipped, groups
 
 
 def _cut_batches(
@@ -219,5 +240,5 @@ def _cut_batches(
             if todo:
                 batches.append((todo, bucket, n_frames))
     order = {s.path: n for n, s in enumerate(scans)}
-    batches.sort(key=lambda b: order[b[0][0].path])  # in dataset order of each batch's first file
+    batches.sort(key=lambda b: (order[b[0][0].path], b[1]))  # in dataset order of each batch's first file
     return tuple(Batch(index=n, bucket=b, frames=f, items=t) for n, (t, b, f) in enumerate(batches))

@@ -17,7 +17,7 @@ import pickle
 from collections.abc import Iterator
 from typing import Any
 
-from vaelens.datasets.encoder import Encoded, EncodeSettings, resolve_dtype
+from vaelens.datasets.encoder import Encoded, EncodeSettings, encode_batch, resolve_dtype
 from vaelens.datasets.plan import Batch, Job, decode_batch
 from vaelens.errors import VaeLensError
 
@@ -40,7 +40,8 @@ def _decode_row(row: dict[str, Any]) -> dict[str, Any]:
 class _Encoder:
     """A Ray actor holding one loaded VAE; encodes decoded batches."""
 
-    def __init__(self, source: str, family: str | None, device: str, dtype: str, settings: EncodeSettings) -> None:
+    def __init__(self, source: str, family: str | None, device: str, dtype: str, settings: EncodeSettings,
+                 flip: bool = False) -> None:
         import torch
 
         from vaelens.datasets.encoder import BatchEncoder
@@ -50,28 +51,58 @@ class _Encoder:
             torch.set_num_threads(settings.threads)
         vae = load_vae(source, family=family, device=device, dtype=dtype)
         self.encoder = BatchEncoder(vae, settings)
+        self.flip = flip
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         batch: Batch = pickle.loads(row["batch"])
         pixels, ok, errors = pickle.loads(row["decoded"])
-        enc = None
+        enc = flipped = None
         if pixels is not None:
-            enc = self.encoder.encode(pixels, [batch.items[i].key for i in ok])
-        return {"index": batch.index, "result": pickle.dumps((ok, enc, errors), protocol=5)}
+            enc, flipped = encode_batch(self.encoder, pixels, [batch.items[i].key for i in ok], flip=self.flip)
+        return {"index": batch.index, "result": pickle.dumps((ok, enc, flipped, errors), protocol=5)}
+
+
+CONNECT_TIMEOUT = 10.0  # seconds to reach a cluster's address before giving up (Ray itself retries ~150 s)
+
+
+def check_address(address: str | None, *, timeout: float = CONNECT_TIMEOUT) -> None:
+    """A Ray address -> None when something listens there (a TCP connect within `timeout` s), else a
+    one-line VaeLensError. None, "auto" and "local" are not checked (Ray starts or finds a local cluster)."""
+    import socket
+
+    if address is None or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise VaeLensError(f"address {address!r} is not host:port (or ray://host:port, auto, local)",
+                           param="address", value=address)
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except OSError as exc:
+        raise VaeLensError(f"address {address!r}: no Ray cluster answers there ({exc.strerror or exc}; waited "
+                           f"at most {timeout:g} s)", param="address", value=address) from None
 
 
 def run_ray(
-    job: Job, vae, encode: EncodeSettings, *, address: str | None = None, workers: int | None = None
-) -> tuple[Iterator[tuple[Batch, list[int], Encoded | None, dict[int, str]]], tuple[str, str | None]]:
-    """Job -> (iterator of (batch, decoded indices, Encoded, decode errors) in plan order, (dtype, reason))."""
+    job: Job, vae, encode: EncodeSettings, *, address: str | None = None, workers: int | None = None,
+    flip: bool = False, quiet: bool = False,
+) -> tuple[Iterator[tuple[Batch, list[int], Encoded | None, Encoded | None, dict[int, str]]], tuple[str, str | None]]:
+    """Job -> (iterator of (batch, decoded indices, Encoded, flipped Encoded, decode errors) in plan order,
+    (dtype, reason)). quiet=True keeps Ray's own INFO/WARNING lines off the terminal."""
     import torch
 
     ray = import_ray()
+    level = logging.ERROR if quiet else logging.WARNING
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        check_address(address)
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=level,
+                 configure_logging=True)
     # vaelens draws its own progress (images/s, ETA); Ray Data's bars and INFO lines would interleave
     ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(level)
     dtype, reason = resolve_dtype(encode.dtype, device=vae.device, config=dict(vae.spec.config))
     settings = encode if encode.threads else _with_threads(encode, torch.get_num_threads())
     gpus = 1 if vae.device.startswith("cuda") else 0
@@ -83,7 +114,7 @@ def run_ray(
     )
     source = str(vae.source)
     family = vae.spec.name if vae.detection.startswith("given") else None
-    return _stream(job, ray, source, family, vae.device.split(":")[0], dtype.value, settings, gpus, actors), (
+    return _stream(job, ray, source, family, vae.device.split(":")[0], dtype.value, settings, gpus, actors, flip), (
         dtype.value,
         reason,
     )
@@ -95,7 +126,7 @@ def _with_threads(encode: EncodeSettings, n: int) -> EncodeSettings:
     return replace(encode, threads=n)
 
 
-def _stream(job: Job, ray, source, family, device, dtype, settings, gpus, actors):
+def _stream(job: Job, ray, source, family, device, dtype, settings, gpus, actors, flip):
     batches = {b.index: b for b in job.batches}
     if not batches:
         return
@@ -104,7 +135,7 @@ def _stream(job: Job, ray, source, family, device, dtype, settings, gpus, actors
     ds = ds.map(_decode_row, num_cpus=1)
     ds = ds.map(
         _Encoder,
-        fn_constructor_args=(source, family, device, dtype, settings),
+        fn_constructor_args=(source, family, device, dtype, settings, flip),
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=gpus,
         num_cpus=0 if gpus else 1,
@@ -113,9 +144,8 @@ def _stream(job: Job, ray, source, family, device, dtype, settings, gpus, actors
     nxt = 0
     order = sorted(batches)
     for row in ds.iter_rows():
-        ok, enc, errors = pickle.loads(row["result"])
-        done[int(row["index"])] = (ok, enc, errors)
+        done[int(row["index"])] = pickle.loads(row["result"])
         while nxt < len(order) and order[nxt] in done:  # hand results on in plan order
-            ok, enc, errors = done.pop(order[nxt])
-            yield batches[order[nxt]], ok, enc, errors
+            ok, enc, flipped, errors = done.pop(order[nxt])
+            yield batches[order[nxt]], ok, enc, flipped, errors
             nxt += 1

@@ -16,6 +16,7 @@ from vaelens.datasets.encoder import EncodeSettings
 from vaelens.datasets.implied import ImpliedNormalization, implied_normalization
 from vaelens.datasets.moments import HIST_BINS, HIST_RANGE, DatasetStats, Moments
 from vaelens.datasets.pixels import Bucketing
+from vaelens.options import Posterior
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,29 +61,29 @@ def compute_stats(
     hist_range: float = HIST_RANGE,
     hist_bins: int = HIST_BINS,
     progress: Any = None,
+    quiet: bool = False,
 ) -> StatsReport:
     """DATA + LoadedVae -> StatsReport of the raw latents (the posterior mean, or a fixed-seed sample)."""
     encode = encode or EncodeSettings()
-    from vaelens.datasets.cache import CacheOptions, run_engine
     from vaelens.datasets.encoder import resolve_dtype
+    from vaelens.datasets.engine import Engine, run_engine
     from vaelens.datasets.local import split_cpus, worker_pool
     from vaelens.datasets.plan import clip_frames, plan_job
 
     t0 = time.perf_counter()
     frames = clip_frames(vae.spec, frames)
     dtype, _ = resolve_dtype(encode.dtype, device=vae.device, config=dict(vae.spec.config))
-    options = CacheOptions(bucketing=bucketing, frames=frames, batch_size=batch_size, workers=workers,
-                           engine=engine, address=address)
     n, threads = split_cpus(workers, encode.threads, vae.device)
     encode = replace(encode, threads=threads)
     total = Moments(vae.spec.latent_channels, hist_range=hist_range, hist_bins=hist_bins)
     skipped: dict[str, str] = {}
-    with worker_pool(n if engine == "local" else 0) as pool:
+    with worker_pool(n if Engine.parse(engine) is Engine.LOCAL else 0) as pool:
         job = plan_job(data, vae, bucketing=bucketing, batch_size=batch_size,
-                       settings={**options.key_fields(), **encode.key_fields(dtype.value)}, frames=frames,
+                       settings={"frames": frames, **encode.key_fields(dtype.value)}, frames=frames,
                        pool=pool, progress=progress)
-        skipped.update(job.skipped)
-        batches, _ = run_engine(job, vae, encode, options, pool)
+        skipped.update({p: why for (p, _), why in job.skipped.items()})
+        batches, _ = run_engine(job, vae, encode, engine=engine, pool=pool, address=address, workers=workers,
+                                quiet=quiet)
         _accumulate(batches, job.to_encode, total=total, skipped=skipped, posterior=encode.posterior,
                     progress=progress)
     stats = total.result()
@@ -91,11 +92,11 @@ def compute_stats(
         family=vae.spec.name,
         stats=stats,
         implied=implied_normalization(stats, vae.spec.normalization, family=vae.spec.name, module=vae.module),
-        latent=encode.posterior,
+        latent=encode.posterior.value,
         files=len(job.scans),
         skipped=tuple({"source": _rel(p, job.root), "reason": r} for p, r in skipped.items()),
         seconds=time.perf_counter() - t0,
-        engine=engine,
+        engine=Engine.parse(engine).value,
     )
 
 
@@ -103,7 +104,7 @@ def _accumulate(batches, to_encode: int, *, total: Moments, skipped: dict[str, s
                 progress: Any) -> None:
     """The engine's batches -> their latents merged into TOTAL; files that failed into SKIPPED."""
     done = 0
-    for batch, ok, enc, errors in batches:
+    for batch, ok, enc, _flipped, errors in batches:
         _add_batch(batch, ok, enc, errors, total=total, skipped=skipped, posterior=posterior)
         done += len(batch.items)
         if progress is not None:
@@ -118,7 +119,7 @@ def _add_batch(batch, ok, enc, errors, *, total: Moments, skipped: dict[str, str
         return
     import torch
 
-    which = enc.sample if posterior == "sample" else enc.mean
+    which = enc.sample if posterior == Posterior.SAMPLE else enc.mean
     for j, i in enumerate(ok):
         if j in enc.failed:
             skipped[batch.items[i].path] = enc.failed[j]
@@ -179,7 +180,7 @@ def stats_of_cache(out: str | Path, *, latent: str = "mean") -> StatsReport:
         stats=stats,
         implied=implied_normalization(stats, norm, family=family),
         latent=f"cached {latent} ({summary['settings']['latent_dtype']})",
-        files=len(index),
+        files=len({r["source"] for r in index}),
         skipped=tuple({"source": r["source"], "reason": r["error"]} for r in index if "key" not in r),
         seconds=time.perf_counter() - t0,
         engine="cache",

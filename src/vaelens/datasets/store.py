@@ -4,21 +4,27 @@ OUT/
   cache.json        summary of the last run: format, VAE identity, settings, normalisation, counts,
                     failures, NaN/Inf report, statistics (written atomically at the end or on Ctrl-C)
   index.jsonl       the dataset as of the last run: one record per file, in dataset order (atomic)
-  manifest.jsonl    append-only log: one record per finished sample (resume reads it)
+  manifest.jsonl    append-only log: one record per finished sample (resume reads it); each record names
+                    its shard with the shard's size and sha256 ("shard_bytes", "shard_sha256")
+  .vaelens-cache    marker written when a run claims the folder: a killed first run is still a cache
   shards/*.safetensors   tensors "<key>/mean", "<key>/logvar", "<key>/sample"; the shard's own records in
                     its metadata ("records"), so a shard whose manifest lines were lost is adopted on resume
 
 A shard is written to a temporary name, fsync'ed and renamed (atomic on POSIX), and only then are its
 records appended to the manifest (flushed, fsync'ed). A kill at any moment leaves either a whole shard or
 none: a torn last manifest line is ignored, and a shard without manifest lines is read back from its
-own metadata. A sample counts as finished once its shard exists; nothing finished is encoded again.
+own metadata. A sample counts as finished once its shard exists and passes `check_shard` (its size is
+what its safetensors header and the manifest say, its header holds the sample's tensors): a truncated or
+deleted shard is dropped (and deleted) on the next run, and its samples are encoded again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import struct
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +35,8 @@ from typing import Any
 from vaelens.errors import VaeLensError
 
 FORMAT = "vaelens.cache/1"
+MARKER = ".vaelens-cache"
+REPAIR = "rerun `vaelens cache` (cache_dataset) with the same DATA and OUT to repair it"
 SHARD_FORMAT = "vaelens.cache.shard/1"
 LATENT_DTYPES = ("fp32", "fp16", "bf16")
 
@@ -57,9 +65,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def read_manifest(out: Path) -> dict[str, dict[str, Any]]:
+def read_manifest(out: Path, *, repair: bool = False) -> dict[str, dict[str, Any]]:
     """OUT -> {key: record} from manifest.jsonl (a torn line is skipped) and from the records in each shard's
-    header that never reached the manifest (appended now); records whose shard is missing are dropped."""
+    header that never reached the manifest (appended now); records whose shard is missing or fails
+    `check_shard` are dropped, and with repair=True (only under `exclusive`) such a shard is deleted."""
     records: dict[str, dict[str, Any]] = {}
     manifest = out / "manifest.jsonl"
     if manifest.is_file():
@@ -72,13 +81,86 @@ def read_manifest(out: Path) -> dict[str, dict[str, Any]]:
                 if isinstance(rec, dict) and "key" in rec:
                     records[rec["key"]] = rec
     shards = out / "shards"
+    verdicts: dict[str, str | None] = {}
     if shards.is_dir():  # every shard's header is read (cheap): its records are the ground truth
         for shard in sorted(shards.glob("*.safetensors")):
+            rel = f"shards/{shard.name}"
+            verdicts[rel] = problem = check_shard(out, rel)
+            if problem is not None:
+                if repair:
+                    shard.unlink(missing_ok=True)
+                continue
             orphan = [r for r in _shard_records(shard) if r["key"] not in records]
             if orphan:
+                extra = {"shard_bytes": shard.stat().st_size, "shard_sha256": file_sha256(shard)}
+                orphan = [{**r, **extra} for r in orphan]
                 _append_lines(manifest, orphan)
                 records.update({r["key"]: r for r in orphan})
-    return {k: r for k, r in records.items() if (out / r["shard"]).is_file()}
+    kept = {}
+    for k, r in records.items():
+        if r["shard"] not in verdicts:
+            verdicts[r["shard"]] = check_shard(out, r["shard"])
+        if verdicts[r["shard"]] is None and r.get("shard_bytes", -1) in (-1, _size(out / r["shard"])):
+            kept[k] = r
+    return kept
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
+def file_sha256(path: str | Path) -> str:
+    """file -> sha256 hex digest of its bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shard_header(path: Path) -> tuple[dict[str, Any], int]:
+    """safetensors file -> (its JSON header, the file size the header implies), reading only the header.
+    Raises OSError / ValueError when the file is shorter than its header or the header is not JSON."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError("shorter than a safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100_000_000:
+            raise ValueError(f"header length {n} is not plausible")
+        raw = f.read(n)
+    if len(raw) != n:
+        raise ValueError("cut inside its header")
+    header = json.loads(raw)
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    return header, 8 + n + end
+
+
+def check_shard(out: Path, rel: str, records: list[dict[str, Any]] | None = None) -> str | None:
+    """A shard of OUT -> None when it is whole (exists; its size is what its header implies; the header is
+    vaelens' and names every tensor of `records`), else what is wrong with it. Reads the header only."""
+    path = out / rel
+    if not path.is_file():
+        return f"{rel} is missing"
+    try:
+        header, implied = shard_header(path)
+    except (OSError, ValueError) as exc:
+        return f"{rel} is unreadable ({exc})"
+    actual = path.stat().st_size
+    if actual != implied:
+        return f"{rel} is {actual} bytes; its header says {implied} (truncated or damaged)"
+    if (header.get("__metadata__") or {}).get("format") != SHARD_FORMAT:
+        return f"{rel} is not a vaelens cache shard"
+    for r in records or ():
+        if r.get("shard_bytes") not in (None, actual):
+            return f"{rel} is {actual} bytes; the manifest recorded {r['shard_bytes']}"
+        missing = [t for t in r["tensors"].values() if t not in header]
+        if missing:
+            return f"{rel} lacks tensor {missing[0]!r}"
+    return None
 
 
 def _shard_records(shard: Path) -> list[dict[str, Any]]:
@@ -194,7 +276,8 @@ class ShardWriter:
             os.fsync(f.fileno())
         os.replace(tmp, self.out / rel)
         _fsync_dir(self.out / "shards")
-        _append_lines(self.out / "manifest.jsonl", records)
+        extra = {"shard_bytes": (self.out / rel).stat().st_size, "shard_sha256": file_sha256(self.out / rel)}
+        _append_lines(self.out / "manifest.jsonl", [{**r, **extra} for r in records])
         self.written += len(records)
         self.shards += 1
         self.pending = []
@@ -224,3 +307,125 @@ def read_summary(out: str | Path) -> dict[str, Any]:
 def read_index(out: str | Path) -> list[dict[str, Any]]:
     with open(Path(out) / "index.jsonl") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def is_cache_folder(out: Path) -> bool:
+    """A folder vaelens made: its marker, a cache.json of this format, or a manifest (a killed first run)."""
+    if (out / MARKER).is_file() or (out / "manifest.jsonl").is_file():
+        return True
+    try:
+        return json.loads((out / "cache.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_out(out: Path, *, data_root: Path | None = None, force: bool = False) -> None:
+    """OUT before anything is written: not a file, not inside the dataset, and either missing, empty, a
+    vaelens cache, or force=True. Raises OutputError."""
+    from vaelens.errors import OutputError
+
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"out {str(out)!r} is a file; the cache is a folder", param="out", value=str(out))
+    if data_root is not None and data_root.is_dir():
+        o, d = out.resolve(), data_root.resolve()
+        if o == d or d in o.parents:
+            raise OutputError(
+                f"out {str(out)!r} is inside data {str(data_root)!r}; a cache there would be read as part of the "
+                "dataset: put it elsewhere", param="out", value=str(out))
+    if out.is_dir() and not is_cache_folder(out) and any(p.name != ".lock" for p in out.iterdir()) and not force:
+        raise OutputError(
+            f"out {str(out)!r} is a non-empty folder that is not a vaelens cache; give an empty or new folder "
+            "(force=True writes into it anyway)", param="out", value=str(out))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimedCache:
+    """A cache folder this process holds (`claim_cache`): checked, created, marked and locked."""
+
+    out: Path
+    root: Path  # the dataset's root
+    files: tuple[Path, ...]  # the dataset's files, listed when claimed
+    skipped: tuple[tuple[Path, str], ...]  # paths under DATA that are no dataset item, and why
+
+
+@contextlib.contextmanager
+def claim_cache(data: str | Path, out: str | Path, *, force: bool = False) -> Iterator[ClaimedCache]:
+    """DATA + OUT -> a ClaimedCache for the block, before any model is loaded: DATA listed (missing or
+    empty: one error), OUT checked (`check_out`), created, marked and locked (`exclusive`). When the
+    block fails and OUT was created here and holds nothing finished, OUT is removed again."""
+    import shutil
+
+    from vaelens.datasets.items import list_items
+
+    out = Path(out).expanduser()
+    root, files, skipped = list_items(data)
+    check_out(out, data_root=root, force=force)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    ok = False
+    try:
+        with exclusive(out):
+            if not (out / MARKER).is_file():
+                atomic_write_text(out / MARKER, json.dumps({"format": FORMAT}) + "\n")
+            yield ClaimedCache(out=out, root=root, files=tuple(files), skipped=tuple(skipped))
+            ok = True
+    finally:
+        if not ok and created and not any((out / "shards").glob("*.safetensors")) and not (
+            out / "cache.json"
+        ).exists():
+            shutil.rmtree(out, ignore_errors=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyReport:
+    """Every shard of a cache checked against the manifest: size, header and sha256 of its bytes."""
+
+    out: str
+    shards: int
+    samples: int
+    bad: tuple[dict[str, Any], ...]  # {"shard", "problem", "samples"}
+    removed: bool  # the bad shards were deleted (repair=True), so the next run encodes their samples
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out": self.out, "ok": self.ok, "shards": self.shards, "samples": self.samples,
+                "bad": list(self.bad), "removed": self.removed}
+
+
+def verify_cache(out: str | Path, *, repair: bool = False) -> VerifyReport:
+    """cache folder -> VerifyReport: each shard the manifest names is checked (`check_shard`) and hashed
+    (sha256 of its bytes against the manifest's). repair=True (only under `exclusive`) deletes the shards
+    that fail, so the next `cache_dataset` run encodes their samples again."""
+    out = Path(out)
+    if not out.is_dir() or not is_cache_folder(out):
+        raise VaeLensError(f"cache {str(out)!r} is not a vaelens cache", param="out", value=str(out))
+    latest: dict[str, dict[str, Any]] = {}  # a re-encoded sample's last record is the one that counts
+    manifest = out / "manifest.jsonl"
+    if manifest.is_file():
+        with open(manifest) as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(rec, dict) and "key" in rec:
+                    latest[rec["key"]] = rec
+    by_shard: dict[str, dict[str, dict[str, Any]]] = {}
+    for key, rec in latest.items():
+        by_shard.setdefault(rec["shard"], {})[key] = rec
+    bad = []
+    for rel, recs in sorted(by_shard.items()):
+        problem = check_shard(out, rel, list(recs.values()))
+        if problem is None:
+            want = {r.get("shard_sha256") for r in recs.values()} - {None}
+            if want and file_sha256(out / rel) not in want:
+                problem = f"{rel}: its sha256 differs from the one recorded when it was written"
+        if problem is not None:
+            bad.append({"shard": rel, "problem": problem, "samples": len(recs)})
+            if repair:
+                (out / rel).unlink(missing_ok=True)
+    return VerifyReport(out=str(out), shards=len(by_shard), samples=sum(len(r) for r in by_shard.values()),
+                        bad=tuple(bad), removed=repair and bool(bad))
