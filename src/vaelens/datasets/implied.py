@@ -43,11 +43,24 @@ class ImpliedNormalization:
     difference: dict[str, Any] | None
     note: str = ""
 
+    @property
+    def diffusers_config(self) -> dict[str, Any]:
+        """The implied constants as the keys of a diffusers VAE config.json, in the family's form:
+        scaling_factor (SD, SDXL); shift_factor + scaling_factor (SD3, FLUX.1); latents_mean + latents_std
+        (Wan, Qwen-Image, Mochi, LTX: AutoencoderKLWan/QwenImage/Mochi/LTXVideo configs)."""
+        if self.form == "scale":
+            return {"scaling_factor": self.implied["scale"]["scale"]}
+        if self.form == "shift_scale":
+            return {"shift_factor": self.implied["shift_scale"]["shift"],
+                    "scaling_factor": self.implied["shift_scale"]["scale"]}
+        return {"latents_mean": self.implied["per_channel"]["mean"], "latents_std": self.implied["per_channel"]["std"]}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "family": self.family,
             "configured_kind": self.configured_kind,
             "form": self.form,
+            "diffusers_config": self.diffusers_config,
             "implied": self.implied,
             "configured": self.configured,
             "difference": self.difference,

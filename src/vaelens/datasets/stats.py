@@ -165,10 +165,11 @@ def stats_of_records(
 
 def stats_of_cache(out: str | Path, *, latent: str = "mean") -> StatsReport:
     """finished cache folder -> StatsReport of its stored latents, with the normalisation it recorded."""
-    from vaelens.datasets.reader import _normalization
+    from vaelens.datasets.reader import CacheDataset, _normalization
     from vaelens.datasets.store import read_index, read_summary
 
     t0 = time.perf_counter()
+    CacheDataset(out, latent=latent, normalized=False)  # every shard checked: a broken one is one error
     summary = read_summary(out)
     index = read_index(out)
     stats = stats_of_records(out, [r for r in index if "key" in r], latent=latent)

@@ -44,6 +44,10 @@ def render_stats(report) -> str:
         f"  percentiles from a histogram with bins of {s.bin_width:g} (exact to one bin)"
         + (f"; some fell outside ±{s.hist_range:g} and were clamped to min/max" if s.percentiles_clamped else "")
     )
+    cut = tail_counts(s)
+    if cut["outside"]:
+        lines.append(f"  the histogram's range ±{s.hist_range:g} cuts its tails: {cut['below']:,} values below, "
+                     f"{cut['above']:,} above ({cut['fraction']:.3%}); min/max above are exact")
     if s.channels > 1:
         corr = np.asarray(s.correlation)
         off = np.abs(corr - np.diag(np.diag(corr)))
@@ -59,6 +63,20 @@ def render_stats(report) -> str:
         if len(report.skipped) > 20:
             lines.append(f"  … and {len(report.skipped) - 20} more (see --json)")
     return "\n".join(lines)
+
+
+def tail_counts(stats, lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
+    """DatasetStats (+ an x range) -> values below / above it (default: the histogram's own range)."""
+    hist = np.asarray(stats.histogram)
+    if lo is None or hi is None:
+        below, above = int(hist[:, 0].sum()), int(hist[:, -1].sum())
+    else:
+        edges = -stats.hist_range + np.arange(hist.shape[1] - 2) * stats.bin_width  # left edge of each bin
+        inner = hist[:, 1:-1]
+        below = int(hist[:, 0].sum() + inner[:, edges + stats.bin_width <= lo].sum())
+        above = int(hist[:, -1].sum() + inner[:, edges >= hi].sum())
+    total = int(hist.sum()) or 1
+    return {"below": below, "above": above, "outside": below + above, "fraction": (below + above) / total}
 
 
 def _implied_lines(im) -> list[str]:
@@ -92,6 +110,12 @@ def _implied_lines(im) -> list[str]:
         )
     if im.note:
         lines.append(f"  note: {im.note}")
+    import json
+
+    cfg = {k: (round(v, 6) if isinstance(v, float) else [round(x, 6) for x in v])
+           for k, v in im.diffusers_config.items() if v is not None}
+    lines.append("implied, as diffusers config.json keys (paste into vae/config.json):")
+    lines.append("  " + json.dumps(cfg)[1:-1])
     return lines
 
 
@@ -105,9 +129,17 @@ def render_cache(report) -> str:
     ]
     if report.encoded:
         lines.append(
-            f"  {report.images_per_second:.2f} images/s while encoding; {report.seconds:.1f} s in all, "
-            f"{report.shards_written} shard(s) written"
+            f"  {report.images_per_second_steady:.2f} images/s after the first batch, "
+            f"{report.images_per_second:.2f} with start-up ({report.first_batch_seconds:.1f} s to the first "
+            f"batch); {report.seconds:.1f} s in all, {report.shards_written} shard(s) written"
         )
+    if report.captions:
+        lines.append(f"  {report.captions} sample(s) with a caption")
+    if report.warnings:
+        lines.append(f"  {len(report.warnings)} warning(s):")
+        lines += [f"    {w['source']}: {w['warning']}" for w in report.warnings[:10]]
+        if len(report.warnings) > 10:
+            lines.append(f"    … and {len(report.warnings) - 10} more (--json; index.jsonl)")
     if report.buckets:
         lines.append("  buckets (WxH: files): " + ", ".join(f"{k}: {v}" for k, v in report.buckets.items()))
     for n in report.nonfinite:
@@ -123,8 +155,11 @@ def render_cache(report) -> str:
 
 
 def plot_latent_histograms(stats, path: str | Path, *, title: str) -> dict[str, Any]:
-    """DatasetStats -> PNG: one histogram per channel on one shared x range (the 0.1–99.9 percentile span
-    of all channels, widened to include 0) and a log count axis, so channels compare at a glance."""
+    """DatasetStats -> figure file: one histogram per channel on one shared x range (the 0.1–99.9
+    percentile span of all channels, widened to include 0) and a log count axis, so channels compare at
+    a glance; the title says how many values that range leaves out. PATH must have been checked
+    (vaelens.outputs.check_output, kind "figure"); it is written atomically."""
+    from vaelens.outputs import atomic_write
     from vaelens.render.figures import _plt
 
     plt = _plt()
@@ -157,13 +192,14 @@ def plot_latent_histograms(stats, path: str | Path, *, title: str) -> dict[str, 
         ax.set_title(f"ch{ch}: μ {stats.mean[ch]:.3g}, σ {stats.std[ch]:.3g}", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_xlim(lo, hi)
+    cut = tail_counts(stats, lo, hi)
+    if cut["outside"]:
+        title += f"; x range cuts {cut['outside']:,} values ({cut['fraction']:.2%}) in the tails"
     fig.suptitle(title, fontsize=9)
     fig.supxlabel("raw latent value (one scale for every channel)", fontsize=8)
     fig.tight_layout()
     p = Path(path)
-    if not p.suffix:
-        p = p.with_suffix(".png")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=110)
+    with atomic_write(p) as tmp:
+        fig.savefig(tmp, dpi=110)  # the temporary file keeps the suffix: matplotlib picks the format from it
     plt.close(fig)
-    return {"path": str(p), "panels": c, "range": [lo, hi]}
+    return {"path": str(p), "panels": c, "range": [lo, hi], "cut": cut}
