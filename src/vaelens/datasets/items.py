@@ -150,10 +150,12 @@ def content_hash(path: str | Path) -> str:
 
 
 def rel_path(path: Path, root: Path) -> str:
-    for a, b in ((path, root), (path.absolute(), root.absolute()), (path.resolve(), root.resolve())):
+    for pair in (lambda: (path, root), lambda: (path.absolute(), root.absolute()),
+                 lambda: (path.resolve(), root.resolve())):
         try:
+            a, b = pair()
             return a.relative_to(b).as_posix()
-        except ValueError:
+        except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
             continue
     return str(path)
 
