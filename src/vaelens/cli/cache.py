@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
 
 from vaelens.cli._dataargs import (
     add_data_args,
@@ -64,11 +68,10 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None or args.output is None:
         raise VaeLensError("give DATA and -o OUT (or --verify OUT to check a cache)")
     from vaelens.datasets.cache import CacheOptions, cache_dataset
-    from vaelens.datasets.store import claim_cache
     from vaelens.render.datasets import render_cache
 
     early_checks(args)
-    with claim_cache(args.data, args.output, force=args.force) as claimed:  # before the model loads
+    with _claim(args) as claimed:  # before the model loads
         vae = load_data_vae(args)
         options = CacheOptions(
             bucketing=bucketing_from_args(args, vae),
@@ -94,6 +97,26 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render_cache(report))
     return 0 if report.encoded + report.reused or not report.files else 1
+
+
+@contextlib.contextmanager
+def _claim(args: argparse.Namespace) -> Iterator[Any]:
+    """claim_cache with its refusals in flag words (-o, --force)."""
+    from vaelens.datasets.store import claim_cache
+    from vaelens.errors import OutputError
+
+    try:
+        cm = claim_cache(args.data, args.output, force=args.force)
+        claimed = cm.__enter__()
+    except OutputError as exc:
+        raise VaeLensError(str(exc).replace("force=True", "--force").replace("out ", "-o ", 1)) from None
+    try:
+        yield claimed
+    except BaseException:
+        if not cm.__exit__(*sys.exc_info()):
+            raise
+    else:
+        cm.__exit__(None, None, None)
 
 
 def _verify_only(args: argparse.Namespace) -> int:
