@@ -1,14 +1,16 @@
-"""Images/s of `vaelens cache` vs a naive loop, same data, same VAE, same run.
+"""Images/s of `vaelens cache` vs a naive loop at equal torch threads, same data, same VAE, same run.
 
     .venv/bin/python benchmarks/cache_throughput.py [--images 48] [--source 1600x1200] [--size 256x256]
+    .venv/bin/python benchmarks/cache_throughput.py --configs default,0:2,1:1,1:2   # workers:threads
     .venv/bin/python benchmarks/cache_throughput.py --arch sdxl --size 1024x1024 --device cuda --dtype bf16
 
 Data: generated JPEG photographs-like images (smooth gradients + texture + noise) at --source size,
 written to a temporary folder. The naive loop is what a training script usually does: for each batch,
 PIL open -> RGB -> resize (Lanczos) -> numpy -> torch -> vae.encode(x).latent_dist.mean under no_grad,
-one after the other in one process. `vaelens cache` runs the same VAE on the same files (decode and resize
-in worker processes, channels_last, inference_mode, JPEG draft decoding, batches by bucket, shards
-written). Both use the built-in demo VAE (f4, 4 channels) on CPU, or CUDA when --device cuda.
+one after the other in one process, with torch's thread count set to what vaelens' encoder gets (equal
+threads: --naive-threads, default the default configuration's). `vaelens cache` runs the same VAE on
+the same files (decode and resize in worker processes, channels_last, inference_mode, JPEG draft
+decoding, batches by bucket, shards written). Both use the built-in demo VAE (f4, 4 channels) on CPU, or CUDA when --device cuda.
 """
 
 from __future__ import annotations
@@ -81,8 +83,11 @@ def main() -> None:
     ap.add_argument("--source", default="1600x1200", help="WxH of the generated JPEGs")
     ap.add_argument("--size", default="256x256", help="WxH encoded")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads of vaelens' encoder")
+    ap.add_argument("--configs", default="default",
+                    help="vaelens configurations to compare, comma-separated: 'default' (vaelens' own choice) or "
+                    "WORKERS:THREADS")
+    ap.add_argument("--naive-threads", type=int, default=None,
+                    help="torch threads of the naive loop (default: those vaelens' default gives its encoder)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=2, help="alternate naive / vaelens this many times; best of")
     ap.add_argument("--arch", default="demo", help="demo (trained, f4) or a registry family (e.g. sdxl): that "
@@ -102,37 +107,55 @@ def main() -> None:
         module = vae.module
         if args.dtype != "auto" and args.dtype != "fp32":  # the naive loop in the same dtype, as a user would
             module = copy.deepcopy(module).to(DType.parse(args.dtype).torch)
+        from vaelens.datasets.local import split_cpus
+
+        default_workers, default_threads = split_cpus(None, None, args.device)
+        naive_threads = args.naive_threads or default_threads or torch.get_num_threads()
+        torch.set_num_threads(naive_threads)
         naive(files[: args.batch], module, size, args.batch, args.device)  # warm-up
         bucketing = make_bucketing(vae.spec, size=(size[1], size[0]))  # (H, W)
-        naive_rates, cache_rates = [], []
-        for r in range(args.repeat):
+        configs = {}
+        for c in args.configs.split(","):
+            w, t = (default_workers, default_threads) if c == "default" else (int(v) for v in c.split(":"))
+            configs[c] = (w, t)
+        naive_rates: list[float] = []
+        cache_rates: dict[str, list[float]] = {c: [] for c in configs}
+        n_out = 0
+        for _ in range(args.repeat):
+            torch.set_num_threads(naive_threads)
             naive_rates.append(naive(files, module, size, args.batch, args.device))
-            out = tmp / f"out{r}"
-            t0 = time.perf_counter()
-            report = cache_dataset(
-                data, vae, out, options=CacheOptions(bucketing=bucketing, batch_size=args.batch, workers=args.workers),
-                encode=EncodeSettings(threads=args.threads, dtype=args.dtype),
-            )
-            cache_rates.append(args.images / (time.perf_counter() - t0))
-            assert report.encoded == args.images
+            for c, (w, t) in configs.items():
+                out = tmp / f"out{n_out}"
+                n_out += 1
+                t0 = time.perf_counter()
+                report = cache_dataset(
+                    data, vae, out, options=CacheOptions(bucketing=bucketing, batch_size=args.batch, workers=w),
+                    encode=EncodeSettings(threads=t, dtype=args.dtype),
+                )
+                cache_rates[c].append(args.images / (time.perf_counter() - t0))
+                assert report.encoded == args.images
         result = {
             "device": args.device,
             "arch": args.arch,
             "dtype": args.dtype,
-            "torch_threads": torch.get_num_threads(),
             "images": args.images,
             "source_size": list(src),
             "encoded_size": list(size),
             "batch": args.batch,
-            "workers": args.workers,
-            "encoder_threads": args.threads,
-            "pairs": [[round(a, 2), round(b, 2)] for a, b in zip(naive_rates, cache_rates, strict=True)],
-            "naive_images_per_s": round(max(naive_rates), 2),
-            "vaelens_cache_images_per_s": round(max(cache_rates), 2),
-            "speedup": round(max(cache_rates) / max(naive_rates), 2),
-            "median_pair_speedup": round(
-                float(np.median([c / n for n, c in zip(naive_rates, cache_rates, strict=True)])), 2
-            ),
+            "naive_threads": naive_threads,
+            "naive_images_per_s": [round(r, 2) for r in naive_rates],
+            "load_average": list(__import__("os").getloadavg()),
+            "configs": {
+                c: {
+                    "workers": configs[c][0],
+                    "threads": configs[c][1],
+                    "images_per_s": [round(r, 2) for r in rates],
+                    "best_vs_best": round(max(rates) / max(naive_rates), 2),
+                    "median_pair_speedup": round(
+                        float(np.median([r / n for n, r in zip(naive_rates, rates, strict=True)])), 2),
+                }
+                for c, rates in cache_rates.items()
+            },
             "note": "vaelens time is the whole run: scan, hash, decode, encode, shard writes, index",
         }
         print(json.dumps(result, indent=2))
