@@ -10,7 +10,8 @@ PIL open -> RGB -> resize (Lanczos) -> numpy -> torch -> vae.encode(x).latent_di
 one after the other in one process, with torch's thread count set to what vaelens' encoder gets (equal
 threads: --naive-threads, default the default configuration's). `vaelens cache` runs the same VAE on
 the same files (decode and resize in worker processes, channels_last, inference_mode, JPEG draft
-decoding, batches by bucket, shards written). Both use the built-in demo VAE (f4, 4 channels) on CPU, or CUDA when --device cuda.
+decoding, batches by bucket, shards written). Both use the built-in demo VAE (f4, 4 channels) on CPU,
+or CUDA when --device cuda.
 """
 
 from __future__ import annotations
