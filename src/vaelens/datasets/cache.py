@@ -333,7 +333,9 @@ def _finish(out: Path, job: Job, vae, *, options: CacheOptions, encode: EncodeSe
         first_batch_seconds=tally.first_batch_seconds,
         first_batch_samples=tally.first_batch_samples,
     )
-    write_index(out, index, _summary(report, job, vae, options, encode))
+    # a VAE without a posterior (Tiny AE, DC-AE) has no logvar to store, whatever options.logvar says
+    has_logvar = options.logvar and (not encoded or any("logvar" in r["tensors"] for r in encoded))
+    write_index(out, index, _summary(report, job, vae, replace(options, logvar=has_logvar), encode))
     return report
 
 

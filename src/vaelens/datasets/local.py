@@ -35,15 +35,17 @@ def _cpus() -> int:
 def split_cpus(workers: int | None, threads: int | None, device: str) -> tuple[int, int | None]:
     """-> (decode worker processes, torch threads of the encoder).
 
-    On CUDA the encoder needs little CPU: workers = CPUs (at most 8), torch's threads. On CPU the two
-    share the cores: half the CPUs decode, the rest run torch (more threads than free cores makes
-    OpenMP's spinning workers wait on each other: measured 1.14× vs 1.89× the naive loop on 2 cores).
+    On CUDA the encoder needs little CPU: workers = CPUs (at most 8), torch's threads. On CPU encoding is
+    ~94% of the work (demo VAE, 1600x1200 JPEGs into 256²), so the encoder keeps every CPU as torch
+    threads — what a naive loop gets, so vaelens is never the one with fewer threads (issue 21: one
+    worker + one thread was 0.70× a naive loop with two threads on a quiet 2-core machine) — and one
+    decode process overlaps the remaining ~6% (benchmarks/cache_throughput.py; docs/datasets.md).
     """
     cpus = _cpus()
     if device.startswith("cuda"):
         return (min(8, cpus) if workers is None else workers), threads
-    workers = max(1, cpus // 2) if workers is None else workers
-    return workers, (threads if threads is not None else max(1, cpus - workers))
+    workers = (1 if cpus > 1 else 0) if workers is None else workers
+    return workers, (threads if threads is not None else cpus)
 
 
 @contextlib.contextmanager

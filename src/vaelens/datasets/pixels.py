@@ -30,8 +30,17 @@ import numpy as np
 
 from vaelens.errors import SizeError, VaeLensError
 from vaelens.families import FamilySpec
+from vaelens.options import Choice
 
-MODES = ("native", "fixed", "area")
+
+class BucketMode(Choice):
+    """How images reach their buckets (see the module docstring)."""
+
+    NATIVE = "native"
+    FIXED = "fixed"
+    AREA = "area"
+
+
 # Warning thresholds: a linear upscale beyond 2× invents detail the VAE will encode as blur; a downscale
 # beyond 8× (a 8192-px photo into a 1024 bucket) throws away most of the pixels read; a crop keeping less
 # than half of the resized image loses the subject (a 12000x200 panorama in a square bucket keeps 1.7%).
@@ -55,7 +64,7 @@ class Placement:
 class Bucketing:
     """The bucket rule of one cache run (part of every key: a different rule re-encodes)."""
 
-    mode: str
+    mode: BucketMode
     multiple: int  # the family's size multiple (every bucket side is one)
     size: tuple[int, int] | None = None  # fixed mode (height, width)
     resolution: int | None = None  # area mode: buckets of about resolution² pixels
@@ -73,7 +82,7 @@ class Bucketing:
     def to_json(self) -> dict[str, Any]:
         """The fields that decide a latent's pixels (the cache key's part; the filters are not in it)."""
         return {
-            "mode": self.mode,
+            "mode": BucketMode.parse(self.mode).value,
             "multiple": self.multiple,
             "size": list(self.size) if self.size else None,
             "resolution": self.resolution,
@@ -111,7 +120,7 @@ class Bucketing:
 
     def _place(self, height: int, width: int) -> Placement:
         m = self.multiple
-        if self.mode == "native":
+        if self.mode == BucketMode.NATIVE:
             bh, bw = height // m * m, width // m * m
             if bw == 0 or bh == 0:
                 raise SizeError(f"image {width}x{height} is smaller than the multiple of {m} pixels per side")
@@ -121,7 +130,7 @@ class Bucketing:
                 crop_top_left=((height - bh) // 2, (width - bw) // 2),
                 bucket=(bh, bw),
             )
-        if self.mode == "fixed":
+        if self.mode == BucketMode.FIXED:
             assert self.size is not None
             bh, bw = self.size
         else:
@@ -174,11 +183,11 @@ def make_bucketing(
         h, w = size
         if w % m or h % m or w <= 0 or h <= 0:
             raise SizeError(f"size {w}x{h} is not a multiple of {m} for {spec.name}; choose sides divisible by {m}")
-        return Bucketing(mode="fixed", multiple=m, size=(h, w), buckets=((h, w),), **filters)
+        return Bucketing(mode=BucketMode.FIXED, multiple=m, size=(h, w), buckets=((h, w),), **filters)
     if resolution is None:
         if step is not None:
             raise VaeLensError(f"step={step} applies to area buckets; give resolution= too")
-        return Bucketing(mode="native", multiple=m, **filters)
+        return Bucketing(mode=BucketMode.NATIVE, multiple=m, **filters)
     step = step if step is not None else max(m, 64 if resolution >= 256 else m)
     if step <= 0 or step % m:
         raise SizeError(f"step {step} is not a positive multiple of {spec.name}'s {m}")
@@ -193,7 +202,7 @@ def make_bucketing(
         if h >= min_side:
             found.update({(w, h), (h, w)})
     return Bucketing(
-        mode="area",
+        mode=BucketMode.AREA,
         multiple=m,
         resolution=resolution,
         step=step,
