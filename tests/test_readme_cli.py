@@ -1,8 +1,9 @@
-"""The README's real-weights shell examples run as written, in order, in an empty folder.
+"""The shell examples of the README and of the real-weights page run as written, in order, in an empty folder.
 
-Every `$ vaelens …` line of the section "Real weights" is run through the CLI in one temporary working
-directory (so a file an example writes is there for the next one). A block that ends in `(exit code N)`
-must exit N; any other must exit 0 and write every file its output says it wrote.
+Every `$ vaelens …` line of docs/real-weights.md (and, separately, of README.md) is run through the CLI in
+one temporary working directory (so a file an example writes is there for the next one); a `# comment`
+after the command is not part of it. A block that ends in `(exit code N)` must exit N;
+any other must exit 0 and write every file its output says it wrote.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = {"docs/real-weights.md": ROOT / "docs" / "real-weights.md", "README.md": ROOT / "README.md"}
 
 
 def _plain_blocks(lines: list[str]) -> list[tuple[int, list[str]]]:
@@ -34,13 +36,10 @@ def _plain_blocks(lines: list[str]) -> list[tuple[int, list[str]]]:
     return blocks
 
 
-def real_weights_examples(text: str) -> list[tuple[int, str, int, list[str]]]:
-    """README -> (line, command, expected exit code, files it says it wrote) per `$ vaelens` line."""
-    start = text.index("## Real weights")
-    end = text.index("\n## ", start + 1)
-    first_line = text[:start].count("\n") + 1
+def shell_examples(text: str) -> list[tuple[int, str, int, list[str]]]:
+    """page text -> (line, command, expected exit code, files it says it wrote) per `$ vaelens` line."""
     out = []
-    for at, block in _plain_blocks(text[start:end].splitlines()):
+    for at, block in _plain_blocks(text.splitlines()):
         code = next((int(m.group(1)) for b in block if (m := re.fullmatch(r"\(exit code (\d+)\)", b))), 0)
         for i, line in enumerate(block):
             if not line.startswith("$ vaelens "):
@@ -51,22 +50,33 @@ def real_weights_examples(text: str) -> list[tuple[int, str, int, list[str]]]:
                     break
                 rest.append(follow)
             wrote = [r[len("wrote ") :].split(" (")[0] for r in rest if r.startswith("wrote ")]
-            out.append((first_line + at + i, line[2:], code, wrote))
+            out.append((at + i + 1, line[2:], code, wrote))
     return out
 
 
-EXAMPLES = real_weights_examples(README.read_text(encoding="utf-8"))
+EXAMPLES = {name: shell_examples(path.read_text(encoding="utf-8")) for name, path in PAGES.items()}
 
 
-def test_the_section_has_the_four_commands():
-    commands = {shlex.split(c)[1] for _, c, _, _ in EXAMPLES}
-    assert {"encode", "decode", "roundtrip", "inspect"} <= commands
+def test_the_parser_reads_commands_exit_codes_and_files():
+    text = "x\n```\n$ vaelens a -o f\nwrote f.png (thing)\n```\n```\n$ vaelens b\nerror\n(exit code 2)\n```\n"
+    assert shell_examples(text) == [(3, "vaelens a -o f", 0, ["f.png"]), (7, "vaelens b", 2, [])]
+    assert shlex.split("vaelens inspect -o x   # a comment", comments=True) == ["vaelens", "inspect", "-o", "x"]
 
 
-def test_readme_real_weights_examples_run_as_written(cli, tmp_path, monkeypatch):
+def test_the_pages_have_their_commands():
+    def commands(page: str) -> set[str]:
+        return {command.split()[1] for _, command, _, _ in EXAMPLES[page]}
+
+    assert {"encode", "decode", "roundtrip", "inspect"} <= commands("docs/real-weights.md")
+    assert {"shapes", "memory", "roundtrip", "report"} <= commands("README.md")
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_shell_examples_run_as_written(page, cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for line, command, code, wrote in EXAMPLES:
-        r = cli(*shlex.split(command)[1:])
-        assert r.code == code, f"README.md:{line}: `{command}` exited {r.code}, README says {code}\n{r.err}"
+    for line, command, code, wrote in EXAMPLES[page]:
+        r = cli(*shlex.split(command, comments=True)[1:])
+        where = f"{page}:{line}"
+        assert r.code == code, f"{where}: `{command}` exited {r.code}, the page says {code}\n{r.err}"
         missing = [w for w in wrote if not (tmp_path / w).is_file()]
-        assert not missing, f"README.md:{line}: `{command}` did not write {missing}"
+        assert not missing, f"{where}: `{command}` did not write {missing}"
