@@ -3,7 +3,9 @@
 Every `$ vaelens …` line of docs/real-weights.md (and, separately, of README.md) is run through the CLI in
 one temporary working directory (so a file an example writes is there for the next one); a `# comment`
 after the command is not part of it. A block that ends in `(exit code N)` must exit N;
-any other must exit 0 and write every file its output says it wrote.
+any other must exit 0 and write every file its output says it wrote. In the README, output shown under a
+command that writes nothing must be exactly what it prints, on stdout, or on stderr when it fails (the
+real-weights page shows timings, which vary).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def _plain_blocks(lines: list[str]) -> list[tuple[int, list[str]]]:
     return blocks
 
 
-def shell_examples(text: str) -> list[tuple[int, str, int, list[str]]]:
-    """page text -> (line, command, expected exit code, files it says it wrote) per `$ vaelens` line."""
+def shell_examples(text: str) -> list[tuple[int, str, int, list[str], list[str]]]:
+    """page text -> (line, command, expected exit code, files it says it wrote, lines shown under it)
+    per `$ vaelens` line."""
     out = []
     for at, block in _plain_blocks(text.splitlines()):
         code = next((int(m.group(1)) for b in block if (m := re.fullmatch(r"\(exit code (\d+)\)", b))), 0)
@@ -50,7 +53,8 @@ def shell_examples(text: str) -> list[tuple[int, str, int, list[str]]]:
                     break
                 rest.append(follow)
             wrote = [r[len("wrote ") :].split(" (")[0] for r in rest if r.startswith("wrote ")]
-            out.append((at + i + 1, line[2:], code, wrote))
+            shown = [r for r in rest if not re.fullmatch(r"\(exit code \d+\)", r)]
+            out.append((at + i + 1, line[2:], code, wrote, shown))
     return out
 
 
@@ -59,13 +63,15 @@ EXAMPLES = {name: shell_examples(path.read_text(encoding="utf-8")) for name, pat
 
 def test_the_parser_reads_commands_exit_codes_and_files():
     text = "x\n```\n$ vaelens a -o f\nwrote f.png (thing)\n```\n```\n$ vaelens b\nerror\n(exit code 2)\n```\n"
-    assert shell_examples(text) == [(3, "vaelens a -o f", 0, ["f.png"]), (7, "vaelens b", 2, [])]
+    assert shell_examples(text) == [
+        (3, "vaelens a -o f", 0, ["f.png"], ["wrote f.png (thing)"]), (7, "vaelens b", 2, [], ["error"]),
+    ]
     assert shlex.split("vaelens inspect -o x   # a comment", comments=True) == ["vaelens", "inspect", "-o", "x"]
 
 
 def test_the_pages_have_their_commands():
     def commands(page: str) -> set[str]:
-        return {command.split()[1] for _, command, _, _ in EXAMPLES[page]}
+        return {command.split()[1] for _, command, *_ in EXAMPLES[page]}
 
     assert {"encode", "decode", "roundtrip", "inspect"} <= commands("docs/real-weights.md")
     assert {"shapes", "memory", "roundtrip", "report"} <= commands("README.md")
@@ -74,9 +80,12 @@ def test_the_pages_have_their_commands():
 @pytest.mark.parametrize("page", sorted(PAGES))
 def test_shell_examples_run_as_written(page, cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for line, command, code, wrote in EXAMPLES[page]:
+    for line, command, code, wrote, shown in EXAMPLES[page]:
         r = cli(*shlex.split(command, comments=True)[1:])
         where = f"{page}:{line}"
         assert r.code == code, f"{where}: `{command}` exited {r.code}, the page says {code}\n{r.err}"
         missing = [w for w in wrote if not (tmp_path / w).is_file()]
         assert not missing, f"{where}: `{command}` did not write {missing}"
+        if page == "README.md" and shown and not wrote:
+            printed = (r.out if code == 0 else r.err).splitlines()  # an error is one line on stderr
+            assert printed == shown, f"{where}: `{command}` printed other output than the README shows"
