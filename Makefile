@@ -1,5 +1,5 @@
 # Two entry points (see README): `make demo` and `make test`. Both set up .venv first.
-.PHONY: setup setup-dev browser demo test lint bench
+.PHONY: setup setup-dev browser demo test lint bench docs
 
 setup:
 	bash scripts/setup.sh
@@ -19,3 +19,8 @@ test: setup-dev browser
 
 lint: setup-dev
 	.venv/bin/ruff check src tests benchmarks
+
+# The docs site (docs/*.md, mkdocs.yml) into site/; strict: a broken link or missing page is an error.
+# Preview while editing: .venv/bin/mkdocs serve
+docs: setup-dev
+	.venv/bin/mkdocs build --strict
