@@ -7,6 +7,7 @@ already says it is available). `vaelens env` prints it; `vaelens validate` print
 from __future__ import annotations
 
 import platform
+import re
 import sys
 from dataclasses import dataclass
 from importlib import metadata
@@ -90,9 +91,9 @@ def driver_version(path: Path = NVIDIA_DRIVER_FILE) -> str | None:
     except OSError:
         return None
     for line in text.splitlines():
-        if line.startswith("NVRM version:"):
-            words = line.split("Kernel Module", 1)[-1].split()
-            return words[0] if words else None
+        if line.startswith("NVRM version:"):  # the open module says "Open Kernel Module for x86_64  570.86.15"
+            found = re.search(r"\s(\d+\.\d+(?:\.\d+)?)\s", line + " ")
+            return found.group(1) if found else None
     return None
 
 

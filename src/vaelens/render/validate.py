@@ -91,7 +91,9 @@ def _summary(rep: ValidationReport) -> str:
     dev = rep.environment.device(_index(rep.device))
     where = f"{rep.device} ({dev.name})" if dev else rep.device
     if rep.dry_run:
-        return f"vaelens validate --dry-run: {len(rep.rows)} cases would run on {where}; predictions only, nothing measured"
+        n = len(rep.rows)
+        return (f"vaelens validate --dry-run: {n} case{'s' if n != 1 else ''} would run on {where}; "
+                "predictions only, nothing measured")
     passed = sum(r.passed is True for r in rep.rows)
     skipped = sum(r.skipped is not None for r in rep.rows)
     verdict = "PASS" if rep.passed else "FAIL"

@@ -23,6 +23,7 @@ from vaelens.validate.rows import Row, ValidationReport
 from vaelens.validate.tolerances import judge
 
 MIB = 2**20
+NO_OVERFLOW = "(none)"  # a first_overflow of null: every layer's output finite
 NO_CUDA = "a dry run lists the cases and their predictions without one"
 BISECTION_STEPS = 64  # the device minimum to 1/64 of the searched range (at least 2 MiB): ~6 probes
 
@@ -227,6 +228,7 @@ class _Runner:
             return Row(**_base(case, skipped=self._emulation))
         first, db = self._emulation.get(dtype, (None, None))
         predicted = {"first_overflow": first, "psnr_db": db}
+        first = first or NO_OVERFLOW
         if self.backend is None:
             return Row(**_base(case, predicted=predicted, checks=(
                 judge("first_overflow", first, None, unit="layer"),
@@ -236,7 +238,7 @@ class _Runner:
             m = self.backend.measure_precision(case)
             return Row(**_base(case, predicted=predicted,
                                measured={"first_overflow": m.first_overflow, "psnr_db": m.psnr_db}, checks=(
-                judge("first_overflow", first, m.first_overflow, unit="layer"),
+                judge("first_overflow", first, m.first_overflow or NO_OVERFLOW, unit="layer"),
                 judge("precision_psnr_db", db, m.psnr_db, unit="dB"))))
 
         return self._measure(case, predicted, run)

@@ -36,30 +36,31 @@ class Tolerance:
     why: str
 
 
+# The memory figures (46 rows, 0.32%, 16.42%) are benchmarks/memory_accuracy.py's summary over
+# shared/measurements/h100.jsonl and h100-large.jsonl, as the README's accuracy section prints it.
 TOLERANCES: tuple[Tolerance, ...] = (
     Tolerance(quantity="peak_bytes", rule=Rule.RANGE_OR_RELATIVE, limit=0.02,
               text="measured inside the predicted low..high range, or the best estimate within 2%",
-              why="README Accuracy: the range brackets all 46 H100 rows and the best estimate is within 0.32%; "
-                  "tests/test_memory_measurements.py asserts both (2%)"),
+              why="the range brackets all 46 H100 rows of `shared/measurements/` and the best estimate is within "
+                  "0.32% of each"),
     Tolerance(quantity="reserved_peak_bytes", rule=Rule.RELATIVE, limit=0.20,
               text="within 20%",
-              why="README Accuracy: max 16.42% on 46 H100 rows (the allocator's caching depends on process history)"),
+              why="max 16.42% on the same rows: what the caching allocator keeps depends on the process's history"),
     Tolerance(quantity="min_device_bytes", rule=Rule.RELATIVE, limit=0.10,
               text="within 10% of the smallest cap that ran (bisection step included)",
-              why="never measured before validate; a budget verdict off by more than 10% would mislead"),
+              why="never measured before `validate`; a budget verdict off by more than 10% would mislead"),
     Tolerance(quantity="cuda_context_bytes", rule=Rule.INFO, limit=None,
               text="shown: the documented typical figure against what this device holds beyond the allocator",
-              why="memory/estimate.py CUDA_CONTEXT_BYTES is a documented figure, not a prediction; it depends on "
-                  "the GPU, driver and libraries (and counts other processes on the device)"),
+              why="a documented figure (512 MiB), not a prediction; it also counts other processes on the GPU"),
     Tolerance(quantity="tiled_peak_bytes", rule=Rule.AT_MOST, limit=None,
               text="measured allocated peak (weights and input included) at most the budget",
-              why="the promise of decode(..., budget=)"),
+              why="the promise of `decode(..., budget=)`"),
     Tolerance(quantity="tiled_plan_peak_bytes", rule=Rule.INFO, limit=None,
               text="shown: the plan's predicted peak against the measured one",
-              why="the plan's peak is priced per step; fragmentation across steps is not simulated"),
+              why="the plan prices each step; fragmentation across steps is not simulated"),
     Tolerance(quantity="tiled_psnr_db", rule=Rule.AT_LEAST, limit=60.0,
               text="at least 60 dB against the untiled decode (fp32, on the untiled output's range)",
-              why="benchmarks/tiled_fidelity.py: the exact tiler stays >= 60 dB from the untiled call"),
+              why="the exact tiler stays at or above 60 dB from the untiled call (`benchmarks/tiled_fidelity.py`)"),
     Tolerance(quantity="tiled_seconds", rule=Rule.INFO, limit=None,
               text="shown: budgeted time against the plan's prediction, untiled, and diffusers' enable_tiling()",
               why="time depends on the GPU; the device profile is a guess until measured"),
@@ -74,10 +75,10 @@ TOLERANCES: tuple[Tolerance, ...] = (
               why="the cache must not be slower than the loop it replaces; 10% for run-to-run noise"),
     Tolerance(quantity="first_overflow", rule=Rule.EQUAL, limit=None,
               text="the emulation names the same first overflowing layer as the real dtype (or none in both)",
-              why="issue 17: the emulation's purpose is to find that layer without the GPU"),
+              why="finding that layer without a GPU is what the emulation is for"),
     Tolerance(quantity="precision_psnr_db", rule=Rule.ABSOLUTE, limit=1.0,
               text="emulated PSNR within 1 dB of the real dtype's PSNR (both vs fp32)",
-              why="issue 17 tests: emulation vs real fp16/bf16 within 1 dB"),
+              why="the precision tests hold the emulation to 1 dB of real fp16/bf16"),
 )
 
 TOLERANCE = {t.quantity: t for t in TOLERANCES}
