@@ -124,13 +124,15 @@ class _Session:
         from vaelens.build import build_module
         from vaelens.memory.estimate import _apply_modes
 
-        torch.cuda.set_device(device_index(device))
+        target = torch.device(device)
+        if target.type == "cuda":
+            torch.cuda.set_device(target)
         torch.manual_seed(0)
         self.torch = torch
         self.op = op
-        self.module = build_module(dict(config), device="cpu", dtype=DType.FP32).to("cuda", dtype.torch).eval()
+        self.module = build_module(dict(config), device="cpu", dtype=DType.FP32).to(target, dtype.torch).eval()
         _apply_modes(self.module, tiled, sliced)
-        self.x = torch.randn(tuple(shape), device="cuda", dtype=dtype.torch)
+        self.x = torch.randn(tuple(shape), device=target, dtype=dtype.torch)
         self.output_shape: tuple[int, ...] = ()
 
     def call(self) -> None:

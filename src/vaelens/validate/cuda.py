@@ -23,6 +23,7 @@ from vaelens.validate.cases import Case
 
 TIMED_CALLS = 3  # the median of 3 timed calls, as shared/measurements/README.md measured seconds_median
 THROUGHPUT_BATCH = 8
+THROUGHPUT_WORKERS: int | None = None  # decode processes of the cache run (None: its default)
 
 
 class CudaBackend:
@@ -37,6 +38,8 @@ class CudaBackend:
         self.device = device
         self.index = measure.device_index(device)
         torch.cuda.set_device(self.index)
+        # where modules and tensors go: this device (tests point it at the CPU with the CUDA counters stubbed)
+        self.torch_device = f"cuda:{self.index}"
 
     def free_bytes(self) -> int:
         import torch
@@ -47,7 +50,7 @@ class CudaBackend:
     def measure_peak(self, case: Case, input_shape: tuple[int, ...]) -> Measured:
         assert case.spec is not None
         return measure.measure_call(case.spec.diffusers_config(), input_shape, case.request.dtype, op=case.op,
-                                    device=self.device, timed=TIMED_CALLS)
+                                    device=self.torch_device, timed=TIMED_CALLS)
 
     def probe(self, job: Mapping[str, Any]) -> Probe:
         return measure.probe_in_subprocess(job)
@@ -59,9 +62,9 @@ class CudaBackend:
 
         assert case.spec is not None
         dtype = case.request.dtype.torch
-        with _module(case.spec.diffusers_config(), dtype) as module:
+        with _module(case.spec.diffusers_config(), dtype, self.torch_device) as module:
             torch.manual_seed(0)
-            latent = torch.randn(tuple(plan.input_shape), device="cuda", dtype=dtype)
+            latent = torch.randn(tuple(plan.input_shape), device=self.torch_device, dtype=dtype)
             decode(module, latent, plan=plan)  # warm-up
             held: list[Any] = []
             got = measure.measure_peak_of(lambda: held.append(decode(module, latent, plan=plan)))
@@ -76,7 +79,7 @@ class CudaBackend:
     def measure_throughput(self, case: Case) -> ThroughputMeasurement:
         assert case.spec is not None and case.images is not None
         with tempfile.TemporaryDirectory(prefix="vaelens-validate-") as tmp:
-            return _throughput(case, Path(tmp), self.device)
+            return _throughput(case, Path(tmp), self.torch_device)
 
     def measure_precision(self, case: Case) -> PrecisionMeasurement:
         import torch
@@ -84,15 +87,15 @@ class CudaBackend:
         from vaelens.metrics import psnr
         from vaelens.weights.demo import load_demo_vae
 
-        vae = load_demo_vae(device=self.device, dtype="fp32")
+        vae = load_demo_vae(device=self.torch_device, dtype="fp32")
         pixels = demo_pixels(vae.spec)
-        ref = _roundtrip(vae.module, pixels.to(self.device))
+        ref = _roundtrip(vae.module, pixels.to(self.torch_device))
         vae.module.to(case.request.dtype.torch)
         first: list[str] = []
         hooks = [m.register_forward_hook(_overflow_hook(name, first))
                  for name, m in vae.module.named_modules() if name and not list(m.children())]
         try:
-            got = _roundtrip(vae.module, pixels.to(self.device, case.request.dtype.torch))
+            got = _roundtrip(vae.module, pixels.to(self.torch_device, case.request.dtype.torch))
         finally:
             for h in hooks:
                 h.remove()
@@ -102,13 +105,13 @@ class CudaBackend:
 
 
 @contextlib.contextmanager
-def _module(config: Mapping[str, Any], dtype: Any) -> Iterator[Any]:
+def _module(config: Mapping[str, Any], dtype: Any, device: str) -> Iterator[Any]:
     import torch
 
     from vaelens.build import build_module
 
     torch.manual_seed(0)
-    module = build_module(dict(config), device="cpu", dtype=DType.FP32).to("cuda", dtype).eval()
+    module = build_module(dict(config), device="cpu", dtype=DType.FP32).to(device, dtype).eval()
     try:
         yield module
     finally:
@@ -220,7 +223,8 @@ def _throughput(case: Case, tmp: Path, device: str) -> ThroughputMeasurement:
     naive = len(files) / (time.perf_counter() - t0)
     bucketing = make_bucketing(vae.spec, size=(case.request.height, case.request.width))
     t0 = time.perf_counter()
-    cache_dataset(data, vae, tmp / "cache", options=CacheOptions(bucketing=bucketing, batch_size=THROUGHPUT_BATCH),
+    cache_dataset(data, vae, tmp / "cache", options=CacheOptions(bucketing=bucketing, batch_size=THROUGHPUT_BATCH,
+                                                          workers=THROUGHPUT_WORKERS),
                   encode=EncodeSettings(dtype=case.request.dtype.value))
     cached = len(files) / (time.perf_counter() - t0)
     return ThroughputMeasurement(images=len(files), cache_images_per_s=cached, naive_images_per_s=naive)
