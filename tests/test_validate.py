@@ -14,7 +14,15 @@ import torch
 
 from vaelens.errors import VaeLensError
 from vaelens.memory.estimate import TraceCache, estimate_memory
-from vaelens.memory.measure import Measured, Probe, min_device_cap, probe_in_subprocess, probe_job, runs_twice
+from vaelens.memory.measure import (
+    Measured,
+    Probe,
+    context_bytes,
+    min_device_cap,
+    probe_in_subprocess,
+    probe_job,
+    runs_twice,
+)
 from vaelens.options import DType
 from vaelens.validate import TOLERANCES, Section, plan_cases, validate
 from vaelens.validate.backend import PrecisionMeasurement, ThroughputMeasurement, TiledMeasurement
@@ -62,9 +70,11 @@ class FakeBackend:
 
     def probe(self, job) -> Probe:
         self._maybe_raise("probe")
-        if job["cap_bytes"] is None:
-            return Probe(ok=True, context_bytes=400 * MIB)
+        assert job["device"] == self.device
         return Probe(ok=job["cap_bytes"] >= self._need_bytes)
+
+    def context_bytes(self) -> int:
+        return 400 * MIB
 
     def measure_tiled(self, case, plan) -> TiledMeasurement:
         self._maybe_raise("tiled")
@@ -260,15 +270,21 @@ def test_plan_figures_reads_whatever_the_plan_has():
 # ---- the device minimum: bisection in fresh processes --------------------------------------------------------
 
 FAKE_PROBE = """
-import json, sys
-job = json.loads(sys.stdin.read())
+import json, os, sys
+job = json.loads(sys.stdin.readline())
 if job["cap_bytes"] == {crash}:
     print("RuntimeError: CUDA error: an illegal memory access", file=sys.stderr)
     sys.exit(3)
 with open({log!r}, "a") as f:
     f.write(str(job["cap_bytes"]) + "\\n")
+holder = {log!r} + ".held"
+used = 1000 + (700 if os.path.exists(holder) else 0)  # one more context while the holder lives
 print("torch noise on stdout")
-print(json.dumps({{"ok": job["cap_bytes"] is None or job["cap_bytes"] >= {need}, "context_bytes": 4242}}))
+print(json.dumps({{"ok": job["cap_bytes"] is None or job["cap_bytes"] >= {need}, "used_bytes": used}}), flush=True)
+if job.get("hold"):
+    open(holder, "w").close()
+    sys.stdin.read()
+    os.remove(holder)
 """
 
 
@@ -288,7 +304,17 @@ def test_device_minimum_bisection_in_subprocesses_with_a_fake_oom(tmp_path):
     caps = [int(x) for x in log.read_text().split()]
     assert caps[0] == 1000 * MIB and len(caps) == 1 + 7  # hi first, then log2(900 / 8) tries, one process each
     assert all(c % (8 * MIB) == 0 for c in caps)
-    assert probe(probe_job({}, (1,), "fp32", op="encode", cap_bytes=None)) == Probe(ok=True, context_bytes=4242)
+    assert probe(probe_job({}, (1,), "fp32", op="encode", cap_bytes=None)) == Probe(ok=True, used_bytes=1000)
+
+
+def test_context_bytes_is_the_difference_while_a_first_probe_holds_its_context(tmp_path):
+    probe, log = _fake_probe(tmp_path, need=0)
+    argv = probe.keywords["argv"]
+    assert context_bytes("cuda:0", argv=argv, timeout=60) == 700
+    assert not Path(str(log) + ".held").exists()  # the holder was told to go, and went
+    probe, _ = _fake_probe(tmp_path, need=0, crash="None")
+    with pytest.raises(VaeLensError, match=r"probe process failed \(exit 3\): RuntimeError: CUDA error"):
+        context_bytes("cuda:0", argv=probe.keywords["argv"], timeout=60)
 
 
 def test_a_probe_that_crashes_or_a_cap_that_never_runs_is_an_error(tmp_path):

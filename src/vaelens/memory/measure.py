@@ -13,8 +13,10 @@ what the caching allocator's `allowed_memory_maximum` check uses — each try in
 before the weights arrive, and the call must run twice without torch.OutOfMemoryError. A fresh process
 per try because an out-of-memory error leaves state behind: cuDNN keeps the engine it fell back to after
 an out-of-memory workspace for later calls of the same process (Conv_v8.cpp benchmark_cache), so in one
-process an earlier try can make a later one pass. The CUDA context is outside the cap; each probe
-reports what the device holds beyond the allocator (mem_get_info) before any allocation.
+process an earlier try can make a later one pass. The CUDA context is outside the cap; `context_bytes`
+measures one: a first probe process reports the device's used memory (mem_get_info) and stays alive, a
+second reports it again, and the difference is what one more process with a CUDA context costs (the
+measuring process and others on the GPU are in both readings, so they cancel).
 
 `memory --measure` and `vaelens validate` both measure through this module.
 """
@@ -58,7 +60,8 @@ class Probe:
     """One try of a call under an allocator cap, in a fresh process."""
 
     ok: bool  # ran twice without torch.OutOfMemoryError
-    context_bytes: int | None = None  # device memory in use beyond the allocator before any allocation
+    used_bytes: int | None = None  # device memory in use (all processes) once CUDA is initialised, before any
+    # allocation: total - free from mem_get_info
 
 
 def cuda_available() -> bool:
@@ -231,7 +234,7 @@ def measure_peak(
 
 def probe_job(config: Mapping[str, Any], shape: Sequence[int], dtype: DType | str, *, op: str | Op,
               cap_bytes: int | None, tiled: bool = False, sliced: bool = False, device: str = "cuda") -> dict:
-    """The JSON job one probe process runs (cap_bytes None: only report the CUDA context)."""
+    """The JSON job one probe process runs (cap_bytes None: only report the device's used memory)."""
     return {"config": dict(config), "shape": [int(s) for s in shape], "dtype": DType.parse(dtype).value,
             "op": Op.parse(op).value, "cap_bytes": cap_bytes, "tiled": tiled, "sliced": sliced, "device": device}
 
@@ -242,20 +245,57 @@ PROBE_ARGV = (sys.executable, "-m", "vaelens.memory.measure")
 def probe_in_subprocess(job: Mapping[str, Any], *, argv: Sequence[str] = PROBE_ARGV,
                         timeout: float = 600.0) -> Probe:
     """One job (probe_job) run in a fresh process -> Probe. `argv` is the process to start (tests pass a
-    fake); it reads the job as JSON on stdin and prints one JSON object {"ok", "context_bytes"}."""
+    fake); it reads the job as one JSON line on stdin and prints one JSON object {"ok", "used_bytes"}."""
     try:
-        r = subprocess.run(list(argv), input=json.dumps(job), capture_output=True, text=True, timeout=timeout,
-                           check=False)
+        r = subprocess.run(list(argv), input=json.dumps(job) + "\n", capture_output=True, text=True,
+                           timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise VaeLensError(f"a memory probe ran past {timeout:.0f} s (cap_bytes={job.get('cap_bytes')})",
                            param="cap_bytes", value=job.get("cap_bytes")) from None
-    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
-    if r.returncode != 0 or not lines:
-        tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        raise VaeLensError(f"a memory probe process failed (exit {r.returncode}): {tail}",
-                           param="cap_bytes", value=job.get("cap_bytes"))
+    return _answer(r.returncode, r.stdout, r.stderr, job)
+
+
+def _failed(code: int | None, stderr: str, job: Mapping[str, Any]) -> VaeLensError:
+    tail = (stderr.strip().splitlines() or ["no output"])[-1]
+    return VaeLensError(f"a memory probe process failed (exit {code}): {tail}", param="cap_bytes",
+                        value=job.get("cap_bytes"))
+
+
+def _answer(code: int, stdout: str, stderr: str, job: Mapping[str, Any]) -> Probe:
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if code != 0 or not lines:
+        raise _failed(code, stderr, job)
     answer = json.loads(lines[-1])
-    return Probe(ok=bool(answer["ok"]), context_bytes=answer.get("context_bytes"))
+    return Probe(ok=bool(answer["ok"]), used_bytes=answer.get("used_bytes"))
+
+
+def context_bytes(device: str = "cuda", *, argv: Sequence[str] = PROBE_ARGV, timeout: float = 120.0) -> int:
+    """What one more process with a CUDA context holds on `device`, in bytes: a probe process that reports
+    the used memory and stays alive, then a second one; the difference of their readings."""
+    job = {"device": device, "cap_bytes": None, "hold": True}
+    first = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert first.stdin is not None and first.stdout is not None
+        first.stdin.write(json.dumps(job) + "\n")
+        first.stdin.flush()
+        line = first.stdout.readline()
+        while line and not line.startswith("{"):  # libraries may print before the answer
+            line = first.stdout.readline()
+        if not line:  # it ended without an answer
+            first.stdin.close()
+            first.wait(timeout)
+            raise _failed(first.returncode, first.stderr.read() if first.stderr else "", job)
+        held = _answer(0, line, "", job)
+        again = probe_in_subprocess({**job, "hold": False}, argv=argv, timeout=timeout)
+    finally:
+        if first.stdin and not first.stdin.closed:
+            first.stdin.close()
+        try:
+            first.wait(timeout)
+        except subprocess.TimeoutExpired:
+            first.kill()
+    return int((again.used_bytes or 0) - (held.used_bytes or 0))
 
 
 def min_device_cap(
@@ -276,14 +316,14 @@ def min_device_cap(
 
 
 def run_probe_job(job: Mapping[str, Any]) -> dict[str, Any]:
-    """In the probe process: CUDA context size, then (with a cap) the cap set, the module loaded and
-    called twice -> {"ok", "context_bytes"}."""
+    """In the probe process: the device's used memory once CUDA is up, then (with a cap) the cap set, the
+    module loaded and called twice -> {"ok", "used_bytes"}."""
     import torch
 
     torch.cuda.set_device(device_index(job.get("device", "cuda")))
     torch.cuda.init()
     free, total = torch.cuda.mem_get_info()
-    answer: dict[str, Any] = {"ok": True, "context_bytes": int(total - free - torch.cuda.memory_reserved())}
+    answer: dict[str, Any] = {"ok": True, "used_bytes": int(total - free)}
     cap = job.get("cap_bytes")
     if cap is None:
         return answer
@@ -310,10 +350,13 @@ def runs_twice(make_call: Callable[[], Callable[[], None]]) -> bool:
 
 def _main() -> int:
     try:
-        print(json.dumps(run_probe_job(json.loads(sys.stdin.read()))), flush=True)
+        job = json.loads(sys.stdin.readline())
+        print(json.dumps(run_probe_job(job)), flush=True)
     except Exception as exc:  # anything but an out-of-memory error is a failed probe, not an answer
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return _PROBE_FAILED
+    if job.get("hold"):  # context_bytes: stay alive (context held) until the caller closes stdin
+        sys.stdin.read()
     return 0
 
 

@@ -65,6 +65,10 @@ class Backend(Protocol):
         """One try of a call under an allocator cap in a fresh process (memory.measure.probe_job)."""
         ...
 
+    def context_bytes(self) -> int:
+        """What one more process with a CUDA context holds on the device (memory.measure.context_bytes)."""
+        ...
+
     def measure_tiled(self, case: Case, plan: TilingPlan) -> TiledMeasurement:
         """Decode a random latent of plan.input_shape with `plan`, untiled, and with enable_tiling()."""
         ...

@@ -55,6 +55,9 @@ class CudaBackend:
     def probe(self, job: Mapping[str, Any]) -> Probe:
         return measure.probe_in_subprocess(job)
 
+    def context_bytes(self) -> int:
+        return measure.context_bytes(self.device)
+
     def measure_tiled(self, case: Case, plan: Any) -> TiledMeasurement:
         import torch
 

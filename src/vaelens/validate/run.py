@@ -14,7 +14,7 @@ from dataclasses import fields
 from typing import Any
 
 from vaelens.memory.estimate import CUDA_CONTEXT_BYTES, TraceCache, estimate_memory
-from vaelens.memory.measure import min_device_cap, probe_job
+from vaelens.memory.measure import min_device_cap
 from vaelens.progress import ProgressFn
 from vaelens.render.tables import human_bytes
 from vaelens.validate.backend import Backend
@@ -161,14 +161,15 @@ class _Runner:
             tries.append(job["cap_bytes"])
             return self.backend.probe(job)
 
-        context = self.backend.probe(probe_job(config, shape, case.request.dtype, op=case.op, cap_bytes=None))
-        cap = min_device_cap(config, shape, case.request.dtype, op=case.op, lo=lo, hi=hi, step=step, probe=probe)
-        measured = {"input_shape": list(shape), "min_device_bytes": cap, "cuda_context_bytes": context.context_bytes,
+        context = self.backend.context_bytes()
+        cap = min_device_cap(config, shape, case.request.dtype, op=case.op, lo=lo, hi=hi, step=step, probe=probe,
+                             device=self.backend.device)
+        measured = {"input_shape": list(shape), "min_device_bytes": cap, "cuda_context_bytes": context,
                     "base_allocated": m.base_bytes, "reserved_peak": m.reserved_peak_bytes,
                     "bisection_step_bytes": step, "probes": len(tries)}
         return Row(**_base(case, predicted=predicted, measured=measured, checks=(
             judge("min_device_bytes", est.min_device_bytes, cap, note=f"bisection step {human_bytes(step)}"),
-            judge("cuda_context_bytes", CUDA_CONTEXT_BYTES, context.context_bytes))))
+            judge("cuda_context_bytes", CUDA_CONTEXT_BYTES, context))))
 
     def _tiling(self, case: Case) -> Row:
         from vaelens.tiling.plan import plan_tiling
