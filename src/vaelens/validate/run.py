@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
+from vaelens.families import FamilySpec
 from vaelens.memory.estimate import CUDA_CONTEXT_BYTES, TraceCache, estimate_memory
 from vaelens.memory.measure import min_device_cap
 from vaelens.progress import ProgressFn
@@ -29,13 +30,13 @@ BISECTION_STEPS = 64  # the device minimum to 1/64 of the searched range (at lea
 
 
 def validate(
-    models: Sequence[str] | None = None, *, device: str = "cuda", quick: bool = False, dry_run: bool = False,
-    sections: Sequence[Section | str] | None = None, backend: Backend | None = None,
+    models: Sequence[str | FamilySpec] | None = None, *, device: str = "cuda", quick: bool = False,
+    dry_run: bool = False, sections: Sequence[Section | str] | None = None, backend: Backend | None = None,
     progress: ProgressFn | None = None,
 ) -> ValidationReport:
-    """family names (default sdxl, flux1, wan21) -> ValidationReport: every prediction of the cases measured
-    on `device` and judged (validate.tolerances). Without CUDA (and without dry_run) raises VaeLensError
-    before any work; dry_run lists the cases and their predictions anywhere."""
+    """families (names, config paths or FamilySpecs; default sdxl, flux1, wan21) -> ValidationReport: every
+    prediction of the cases measured on `device` and judged (validate.tolerances). Without CUDA (and without
+    dry_run) raises VaeLensError before any work; dry_run lists the cases and their predictions anywhere."""
     from vaelens.contract import resolve_model
     from vaelens.envinfo import environment
     from vaelens.memory.measure import device_index, require_cuda
