@@ -249,6 +249,23 @@ def test_the_emulation_reader_takes_numbers_or_per_op_figures():
 
     assert read_result(Result()) == {"fp16": ("decoder.mid_block", 31.0), "bf16": (None, 38.0)}
 
+    @dataclass
+    class NonFinite:
+        layer: str
+
+    @dataclass
+    class DTypeResult:
+        first: object
+        psnr_db: float | None
+
+    @dataclass
+    class Report:  # vaelens.precision's PrecisionReport, as the precision helper shapes it
+        fp16: object
+        bf16: object
+
+    got = read_result(Report(fp16=DTypeResult(NonFinite("decoder.up_blocks.0"), None), bf16=DTypeResult(None, 41.5)))
+    assert got == {"fp16": ("decoder.up_blocks.0", None), "bf16": (None, 41.5)}
+
 
 def test_plan_figures_reads_whatever_the_plan_has():
     from dataclasses import dataclass as dc

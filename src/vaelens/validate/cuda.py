@@ -91,20 +91,35 @@ class CudaBackend:
         from vaelens.weights.demo import load_demo_vae
 
         vae = load_demo_vae(device=self.torch_device, dtype="fp32")
-        pixels = demo_pixels(vae.spec)
-        ref = _roundtrip(vae.module, pixels.to(self.torch_device))
-        vae.module.to(case.request.dtype.torch)
-        first: list[str] = []
-        hooks = [m.register_forward_hook(_overflow_hook(name, first))
-                 for name, m in vae.module.named_modules() if name and not list(m.children())]
-        try:
-            got = _roundtrip(vae.module, pixels.to(self.torch_device, case.request.dtype.torch))
-        finally:
-            for h in hooks:
-                h.remove()
-        finite = bool(torch.isfinite(got).all())
-        db = psnr(_unit(ref), _unit(got)) if finite else float("nan")
-        return PrecisionMeasurement(first_overflow=first[0] if first else None, psnr_db=db)
+        pixels = demo_pixels(vae.spec).to(self.torch_device)
+        ref = _roundtrip(vae.module, pixels)
+        got, first = real_half(vae.module, pixels, case.request.dtype)
+        db = psnr(_unit(ref), _unit(got)) if bool(torch.isfinite(got).all()) else float("nan")
+        return PrecisionMeasurement(first_overflow=first, psnr_db=db)
+
+
+def real_half(module: Any, pixels: Any, dtype: DType) -> tuple[Any, str | None]:
+    """fp32 module + pixels [1,3,H,W] -> (encode+decode run for real at `dtype`, on the CPU in fp32; the layer of
+    the first inf/NaN or None). Through vaelens.precision.run_real where it exists (the emulation's own
+    watcher, so both name a layer the same way); else forward hooks on the leaf modules of a copy."""
+    import copy
+
+    try:
+        from vaelens.precision import run_real
+    except ImportError:
+        run_real = None
+    if run_real is not None:
+        out, first = run_real(module, pixels, op="both", dtype=dtype)
+        return out.float().cpu(), (first.layer if first is not None else None)
+    half = copy.deepcopy(module).to(dtype.torch)
+    seen: list[str] = []
+    hooks = [m.register_forward_hook(_overflow_hook(name, seen))
+             for name, m in half.named_modules() if name and not list(m.children())]
+    try:
+        return _roundtrip(half, pixels.to(dtype.torch)), (seen[0] if seen else None)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 @contextlib.contextmanager

@@ -32,9 +32,18 @@ def _number(value: Any) -> float | None:
 
 
 def read_result(result: Any) -> dict[str, tuple[str | None, float | None]]:
-    """A precision result (an object with to_json(), or its JSON) -> {dtype: (first_overflow, psnr_db)}."""
-    data = result.to_json() if hasattr(result, "to_json") else result
+    """A precision result -> {dtype: (first_overflow, psnr_db)}. Read from its per-dtype attributes
+    (`result.fp16.first.layer`, `result.fp16.psnr_db`: vaelens.precision's PrecisionReport), or from its
+    JSON (`to_json()` or a dict: `["fp16"]["first_overflow"]`, `["fp16"]["psnr_db"]`)."""
     out = {}
+    for dtype in DTYPES:
+        res = getattr(result, dtype, None)
+        if res is not None and hasattr(res, "psnr_db"):
+            first = getattr(res, "first", None)
+            out[dtype] = (getattr(first, "layer", None) if first is not None else None, _number(res.psnr_db))
+    if out:
+        return out
+    data = result.to_json() if hasattr(result, "to_json") else result
     for dtype in DTYPES:
         entry = data.get(dtype) if isinstance(data, dict) else None
         if isinstance(entry, dict):
@@ -55,5 +64,5 @@ def emulated(fn: Any = None) -> dict[str, tuple[str | None, float | None]] | str
         return f"vaelens.precision(vae, images) could not be called: {exc}"
     got = read_result(result)
     if not got:
-        return "vaelens.precision's result has no fp16/bf16 figures (to_json()['fp16'|'bf16'])"
+        return "vaelens.precision's result has no fp16/bf16 figures (.fp16.psnr_db or ['fp16']['psnr_db'])"
     return got

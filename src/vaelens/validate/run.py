@@ -8,6 +8,7 @@ predicts only (no device needed). A measurement that raises becomes a failed row
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -230,7 +231,7 @@ class _Runner:
             return Row(**_base(case, skipped=self._emulation))
         first, db = self._emulation.get(dtype, (None, None))
         predicted = {"first_overflow": first, "psnr_db": db}
-        first = first or NO_OVERFLOW
+        first = NO_OVERFLOW if first is None else first
         if self.backend is None:
             return Row(**_base(case, predicted=predicted, checks=(
                 judge("first_overflow", first, None, unit="layer"),
@@ -238,9 +239,13 @@ class _Runner:
 
         def run() -> Row:
             m = self.backend.measure_precision(case)
+            real_db = m.psnr_db if m.psnr_db is not None and math.isfinite(m.psnr_db) else None
+            note = "" if real_db is not None or db is not None else "no finite output in either"
             return Row(**_base(case, predicted=predicted,
-                               measured={"first_overflow": m.first_overflow, "psnr_db": m.psnr_db}, checks=(
-                judge("first_overflow", first, m.first_overflow or NO_OVERFLOW, unit="layer"),
-                judge("precision_psnr_db", db, m.psnr_db, unit="dB"))))
+                               measured={"first_overflow": m.first_overflow, "psnr_db": real_db}, checks=(
+                judge("first_overflow", first, NO_OVERFLOW if m.first_overflow is None else m.first_overflow,
+                      unit="layer"),
+                judge("precision_psnr_db", db, real_db if db is not None or real_db is not None else None,
+                      unit="dB", note=note))))
 
         return self._measure(case, predicted, run)
