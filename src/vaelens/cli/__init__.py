@@ -32,6 +32,8 @@ COMMAND_MODULES = (
     "report",
     "stats",
     "cache",
+    "validate",
+    "env",
 )
 
 

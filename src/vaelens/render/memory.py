@@ -125,9 +125,6 @@ def memory_json(
         got = (measured or {}).get(est.op.value)
         if got:
             entry["measured"] = dict(got)
-            if got.get("peak_bytes"):  # the keys earlier versions wrote
-                entry["measured_peak_bytes"] = got["peak_bytes"]
-                entry["measured_error"] = est.peak_bytes / got["peak_bytes"] - 1
         data[est.op.value] = entry
     if budget is not None:
         data["budget"] = budget.to_json()
