@@ -271,7 +271,7 @@ def measure_precision(
     layers = tuple(
         LayerRange(name=s.name, type=s.type, max_abs=s.max_abs, p9999_abs=s.p9999_abs,
                    underflow_fraction=s.underflow_fraction)
-        for s in sorted(stats.seen.layers.values(), key=lambda s: s.order)
+        for s in sorted(stats.seen.layers.values(), key=lambda s: s.done)
     )
     base = dict(
         family=vae.family, cls=type(module).__name__, source=str(vae.source), op=op,

@@ -56,8 +56,6 @@ def _cast_hook(dtype: Any):
             return x.to(dtype)
         if isinstance(x, tuple):
             return tuple(cast(v) for v in x)
-        if isinstance(x, list):
-            return [cast(v) for v in x]
         return x
 
     def hook(mod: Any, args: Any, kwargs: Any):

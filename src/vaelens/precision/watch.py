@@ -14,6 +14,8 @@ half precision produces. Calls a function makes inside itself are not seen again
 while its handler runs), so one call is rounded once. Views share their input's storage and are not
 rounded again; in-place calls are rounded in place.
 
+Weights are rounded too (restored after the run), as `module.to(dtype)` stores them.
+
 Upcast emulation: calls running inside an upcast block (the block or any module inside it) are not
 rounded; every other block rounds its floating-point inputs on entry, as the cast a real
 mixed-precision module makes there (vaelens.precision.upcast.apply_upcast) does.
@@ -45,6 +47,7 @@ class LayerStats:
     name: str
     type: str
     order: int  # call order of the module's first call
+    done: int = -1  # order in which its first call returned (data-flow order: inner layers first)
     max_abs: float = 0.0
     p9999_abs: float = 0.0
     underflow: int = 0  # values with 0 < |x| < FP16_TINY
@@ -128,6 +131,7 @@ class Watch:
         self.inside_upcast = 0
         self.seen = Watched()
         self.called: set[str] = set()
+        self.finished = 0
 
     # ---------------------------------------------------------------------------------- recording
     def _note(self, out: Any, function: str, before: Any = None) -> None:
@@ -178,8 +182,6 @@ class Watch:
                 return r
             if isinstance(x, tuple):
                 return tuple(cast(v) for v in x)
-            if isinstance(x, list):
-                return [cast(v) for v in x]
             return x
 
         return cast(args), {k: cast(v) for k, v in kwargs.items()}
@@ -189,6 +191,10 @@ class Watch:
 
         def hook(mod: Any, args: Any, out: Any):
             if self.stats:
+                rec = self.seen.layers[path]
+                if rec.done < 0:
+                    self.finished += 1
+                    rec.done = self.finished
                 for t in tensors_in(out, []):
                     if t.is_floating_point():
                         self.seen.layers[path].add(t)
@@ -244,12 +250,24 @@ class Watch:
         return out
 
     # ---------------------------------------------------------------------------------- running
+    def _round_weights(self) -> list[tuple[Any, Any]]:
+        """Parameters and buffers outside the upcast blocks rounded to round_to (as module.to(dtype) would
+        store them); -> (tensor, original data) to restore."""
+        saved = []
+        for name, t in [*self.module.named_parameters(), *self.module.named_buffers()]:
+            if not _is_float(t) or any(name.startswith(b + ".") for b in self.upcast):
+                continue
+            saved.append((t, t.data))
+            t.data = _round(t.data, self.round_to)
+        return saved
+
     def run(self, op: Op | str, inputs: list[Any]) -> tuple[Any, Watched]:
         """Run `op` (encode | decode | forward) on inputs under inference_mode; hooks removed after."""
         import torch
 
         op = Op.parse(op)
-        handles = []
+        handles: list[Any] = []
+        saved: list[tuple[Any, Any]] = []
         try:
             for path, sub in self.module.named_modules():
                 if not path:
@@ -259,9 +277,12 @@ class Watch:
             if self.round_to is not None:
                 inputs = [_round(x, self.round_to) if isinstance(x, torch.Tensor) and _is_float(x) else x
                           for x in inputs]
+                saved = self._round_weights()
             with torch.inference_mode(), self._mode():
                 out = call_op(self.module, op, inputs)
         finally:
+            for t, data in saved:
+                t.data = data
             for h in handles:
                 h.remove()
             self.stack.clear()
