@@ -211,3 +211,21 @@ def test_cli_nan_in_fp32_exits_1(cli, tmp_path):
     res = cli("precision", "demo", "--vae", vae.source, "--size", "32x32")
     assert res.code == 1 and "fp32: the VAE itself produces inf/NaN at encoder.conv_in" in res.out
     assert "broken" in res.err
+
+
+def test_report_has_a_precision_section_with_vae_and_image(cli, tmp_path):
+    from vaelens.images import read_image, resize_image, save_image
+    from vaelens.weights.demo import demo_image_path
+
+    small = tmp_path / "small.png"
+    save_image(resize_image(read_image(demo_image_path())[0], 48, 64), small)
+    out = tmp_path / "r.html"
+    res = cli("report", "sd15", "--size", "64x64", "--vae", "demo", "--image", str(small), "-o", str(out), "--json")
+    assert res.code == 0, res.err
+    data = strict_json(res.out)
+    assert data["precision"]["fp16"]["overflow"] is False and data["precision"]["images"] == ["small.png"]
+    html = out.read_text()
+    assert '<section id="precision">' in html and 'id="precision-verdicts"' in html
+    assert data["precision"]["verdicts"][0].split(",")[0] in html  # "fp16: safe" with its PSNR
+    plain = cli("report", "sd15", "--size", "64x64", "--vae", "demo", "-o", str(tmp_path / "p.html"), "--json")
+    assert plain.code == 0 and strict_json(plain.out).get("precision") is None  # no --image: no section

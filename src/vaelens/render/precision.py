@@ -253,3 +253,42 @@ def _shade_blocks(ax: Any, rep: PrecisionReport, layers: Sequence[Any]) -> None:
         color = "tab:green" if block in fix else ("0.85" if k % 2 else None)
         if color:
             ax.axvspan(inside[0] - 0.5, inside[-1] + 0.5, color=color, alpha=0.25 if block in fix else 0.5, lw=0)
+
+
+# ---------------------------------------------------------------------------------------------- HTML
+
+
+def report_section(rep: PrecisionReport) -> str:
+    """PrecisionReport -> the HTML of the report's Precision section: verdicts, |x| per block, the plot,
+    memory per choice, the diffusers snippet."""
+    import tempfile
+
+    from vaelens.render.report import _table, data_uri, module_path
+    from vaelens.render.svg import esc
+
+    def cls(line: str) -> str:
+        return "ok" if ": safe" in line else "bad"
+
+    verdicts = "".join(f'<li class="{cls(v)}">{esc(v)}</li>' for v in verdict_lines(rep))
+    intro = (f"<p>The VAE run on <code>{esc(', '.join(rep.images))}</code> ({esc(rep.op.value)}) in fp32, then "
+             "with every operation's output (and every weight) rounded to fp16 and to bf16 — what GPU kernels that "
+             "accumulate in fp32 and store half precision produce. fp16's largest value is 65504; bf16 has fp32's "
+             "range with 8 bits of mantissa.</p>")
+    rows = [[module_path(r[0]), *r[1:]] for r in _block_rows(rep)]
+    table_html = _table(("block", "type", "max |x|", "p99.99 |x|", "underflow", "fp16 headroom", "note"),
+                        rows, numeric=(2, 3, 4, 5))
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot_precision(rep, Path(tmp) / "precision.png").read_bytes()
+    plot = (f'<figure><img src="{data_uri(png)}" alt="max |x| per layer against the fp16 limit">'
+            "<figcaption>max |x| per layer in fp32 (data-flow order), log scale; dashed: fp16's 65504; green: "
+            "the upcast blocks</figcaption></figure>")
+    memory = ""
+    if rep.prices:
+        memory = _table(("precision", "weights", "peak (predicted, CUDA)", "at"),
+                        [[k, human_bytes(p.weights_bytes), _peak(p), p.peak_op] for k, p in rep.prices.items()],
+                        numeric=(1, 2))
+    fix = ""
+    if rep.upcast is not None and rep.upcast.snippet:
+        fix = f"<h3>Apply the upcast in diffusers</h3><pre>{esc(rep.upcast.snippet)}</pre>"
+    return (intro + f'<ul id="precision-verdicts">{verdicts}</ul>' + table_html + plot + memory + fix
+            )
