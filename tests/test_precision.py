@@ -229,3 +229,18 @@ def test_report_has_a_precision_section_with_vae_and_image(cli, tmp_path):
     assert data["precision"]["verdicts"][0].split(",")[0] in html  # "fp16: safe" with its PSNR
     plain = cli("report", "sd15", "--size", "64x64", "--vae", "demo", "-o", str(tmp_path / "p.html"), "--json")
     assert plain.code == 0 and strict_json(plain.out).get("precision") is None  # no --image: no section
+
+
+@pytest.mark.parametrize("name", ["flux2", "sana"])
+def test_flux2_and_dc_ae_layers_are_module_names(tmp_path, name):
+    # sana (DC-AE): diffusers computes its linear attention in fp32 inside an fp16 module
+    # (attention_processor.py, query.float()); the emulation runs that island in fp32 as a GPU does.
+    from test_tiling import _build
+
+    module = _build(name)
+    module.save_pretrained(tmp_path / name)
+    x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    rep = measure_precision(load_vae(tmp_path / name, device="cpu"), x, price=False)
+    names = dict(module.named_modules())
+    assert rep.layers and all(r.name in names for r in rep.layers) and rep.blocks
+    assert not rep.fp16.overflow and rep.fp16.psnr_db > 40

@@ -169,17 +169,32 @@ def _scores(ref: Any, out: Any) -> tuple[float, float]:
     return psnr(a, b), float(sum(values) / len(values))
 
 
+def _half_copy(module: Any, dtype: DType, upcast: Sequence[str] = (), after: str | None = None) -> Any:
+    """fp32 module -> a copy at `dtype` (fp16/bf16), with the `upcast` blocks in fp32 (apply_upcast)."""
+    import copy
+
+    from vaelens.build import quiet_diffusers
+    from vaelens.precision.upcast import apply_upcast
+
+    with quiet_diffusers():
+        half = copy.deepcopy(module).to(dtype.torch)
+    if upcast:
+        apply_upcast(half, upcast, after, dtype.torch)
+    return half
+
+
 def _emulate(module: Any, op: PrecisionOp, items: Sequence[Item], starts: Sequence[Any], dtype: DType,
-             blocks: Sequence[str], upcast: Sequence[str] = (),
+             upcast: Sequence[str] = (), after: str | None = None,
              refs: Sequence[Any] | None = None) -> tuple[list[NonFinite | None], list[tuple[float, float]]]:
     """Every image at `dtype` (with `upcast` blocks in fp32) -> first inf/NaN and (PSNR, SSIM) per image."""
+    half = _half_copy(module, dtype, upcast, after)
     firsts, scores = [], []
     for item, x, ref in zip(items, starts, refs or [None] * len(items), strict=True):
-        watch = Watch(module, round_to=dtype.torch, blocks=blocks, upcast=upcast)
-        out = _watched(watch, _ops(op), x, item.name)
+        watch = Watch(half, emulate=dtype.torch)
+        out = _watched(watch, _ops(op), x.to(dtype.torch), item.name)
         firsts.append(watch.seen.first)
         if ref is not None:
-            scores.append(_scores(ref, _to_pixels(module, op, out)))
+            scores.append(_scores(ref, _to_pixels(module, op, out.float())))
     return firsts, scores
 
 
@@ -204,9 +219,9 @@ def _search_upcast(module: Any, op: PrecisionOp, items: Sequence[Item], starts: 
     for step in range(len(blocks)):
         window = blocks[lo : hi + 1]
         progress(step, None, f"{dtype.value}: re-run with {len(window)} block(s) in fp32")
-        firsts, _ = _emulate(module, op, items, starts, dtype, blocks, window)
-        again = _earliest(firsts, order)
         after = blocks[hi + 1] if hi + 1 < len(blocks) else None
+        firsts, _ = _emulate(module, op, items, starts, dtype, window, after)
+        again = _earliest(firsts, order)
         if again is None:
             return UpcastFix(dtype=dtype, blocks=window, after=after, verified=True,
                              snippet=snippet(window, after, dtype=label, cls=cls))
@@ -286,7 +301,7 @@ def measure_precision(
     results: dict[DType, DTypeResult] = {}
     for k, dtype in enumerate((DType.FP16, DType.BF16)):
         tick(n + k * n, total, f"{dtype.value} emulated")
-        firsts, scores = _emulate(module, op, items, starts, dtype, blocks, refs=refs)
+        firsts, scores = _emulate(module, op, items, starts, dtype, refs=refs)
         results[dtype] = DTypeResult(
             dtype=dtype, first=_earliest(firsts, order), images=n,
             failing=tuple(it.name for it, f, (p, _) in zip(items, firsts, scores, strict=True)
@@ -318,21 +333,11 @@ def run_real(module: Any, pixels: Any, *, op: PrecisionOp | str = PrecisionOp.BO
     """fp32 module + pixels [1,3,(F,)H,W] -> (pixels, first inf/NaN) run for real at `dtype` on a copy of the
     module (with `upcast` blocks in fp32, as apply_upcast does): the check of the emulation on a CPU or GPU
     that runs half precision."""
-    import copy
-
-    from vaelens.build import quiet_diffusers
-    from vaelens.precision.upcast import apply_upcast
-
     op = PrecisionOp.parse(op)
     dtype = DType.parse(dtype)
-    with quiet_diffusers():
-        half = copy.deepcopy(module).to(dtype.torch)
-    apply_upcast(half, upcast, after, dtype.torch)
-    watch = Watch(half)
-    x = pixels.to(dtype.torch)
-    if op is PrecisionOp.DECODE:
-        x = _plain(module, Op.ENCODE, pixels).to(dtype.torch)
-    out = _watched(watch, _ops(op), x, "pixels")
+    watch = Watch(_half_copy(module, dtype, upcast, after))
+    x = pixels if op is not PrecisionOp.DECODE else _plain(module, Op.ENCODE, pixels)
+    out = _watched(watch, _ops(op), x.to(dtype.torch), "pixels")
     if op is PrecisionOp.ENCODE:
         out = _plain(module, Op.DECODE, out.float())
     return out.float(), watch.seen.first

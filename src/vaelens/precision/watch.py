@@ -4,27 +4,26 @@ module + pixels or latent -> Watch(...).run(op) -> (output, Watched): the layer 
 where the first non-finite value appeared (the innermost module running, the torch function, the
 magnitude that overflowed).
 
-Emulation is a TorchFunctionMode, not forward hooks on leaf modules: a hook sees only what a module
-returns, and the residual adds, attention products and scalings a VAE does in its blocks' own
-`forward` code are not modules (diffusers resnet.py ResnetBlock2D: `(input_tensor + hidden_states) /
-output_scale_factor`). A function mode sees every torch call — F.conv2d, F.group_norm,
-F.scaled_dot_product_attention, `+`, `*` — at the level a GPU runs one kernel for, and rounds its
-output to fp16/bf16 (`x.to(dtype).to(float32)`): what a kernel that accumulates in fp32 and stores in
-half precision produces. Calls a function makes inside itself are not seen again (the mode is off
-while its handler runs), so one call is rounded once. Views share their input's storage and are not
-rounded again; in-place calls are rounded in place.
+Emulation runs a copy of the VAE cast to fp16/bf16 (weights rounded as `module.to(dtype)` stores them) under
+a TorchFunctionMode that computes every call in fp32 and rounds its output back to the half dtype: what a
+GPU kernel that accumulates in fp32 and stores half precision produces. A function mode, not forward hooks on
+leaf modules: a hook sees only what a module returns, and the residual adds, attention products and scalings
+a VAE does in its blocks' own `forward` code are not modules (diffusers resnet.py ResnetBlock2D:
+`(input_tensor + hidden_states) / output_scale_factor`). The mode sees every torch call — F.conv2d,
+F.group_norm, F.scaled_dot_product_attention, `+`, `*` — at the level a GPU runs one kernel for; calls a
+function makes inside itself are not seen again (the mode is off while its handler runs).
 
-Weights are rounded too (restored after the run), as `module.to(dtype)` stores them.
-
-Upcast emulation: calls running inside an upcast block (the block or any module inside it) are not
-rounded; every other block rounds its floating-point inputs on entry, as the cast a real
-mixed-precision module makes there (vaelens.precision.upcast.apply_upcast) does.
+Because the copy really is half precision, the module's own dtype logic runs as it does on a GPU: the
+explicit fp32 islands diffusers writes (attention_processor.py: `query.float()` in the linear attention of
+DC-AE, `upcast_softmax`) stay fp32, type promotion of fp32 and half tensors gives fp32, and the upcast blocks
+(vaelens.precision.upcast.apply_upcast) are the real mixed-precision module. Casts, views and in-place calls
+run as they are (a cast is a cast; a view has no arithmetic; an in-place call must write its own storage,
+and CPU half kernels compute in fp32 internally, at::opmath_type).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,48 +98,72 @@ class Watched:
     calls: list[str] = field(default_factory=list)  # module paths in order of their first call
 
 
-def _round(t: Any, dtype: Any) -> Any:
-    return t.to(dtype).to(t.dtype)
-
-
-def _is_float(t: Any) -> bool:
-    return t.is_floating_point() and t.dtype.itemsize >= 4
-
-
 def _fname(func: Any) -> str:
     name = getattr(func, "__name__", None) or str(func)
     return name.replace("__", "") if name.startswith("__") else name
 
 
+# Calls run as they are under emulation: casts, views (no arithmetic; they must alias their input),
+# metadata, and in-place calls (they must write their own storage) — see the module docstring.
+AS_IS = frozenset({
+    "to", "float", "half", "bfloat16", "double", "type", "type_as", "view", "view_as", "reshape", "reshape_as",
+    "permute", "transpose", "t", "flatten", "unflatten", "squeeze", "unsqueeze", "expand", "expand_as",
+    "__getitem__", "chunk", "split", "tensor_split", "narrow", "select", "unbind", "movedim", "moveaxis",
+    "swapaxes", "detach", "contiguous", "as_strided", "diagonal", "unfold", "__get__", "size", "dim", "numel",
+    "stride", "is_contiguous", "data_ptr", "element_size", "is_floating_point", "__len__", "__format__",
+    "__repr__", "item", "tolist", "__bool__", "__index__", "__int__", "__float__", "clone", "cpu", "cuda",
+})
+
+
+_CASTS = frozenset({"to", "half", "bfloat16", "type", "type_as"})
+
+
+def _in_place(name: str) -> bool:
+    return (name.endswith("_") and not name.startswith("__")) or name in (
+        "__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ipow__")
+
+
+def _map(obj: Any, fn: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple):
+        return tuple(_map(v, fn) for v in obj)
+    if isinstance(obj, list):
+        return [_map(v, fn) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _map(v, fn) for k, v in obj.items()}
+    return obj
+
+
 class Watch:
     """Hooks + a function mode around one module; `run(op, inputs)` -> (output, Watched).
 
-    round_to: torch dtype every call's output is rounded to (None: run as is, fp32 or real half).
-    stats: record LayerStats of every module's output. blocks / upcast: module paths; calls inside an
-    `upcast` block are not rounded, the other `blocks` round their inputs on entry.
+    emulate: the half dtype (torch.float16 / torch.bfloat16) of a module already cast to it, whose calls are
+    computed in fp32 and rounded back (None: every call runs as it is: fp32, or real half precision).
+    stats: record LayerStats of every module's output.
     """
 
-    def __init__(self, module: Any, *, round_to: Any = None, stats: bool = False,
-                 blocks: Iterable[str] = (), upcast: Collection[str] = ()) -> None:
+    def __init__(self, module: Any, *, emulate: Any = None, stats: bool = False) -> None:
         self.module = module
-        self.round_to = round_to
+        self.emulate = emulate
         self.stats = stats
-        self.blocks = tuple(blocks)
-        self.upcast = frozenset(upcast)
         self.stack: list[str] = []
-        self.inside_upcast = 0
         self.seen = Watched()
         self.called: set[str] = set()
         self.finished = 0
 
     # ---------------------------------------------------------------------------------- recording
     def _note(self, out: Any, function: str, before: Any = None) -> None:
-        """Record the first non-finite output (called after every call while none is recorded)."""
+        """Record the first non-finite output (called after every call while none is recorded); `before`:
+        the same outputs before rounding (their magnitude is what overflowed)."""
         import torch
 
         if self.seen.first is not None:
             return
-        for i, t in enumerate(tensors_in(out, [])):
+        outs = tensors_in(out, [])
+        for i, t in enumerate(outs):
             if not t.is_floating_point() or t.numel() == 0 or bool(torch.isfinite(t).all()):
                 continue
             src = tensors_in(before, [])[i] if before is not None else t
@@ -148,47 +171,22 @@ class Watch:
             peak = float(finite.abs().max()) if finite.numel() else math.inf
             if bool(torch.isinf(src).any()):
                 peak = math.inf
-            nan_only = not bool(torch.isinf(t).any())
             self.seen.first = NonFinite(layer=self.stack[-1] if self.stack else "", function=function,
-                                        max_abs=peak, nan_only=nan_only)
+                                        max_abs=peak, nan_only=not bool(torch.isinf(t).any()))
             return
 
     def _pre(self, path: str):
-        block = path in self.blocks
-        upcast = path in self.upcast
-
-        def hook(mod: Any, args: Any, kwargs: Any):
+        def hook(mod: Any, args: Any):
             if path not in self.called:
                 self.called.add(path)
                 self.seen.calls.append(path)
                 if self.stats:
                     self.seen.layers[path] = LayerStats(name=path, type=type(mod).__name__, order=len(self.seen.calls))
             self.stack.append(path)
-            self.inside_upcast += upcast
-            if block and not upcast and self.round_to is not None and not self.inside_upcast:
-                return self._cast_inputs(args, kwargs)
-            return None
 
         return hook
 
-    def _cast_inputs(self, args: Any, kwargs: Any):
-        """A fp16 block's entry: its floating-point tensor inputs rounded (what a cast to its dtype does)."""
-        import torch
-
-        def cast(x: Any) -> Any:
-            if isinstance(x, torch.Tensor) and _is_float(x):
-                r = _round(x, self.round_to)
-                self._note(r, "input cast", before=x)
-                return r
-            if isinstance(x, tuple):
-                return tuple(cast(v) for v in x)
-            return x
-
-        return cast(args), {k: cast(v) for k, v in kwargs.items()}
-
     def _post(self, path: str):
-        upcast = path in self.upcast
-
         def hook(mod: Any, args: Any, out: Any):
             if self.stats:
                 rec = self.seen.layers[path]
@@ -197,9 +195,8 @@ class Watch:
                     rec.done = self.finished
                 for t in tensors_in(out, []):
                     if t.is_floating_point():
-                        self.seen.layers[path].add(t)
+                        rec.add(t)
             self.stack.pop()
-            self.inside_upcast -= upcast
 
         return hook
 
@@ -210,89 +207,64 @@ class Watch:
 
         watch = self
 
-        class Rounding(TorchFunctionMode):
+        class Watching(TorchFunctionMode):
             def __torch_function__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                if watch.round_to is None or watch.inside_upcast:
-                    if watch.seen.first is None and isinstance(out, (torch.Tensor, tuple, list)):
-                        watch._note(out, _fname(func))
-                    return out
-                return watch._rounded(func, args, kwargs, out)
+                kwargs = kwargs or {}
+                if watch.emulate is not None:
+                    name = getattr(func, "__name__", "")
+                    if name not in AS_IS and not _in_place(name):
+                        return watch._emulated(func, args, kwargs)
+                out = func(*args, **kwargs)
+                if watch.seen.first is None:
+                    cast = getattr(func, "__name__", "") in _CASTS and args and isinstance(args[0], torch.Tensor)
+                    watch._note(out, _fname(func), before=args[0] if cast and isinstance(out, torch.Tensor) else None)
+                return out
 
-        return Rounding()
+        return Watching()
 
-    def _rounded(self, func: Any, args: Any, kwargs: Any, out: Any) -> Any:
+    def _emulated(self, func: Any, args: Any, kwargs: Any) -> Any:
+        """One call at the half dtype: inputs of that dtype widened to fp32, computed, the output rounded back
+        unless an fp32 input with dimensions made it fp32 (type promotion: it is fp32 on a GPU too)."""
         import torch
 
-        if isinstance(out, torch.Tensor):
-            if not _is_float(out):
-                return out
-            ins = tensors_in((args, kwargs), [])
-            if any(out is t for t in ins):  # in place (x.add_(y), x += y): round that storage in place
-                before = out.clone() if self.seen.first is None else None
-                with torch._C.DisableTorchFunction():
-                    out.copy_(_round(out, self.round_to))
-                if before is not None:
-                    self._note(out, _fname(func), before=before)
-                return out
-            if _shares_storage(out, ins):  # a view: its input was rounded already
-                return out
-            r = _round(out, self.round_to)
+        half = self.emulate
+        ins = [t for t in tensors_in((args, kwargs), []) if t.is_floating_point()]
+        if not any(t.dtype == half for t in ins):
+            out = func(*args, **kwargs)
             if self.seen.first is None:
-                self._note(r, _fname(func), before=out)
-            return r
-        if isinstance(out, (tuple, list)) and out and all(isinstance(t, torch.Tensor) for t in out):
-            ins = tensors_in((args, kwargs), [])
-            done = [t if not _is_float(t) or _shares_storage(t, ins) else _round(t, self.round_to) for t in out]
-            if self.seen.first is None:
-                self._note(done, _fname(func), before=list(out))
-            return type(out)(done) if isinstance(out, list) else tuple(done)
-        return out
+                self._note(out, _fname(func))
+            return out
+        promoted = any(t.dtype == torch.float32 and t.ndim > 0 for t in ins)
+        def wide(t: Any) -> Any:
+            return t.float() if t.dtype == half else t
+
+        out = func(*_map(args, wide), **_map(kwargs, wide))
+        if promoted:
+            result = out
+        else:
+            result = _map(out, lambda t: t.to(half) if t.dtype == torch.float32 else t)
+        if self.seen.first is None:
+            self._note(result, _fname(func), before=out)
+        return result
 
     # ---------------------------------------------------------------------------------- running
-    def _round_weights(self) -> list[tuple[Any, Any]]:
-        """Parameters and buffers outside the upcast blocks rounded to round_to (as module.to(dtype) would
-        store them); -> (tensor, original data) to restore."""
-        saved = []
-        for name, t in [*self.module.named_parameters(), *self.module.named_buffers()]:
-            if not _is_float(t) or any(name.startswith(b + ".") for b in self.upcast):
-                continue
-            saved.append((t, t.data))
-            t.data = _round(t.data, self.round_to)
-        return saved
-
     def run(self, op: Op | str, inputs: list[Any]) -> tuple[Any, Watched]:
         """Run `op` (encode | decode | forward) on inputs under inference_mode; hooks removed after."""
         import torch
 
         op = Op.parse(op)
         handles: list[Any] = []
-        saved: list[tuple[Any, Any]] = []
         try:
             for path, sub in self.module.named_modules():
                 if not path:
                     continue
-                handles.append(sub.register_forward_pre_hook(self._pre(path), with_kwargs=True))
+                # first of the pre-hooks: a cast made by an upcast hook (apply_upcast) belongs to this module
+                handles.append(sub.register_forward_pre_hook(self._pre(path), prepend=True))
                 handles.append(sub.register_forward_hook(self._post(path)))
-            if self.round_to is not None:
-                inputs = [_round(x, self.round_to) if isinstance(x, torch.Tensor) and _is_float(x) else x
-                          for x in inputs]
-                saved = self._round_weights()
             with torch.inference_mode(), self._mode():
                 out = call_op(self.module, op, inputs)
         finally:
-            for t, data in saved:
-                t.data = data
             for h in handles:
                 h.remove()
             self.stack.clear()
-            self.inside_upcast = 0
         return out, self.seen
-
-
-def _shares_storage(t: Any, ins: list[Any]) -> bool:
-    try:
-        ptr = t.untyped_storage().data_ptr()
-    except RuntimeError:
-        return False
-    return any(x.untyped_storage().data_ptr() == ptr for x in ins if x.device == t.device)
