@@ -79,6 +79,10 @@ def fix_line(rep: PrecisionReport) -> str | None:
     if mixed and fp32 and bf16:
         text += (f": peak {human_bytes(mixed.peak_bytes)} vs {human_bytes(fp32.peak_bytes)} all-fp32 (force_upcast), "
                  f"{human_bytes(bf16.peak_bytes)} all-bf16")
+        if mixed.peak_bytes >= fp32.peak_bytes:  # the fp32 blocks hold the peak, and the casts add to it
+            text += "; no saving over all-fp32 at the peak"
+    if rep.bf16 is not None and not rep.bf16.overflow and fix.dtype.value == "fp16":
+        text += "; bf16 needs no upcast here"
     return text
 
 
@@ -227,9 +231,10 @@ def plot_precision(rep: PrecisionReport, path: str | Path, *, title: str | None 
     idx = next((i for i, r in enumerate(layers) if r.name == first), None)
     if idx is not None:
         ax.axvline(idx, color="crimson", lw=1, alpha=0.6)
+        right = idx > len(layers) / 2
         ax.annotate(f"fp16 overflow: {first}", (idx, FP16_MAX), fontsize=7, color="crimson",
-                    xytext=(4, 6), textcoords="offset points")
-    ax.set_xlabel("layer (call order)")
+                    xytext=(-4 if right else 4, 6), textcoords="offset points", ha="right" if right else "left")
+    ax.set_xlabel("layer (in the order their outputs are produced)")
     ax.set_ylabel("|x|")
     ax.set_xlim(-0.5, max(0.5, len(layers) - 0.5))
     top = max([FP16_MAX * 4] + [r.max_abs * 2 for r in layers])
