@@ -205,6 +205,8 @@ def test_cli_bad_input(cli, tmp_path):
     assert res.code == 2 and len(res.err.strip().splitlines()) == 1
     res = cli("precision", "--vae", "demo")
     assert res.code == 2 and "IMAGE" in res.err
+    res = cli("precision", str(tmp_path / "tiny.png"), "--vae", "demo", "--plot", str(tmp_path / "tiny.png"), "--force")
+    assert res.code == 2 and "is one of the inputs" in res.err  # never written over an input, even with --force
 
 
 def test_cli_nan_in_fp32_exits_1(cli, tmp_path):

@@ -93,8 +93,10 @@ class UpcastFix:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrecisionReport:
-    """measure_precision's answer (see the module docstring); `fp32_failure` set: the VAE is not finite in
-    fp32 on these images, and nothing else was analysed."""
+    """measure_precision's answer (see the module docstring). `layers`: every module, in the order their
+    outputs were produced; `blocks`: the upcast units in call order; `prices`: "fp32", "fp16", "bf16" and
+    "fp16+upcast" when there is a fix (batch 1, the first image's size). `fp32_failure` set: the VAE is not
+    finite in fp32 on these images, and nothing else was analysed."""
 
     family: str
     cls: str
@@ -316,10 +318,8 @@ def measure_precision(
     prices: dict[str, Price] = {}
     if price:
         tick(total, total, "memory model")
-        shapes = {o: tuple(s.shape) for o, s in zip(ops, (items[0].pixels, starts[0]) if op is PrecisionOp.BOTH
-                                                   else (starts[0],), strict=False)}
-        if op is PrecisionOp.BOTH:
-            shapes[Op.DECODE] = tuple(_plain(module, Op.ENCODE, starts[0]).shape)
+        latent = starts[0] if op is PrecisionOp.DECODE else _plain(module, Op.ENCODE, starts[0])
+        shapes = {o: tuple(items[0].pixels.shape if o is Op.ENCODE else latent.shape) for o in ops}
         for dtype in (DType.FP32, DType.FP16, DType.BF16):
             prices[dtype.value] = price_uniform(module, shapes, dtype)
         if fix is not None and fix.blocks:
