@@ -247,3 +247,23 @@ def test_flux2_and_dc_ae_layers_are_module_names(tmp_path, name):
     names = dict(module.named_modules())
     assert rep.layers and all(r.name in names for r in rep.layers) and rep.blocks
     assert not rep.fp16.overflow and rep.fp16.psnr_db > 40
+
+
+def test_video_file_is_a_clip_for_a_video_vae_and_refused_by_an_image_vae(tmp_path, clean):
+    pytest.importorskip("av")
+    from diffusers import AutoencoderKLWan
+
+    from vaelens.video import write_video
+
+    frames = np.random.default_rng(0).random((6, 16, 16, 3)).astype(np.float32)
+    clip = write_video(tmp_path / "clip.mp4", frames)
+    torch.manual_seed(0)
+    AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1,
+                     temperal_downsample=[True]).eval().save_pretrained(tmp_path / "wan")
+    rep = measure_precision(load_vae(tmp_path / "wan", device="cpu"), [clip], price=False)
+    assert rep.input_shapes == ((1, 3, 5, 16, 16),)  # 6 frames floored to Wan's 4k+1
+    assert any("frames" in w for w in rep.warnings) and not rep.fp16.overflow
+    _, kl, _ = clean
+    with pytest.raises(VaeLensError, match="is an image VAE") as exc:
+        measure_precision(kl, [clip])
+    assert exc.value.param == "images"
