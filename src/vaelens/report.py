@@ -79,6 +79,7 @@ class Report:
     tiling: dict[str, Any] = field(default_factory=dict)  # op -> vaelens.tiling.TilingPlan | why none fits
     real: RealWeights | None = None
     pipeline: Any = None  # vaelens.pipelines.PipelineEstimate
+    precision: Any = None  # vaelens.precision.PrecisionReport (with vae= and image=)
     versions: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
@@ -96,8 +97,12 @@ class Report:
             "budget": self.budget.to_json() if self.budget is not None else None,
             "tiling": plans_json(self.tiling) if self.tiling else None,
             "real_weights": self.real.to_json() if self.real else None,
-            "pipeline": None, "versions": self.versions, "warnings": list(self.warnings),
+            "pipeline": None, "precision": None, "versions": self.versions, "warnings": list(self.warnings),
         }
+        if self.precision is not None:
+            from vaelens.render.precision import precision_json
+
+            data["precision"] = precision_json(self.precision)
         if self.pipeline is not None:
             data["pipeline"] = {"name": self.pipeline.request.pipeline.name,
                                 **{r.mode.value: r.peak_bytes for r in self.pipeline.offload}}
@@ -154,6 +159,16 @@ def real_weights(vae: str | Path, image: str | Path | None = None) -> RealWeight
     )
 
 
+def precision_report(vae: str | Path, image: str | Path) -> Any:
+    """weights ('demo': the demo VAE) + image -> vaelens.precision.PrecisionReport at the image's own size."""
+    from vaelens.precision import measure_precision
+    from vaelens.weights.demo import demo_weights_path
+    from vaelens.weights.load import load_vae
+
+    loaded = load_vae(demo_weights_path() if str(vae) == "demo" and not Path("demo").exists() else vae)
+    return measure_precision(loaded, [image])
+
+
 def build_report(
     model: str | FamilySpec, request: PixelRequest, *, budget_bytes: int | None = None,
     vae: str | Path | None = None, image: str | Path | None = None, pipeline: str | None = None,
@@ -162,13 +177,14 @@ def build_report(
     """MODEL + PixelRequest -> Report: the contract, encode and decode memory per layer; with
     `budget_bytes` the verdict and the tiling plan that fits (vaelens.tiling); with `vae` (weights, or
     'demo') a round trip of `image`; with `pipeline` (a built-in name) its stages per offload mode, at
-    `pipeline_dtype` (default bf16, as pipelines run). `progress(done, total, what)` is called per step.
+    `pipeline_dtype` (default bf16, as pipelines run); with both `vae` and `image` the fp16/bf16 analysis
+    of vaelens.precision on that image. `progress(done, total, what)` is called per step.
     """
     from vaelens.memory.estimate import estimate_memory
 
     if image is not None and vae is None:
         raise VaeLensError("image= needs vae= (the weights that encode it); vae='demo' is vaelens' demo VAE")
-    total = 2 + (budget_bytes is not None) + (vae is not None) + (pipeline is not None)
+    total = 2 + (budget_bytes is not None) + (vae is not None) + (pipeline is not None) + (image is not None)
     done = 0
 
     def step(what: str) -> None:
@@ -201,6 +217,10 @@ def build_report(
         if real.family != spec.name:
             warnings.append(f"the round trip uses the {real.family} weights; the shapes and memory are "
                             f"{spec.name}'s")
+    precision = None
+    if vae is not None and image is not None:
+        step("precision: fp16 and bf16 emulated")
+        precision = precision_report(vae, image)
     pipe = None
     if pipe_spec is not None:
         step(f"estimating pipeline {pipe_spec.name}")
@@ -210,7 +230,8 @@ def build_report(
     if progress is not None:
         progress(total, total, "done")
     return Report(spec=spec, plan=plan, estimates=tuple(estimates), budget_bytes=budget_bytes, budget=budget,
-                  tiling=tiling, real=real, pipeline=pipe, versions=versions(), warnings=tuple(warnings))
+                  tiling=tiling, real=real, pipeline=pipe, precision=precision, versions=versions(),
+                  warnings=tuple(warnings))
 
 
 def _budget_and_tiling(spec: FamilySpec, plan: Any, budget_bytes: int) -> tuple[Any, dict[str, Any]]:

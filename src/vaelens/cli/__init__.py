@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "decode",
     "roundtrip",
     "inspect",
+    "precision",
     "report",
     "stats",
     "cache",

@@ -77,4 +77,8 @@ def run(args: argparse.Namespace) -> int:
     if rep.real is not None:
         line += f", round trip PSNR {rep.real.psnr:.2f} dB"
     print(line)
+    if rep.precision is not None:
+        from vaelens.render.precision import verdict_lines
+
+        print("\n".join(verdict_lines(rep.precision)))
     return 0

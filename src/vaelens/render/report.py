@@ -1,6 +1,6 @@
 """Report -> one self-contained HTML page: inline CSS and SVG, images as data: URIs, no script, no
 network at view time. Sections: summary, the contract to scale, memory timelines, budget and tiling,
-real weights (with a VAE), the pipeline (with --pipeline), sources and versions.
+real weights (with a VAE), precision (with a VAE and an image), the pipeline (with --pipeline), sources and versions.
 """
 
 from __future__ import annotations
@@ -333,6 +333,10 @@ def render_report(rep: Report) -> str:
         sections.append(("budget", "Budget", _budget(rep)))
     if rep.real is not None:
         sections.append(("real-weights", "Real weights: what the VAE loses", _real(rep)))
+    if rep.precision is not None:
+        from vaelens.render.precision import report_section
+
+        sections.append(("precision", "Precision: fp16 and bf16", report_section(rep.precision)))
     if rep.pipeline is not None:
         sections.append(("pipeline", f"Pipeline {rep.pipeline.request.pipeline.name}: stages per offload mode",
                          _pipeline(rep)))
