@@ -148,7 +148,7 @@ def test_sample_on_a_deterministic_vae_is_not_recorded_as_a_sample(cli, root, tm
     out = tmp_path / "z.safetensors"
     r = cli("encode", str(root / "a.png"), "--vae", str(tmp_path / "tiny"), "-o", str(out), "--sample", "--seed", "3")
     assert r.code == 0, r.err
-    assert "--sample has no effect" in r.err
+    assert "a posterior sample was asked for" in r.err and "deterministic latent is stored" in r.err
     from vaelens.latents import load_latents
 
     meta = load_latents(out).metadata
@@ -156,13 +156,12 @@ def test_sample_on_a_deterministic_vae_is_not_recorded_as_a_sample(cli, root, tm
 
 
 def test_python_encode_refuses_a_uint8_tensor(root):
-    from vaelens import load_vae
-    from vaelens.codec import encode
+    from vaelens import encode, load_vae
     from vaelens.errors import VaeLensError
 
     vae = load_vae(str(root / "vae"))
     with pytest.raises(VaeLensError, match=r"uint8 tensor.*\[-1, 1\].*float\(\) / 127.5 - 1"):
-        encode(vae, torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
+        encode(vae, torch.zeros(1, 3, 16, 16, dtype=torch.uint8), normalized=True)
 
 
 # ------------------------------------------------------------------------------------ many inputs

@@ -15,10 +15,10 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY = {
     "build_module": "vaelens.build",
-    "decode": "vaelens.tiling.api",
+    "decode": "vaelens.run.verbs",
     "disable_budgeted_vae": "vaelens.tiling.api",
     "enable_budgeted_vae": "vaelens.tiling.api",
-    "encode": "vaelens.tiling.api",
+    "encode": "vaelens.run.verbs",
     "default_request": "vaelens.contract",
     "estimate_memory": "vaelens.memory.estimate",
     "estimate_pipeline": "vaelens.pipelines",
