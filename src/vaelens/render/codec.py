@@ -58,7 +58,7 @@ def render_encode(vae, metadata, reports: Sequence[StepReport], *, output, fmt: 
     """`vaelens encode`: what went in, what came out, one line per encode call, the file written."""
     pixel, latent = list(metadata.pixel_shape), list(metadata.latent_shape)
     frames = metadata.extra.get("frames") if metadata.extra else None
-    what = f"1 clip of {frames} frames" if frames else f"{pixel[0]} image(s)"
+    what = f"1 clip of {frames} frames" if frames else f"{pixel[0]} image" + ("" if pixel[0] == 1 else "s")
     lines = [
         f"{what} {pixel} -> latent {latent} "
         f"({'normalised' if metadata.normalized else 'raw'}) with {vae.family} [{vae.detection}]"

@@ -231,7 +231,8 @@ def roundtrip_files(
     bar = progress or null_bar()
     items = []
     with budgeted(vae.module, budget) as plans:
-        for group in group_same_size(order, lambda i: read[i][0].shape, batch_size):
+        for positions in group_same_size(order, lambda i: read[i][0].shape, batch_size):
+            group = [order[k] for k in positions]
             pixels = to_pixels([read[i][0] for i in group])
             label = Path(images[group[0]]).name + (f" (+{len(group) - 1})" if len(group) > 1 else "")
             start = len(plans)
