@@ -234,3 +234,17 @@ def test_decode_adds_or_drops_the_one_frame_axis(tmp_path):
     image, _ = dec(wan, z, normalized=False)  # [B,C,h,w] to a video VAE: one latent frame
     one_frame, _ = dec(wan, z.unsqueeze(2), normalized=False)
     assert torch.equal(image, one_frame) and tuple(image.shape) == (1, 3, 16, 16)
+
+
+def test_moments_step_gives_mean_and_logvar_with_the_per_item_retry(tmp_path):
+    from vaelens.run.steps import moments_step
+
+    module, vae = loaded(tmp_path, dtype="fp16", blow_up=1e3)
+    pixels = PIXELS.clone()
+    pixels[1] *= 1e3  # item 1 overflows in fp16, item 0 does not
+    mean, logvar, report = moments_step(vae, pixels)
+    assert report.retried == (1,) and torch.isfinite(mean).all() and torch.isfinite(logvar).all()
+    with torch.inference_mode():
+        dist = module.encode(pixels[1:]).latent_dist
+    torch.testing.assert_close(mean[1:], dist.mean, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(logvar[1:], dist.logvar, atol=2e-2, rtol=2e-2)

@@ -370,6 +370,32 @@ def encode_step(
     return run_step(vae, "encode", x, _encode_fn(posterior, seeds), upcast)
 
 
+def _moments_fn(module, x, items):
+    """-> the posterior's mean and log-variance stacked on the channel axis [B,2C,…] (one tensor, so the
+    per-item NaN check covers both), or the latent alone for a VAE without a posterior."""
+    import torch
+
+    from vaelens.build import encoded_latent
+
+    out = module.encode(x)
+    out = out[0] if isinstance(out, tuple) else out
+    dist = getattr(out, "latent_dist", None)
+    if dist is None and callable(getattr(out, "mode", None)):
+        dist = out
+    return encoded_latent(out) if dist is None else torch.cat([dist.mean, dist.logvar], dim=1)
+
+
+def moments_step(vae, pixels, *, upcast: Upcast | str = Upcast.AUTO) -> tuple[Any, Any, StepReport]:
+    """pixels [B,3,(F,)H,W] in [-1,1] -> (mean [B,C,(F',)h,w], logvar or None for a VAE without a posterior,
+    StepReport), float32 CPU, with encode_step's per-item NaN retry: what a latent cache stores."""
+    check_pixels(vae, pixels)
+    out, report = run_step(vae, "encode", as_module_input(vae, pixels), _moments_fn, upcast)
+    if not has_posterior(vae):
+        return out, None, report
+    c = out.shape[1] // 2
+    return out[:, :c], out[:, c:], report
+
+
 def decode_step(vae, raw_latent, *, upcast: Upcast | str = Upcast.AUTO) -> tuple[Any, StepReport]:
     """raw latent [B,C,(F',)h,w] -> (pixels [B,3,(F,)H,W] float32 CPU, not clamped, StepReport). A video
     VAE's one-frame output comes back as an image [B,3,H,W]."""
