@@ -33,7 +33,7 @@ def _channels_last(latent) -> np.ndarray:
     """latent [B,C,...] (torch or numpy) -> float64 array [N, C] of every position's channel vector."""
     a = latent.detach().cpu().double().numpy() if hasattr(latent, "detach") else np.asarray(latent)
     if a.ndim < 3:
-        raise VaeLensError(f"latent shape {list(a.shape)} is not [B, C, (F,) h, w]")
+        raise VaeLensError(f"latent shape {list(a.shape)} is not [B, C, (F,) h, w]", param="latent")
     return np.moveaxis(a.astype(np.float64), 1, -1).reshape(-1, a.shape[1])
 
 
@@ -117,7 +117,7 @@ def channel_stats(latent) -> ChannelStats:
     nonfinite = int((~np.isfinite(x)).sum())
     x = x[finite]
     if x.shape[0] == 0:
-        raise VaeLensError("latent has no finite values: every position holds NaN or Inf")
+        raise VaeLensError("latent has no finite values: every position holds NaN or Inf", param="latent")
     with np.errstate(invalid="ignore", divide="ignore"):  # a constant channel has no correlation: NaN
         corr = np.corrcoef(x, rowvar=False) if x.shape[0] > 1 else np.eye(x.shape[1])
     corr = np.atleast_2d(corr)
@@ -175,7 +175,8 @@ def fit_rgb_projection(latent, rgb) -> RgbProjection:
     z = _channels_last(latent)
     y = _channels_last(rgb)
     if z.shape[0] != y.shape[0]:
-        raise VaeLensError(f"latent has {z.shape[0]} positions but rgb has {y.shape[0]}; pool rgb to latent size")
+        raise VaeLensError(f"latent has {z.shape[0]} positions but rgb has {y.shape[0]}; pool rgb to latent size",
+            param="rgb")
     ok = np.isfinite(z).all(1) & np.isfinite(y).all(1)
     design = np.concatenate([z[ok], np.ones((int(ok.sum()), 1))], axis=1)
     theta, *_ = np.linalg.lstsq(design, y[ok], rcond=None)
@@ -306,7 +307,7 @@ def _output_file(path: str | Path) -> Path:
     p = Path(path)
     if p.is_dir():
         example = str(p / "latents.safetensors")
-        raise VaeLensError(f"output {str(path)!r} is a folder; give a file name, e.g. {example!r}")
+        raise VaeLensError(f"output {str(path)!r} is a folder; give a file name, e.g. {example!r}", param="output")
     p.parent.mkdir(parents=True, exist_ok=True)
     return p
 
@@ -357,7 +358,8 @@ def _check_latent_shape(t, path: str | Path) -> None:
     if t.ndim not in (4, 5) or 0 in t.shape:
         raise VaeLensError(
             f"latent file {str(path)!r} holds a tensor of shape {list(t.shape)}; "
-            "expected [B, C, h, w] or [B, C, F, h, w] with no empty axis"
+            "expected [B, C, h, w] or [B, C, F, h, w] with no empty axis",
+            param="latents",
         )
 
 
@@ -367,14 +369,15 @@ def load_latents(path: str | Path) -> LatentFile:
 
     p = Path(path)
     if not p.is_file():
-        raise VaeLensError(f"latent file {str(path)!r} does not exist")
+        raise VaeLensError(f"latent file {str(path)!r} does not exist", param="latents")
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
             keys = set(f.keys())
             raw_meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in keys & {COMFY_KEY, COMFY_VERSION_KEY, "latent"}}
     except Exception as exc:  # noqa: BLE001
-        raise VaeLensError(f"latent file {str(path)!r} is not a readable safetensors file ({exc})") from None
+        raise VaeLensError(f"latent file {str(path)!r} is not a readable safetensors file ({exc})",
+            param="latents") from None
     if COMFY_KEY in tensors:
         _check_latent_shape(tensors[COMFY_KEY], path)
         t = tensors[COMFY_KEY].float()
@@ -399,7 +402,8 @@ def load_latents(path: str | Path) -> LatentFile:
         shown = ", ".join(sorted(keys)[:3]) + (f", … ({len(keys)} tensors)" if len(keys) > 3 else "")
         raise VaeLensError(
             f"latent file {str(path)!r} holds {shown or 'no tensors'}; "
-            f"expected 'latent' (vaelens) or '{COMFY_KEY}' (ComfyUI)"
+            f"expected 'latent' (vaelens) or '{COMFY_KEY}' (ComfyUI)",
+            param="latents",
         )
     _check_latent_shape(tensors["latent"], path)
     meta: dict[str, Any] = {}
@@ -526,7 +530,7 @@ class LatentInspection:
     def item(self, index: int):
         """-> the batch item's latent [C,h,w] to draw (a video latent: its latent frame 0)."""
         if not 0 <= index < self.raw.shape[0]:
-            raise VaeLensError(f"index {index} is outside the batch of {self.raw.shape[0]}")
+            raise VaeLensError(f"index {index} is outside the batch of {self.raw.shape[0]}", param="index")
         item = self.raw[index]
         return item[:, 0] if item.ndim == 4 else item
 

@@ -57,7 +57,7 @@ def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float = 1.0, sigma: float 
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     if a.shape != b.shape:
-        raise VaeLensError(f"ssim: shapes differ, {list(a.shape)} vs {list(b.shape)}")
+        raise VaeLensError(f"ssim: shapes differ, {list(a.shape)} vs {list(b.shape)}", param="b")
     if a.ndim == 3:
         return float(
             np.mean([ssim(a[..., c], b[..., c], data_range=data_range, sigma=sigma) for c in range(a.shape[2])])

@@ -256,7 +256,8 @@ def _find_weights(text: str, given: FamilySpec | None, *, allow_pickle: bool,
         spec, detection = _spec_for_file(p, ckpt, meta, given)
         return _Found(ckpt=ckpt, spec=spec, detection=detection, file=str(p), layout=Layout.SINGLE_FILE)
     raise WeightsError(
-        f"source={text!r} is neither a file, a folder, nor a repo id (owner/name) in the local Hugging Face cache"
+        f"source={text!r} is neither a file, a folder, nor a repo id (owner/name) in the local Hugging Face cache",
+        param="source",
     )
 
 
@@ -292,7 +293,7 @@ def load_vae(
         raise _mismatch(found.file, found.ckpt, found.spec, fit)
     module = _module_with_weights(found.spec, fit.state, found.file)
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise VaeLensError(f"device {device!r} asked for, but torch sees no CUDA GPU; use device='cpu'")
+        raise VaeLensError(f"device {device!r} asked for, but torch sees no CUDA GPU; use device='cpu'", param="device")
     module = cast_module(module, device=device, dtype=dtype.torch).eval()
     pickled = found.file.endswith(PICKLE_SUFFIXES)
     notes = ("pickle checkpoint read with torch.load(weights_only=True)",) if pickled else ()
@@ -322,7 +323,8 @@ def _module_with_weights(spec: FamilySpec, state: dict[str, Any], path: str):
             module = build_module(spec, device="cpu")
             module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise WeightsError(f"weights {path!r} could not be loaded into {spec.diffusers_class}: {exc}") from None
+        raise WeightsError(f"weights {path!r} could not be loaded into {spec.diffusers_class}: {exc}",
+            param="source") from None
     return module.float()
 
 
@@ -353,7 +355,8 @@ def _weights_in(folder: Path, allow_pickle: bool) -> Path:
     listing = ", ".join(sorted(x.name for x in folder.iterdir())) or "nothing"
     raise WeightsError(
         f"folder {str(folder)!r} has a config.json but no weights vaelens can pick "
-        f"(looked for {', '.join(WEIGHT_NAMES)}); it holds: {listing}"
+        f"(looked for {', '.join(WEIGHT_NAMES)}); it holds: {listing}",
+        param="source",
     )
 
 
@@ -396,12 +399,14 @@ def _spec_for_file(p: Path, ckpt, meta: Mapping[str, str], given: FamilySpec | N
     if not fits:
         raise WeightsError(
             f"weights {str(p)!r}{chans} fit no registry family's module; pass family=NAME, or a config.json "
-            "that describes the architecture (family=path/to/config.json)"
+            "that describes the architecture (family=path/to/config.json)",
+            param="family",
         )
     names = ", ".join(f.spec.name for f in fits)
     raise WeightsError(
         f"weights {str(p)!r}{chans} fit {names} alike (same tensor shapes; the families differ in "
-        "normalisation or pipeline rules); pass family= to say which"
+        "normalisation or pipeline rules); pass family= to say which",
+        param="family",
     )
 
 
