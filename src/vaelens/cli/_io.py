@@ -126,9 +126,12 @@ def bar_enabled(args: argparse.Namespace) -> bool:
 
 
 @contextlib.contextmanager
-def bar_for(args: argparse.Namespace, label: str, *, unit: str) -> Iterator[Any]:
+def bar_for(args: argparse.Namespace, verb: str, *, unit: str) -> Iterator[Any]:
+    """-> the progress bar of a real-weights command ("encode with sdxl-vae"); the library sets its total."""
     from vaelens.progress import progress_bar
 
+    vae = getattr(args, "vae", None)
+    label = f"{verb} with {Path(str(vae)).name if vae else 'demo'}"
     with progress_bar(label, enabled=bar_enabled(args), unit=unit) as bar:
         yield bar
 

@@ -91,6 +91,7 @@ def encode_files(
     groups = ([to_pixels(read.arrays).permute(1, 0, 2, 3).unsqueeze(0)] if read.clip else
               [to_pixels(read.arrays[s : s + batch_size]) for s in range(0, len(read.arrays), batch_size)])
     unit = "clip" if read.clip else "image"
+    bar(0, 1 if read.clip else len(read.arrays), "")
     chunks, reports, done = [], [], 0
     with budgeted(vae.module, budget) as plans:
         for batch in groups:
@@ -191,6 +192,7 @@ def decode_file(
     total = lf.latent.shape[0]
     batch = check_batch_size(batch_size) if batch_size is not None else total
     bar = progress or null_bar()
+    bar(0, total, "")
     reports, paths, pixel_shape = [], [], None
     mp4 = Path(output).suffix.lower() == ".mp4"
     frame_rate = fps if fps is not None or not mp4 or lf.metadata.get("fps") is None else check_fps(lf.metadata["fps"])

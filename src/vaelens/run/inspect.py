@@ -69,6 +69,7 @@ def inspect_files(
     needs_vae = vae is not None or not all(is_latent_file(s) for s in sources)
     model = loaded(vae if vae is not None else "demo") if needs_vae else None
     bar = progress or null_bar()
+    bar(0, len(sources), "")
     items, skipped = [], {}
     for source, pre in zip(sources, prefixes, strict=True):
         bar.stage(Path(source).name)

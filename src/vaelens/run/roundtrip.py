@@ -229,6 +229,7 @@ def roundtrip_files(
             skipped[image] = str(exc)
     order = sorted(read)
     bar = progress or null_bar()
+    bar(0, len(order), "")
     items = []
     with budgeted(vae.module, budget) as plans:
         for positions in group_same_size(order, lambda i: read[i][0].shape, batch_size):
