@@ -63,6 +63,20 @@ def _max_frames(text: str) -> int:
     return check_max_frames(value)  # type: ignore[return-value]
 
 
+def _batch_size(text: str) -> int:
+    from vaelens.run.inputs import check_batch_size
+
+    try:
+        return check_batch_size(int(text))
+    except ValueError:
+        raise VaeLensError("must be a whole number of at least 1") from None
+
+
+def batch_size_type():
+    """--batch-size N: a whole number of at least 1, checked at parse time."""
+    return _typed(_batch_size, "--batch-size")
+
+
 def _fps(text: str) -> float:
     from vaelens.run.inputs import check_fps
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vaelens.cli._budget import add_budget
-from vaelens.cli._io import add_force, add_fps, add_quiet, add_strict, bar_for, outputs, print_lines
+from vaelens.cli._io import add_force, add_fps, add_quiet, add_strict, bar_for, batch_size_type, outputs, print_lines
 from vaelens.cli._vaeargs import add_vae, loading, weights_from_args
 from vaelens.cli.common import add_json, emit_json, warn
 
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="image (.png, .jpg, …) or, for video latents, .mp4 to write; a batch writes FILE_<source name>.png "
         "(the names recorded in the file) or FILE_00.png, FILE_01.png, …; video frames FILE_f000.png, …",
     )
-    p.add_argument("--batch-size", type=int, metavar="N",
+    p.add_argument("--batch-size", type=batch_size_type(), metavar="N",
                    help="decode N batch items per call (default: all in one call)")
     p.add_argument("--save-frames", action="store_true", help="with -o FILE.mp4: also write every frame as PNG")
     add_fps(p, "frame rate of an .mp4 (default: the file's record; 16)")

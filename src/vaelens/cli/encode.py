@@ -11,6 +11,7 @@ from vaelens.cli._io import (
     add_quiet,
     add_size_flag,
     bar_for,
+    batch_size_type,
     nonfinite_advice,
     outputs,
     print_lines,
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for --sample: image i is drawn with SEED+i (default 0)")
     p.add_argument("--raw", action="store_true", help="store raw latents, without the family's normalisation")
     add_size_flag(p, "resize every image to WxH (Lanczos) before encoding")
-    p.add_argument("--batch-size", type=int, default=4, metavar="N", help="images per encode call (default 4)")
+    p.add_argument("--batch-size", type=batch_size_type(), default=4, metavar="N", help="images per call (default 4)")
     p.add_argument("--video", action="store_true",
                    help="video VAEs: the images, in order, are the frames of one clip (an image sequence)")
     add_clip_flags(p)

@@ -13,6 +13,7 @@ from vaelens.cli._io import (
     add_size_flag,
     add_strict,
     bar_for,
+    batch_size_type,
     nonfinite_advice,
     outputs,
     print_lines,
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_size_flag(p, "resize the image to WxH (Lanczos) first")
     p.add_argument("--sample", action="store_true", help="sample the posterior (seeded) instead of its mode")
     p.add_argument("--seed", type=int, default=0, help="seed for --sample (default 0)")
-    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+    p.add_argument("--batch-size", type=batch_size_type(), default=1, metavar="N",
                    help="images of equal size per encode/decode call (default 1)")
     add_strict(p, "stop at the first image that cannot be read (default: skip it, list it, exit 1)")
     add_force(p)
