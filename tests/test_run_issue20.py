@@ -257,6 +257,7 @@ def test_inspect_help_does_not_claim_demo_for_latent_files(cli):
 
 def test_roundtrip_size_checked_at_parse_time(cli, tmp_path):
     one_line_error(cli("roundtrip", "--size", "0x64", "-o", str(tmp_path / "r")), "--size")
+    one_line_error(cli("roundtrip", "--batch-size", "0", "-o", str(tmp_path / "r")), "--batch-size")
     assert not list(tmp_path.iterdir())
 
 
