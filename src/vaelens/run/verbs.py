@@ -12,7 +12,7 @@ device memory budget with vaelens.tiling (untiled when that fits, exact tiles ot
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,15 +83,29 @@ def as_loaded(vae: Any):
                      detection=detection, converted=False, device=str(param.device), dtype=DType.of(param.dtype))
 
 
+class PlanLog(Sequence):
+    """The plans of the calls made inside a `budgeted` block, in order (read live: vaelens.tiling appends
+    each call's plan as it runs)."""
+
+    def __init__(self, plans: list | None = None, start: int = 0) -> None:
+        self._plans, self._start = plans if plans is not None else [], start
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._plans[self._start :][i]
+
+    def __len__(self) -> int:
+        return len(self._plans) - self._start
+
+
 @contextlib.contextmanager
-def budgeted(module: Any, budget: int | str | None, plan: Any = None) -> Iterator[list]:
-    """Within the block module.encode/decode run inside `budget` (or `plan`'s budget); yields the list the
-    plans of the block's calls are appended to (empty without a budget). A module the caller has
-    budgeted already keeps its own budget after the block."""
+def budgeted(module: Any, budget: int | str | None, plan: Any = None) -> Iterator[PlanLog]:
+    """Within the block module.encode/decode run inside `budget` (or `plan`'s budget); yields the PlanLog of
+    the block's calls (empty without a budget). A module the caller has budgeted already keeps its own
+    budget after the block."""
     if plan is not None:
         budget = plan.budget_bytes
     if budget is None:
-        yield []
+        yield PlanLog()
         return
     from vaelens.tiling.api import disable_budgeted_vae, enable_budgeted_vae
 
@@ -99,18 +113,16 @@ def budgeted(module: Any, budget: int | str | None, plan: Any = None) -> Iterato
     kept = (prior.budget, prior.cache) if prior is not None else None
     start = len(prior.plans) if prior is not None else 0
     state = enable_budgeted_vae(module, budget)
-    plans: list = []
     try:
-        yield plans
+        yield PlanLog(state.plans, start)
     finally:
-        plans.extend(state.plans[start:])
         if prior is not None and kept is not None:
             prior.budget, prior.cache = kept
         else:
             disable_budgeted_vae(module)
 
 
-def _last(plans: list, op: str):
+def _last(plans: Sequence, op: str):
     return next((p for p in reversed(plans) if p.op == op), None)
 
 
