@@ -1,4 +1,4 @@
-"""The one adapter to diffusers: encode/decode outputs unwrapped in one place, and codec.encode runs
+"""The one adapter to diffusers: encode/decode outputs unwrapped in one place, and vaelens.encode runs
 the encoder exactly once for every kind of VAE (KL posterior, AutoencoderTiny, AutoencoderDC)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 
 from tiny_models import tiny_kl
 from vaelens.build import build_module, decoded_pixels, encoded_latent, quiet_diffusers, run_encode
-from vaelens.codec import encode, roundtrip
+from vaelens.run import encode, roundtrip
 from vaelens.weights.load import load_vae
 
 
@@ -43,14 +43,14 @@ PIXELS = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 
 
 @pytest.mark.parametrize("kind", sorted(MODULES))
 @pytest.mark.parametrize("sample", [False, True])
-def test_codec_encode_runs_the_encoder_once(tmp_path, kind, sample):
+def test_encode_runs_the_encoder_once(tmp_path, kind, sample):
     torch.manual_seed(0)
     MODULES[kind]().eval().save_pretrained(tmp_path / kind)
     vae = load_vae(tmp_path / kind, device="cpu")
     calls: list[tuple[int, ...]] = []
     handle = vae.module.encoder.register_forward_pre_hook(lambda _m, args: calls.append(tuple(args[0].shape)))
     try:
-        z, _ = encode(vae, PIXELS, sample=sample, seed=1)
+        z = encode(vae, PIXELS, normalized=True, posterior="sample" if sample else "mode", seed=1).latent
         assert calls == [(1, 3, 16, 16)]
         rt = roundtrip(vae, PIXELS)
         assert len(calls) == 2  # the round trip's own encode, once

@@ -20,13 +20,13 @@ from vaelens.options import DType
 def test_all_is_sorted_and_no_public_name_is_a_submodule():
     assert vaelens.__all__ == sorted(vaelens.__all__)
     submodules = {m.name for m in pkgutil.iter_modules(vaelens.__path__)}
-    assert "codec" in submodules and not set(vaelens.__all__) & submodules
+    assert "run" in submodules and not set(vaelens.__all__) & submodules
     for name in vaelens.__all__:
         assert getattr(vaelens, name) is not None
 
 
 def test_submodules_load_on_first_use_after_a_bare_import():
-    code = "import vaelens; print(vaelens.codec.encode.__name__, vaelens.latents.LatentMetadata.__name__)"
+    code = "import vaelens; print(vaelens.run.encode.__name__, vaelens.latents.LatentMetadata.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["encode", "LatentMetadata"]
     with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):

@@ -148,7 +148,7 @@ def test_sample_on_a_deterministic_vae_is_not_recorded_as_a_sample(cli, root, tm
     out = tmp_path / "z.safetensors"
     r = cli("encode", str(root / "a.png"), "--vae", str(tmp_path / "tiny"), "-o", str(out), "--sample", "--seed", "3")
     assert r.code == 0, r.err
-    assert "--sample has no effect" in r.err
+    assert "a posterior sample was asked for" in r.err and "deterministic latent is stored" in r.err
     from vaelens.latents import load_latents
 
     meta = load_latents(out).metadata
@@ -156,13 +156,12 @@ def test_sample_on_a_deterministic_vae_is_not_recorded_as_a_sample(cli, root, tm
 
 
 def test_python_encode_refuses_a_uint8_tensor(root):
-    from vaelens import load_vae
-    from vaelens.codec import encode
+    from vaelens import encode, load_vae
     from vaelens.errors import VaeLensError
 
     vae = load_vae(str(root / "vae"))
     with pytest.raises(VaeLensError, match=r"uint8 tensor.*\[-1, 1\].*float\(\) / 127.5 - 1"):
-        encode(vae, torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
+        encode(vae, torch.zeros(1, 3, 16, 16, dtype=torch.uint8), normalized=True)
 
 
 # ------------------------------------------------------------------------------------ many inputs
@@ -333,3 +332,22 @@ def test_constant_latent_correlation_is_null():
     stats = channel_stats(np.ones((1, 3, 4, 4)))
     assert stats.to_json()["correlation"] == [[None] * 3] * 3
     assert stats.strongest_pair() is None and stats.mean_abs_correlation() is None
+
+
+def test_issue20_7_a_recorded_fps_that_cannot_be_written_is_refused_before_decoding(cli, wan_vae, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    for i in range(5):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(tmp_path / f"frame{i}.png")
+    z = tmp_path / "seq.safetensors"
+    assert cli("encode", str(tmp_path / "frame*.png"), "--video", "--vae", str(wan_vae), "-o", str(z)).code == 0
+    with safe_open(str(z), framework="pt") as f:
+        meta, latent = f.metadata(), f.get_tensor("latent")
+    save_file({"latent": latent}, str(tmp_path / "bad.safetensors"), metadata={**meta, "fps": "-5"})
+    r = cli("decode", str(tmp_path / "bad.safetensors"), "--vae", str(wan_vae), "-o", str(tmp_path / "x.mp4"))
+    assert r.code == 2 and "fps" in r.err and "Traceback" not in r.err, r.err
+    assert not (tmp_path / "x.mp4").exists()
+    r = cli("decode", str(tmp_path / "bad.safetensors"), "--vae", str(wan_vae), "-o", str(tmp_path / "y.mp4"),
+            "--fps", "10")
+    assert r.code == 0, r.err

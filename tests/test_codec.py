@@ -10,12 +10,24 @@ import pytest
 import torch
 
 from tiny_models import tiny_kl
-from vaelens.codec import Upcast, decode, encode, measure_memory, roundtrip
 from vaelens.errors import VaeLensError
 from vaelens.metrics import psnr, ssim
+from vaelens.run import Upcast, decode, encode, roundtrip
+from vaelens.run.steps import measure_memory
 from vaelens.weights.load import load_vae
 
 TINY = tiny_kl(shift_factor=0.25, force_upcast=False)  # AutoencoderKL's default is True
+
+
+def enc(vae, x, *, normalized=True, sample=False, **kw):
+    """The door with the old defaults: -> (latent, StepReport)."""
+    r = encode(vae, x, normalized=normalized, posterior="sample" if sample else "mode", **kw)
+    return r.latent, r.report
+
+
+def dec(vae, z, *, normalized=True, **kw):
+    r = decode(vae, z, normalized=normalized, **kw)
+    return r.pixels, r.report
 
 
 def loaded(tmp_path, *, dtype="fp32", blow_up: float | None = None, **overrides):
@@ -37,44 +49,61 @@ PIXELS = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 
 
 def test_encode_is_the_module_mode_then_normalised(tmp_path):
     module, vae = loaded(tmp_path)
-    z, report = encode(vae, PIXELS)
+    z, report = enc(vae, PIXELS)
     with torch.inference_mode():
         raw = module.encode(PIXELS).latent_dist.mode()
     torch.testing.assert_close(z, (raw - 0.25) * 0.5)  # (z - shift_factor) * scaling_factor
-    raw_back, _ = encode(vae, PIXELS, normalized=False)
+    raw_back, _ = enc(vae, PIXELS, normalized=False)
     torch.testing.assert_close(raw_back, raw)
     assert report.dtype_used.value == "fp32" and report.nonfinite == 0 and report.upcast_reason is None
-    out, _ = decode(vae, z)
+    out, _ = dec(vae, z)
     with torch.inference_mode():
         torch.testing.assert_close(out, module.decode(raw).sample)
 
 
 def test_sample_is_seeded_and_differs_from_mode(tmp_path):
     _, vae = loaded(tmp_path)
-    a, _ = encode(vae, PIXELS, sample=True, seed=3)
-    b, _ = encode(vae, PIXELS, sample=True, seed=3)
-    m, _ = encode(vae, PIXELS)
+    a, _ = enc(vae, PIXELS, sample=True, seed=3)
+    b, _ = enc(vae, PIXELS, sample=True, seed=3)
+    m, _ = enc(vae, PIXELS)
     assert torch.equal(a, b) and not torch.equal(a, m)
 
 
 def test_fp16_overflow_is_detected_and_redone_in_fp32(tmp_path):
     module, vae = loaded(tmp_path, dtype="fp16", blow_up=1e5)
-    z, report = encode(vae, PIXELS, upcast="auto")
+    z, report = enc(vae, PIXELS, upcast="auto")
     assert report.nonfinite_first > 0 and report.nonfinite == 0
-    assert report.dtype_used.value == "fp32" and "NaN/Inf values at fp16; redone in fp32" in report.upcast_reason
+    assert report.dtype_used.value == "fp32" and report.retried == (0, 1)
+    assert "NaN/Inf values at fp16 in 2 batch items; redone alone in fp32" in report.upcast_reason
     assert next(vae.module.parameters()).dtype == torch.float16  # the module is back at the asked dtype
     with torch.inference_mode():
         expected = (module.encode(PIXELS).latent_dist.mode() - 0.25) * 0.5
     torch.testing.assert_close(z, expected, atol=2e-2, rtol=2e-2)  # fp16 weights, fp32 compute
-    _, never = encode(vae, PIXELS, upcast=Upcast.NEVER)
+    _, never = enc(vae, PIXELS, upcast=Upcast.NEVER)
     assert never.nonfinite > 0 and never.dtype_used.value == "fp16"
+
+
+def test_nan_retry_is_per_sample(tmp_path):
+    """Only the item that overflows in fp16 is redone in fp32; the other keeps its fp16 latent."""
+    module, vae = loaded(tmp_path, dtype="fp16", blow_up=1e3)
+    pixels = PIXELS.clone()
+    pixels[1] *= 1e3  # item 1 overflows fp16's 65504 at this weight scale, item 0 does not
+    alone0, first = enc(vae, pixels[:1], upcast="never")
+    assert first.nonfinite == 0, "item 0 must be finite at fp16 for this test to mean anything"
+    z, report = enc(vae, pixels, upcast="auto")
+    assert report.retried == (1,) and report.nonfinite_first > 0 and report.nonfinite == 0
+    assert report.dtype_used.value == "fp16"  # not every item needed fp32
+    torch.testing.assert_close(z[:1], alone0)  # item 0: the fp16 result, untouched
+    with torch.inference_mode():
+        expected = (module.encode(pixels[1:]).latent_dist.mode() - 0.25) * 0.5
+    torch.testing.assert_close(z[1:], expected, atol=2e-2, rtol=2e-2)
 
 
 def test_force_upcast_config_runs_fp16_in_fp32(tmp_path):
     _, vae = loaded(tmp_path, dtype="fp16", force_upcast=True)
-    _, report = encode(vae, PIXELS)
+    _, report = enc(vae, PIXELS)
     assert report.dtype_used.value == "fp32" and "force_upcast" in report.upcast_reason
-    _, report = encode(vae, PIXELS, upcast="never")
+    _, report = enc(vae, PIXELS, upcast="never")
     assert report.dtype_used.value == "fp16"
 
 
@@ -83,10 +112,10 @@ def test_nonfinite_input_is_refused(tmp_path):
     bad = torch.zeros(1, 4, 8, 8)
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(VaeLensError, match="latent holds 1 NaN/Inf values of 256") as err:
-        decode(vae, bad)
+        dec(vae, bad)
     assert "nothing finite" not in str(err.value)  # 255 of the 256 values are finite
     with pytest.raises(VaeLensError, match="upcast 'sometimes'"):
-        encode(vae, PIXELS, upcast="sometimes")
+        enc(vae, PIXELS, upcast="sometimes")
 
 
 def test_roundtrip_scores_match_a_direct_computation(tmp_path):
@@ -155,7 +184,7 @@ def test_autoencoder_tiny_has_no_posterior_and_still_roundtrips(tmp_path):
     module.save_pretrained(tmp_path / "taesd-like")
     vae = load_vae(tmp_path / "taesd-like", device="cpu")
     assert vae.spec.normalization.kind.value == "none"  # scaling_factor 1.0
-    z, _ = encode(vae, PIXELS, sample=True)  # no posterior to sample: the deterministic latent
+    z, _ = enc(vae, PIXELS, sample=True)  # no posterior to sample: the deterministic latent
     with torch.inference_mode():
         torch.testing.assert_close(z, module.encode(PIXELS).latents)
     rt = roundtrip(vae, PIXELS)
@@ -178,7 +207,7 @@ def test_video_vae_takes_an_image_as_one_frame(tmp_path):
     module.save_pretrained(tmp_path / "wan-like")
     vae = load_vae(tmp_path / "wan-like", device="cpu")
     assert vae.spec.is_video and vae.spec.normalization.kind.value == "per_channel"
-    z, _ = encode(vae, PIXELS[:1])
+    z, _ = enc(vae, PIXELS[:1])
     with torch.inference_mode():
         raw = module.encode(PIXELS[:1].unsqueeze(2)).latent_dist.mode()  # [B,3,1,H,W]
     mean = torch.tensor([0.1, 0.2, 0.3, 0.4]).view(1, 4, 1, 1, 1)
@@ -193,15 +222,29 @@ def test_decode_adds_or_drops_the_one_frame_axis(tmp_path):
 
     _, kl = loaded(tmp_path)
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
-    image, _ = decode(kl, z, normalized=False)
-    one_frame, _ = decode(kl, z.unsqueeze(2), normalized=False)  # [B,C,1,h,w] to an image VAE
+    image, _ = dec(kl, z, normalized=False)
+    one_frame, _ = dec(kl, z.unsqueeze(2), normalized=False)  # [B,C,1,h,w] to an image VAE
     assert torch.equal(image, one_frame)
     with pytest.raises(VaeLensError, match="has 2 frames"):
-        decode(kl, torch.zeros(1, 4, 2, 8, 8), normalized=False)
+        dec(kl, torch.zeros(1, 4, 2, 8, 8), normalized=False)
     torch.manual_seed(0)
     wan_module = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[True])
     wan_module.eval().save_pretrained(tmp_path / "wan-like")
     wan = load_vae(tmp_path / "wan-like", device="cpu")
-    image, _ = decode(wan, z, normalized=False)  # [B,C,h,w] to a video VAE: one latent frame
-    one_frame, _ = decode(wan, z.unsqueeze(2), normalized=False)
+    image, _ = dec(wan, z, normalized=False)  # [B,C,h,w] to a video VAE: one latent frame
+    one_frame, _ = dec(wan, z.unsqueeze(2), normalized=False)
     assert torch.equal(image, one_frame) and tuple(image.shape) == (1, 3, 16, 16)
+
+
+def test_moments_step_gives_mean_and_logvar_with_the_per_item_retry(tmp_path):
+    from vaelens.run.steps import moments_step
+
+    module, vae = loaded(tmp_path, dtype="fp16", blow_up=1e3)
+    pixels = PIXELS.clone()
+    pixels[1] *= 1e3  # item 1 overflows in fp16, item 0 does not
+    mean, logvar, report = moments_step(vae, pixels)
+    assert report.retried == (1,) and torch.isfinite(mean).all() and torch.isfinite(logvar).all()
+    with torch.inference_mode():
+        dist = module.encode(pixels[1:]).latent_dist
+    torch.testing.assert_close(mean[1:], dist.mean, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(logvar[1:], dist.logvar, atol=2e-2, rtol=2e-2)

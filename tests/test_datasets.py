@@ -107,7 +107,7 @@ def test_moments_skip_nonfinite_positions():
 
 
 def test_compute_stats_matches_numpy_over_independent_encodes(tmp_path, vae, bucketing):
-    from vaelens.codec import encode
+    from vaelens import encode
     from vaelens.datasets.pixels import decode_image
     from vaelens.images import to_pixels
 
@@ -119,7 +119,7 @@ def test_compute_stats_matches_numpy_over_independent_encodes(tmp_path, vae, buc
 
         w, h = Image.open(p).size
         arr = decode_image(str(p), bucketing.place(h, w)).astype(np.float32) / 255.0
-        z, _ = encode(vae, to_pixels([arr]), normalized=False)
+        z = encode(vae, to_pixels([arr]), normalized=False).latent
         rows.append(np.moveaxis(z.double().numpy(), 1, -1).reshape(-1, z.shape[1]))
     x = np.concatenate(rows)
     s = report.stats

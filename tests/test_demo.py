@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vaelens.codec import roundtrip
 from vaelens.images import read_for_family, to_pixels
+from vaelens.run import roundtrip
 from vaelens.weights.demo import (
     DEMO_CONFIG,
     HELDOUT_IMAGES,

@@ -167,8 +167,8 @@ def test_report_without_weights_is_self_contained():
 
 
 def test_report_with_demo_weights_pipeline_and_budget(demo_report):
-    from vaelens.codec import roundtrip
     from vaelens.images import read_for_family, to_pixels
+    from vaelens.run import roundtrip
     from vaelens.weights.demo import demo_image_path, load_demo_vae
 
     rep = demo_report
@@ -177,7 +177,7 @@ def test_report_with_demo_weights_pipeline_and_budget(demo_report):
     imgs = [a for t, a in parser.tags if t == "img"]
     assert len(imgs) == 5  # original, round trip, error map, channels, RGB approximation
     assert all(a["src"].startswith("data:image/png;base64,") for a in imgs)
-    # the same numbers as the codec gives for the same image
+    # the same numbers as vaelens.run.roundtrip gives for the same image
     vae = load_demo_vae()
     arrays, _ = read_for_family([demo_image_path()], vae.spec)
     rt = roundtrip(vae, to_pixels(arrays))

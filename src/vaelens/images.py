@@ -66,7 +66,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
         img.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise VaeLensError(
-            f"image {str(path)!r} could not be read ({exc}); vaelens reads PNG, JPEG, WebP (and BMP, TIFF)"
+            f"image {str(path)!r} could not be read ({exc}); vaelens reads PNG, JPEG, WebP (and BMP, TIFF)",
+            param="image",
         ) from None
     fmt, mode = img.format or p.suffix.lstrip(".").upper(), img.mode
     notes: list[str] = list(_mode_notes(img))
@@ -139,23 +140,26 @@ def open_image(path: str | Path):
 
     p = Path(path)
     if p.is_dir():
-        raise VaeLensError(f"image {str(path)!r} is a folder; give image files (or the folder to encode its images)")
+        raise VaeLensError(f"image {str(path)!r} is a folder; give image files (or the folder to encode its images)",
+            param="image")
     if not p.is_file():
-        raise VaeLensError(f"image {str(path)!r} does not exist")
+        raise VaeLensError(f"image {str(path)!r} does not exist", param="image")
     limit = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE
         img = Image.open(p)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise VaeLensError(
-            f"image {str(path)!r} could not be read ({exc}); vaelens reads PNG, JPEG, WebP (and BMP, TIFF)"
+            f"image {str(path)!r} could not be read ({exc}); vaelens reads PNG, JPEG, WebP (and BMP, TIFF)",
+            param="image",
         ) from None
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     w, h = img.size
     if max(w, h) > MAX_SIDE:
         raise SizeError(
-            f"image {str(path)!r} is {w}x{h}; vaelens' limit is {MAX_SIDE} pixels per side (as for size=)"
+            f"image {str(path)!r} is {w}x{h}; vaelens' limit is {MAX_SIDE} pixels per side (as for size=)",
+            param="image",
         )
     return img
 
@@ -192,7 +196,7 @@ def apply_family_size(arr: np.ndarray, spec: FamilySpec, info: ImageInfo | None 
     h, w = arr.shape[:2]
     nh, nw = h // m * m, w // m * m
     if nh == 0 or nw == 0:
-        raise SizeError(f"image {w}x{h} is smaller than {spec.name}'s multiple of {m} pixels per side")
+        raise SizeError(f"image {w}x{h} is smaller than {spec.name}'s multiple of {m} pixels per side", param="image")
     warning = None
     if (nh, nw) != (h, w):
         top, left = (h - nh) // 2, (w - nw) // 2
@@ -257,7 +261,8 @@ def save_image(arr: np.ndarray, path: str | Path) -> Path:
             Image.fromarray(pixels).save(tmp)
     except (ValueError, KeyError, OSError) as exc:  # unknown suffix, a format Pillow cannot write, a folder
         raise VaeLensError(
-            f"image {str(p)!r} could not be written ({exc}); write .png, .jpg, .webp, .bmp or .tif"
+            f"image {str(p)!r} could not be written ({exc}); write .png, .jpg, .webp, .bmp or .tif",
+            param="output",
         ) from None
     return p
 
@@ -284,6 +289,7 @@ def read_for_family(paths: list[str | Path], spec: FamilySpec, *, size: tuple[in
         listing = ", ".join(f"{Path(i.path).name} {i.used_size[1]}x{i.used_size[0]}" for i in infos)
         raise SizeError(
             f"images differ in size after {spec.name}'s size rule ({listing}); "
-            "pass size= to resize them all, or encode them separately"
+            "pass size= to resize them all, or encode them separately",
+            param="size",
         )
     return arrays, infos

@@ -33,7 +33,7 @@ def _channels_last(latent) -> np.ndarray:
     """latent [B,C,...] (torch or numpy) -> float64 array [N, C] of every position's channel vector."""
     a = latent.detach().cpu().double().numpy() if hasattr(latent, "detach") else np.asarray(latent)
     if a.ndim < 3:
-        raise VaeLensError(f"latent shape {list(a.shape)} is not [B, C, (F,) h, w]")
+        raise VaeLensError(f"latent shape {list(a.shape)} is not [B, C, (F,) h, w]", param="latent")
     return np.moveaxis(a.astype(np.float64), 1, -1).reshape(-1, a.shape[1])
 
 
@@ -117,7 +117,7 @@ def channel_stats(latent) -> ChannelStats:
     nonfinite = int((~np.isfinite(x)).sum())
     x = x[finite]
     if x.shape[0] == 0:
-        raise VaeLensError("latent has no finite values: every position holds NaN or Inf")
+        raise VaeLensError("latent has no finite values: every position holds NaN or Inf", param="latent")
     with np.errstate(invalid="ignore", divide="ignore"):  # a constant channel has no correlation: NaN
         corr = np.corrcoef(x, rowvar=False) if x.shape[0] > 1 else np.eye(x.shape[1])
     corr = np.atleast_2d(corr)
@@ -175,7 +175,8 @@ def fit_rgb_projection(latent, rgb) -> RgbProjection:
     z = _channels_last(latent)
     y = _channels_last(rgb)
     if z.shape[0] != y.shape[0]:
-        raise VaeLensError(f"latent has {z.shape[0]} positions but rgb has {y.shape[0]}; pool rgb to latent size")
+        raise VaeLensError(f"latent has {z.shape[0]} positions but rgb has {y.shape[0]}; pool rgb to latent size",
+            param="rgb")
     ok = np.isfinite(z).all(1) & np.isfinite(y).all(1)
     design = np.concatenate([z[ok], np.ones((int(ok.sum()), 1))], axis=1)
     theta, *_ = np.linalg.lstsq(design, y[ok], rcond=None)
@@ -194,7 +195,7 @@ def fit_rgb_projection(latent, rgb) -> RgbProjection:
 
 # Keys of LatentMetadata.to_json(), in the order they are written (README "The latent file").
 _META_KEYS = ("format", "vaelens_version", "family", "class", "normalized", "normalization", "pixel_shape",
-              "latent_shape", "sources", "vae_source", "posterior", "seed", "dtype")
+              "latent_shape", "sources", "vae_source", "weights_sha256", "posterior", "seed", "dtype")
 
 
 def _shape(value: Any) -> tuple[int, ...] | None:
@@ -218,7 +219,8 @@ class LatentMetadata:
     latent_shape: tuple[int, ...] | None = None
     sources: tuple[str, ...] = ()
     vae_source: str | None = None
-    posterior: str | None = None  # "mode" | "sample"
+    weights_sha256: tuple[str, ...] = ()  # of the weights files that encoded it (vaelens.weights.load)
+    posterior: str | None = None  # "mode" | "sample" | "deterministic"
     seed: int | None = None
     dtype: str | None = None
     format: str = FORMAT
@@ -239,6 +241,7 @@ class LatentMetadata:
             "latent_shape": list(self.latent_shape) if self.latent_shape is not None else None,
             "sources": list(self.sources),
             "vae_source": self.vae_source,
+            "weights_sha256": list(self.weights_sha256),
             "posterior": self.posterior,
             "seed": self.seed,
             "dtype": self.dtype,
@@ -249,11 +252,17 @@ class LatentMetadata:
     def from_json(cls, data: Mapping[str, Any]) -> LatentMetadata:
         """The decoded metadata of a latent file (any vaelens version) -> LatentMetadata."""
         norm = None
-        if isinstance(data.get("normalization"), Mapping):
+        record = data.get("normalization")
+        if record is not None:  # a record that cannot be read is an error, never a silent fallback
+            if not isinstance(record, Mapping):
+                raise VaeLensError(f"the latent file's normalization record {record!r} is not an object",
+                                   param="normalization", value=record)
             try:
-                norm = normalization_from_json(data["normalization"])
-            except VaeLensError:  # unreadable: the raw value stays in LatentFile.metadata
-                norm = None
+                norm = normalization_from_json(record)
+            except VaeLensError as exc:
+                raise VaeLensError(f"the latent file's normalization record is corrupt: {exc}",
+                                   param="normalization", value=record) from None
+        digests = data.get("weights_sha256")
         normalized = data.get("normalized")
         sources = data.get("sources")
         seed = data.get("seed")
@@ -266,6 +275,7 @@ class LatentMetadata:
             latent_shape=_shape(data.get("latent_shape")),
             sources=tuple(str(s) for s in sources) if isinstance(sources, list) else (),
             vae_source=str(data["vae_source"]) if data.get("vae_source") is not None else None,
+            weights_sha256=tuple(str(d) for d in digests) if isinstance(digests, list) else (),
             posterior=data.get("posterior") if isinstance(data.get("posterior"), str) else None,
             seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
             dtype=data.get("dtype") if isinstance(data.get("dtype"), str) else None,
@@ -289,6 +299,7 @@ class LatentFile:
     metadata: dict[str, Any]
     comfy: bool
     info: LatentMetadata = field(default_factory=LatentMetadata)
+    warnings: tuple[str, ...] = ()  # how the file was read where a choice was made (a legacy ComfyUI file)
 
 
 def _output_file(path: str | Path) -> Path:
@@ -296,7 +307,7 @@ def _output_file(path: str | Path) -> Path:
     p = Path(path)
     if p.is_dir():
         example = str(p / "latents.safetensors")
-        raise VaeLensError(f"output {str(path)!r} is a folder; give a file name, e.g. {example!r}")
+        raise VaeLensError(f"output {str(path)!r} is a folder; give a file name, e.g. {example!r}", param="output")
     p.parent.mkdir(parents=True, exist_ok=True)
     return p
 
@@ -338,11 +349,17 @@ def save_comfy_latent(path: str | Path, raw_latent) -> Path:
 
 
 def _check_latent_shape(t, path: str | Path) -> None:
-    """A latent is [B,C,h,w] or [B,C,F,h,w] with no empty axis; anything else is refused here, once."""
+    """A latent is float [B,C,h,w] or [B,C,F,h,w] with no empty axis; anything else is refused here, once."""
+    if not t.is_floating_point():
+        raise VaeLensError(
+            f"latent file {str(path)!r} holds a {str(t.dtype).replace('torch.', '')} tensor; latents are float "
+            "(a VAE never outputs integers)", param="latents", value=str(t.dtype),
+        )
     if t.ndim not in (4, 5) or 0 in t.shape:
         raise VaeLensError(
             f"latent file {str(path)!r} holds a tensor of shape {list(t.shape)}; "
-            "expected [B, C, h, w] or [B, C, F, h, w] with no empty axis"
+            "expected [B, C, h, w] or [B, C, F, h, w] with no empty axis",
+            param="latents",
         )
 
 
@@ -352,21 +369,28 @@ def load_latents(path: str | Path) -> LatentFile:
 
     p = Path(path)
     if not p.is_file():
-        raise VaeLensError(f"latent file {str(path)!r} does not exist")
+        raise VaeLensError(f"latent file {str(path)!r} does not exist", param="latents")
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
             keys = set(f.keys())
             raw_meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in keys & {COMFY_KEY, COMFY_VERSION_KEY, "latent"}}
     except Exception as exc:  # noqa: BLE001
-        raise VaeLensError(f"latent file {str(path)!r} is not a readable safetensors file ({exc})") from None
+        raise VaeLensError(f"latent file {str(path)!r} is not a readable safetensors file ({exc})",
+            param="latents") from None
     if COMFY_KEY in tensors:
         _check_latent_shape(tensors[COMFY_KEY], path)
         t = tensors[COMFY_KEY].float()
         legacy = COMFY_VERSION_KEY not in tensors
         if legacy:
             t = t * COMFY_LEGACY_MULTIPLIER
+            comfy_warnings = (
+                f"{p.name} has no {COMFY_VERSION_KEY} marker (a ComfyUI file from before its latent format "
+                f"change): scaled by 1/0.18215 as ComfyUI's LoadLatent does, then read as raw latents",)
+        else:
+            comfy_warnings = ()
         return LatentFile(
+            warnings=comfy_warnings,
             latent=t,
             normalized=False,
             family=None,
@@ -378,7 +402,8 @@ def load_latents(path: str | Path) -> LatentFile:
         shown = ", ".join(sorted(keys)[:3]) + (f", … ({len(keys)} tensors)" if len(keys) > 3 else "")
         raise VaeLensError(
             f"latent file {str(path)!r} holds {shown or 'no tensors'}; "
-            f"expected 'latent' (vaelens) or '{COMFY_KEY}' (ComfyUI)"
+            f"expected 'latent' (vaelens) or '{COMFY_KEY}' (ComfyUI)",
+            param="latents",
         )
     _check_latent_shape(tensors["latent"], path)
     meta: dict[str, Any] = {}
@@ -407,11 +432,12 @@ def project_with_decoder(vae, raw_latent, *, upcast: str = "auto"):
     """
     import torch
 
-    from vaelens.codec import decode
+    from vaelens.run.verbs import decode
 
     if raw_latent.ndim != 4:
-        raise VaeLensError(f"the RGB projection takes image latents [B,C,h,w]; got {list(raw_latent.shape)}")
-    pixels, _ = decode(vae, raw_latent, normalized=False, upcast=upcast)
+        raise VaeLensError(f"the RGB projection takes image latents [B,C,h,w]; got {list(raw_latent.shape)}",
+                           param="latent", value=list(raw_latent.shape))
+    pixels = decode(vae, raw_latent, normalized=False, upcast=upcast).pixels
     rgb01 = (pixels.float().clamp(-1, 1) + 1) / 2
     pooled = torch.nn.functional.adaptive_avg_pool2d(rgb01, raw_latent.shape[-2:])
     proj = fit_rgb_projection(raw_latent, pooled)
@@ -429,22 +455,23 @@ def raw_latent_from_file(
 
     normalized: True/False overrides the file; None takes what the file records, and a file that does
     not say is refused (as decode refuses it). A normalised latent is denormalised with the
-    normalisation recorded in the file (exact; codec.recorded_normalization when `vae` is given, which
+    normalisation recorded in the file (exact; run.verbs.recorded_normalization when `vae` is given, which
     refuses a mismatch it cannot resolve), else with `vae`'s; statistics that live in a checkpoint need `vae`.
     """
     from vaelens.normalization import denormalize
 
     lf = load_latents(path)
     z = lf.latent
-    warnings: list[str] = []
+    warnings: list[str] = list(lf.warnings)
     if normalized is None and lf.normalized is None:
         raise VaeLensError(
-            f"{path} does not say whether its latents are normalised; pass normalized=True or normalized=False"
+            f"{path} does not say whether its latents are normalised; pass normalized=True or normalized=False",
+            param="normalized", value=None, choices=(True, False),
         )
     if lf.normalized if normalized is None else normalized:
         norm = lf.info.normalization
         if vae is not None:
-            from vaelens.codec import recorded_normalization
+            from vaelens.run.verbs import recorded_normalization
 
             undo, note = recorded_normalization(norm, vae)
             z = denormalize(z, undo, module=vae.module)
@@ -452,12 +479,13 @@ def raw_latent_from_file(
                 warnings.append(note)
         elif norm is None:
             raise MissingModuleError(
-                f"{path} holds normalised latents without their normalisation; pass vae= (the VAE that made them)"
+                f"{path} holds normalised latents without their normalisation; pass vae= (the VAE that made them)",
+                param="vae", value=None,
             )
         elif norm.stats_from:  # the statistics are checkpoint buffers, not in the file's metadata
             raise MissingModuleError(
                 f"{path} holds normalised latents whose statistics live in the VAE checkpoint "
-                f"({norm.stats_from}); pass vae= to undo the normalisation"
+                f"({norm.stats_from}); pass vae= to undo the normalisation", param="vae", value=None,
             )
         else:
             z = denormalize(z, norm)
@@ -502,7 +530,7 @@ class LatentInspection:
     def item(self, index: int):
         """-> the batch item's latent [C,h,w] to draw (a video latent: its latent frame 0)."""
         if not 0 <= index < self.raw.shape[0]:
-            raise VaeLensError(f"index {index} is outside the batch of {self.raw.shape[0]}")
+            raise VaeLensError(f"index {index} is outside the batch of {self.raw.shape[0]}", param="index")
         item = self.raw[index]
         return item[:, 0] if item.ndim == 4 else item
 

@@ -33,6 +33,20 @@ def _filter_valid(img: np.ndarray, g: np.ndarray) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(rows, k, axis=0) @ g
 
 
+def ssim_unavailable(shape: tuple[int, ...], *, sigma: float = 1.5) -> str | None:
+    """image shape [H,W(,C)] -> why SSIM cannot be computed on it (a side shorter than the Gaussian
+    window), or None when it can.
+
+    >>> ssim_unavailable((8, 4096, 3))
+    'SSIM needs at least 11 px per side (its Gaussian window); the image is 4096x8'
+    """
+    k = len(_gaussian_window(sigma))
+    h, w = shape[0], shape[1]
+    if min(h, w) < k:
+        return f"SSIM needs at least {k} px per side (its Gaussian window); the image is {w}x{h}"
+    return None
+
+
 def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float = 1.0, sigma: float = 1.5) -> float:
     """arrays [H,W] or [H,W,C] in [0, data_range] -> mean SSIM (Wang et al. 2004), channels averaged.
 
@@ -43,14 +57,15 @@ def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float = 1.0, sigma: float 
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     if a.shape != b.shape:
-        raise VaeLensError(f"ssim: shapes differ, {list(a.shape)} vs {list(b.shape)}")
+        raise VaeLensError(f"ssim: shapes differ, {list(a.shape)} vs {list(b.shape)}", param="b")
     if a.ndim == 3:
         return float(
             np.mean([ssim(a[..., c], b[..., c], data_range=data_range, sigma=sigma) for c in range(a.shape[2])])
         )
     g = _gaussian_window(sigma)
-    if min(a.shape) < len(g):
-        raise VaeLensError(f"ssim: image {list(a.shape)} is smaller than the {len(g)}-pixel Gaussian window")
+    reason = ssim_unavailable(a.shape, sigma=sigma)
+    if reason:
+        raise VaeLensError(f"ssim: {reason}", param="a", value=list(a.shape))
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     mu_a, mu_b = _filter_valid(a, g), _filter_valid(b, g)
     var_a = _filter_valid(a * a, g) - mu_a**2

@@ -125,10 +125,10 @@ def versions() -> dict[str, str]:
 def real_weights(vae: str | Path, image: str | Path | None = None) -> RealWeights:
     """weights ('demo': vaelens' demo VAE) + image (default: the demo photograph) -> RealWeights: the round
     trip scored (PSNR/SSIM, error map), the raw latent's channels, and the linear RGB approximation."""
-    from vaelens.codec import roundtrip
     from vaelens.images import from_pixels, read_for_family, to_pixels
     from vaelens.latents import project_with_decoder
     from vaelens.normalization import denormalize
+    from vaelens.run import roundtrip
     from vaelens.weights.demo import demo_image_path, demo_weights_path
     from vaelens.weights.load import load_vae
 

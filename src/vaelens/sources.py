@@ -42,7 +42,8 @@ def expand_inputs(
             if not found:
                 raise VaeLensError(
                     f"folder {text!r} holds no files ending in {', '.join(allowed)} (folders are not searched "
-                    "recursively)"
+                    "recursively)",
+                    param="inputs",
                 )
             files.extend(found)
         elif p.exists():
@@ -54,10 +55,11 @@ def expand_inputs(
         elif _GLOB_CHARS & set(text):
             matches = sorted(Path(m) for m in glob.glob(text) if Path(m).is_file())
             if not matches:
-                raise VaeLensError(f"pattern {text!r} matches no file")
+                raise VaeLensError(f"pattern {text!r} matches no file", param="inputs")
             files.extend(matches)
         else:
-            raise VaeLensError(f"input {text!r} does not exist (give files, a folder, a glob pattern, or 'demo')")
+            raise VaeLensError(f"input {text!r} does not exist (give files, a folder, a glob pattern, or 'demo')",
+                param="inputs")
     seen: set[Path] = set()
     unique = []
     for f in files:

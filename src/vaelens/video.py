@@ -22,8 +22,8 @@ def _av():
     try:
         import av
     except ImportError:  # pragma: no cover - the extra is installed in dev
-        raise VaeLensError("reading or writing video needs PyAV: pip install 'vaelens[video]' (or: pip install av)"
-                           ) from None
+        raise VaeLensError("reading or writing video needs PyAV: pip install 'vaelens[video]' (or: pip install av)",
+                           param="video") from None
     return av
 
 
@@ -64,18 +64,19 @@ def read_video(path: str | Path, *, max_frames: int | None = None) -> tuple[np.n
     av = _av()
     p = Path(path)
     if not p.is_file():
-        raise VaeLensError(f"video {str(path)!r} does not exist")
+        raise VaeLensError(f"video {str(path)!r} does not exist", param="video")
     try:
         container = av.open(str(p))
     except (av.error.FFmpegError, OSError) as exc:
-        raise VaeLensError(f"video {str(path)!r} could not be read ({exc})") from None
+        raise VaeLensError(f"video {str(path)!r} could not be read ({exc})", param="video") from None
     with container:
         if not container.streams.video:
-            raise VaeLensError(f"video {str(path)!r} has no video stream")
+            raise VaeLensError(f"video {str(path)!r} has no video stream", param="video")
         stream = container.streams.video[0]
         w, h = stream.codec_context.width, stream.codec_context.height
         if max(w, h) > MAX_SIDE:
-            raise VaeLensError(f"video {str(path)!r} is {w}x{h}; vaelens' limit is {MAX_SIDE} pixels per side")
+            raise VaeLensError(f"video {str(path)!r} is {w}x{h}; vaelens' limit is {MAX_SIDE} pixels per side",
+                param="video")
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else DEFAULT_FPS
         limit = min(max_frames or MAX_FRAMES, MAX_FRAMES)
@@ -86,10 +87,10 @@ def read_video(path: str | Path, *, max_frames: int | None = None) -> tuple[np.n
                 if len(frames) < limit:
                     frames.append(frame.to_ndarray(format="rgb24"))
         except av.error.FFmpegError as exc:
-            raise VaeLensError(f"video {str(path)!r} could not be decoded ({exc})") from None
+            raise VaeLensError(f"video {str(path)!r} could not be decoded ({exc})", param="video") from None
         codec = stream.codec_context.name
     if not frames:
-        raise VaeLensError(f"video {str(path)!r} holds no frames")
+        raise VaeLensError(f"video {str(path)!r} holds no frames", param="video")
     notes = []
     if total > len(frames):
         notes.append(f"first {len(frames)} of {total} frames used")
@@ -108,10 +109,11 @@ def write_video(path: str | Path, frames: np.ndarray, *, fps: float = DEFAULT_FP
     av = _av()
     arr = (np.clip(np.asarray(frames, dtype=np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
     if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise VaeLensError(f"frames of shape {list(arr.shape)} are not [F, H, W, 3]")
+        raise VaeLensError(f"frames of shape {list(arr.shape)} are not [F, H, W, 3]", param="frames")
     arr = arr[:, : arr.shape[1] // 2 * 2, : arr.shape[2] // 2 * 2]  # yuv420p needs even sides
     if 0 in arr.shape:
-        raise VaeLensError(f"frames of shape {list(frames.shape)} are too small for an MP4 (2x2 at least)")
+        raise VaeLensError(f"frames of shape {list(frames.shape)} are too small for an MP4 (2x2 at least)",
+            param="frames")
     with atomic_write(path) as tmp:
         container = av.open(str(tmp), mode="w", format="mp4")
         with container:
@@ -136,7 +138,7 @@ def frames_for_family(frames: np.ndarray, spec) -> tuple[np.ndarray, str | None]
         return frames, None
     t = spec.temporal.factor
     if count < 1:
-        raise FrameError(f"a clip of {count} frames is empty")
+        raise FrameError(f"a clip of {count} frames is empty", param="frames")
     try:
         used, _ = apply_frame_rule(spec, count)
     except FrameError:

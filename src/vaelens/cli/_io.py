@@ -1,11 +1,13 @@
-"""CLI glue for files: --force / --quiet, output checks worded with CLI flags, and many inputs
-(several files, a folder, a glob, or `demo`)."""
+"""CLI glue for files: --force / --quiet / --strict, output checks worded with CLI flags, flags checked at
+parse time (--size, --fps, --max-frames), the progress bar, and the skipped-input listing."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from vaelens.errors import VaeLensError
 from vaelens.outputs import OutputExistsError, prepare_outputs
@@ -28,6 +30,76 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_strict(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--strict", action="store_true", help=what)
+
+
+def _typed(check, flag: str):
+    """A library check -> an argparse type: a bad value is a usage error in flag words, at parse time."""
+
+    def parse(text: str):
+        try:
+            return check(text)
+        except VaeLensError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+    parse.__name__ = flag
+    return parse
+
+
+def _size(text: str) -> tuple[int, int]:
+    from vaelens.options import parse_size
+
+    return parse_size(text)
+
+
+def _max_frames(text: str) -> int:
+    from vaelens.run.inputs import check_max_frames
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise VaeLensError("must be a whole number of at least 1") from None
+    return check_max_frames(value)  # type: ignore[return-value]
+
+
+def _batch_size(text: str) -> int:
+    from vaelens.run.inputs import check_batch_size
+
+    try:
+        return check_batch_size(int(text))
+    except ValueError:
+        raise VaeLensError("must be a whole number of at least 1") from None
+
+
+def batch_size_type():
+    """--batch-size N: a whole number of at least 1, checked at parse time."""
+    return _typed(_batch_size, "--batch-size")
+
+
+def _fps(text: str) -> float:
+    from vaelens.run.inputs import check_fps
+
+    return check_fps(text)  # type: ignore[return-value]
+
+
+def add_size_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--size", metavar="WxH", type=_typed(_size, "--size"), help=help_text)
+
+
+def add_fps(parser: argparse.ArgumentParser, help_text: str) -> None:
+    from vaelens.run.inputs import MAX_FPS
+
+    parser.add_argument("--fps", type=_typed(_fps, "--fps"), metavar="FPS",
+                        help=f"{help_text} (0 < FPS <= {MAX_FPS:g})")
+
+
+def add_clip_flags(parser: argparse.ArgumentParser) -> None:
+    add_fps(parser, "frame rate to record for a clip (default: the file's; 16); video VAEs only")
+    parser.add_argument("--max-frames", type=_typed(_max_frames, "--max-frames"), metavar="N",
+                        help="read at most N frames of a video file (video VAEs only)")
+
+
 def check_outputs(
     args: argparse.Namespace,
     paths: Sequence[str | Path],
@@ -37,10 +109,29 @@ def check_outputs(
     what: str = "output",
 ) -> list[Path]:
     """prepare_outputs with the CLI's --force; an existing file's message names --force."""
-    try:
+    with outputs(what):
         return prepare_outputs(paths, inputs=inputs, force=bool(getattr(args, "force", False)), kind=kind, what=what)
+
+
+# Library errors whose remedy is a choice between CLI flags: the remedy the library words in its
+# parameter ("; pass normalized=True or normalized=False") is said in the flags instead.
+REMEDIES = {"normalized": "pass --raw or --normalized"}
+
+
+@contextlib.contextmanager
+def outputs(what: str = "output") -> Iterator[None]:
+    """An output that exists without --force -> the one-line error naming --force; a remedy in REMEDIES
+    said in flags."""
+    try:
+        yield
     except OutputExistsError as exc:
-        raise VaeLensError(f"{what} {str(exc.path)!r} already exists; pass --force to replace it") from None
+        raise VaeLensError(f"{what} {str(exc.path)!r} already exists; pass --force to replace it",
+                           param="force", value=False) from None
+    except VaeLensError as exc:
+        if exc.param not in REMEDIES or "; pass " not in str(exc):
+            raise
+        text = str(exc).split("; pass ")[0] + "; " + REMEDIES[exc.param]
+        raise type(exc)(text, param=exc.param, value=exc.value, choices=exc.choices) from None
 
 
 def bar_enabled(args: argparse.Namespace) -> bool:
@@ -48,12 +139,15 @@ def bar_enabled(args: argparse.Namespace) -> bool:
     return not (getattr(args, "quiet", False) or getattr(args, "json", False))
 
 
-def expand_images(items: Sequence[str], *, extra_suffixes: Sequence[str] = ()) -> list[str]:
-    """IMAGE arguments -> image (and video) files: files as given, a folder's images (sorted by name),
-    glob patterns expanded (sorted), and `demo` for the shipped sample photograph."""
-    from vaelens.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_inputs
+@contextlib.contextmanager
+def bar_for(args: argparse.Namespace, verb: str, *, unit: str) -> Iterator[Any]:
+    """-> the progress bar of a real-weights command ("encode with sdxl-vae"); the library sets its total."""
+    from vaelens.progress import progress_bar
 
-    return [str(p) for p in expand_inputs(items, suffixes=(*IMAGE_SUFFIXES, *VIDEO_SUFFIXES, *extra_suffixes))]
+    vae = getattr(args, "vae", None)
+    label = f"{verb} with {Path(str(vae)).name if vae else 'demo'}"
+    with progress_bar(label, enabled=bar_enabled(args), unit=unit) as bar:
+        yield bar
 
 
 def weights_inputs(args: argparse.Namespace) -> list[str]:
@@ -62,20 +156,19 @@ def weights_inputs(args: argparse.Namespace) -> list[str]:
     return [vae] if vae and Path(vae).exists() else []
 
 
-def stems(paths: Sequence[str | Path]) -> list[str]:
-    """Input files -> distinct name stems for their outputs: coffee.png, cat.jpg -> coffee, cat (a stem
-    that occurs twice gets the index of its file, zero-padded, in front: 03_coffee)."""
-    names = [Path(p).stem for p in paths]
-    width = len(str(len(names) - 1))
-    dupes = {n for n in names if names.count(n) > 1}
-    return [f"{i:0{width}d}_{n}" if n in dupes else n for i, n in enumerate(names)]
+def report_skipped(skipped: dict[str, str], warn) -> int:
+    """Inputs skipped (path -> reason) -> one warning each and a summary; -> exit code 1 if any, else 0."""
+    for path, reason in skipped.items():
+        warn(f"skipped {path}: {reason}")
+    if skipped:
+        n = len(skipped)
+        warn(f"{n} input{'' if n == 1 else 's'} skipped (--strict stops at the first)")
+    return 1 if skipped else 0
 
 
-def check_batch_size(args: argparse.Namespace) -> int:
-    n = getattr(args, "batch_size", 1)
-    if n < 1:
-        raise VaeLensError(f"--batch-size {n} must be at least 1")
-    return n
+def print_lines(lines: Sequence[str]) -> None:
+    if lines:
+        print("\n".join(lines))
 
 
 def nonfinite_advice(args: argparse.Namespace) -> str:
@@ -88,15 +181,3 @@ def nonfinite_advice(args: argparse.Namespace) -> str:
     if tips:
         return "try " + " or ".join(tips)
     return "this happened in fp32, so the weights or the input produce non-finite values (check the weights file)"
-
-
-def group_same_size(items: Sequence, shape_of, batch_size: int) -> list[list[int]]:
-    """Consecutive items of equal shape_of(item), at most batch_size each -> lists of indices."""
-    groups: list[list[int]] = []
-    for i, item in enumerate(items):
-        last = groups[-1] if groups else None
-        if last and len(last) < batch_size and shape_of(items[last[0]]) == shape_of(item):
-            last.append(i)
-        else:
-            groups.append([i])
-    return groups

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,8 @@ from vaelens.cli.common import warn
 from vaelens.errors import VaeLensError
 
 
-def add_vae(parser: argparse.ArgumentParser, *, required: bool) -> None:
+def add_vae(parser: argparse.ArgumentParser, *, required: bool, default: str = " (the default)") -> None:
+    """The weights flags; `default` says what happens without --vae (when it is optional)."""
     g = parser.add_argument_group("weights")
     g.add_argument(
         "--vae",
@@ -20,7 +23,7 @@ def add_vae(parser: argparse.ArgumentParser, *, required: bool) -> None:
         help="diffusers folder (or pipeline folder with vae/), single .safetensors file (diffusers or original "
         "keys, or a full checkpoint), or a repo id in the local Hugging Face cache"
         + "; 'demo': vaelens' built-in demo VAE"
-        + ("" if required else " (the default)"),
+        + ("" if required else default),
     )
     g.add_argument(
         "--family",
@@ -33,7 +36,8 @@ def add_vae(parser: argparse.ArgumentParser, *, required: bool) -> None:
         help="allow .ckpt/.pt/.bin pickle checkpoints (read with torch.load(weights_only=True))",
     )
     g.add_argument("--device", help="cuda | cpu | cuda:N (default: cuda if torch sees one, else cpu)")
-    g.add_argument("--dtype", default="fp32", metavar="D", help="fp32 | fp16 | bf16 (default fp32)")
+    g.add_argument("--dtype", default="fp32", metavar="D",
+                   help="fp32 | fp16 | bf16 | auto (bf16 on CUDA, fp32 on CPU) (default fp32)")
     g.add_argument(
         "--upcast",
         default="auto",
@@ -41,6 +45,15 @@ def add_vae(parser: argparse.ArgumentParser, *, required: bool) -> None:
         help="auto (default): fp32 when the config says force_upcast and dtype is fp16, and redo a "
         "step in fp32 when it produces NaN/Inf; always; never",
     )
+
+
+def weights_from_args(args: argparse.Namespace):
+    """--vae/--family/--device/--dtype/--allow-pickle -> vaelens.run.Weights (--vae absent: the demo VAE;
+    a command that needs --vae marks it required)."""
+    from vaelens.run.inputs import Weights
+
+    return Weights(source=args.vae or "demo", family=args.family, device=args.device, dtype=args.dtype,
+                   allow_pickle=args.allow_pickle)
 
 
 def load_from_args(args: argparse.Namespace, *, default_demo: bool = False):
@@ -67,8 +80,14 @@ def load_from_args(args: argparse.Namespace, *, default_demo: bool = False):
     return vae
 
 
-def step_line(report) -> str:
-    """StepReport -> one text line; the renderer lives in vaelens.render.codec."""
-    from vaelens.render.codec import step_line as render_step
-
-    return render_step(report)
+@contextlib.contextmanager
+def loading() -> Iterator[None]:
+    """Warnings that loading weights raises (a pickle checkpoint read with weights_only) -> one line each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                if "weights_only" in str(w.message) or "pickle" in str(w.message):
+                    warn(str(w.message))

@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from vaelens.codec import StepReport
-from vaelens.options import DType
+from vaelens.run.steps import StepReport, merge_steps
 
 
 def step_line(report: StepReport) -> str:
@@ -26,31 +25,6 @@ def step_line(report: StepReport) -> str:
     if report.nonfinite:
         text += f"; WARNING {report.nonfinite} NaN/Inf values in the output"
     return text
-
-
-def merge_steps(reports: Sequence[StepReport]) -> StepReport:
-    """Calls of one op (e.g. one per batch) -> one StepReport: seconds and NaN counts summed, the
-    largest peak, fp32 if any call ran in fp32, the distinct upcast reasons joined."""
-    if not reports:
-        raise ValueError("merge_steps needs at least one StepReport")
-    if len(reports) == 1:
-        return reports[0]
-    first = reports[0]
-    peaks = [r.memory.get("peak_bytes") for r in reports]
-    memory = dict(first.memory)
-    memory["peak_bytes"] = None if any(p is None for p in peaks) else max(peaks)  # type: ignore[type-var]
-    used = DType.FP32 if any(r.dtype_used is DType.FP32 for r in reports) else first.dtype_used
-    reasons = list(dict.fromkeys(r.upcast_reason for r in reports if r.upcast_reason))
-    return StepReport(
-        op=first.op,
-        dtype_requested=first.dtype_requested,
-        dtype_used=used,
-        upcast_reason="; ".join(reasons) or None,
-        nonfinite_first=sum(r.nonfinite_first for r in reports),
-        nonfinite=sum(r.nonfinite for r in reports),
-        seconds=sum(r.seconds for r in reports),
-        memory=memory,
-    )
 
 
 def steps_json(reports: StepReport | Sequence[StepReport]) -> dict[str, Any]:
@@ -84,7 +58,7 @@ def render_encode(vae, metadata, reports: Sequence[StepReport], *, output, fmt: 
     """`vaelens encode`: what went in, what came out, one line per encode call, the file written."""
     pixel, latent = list(metadata.pixel_shape), list(metadata.latent_shape)
     frames = metadata.extra.get("frames") if metadata.extra else None
-    what = f"1 clip of {frames} frames" if frames else f"{pixel[0]} image(s)"
+    what = f"1 clip of {frames} frames" if frames else f"{pixel[0]} image" + ("" if pixel[0] == 1 else "s")
     lines = [
         f"{what} {pixel} -> latent {latent} "
         f"({'normalised' if metadata.normalized else 'raw'}) with {vae.family} [{vae.detection}]"
@@ -135,12 +109,34 @@ def roundtrip_json(vae, info, rt, *, pixel_shape, files: dict[str, str]) -> dict
     }
 
 
+def _ssim_text(rt) -> str:
+    return f"SSIM {rt.ssim[0]:.4f}" if rt.ssim[0] is not None else f"SSIM n/a ({rt.ssim_reason})"
+
+
+def tiling_json(plans: dict[str, Any], *, roundtrip: bool = False) -> dict[str, Any]:
+    """{op: TilingPlan | None} of a run with a budget -> the JSON's "tiling" block(s) (null: no plan ran):
+    `tiling` is decode's for a round trip, which adds `tiling_encode`."""
+    def block(plan):
+        return None if plan is None else plan.to_json()
+
+    if roundtrip:
+        return {"tiling": block(plans.get("decode")), "tiling_encode": block(plans.get("encode"))}
+    return {"tiling": block(next(iter(plans.values()), None))}
+
+
+def tiling_lines(plans: dict[str, Any]) -> list[str]:
+    """{op: TilingPlan | None} -> one line per op that ran under a budget."""
+    from vaelens.render.tiling import tiling_line
+
+    return ["  " + tiling_line(plan) for plan in plans.values() if plan is not None]
+
+
 def render_roundtrip(vae, rt, *, name: str, pixel_shape, files: dict[str, str]) -> str:
     """`vaelens roundtrip`: pixels -> latent -> pixels, the scores (PSNR, SSIM, errors), both calls, the files."""
     lines = [
         f"{name} {list(pixel_shape)} -> latent {list(rt.latent.shape)} -> pixels with "
         f"{vae.family} ({vae.detection}) on {vae.device}",
-        f"  PSNR {rt.psnr[0]:.2f} dB   SSIM {rt.ssim[0]:.4f}   mean |error| {rt.error[0].mean():.4f} "
+        f"  PSNR {rt.psnr[0]:.2f} dB   {_ssim_text(rt)}   mean |error| {rt.error[0].mean():.4f} "
         f"(0-1 scale)   max {rt.max_abs_error[0]:.4f} (error map's max {rt.error[0].max():.4f})",
         "  " + step_line(rt.encode),
         "  " + step_line(rt.decode),

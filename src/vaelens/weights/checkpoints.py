@@ -46,13 +46,14 @@ def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> tuple[di
     """
     p = Path(path)
     if not p.is_file():
-        raise WeightsError(f"weights file {str(path)!r} does not exist")
+        raise WeightsError(f"weights file {str(path)!r} does not exist", param="source")
     if p.suffix.lower() in PICKLE_SUFFIXES:
         return _read_pickle(p, allow_pickle), {}
     if p.suffix.lower() != ".safetensors":
         raise WeightsError(
             f"weights file {str(path)!r} has suffix {p.suffix!r}; vaelens reads .safetensors "
-            f"(and {', '.join(PICKLE_SUFFIXES)} with allow_pickle=True)"
+            f"(and {', '.join(PICKLE_SUFFIXES)} with allow_pickle=True)",
+            param="source",
         )
     from safetensors import safe_open
 
@@ -65,10 +66,11 @@ def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> tuple[di
     except Exception as exc:  # noqa: BLE001 — safetensors raises its own and OSError types
         raise WeightsError(
             f"weights file {str(path)!r} is not a readable safetensors file ({type(exc).__name__}: {exc}); "
-            "it may be truncated or not a safetensors file"
+            "it may be truncated or not a safetensors file",
+            param="source",
         ) from None
     if not tensors:
-        raise WeightsError(f"weights file {str(path)!r} holds no tensors")
+        raise WeightsError(f"weights file {str(path)!r} holds no tensors", param="source")
     return tensors, meta
 
 
@@ -84,7 +86,8 @@ def _read_pickle(p: Path, allow_pickle: bool) -> dict[str, Any]:
     if not allow_pickle:
         raise WeightsError(
             f"weights file {str(p)!r} is a pickle checkpoint ({p.suffix}); unpickling can run code, so vaelens "
-            "reads it only with allow_pickle=True, and then with torch.load(weights_only=True)"
+            "reads it only with allow_pickle=True, and then with torch.load(weights_only=True)",
+            param="source",
         )
     import torch
 
@@ -94,12 +97,13 @@ def _read_pickle(p: Path, allow_pickle: bool) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001
         raise WeightsError(
             f"pickle checkpoint {str(p)!r} could not be read with torch.load(weights_only=True) "
-            f"({type(exc).__name__}: {_unpickling_reason(exc)})"
+            f"({type(exc).__name__}: {_unpickling_reason(exc)})",
+            param="source",
         ) from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj:
-        raise WeightsError(f"pickle checkpoint {str(p)!r} holds no state dict of tensors")
+        raise WeightsError(f"pickle checkpoint {str(p)!r} holds no state dict of tensors", param="source")
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     return {k: tensors[k] for k in _vae_keys(list(tensors))}
 
@@ -161,5 +165,6 @@ def hf_cache_folder(repo_id: str, *, cache_dir: str | Path | None = None) -> Pat
         f"{repo_id!r} is not a local path, and as a repo id it has no config.json or vae/config.json in the "
         f"local Hugging Face cache ({root}); "
         f"vaelens never downloads — fetch it first (e.g. `huggingface-cli download {repo_id} --include 'vae/*'`) "
-        f"or pass a local path{listing}"
+        f"or pass a local path{listing}",
+        param="source",
     )

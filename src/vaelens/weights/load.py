@@ -49,6 +49,7 @@ class Layout(str, enum.Enum):
     DIFFUSERS_FOLDER = "diffusers-folder"
     SINGLE_FILE = "single-file"
     HF_CACHE = "hf-cache"
+    MODULE = "module"  # a diffusers module handed in (vaelens.encode / decode), no files
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,14 +203,23 @@ def latent_channels_hint(ckpt: Mapping[str, Any]) -> int | None:
 
 
 def _check_device(device: str) -> str:
+    """'cpu' | 'cuda' | 'cuda:N' -> the same; another type, a CPU index other than 0 ('cpu:7') or a CUDA
+    index this machine does not have is refused."""
     import torch
 
     try:
-        device_type = torch.device(device).type
-    except (RuntimeError, ValueError):
-        device_type = None
-    if device_type not in ("cpu", "cuda"):
-        raise VaeLensError(f"device {device!r} is not one of: cpu, cuda, cuda:N")
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        dev = None
+    bad = dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0))
+    if bad:
+        raise VaeLensError(f"device {device!r} is not one of: cpu, cuda, cuda:N", param="device", value=device,
+                           choices=("cpu", "cuda", "cuda:N"))
+    if dev.type == "cuda" and dev.index is not None and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if dev.index >= count:
+            raise VaeLensError(f"device {device!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}",
+                               param="device", value=device)
     return device
 
 
@@ -246,7 +256,8 @@ def _find_weights(text: str, given: FamilySpec | None, *, allow_pickle: bool,
         spec, detection = _spec_for_file(p, ckpt, meta, given)
         return _Found(ckpt=ckpt, spec=spec, detection=detection, file=str(p), layout=Layout.SINGLE_FILE)
     raise WeightsError(
-        f"source={text!r} is neither a file, a folder, nor a repo id (owner/name) in the local Hugging Face cache"
+        f"source={text!r} is neither a file, a folder, nor a repo id (owner/name) in the local Hugging Face cache",
+        param="source",
     )
 
 
@@ -262,12 +273,19 @@ def load_vae(
     """folder | file | repo id -> LoadedVae (module in eval mode on device, at dtype).
 
     `family` (registry name, alias, config path or FamilySpec) is checked against the weights' shapes;
-    without it the family is detected from them.
+    without it the family is detected from them. source "demo" is vaelens' built-in demo VAE (unless a
+    file or folder of that name exists), as `--vae demo` is. dtype "auto": bf16 on CUDA, fp32 on CPU.
     """
     import torch
 
-    dtype = DType.parse(dtype)
+    from vaelens.run.steps import resolve_dtype
+
     device = _check_device(device or default_device())
+    dtype, _ = resolve_dtype(dtype, device=device)
+    if str(source) == "demo" and not Path("demo").exists():
+        from vaelens.weights.demo import demo_weights_path
+
+        source = demo_weights_path()
     given = _resolve(family) if family is not None else None
     found = _find_weights(str(source), given, allow_pickle=allow_pickle, cache_dir=cache_dir)
     fit = fit_family(found.spec, found.ckpt)
@@ -275,7 +293,7 @@ def load_vae(
         raise _mismatch(found.file, found.ckpt, found.spec, fit)
     module = _module_with_weights(found.spec, fit.state, found.file)
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise VaeLensError(f"device {device!r} asked for, but torch sees no CUDA GPU; use device='cpu'")
+        raise VaeLensError(f"device {device!r} asked for, but torch sees no CUDA GPU; use device='cpu'", param="device")
     module = cast_module(module, device=device, dtype=dtype.torch).eval()
     pickled = found.file.endswith(PICKLE_SUFFIXES)
     notes = ("pickle checkpoint read with torch.load(weights_only=True)",) if pickled else ()
@@ -305,7 +323,8 @@ def _module_with_weights(spec: FamilySpec, state: dict[str, Any], path: str):
             module = build_module(spec, device="cpu")
             module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise WeightsError(f"weights {path!r} could not be loaded into {spec.diffusers_class}: {exc}") from None
+        raise WeightsError(f"weights {path!r} could not be loaded into {spec.diffusers_class}: {exc}",
+            param="source") from None
     return module.float()
 
 
@@ -336,7 +355,8 @@ def _weights_in(folder: Path, allow_pickle: bool) -> Path:
     listing = ", ".join(sorted(x.name for x in folder.iterdir())) or "nothing"
     raise WeightsError(
         f"folder {str(folder)!r} has a config.json but no weights vaelens can pick "
-        f"(looked for {', '.join(WEIGHT_NAMES)}); it holds: {listing}"
+        f"(looked for {', '.join(WEIGHT_NAMES)}); it holds: {listing}",
+        param="source",
     )
 
 
@@ -379,12 +399,14 @@ def _spec_for_file(p: Path, ckpt, meta: Mapping[str, str], given: FamilySpec | N
     if not fits:
         raise WeightsError(
             f"weights {str(p)!r}{chans} fit no registry family's module; pass family=NAME, or a config.json "
-            "that describes the architecture (family=path/to/config.json)"
+            "that describes the architecture (family=path/to/config.json)",
+            param="family",
         )
     names = ", ".join(f.spec.name for f in fits)
     raise WeightsError(
         f"weights {str(p)!r}{chans} fit {names} alike (same tensor shapes; the families differ in "
-        "normalisation or pipeline rules); pass family= to say which"
+        "normalisation or pipeline rules); pass family= to say which",
+        param="family",
     )
 
 
@@ -402,3 +424,18 @@ def registry_match(cfg: Mapping[str, Any]) -> FamilySpec | None:
         if shared and all(norm(spec.config[k]) == norm(cfg[k]) for k in shared):
             hits.append(spec)
     return hits[0] if len(hits) == 1 else None
+
+
+def weights_sha256(vae: LoadedVae) -> tuple[str, ...]:
+    """LoadedVae -> the sha256 of each weights file it was loaded from (empty for a module handed in):
+    what a latent file records so a decode with other weights of the same architecture is caught."""
+    import hashlib
+
+    digests = []
+    for f in vae.files:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                h.update(chunk)
+        digests.append(h.hexdigest())
+    return tuple(digests)
