@@ -70,3 +70,29 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
         assert tmp.parent == p.parent and tmp.suffix == ".bin"
         tmp.write_bytes(b"new")
     assert p.read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_issue20_11_atomic_write_honours_the_umask(tmp_path, umask):
+    """safetensors' save_file creates its file 0600; the published file has 0666 less the umask, like open()."""
+    import torch
+    from safetensors.torch import save_file
+
+    from vaelens.outputs import staged_prefix
+
+    old = os.umask(umask)
+    try:
+        target = tmp_path / "z.safetensors"
+        with atomic_write(target) as tmp:
+            save_file({"a": torch.zeros(2)}, str(tmp))
+            assert os.stat(tmp).st_mode & 0o777 == 0o600  # what the writer left
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        with staged_prefix(tmp_path / "pre") as staged:
+            save_file({"a": torch.zeros(2)}, str(staged) + "_x.safetensors")
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    assert os.stat(plain).st_mode & 0o777 == expected
+    assert os.stat(target).st_mode & 0o777 == expected
+    assert os.stat(tmp_path / "pre_x.safetensors").st_mode & 0o777 == expected

@@ -42,8 +42,6 @@ KINDS = {
 }
 
 
-
-
 def _blocked_parent(p: Path) -> Path | None:
     """-> the nearest existing ancestor of p that is not a folder (a file where a folder is needed)."""
     for parent in p.parents:
@@ -159,12 +157,38 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, p)
+        publish(tmp_path, p)
     except OSError as exc:
         raise OutputError(f"output {str(path)!r} could not be written: {exc.strerror or exc}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    """-> the process umask (read from /proc where it is shown, else set and restored at once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish(tmp: str | Path, path: str | Path) -> Path:
+    """A finished temporary file -> `path`, with the mode a plain open() would have given it (0666 less the
+    umask) and renamed over the target atomically (os.replace).
+
+    Writers such as safetensors' save_file create their file 0600 whatever the umask; without the chmod that
+    mode survives the rename, and a latent file or cache shard written by one user cannot be read by another.
+    """
+    os.chmod(tmp, 0o666 & ~current_umask())
+    os.replace(tmp, path)
+    return Path(path)
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
@@ -197,7 +221,7 @@ def staged_prefix(prefix: str | Path) -> Iterator[Path]:
     finally:
         for f in [f for f in final.parent.iterdir() if f.name.startswith(tmp.name)]:
             if ok:
-                os.replace(f, final.parent / (final.name + f.name[len(tmp.name):]))
+                publish(f, final.parent / (final.name + f.name[len(tmp.name):]))
             else:
                 with contextlib.suppress(FileNotFoundError):
                     f.unlink()
