@@ -12,8 +12,9 @@ import torch
 
 from vaelens.memory.budget import check_vae_budget, largest_fitting
 from vaelens.memory.estimate import estimate_memory, simulate
-from vaelens.options import DType, PixelRequest, parse_bytes
+from vaelens.options import DType, PixelRequest
 from vaelens.trace import trace_module
+from vaelens.units import parse_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data" / "memory"

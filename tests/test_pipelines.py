@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from vaelens.options import DType, parse_bytes
+from vaelens.options import DType
 from vaelens.pipelines import (
     PIPELINES,
     Offload,
@@ -23,6 +23,7 @@ from vaelens.pipelines.estimate import ActivationPeak, resident_sets
 from vaelens.pipelines.inputs import denoiser_plan, module_call, text_encoder_plan
 from vaelens.pipelines.spec import ComponentSpec, DenoiserKind, Guidance, Library, Role, TextEncoderCall
 from vaelens.render.pipeline import fix_label
+from vaelens.units import parse_bytes
 
 # (pipeline, component, published parameter count, where it is published). Within 1%.
 PUBLISHED = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -12,6 +11,7 @@ if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are strings here (PEP 563
     from typing_extensions import Self
 
 from vaelens.errors import SizeError, VaeLensError
+from vaelens.units import parse_bytes  # noqa: F401  (options is where a caller looks for the parsers)
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -135,30 +135,3 @@ class PixelRequest:
         if self.frames is not None and not 1 <= self.frames <= MAX_FRAMES:
             raise VaeLensError(f"frames {self.frames} must be between 1 and {MAX_FRAMES}")
         object.__setattr__(self, "dtype", DType.parse(self.dtype))
-
-
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
-          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """'8GiB' | '8 GB' | '512MiB' | '1e9B' -> bytes (GiB = 2^30, GB = 10^9); a bare number is refused.
-
-    >>> parse_bytes("8GiB")
-    8589934592
-    """
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
-    unit = m.group(2).lower() if m else ""
-    if not m or unit not in _UNITS:
-        raise VaeLensError(f"budget {text!r} is not a size; write e.g. 8GiB, 24GB or 512MiB "
-                           "(units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
-    if not m.group(2):  # '8' is almost never 8 bytes: a unit is required (B for bytes)
-        raise VaeLensError(f"budget {text!r} has no unit; write e.g. {m.group(1)}GiB or {m.group(1)}GB "
-                           f"({m.group(1)}B for bytes)")
-    number = float(m.group(1)) * _UNITS[unit]
-    if not math.isfinite(number):
-        raise VaeLensError(f"budget {text!r} is too large to be a number of bytes; write e.g. 8GiB or 24GB")
-    value = int(number)
-    if value <= 0:
-        raise VaeLensError(f"budget {text!r} must be more than 0 bytes")
-    return value

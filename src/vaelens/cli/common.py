@@ -32,6 +32,10 @@ def add_size(parser: argparse.ArgumentParser, *, video: bool = True) -> None:
     g.add_argument("--dtype", default="fp32", metavar="D", help="fp32 | fp16 | bf16 (default fp32)")
 
 
+# Said in every --budget help: which spelling means which unit (vaelens.units).
+BUDGET_UNITS_HELP = "GB = 10^9 bytes, GiB = 2^30 bytes; a bare 8G is refused as ambiguous; at most 1 PiB"
+
+
 def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from vaelens.cli._io import add_quiet, bar_enabled
-from vaelens.cli.common import add_json, add_model, add_size, emit_json
+from vaelens.cli.common import BUDGET_UNITS_HELP, add_json, add_model, add_size, emit_json
 from vaelens.progress import progress_bar
 
 
@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--op", choices=("encode", "decode", "both"), default="both", help="default both")
     p.add_argument("--tiled", action="store_true", help="predict diffusers' enable_tiling()")
     p.add_argument("--sliced", action="store_true", help="predict diffusers' enable_slicing() (batch > 1)")
-    p.add_argument("--budget", metavar="SIZE", help="e.g. 8GiB: does it fit, largest batch / square size that fit")
+    p.add_argument("--budget", metavar="SIZE", help="e.g. 8GiB: does it fit, largest batch / square size that fit "
+                   f"({BUDGET_UNITS_HELP})")
     p.add_argument("--measure", action="store_true",
                    help="also run the real module (random weights) on CUDA: allocated and reserved peak beside "
                         "the predictions")
@@ -59,7 +60,7 @@ def _check_args(args: argparse.Namespace) -> int | None:
     """Refuse bad arguments before any work -> the --budget in bytes (None without one)."""
     budget = None
     if args.budget is not None:
-        from vaelens.options import parse_bytes
+        from vaelens.units import parse_bytes
 
         budget = parse_bytes(args.budget)
     if args.plot:  # refuse a path matplotlib cannot write before any work

@@ -6,7 +6,7 @@ import argparse
 import contextlib
 
 from vaelens.cli._io import add_force, add_quiet, bar_enabled, check_outputs
-from vaelens.cli.common import add_json, add_size, dtype_from_args, emit_json, size_from_args
+from vaelens.cli.common import BUDGET_UNITS_HELP, add_json, add_size, dtype_from_args, emit_json, size_from_args
 from vaelens.errors import VaeLensError
 
 
@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="none | model | sequential: the mode the stage table shows (all three are estimated)")
     p.add_argument("--vae-tiling", action="store_true", help="decode with the VAE's enable_tiling()")
     p.add_argument("--budget", metavar="BYTES",
-                   help="e.g. 24GiB: does it fit per offload mode, and what would make it fit")
+                   help="e.g. 24GiB: does it fit per offload mode, and what would make it fit "
+                   f"({BUDGET_UNITS_HELP})")
     p.add_argument("--plot", metavar="FILE", help="write the memory timeline as an image (matplotlib)")
     add_force(p)
     add_quiet(p)
@@ -108,10 +109,10 @@ def run(args: argparse.Namespace) -> int:
         return _list(args)
     if not args.name:
         raise VaeLensError(f"give a pipeline NAME or --list; built-in: {', '.join(pipeline_names())}")
-    from vaelens.options import parse_bytes
     from vaelens.pipelines.budget import check_pipeline_budget
     from vaelens.pipelines.estimate import EstimateCache, estimate_pipeline
     from vaelens.render.pipeline import pipeline_json, plot_pipeline, render_pipeline
+    from vaelens.units import parse_bytes
 
     mode = Offload.parse(args.offload)
     if args.plot:
