@@ -59,7 +59,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _probe_writable(folder: Path, shown: str) -> None:
+def _probe_writable(folder: Path, shown: str, what: str = "output") -> None:
     """Create the folder and a temporary file in it, then remove it: the one honest test of writability."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -67,7 +67,8 @@ def _probe_writable(folder: Path, shown: str) -> None:
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise OutputError(f"output {shown!r} cannot be written: {exc.strerror or exc} ({folder})") from None
+        raise OutputError(f"{what} {shown!r} cannot be written: {exc.strerror or exc} ({folder})", param=what,
+                          value=shown) from None
 
 
 def _open_temp(folder: Path, suffix: str) -> tuple[int, str]:
@@ -102,20 +103,23 @@ def check_output(
             got = f"not {p.suffix}" if p.suffix else "it has no suffix"
             raise OutputError(
                 f"{what} {shown!r} is a{'n' if label[0] in 'aeiou' else ''} {label} file; its name must end in "
-                f"{' or '.join(allowed)}, {got}"
+                f"{' or '.join(allowed)}, {got}", param=what, value=shown, choices=allowed
             )
     for src in inputs:
         if _same_file(p, Path(src)):
-            raise OutputError(f"{what} {shown!r} is one of the inputs ({str(src)!r}); it is never overwritten")
+            raise OutputError(f"{what} {shown!r} is one of the inputs ({str(src)!r}); it is never overwritten",
+                              param=what, value=shown)
     if p.is_dir():
-        raise OutputError(f"{what} {shown!r} is a folder; give a file name inside it")
+        raise OutputError(f"{what} {shown!r} is a folder; give a file name inside it", param=what, value=shown)
     blocked = _blocked_parent(p)
     if blocked is not None:
-        raise OutputError(f"{what} {shown!r} cannot be written: {str(blocked)!r} is a file, not a folder")
+        raise OutputError(f"{what} {shown!r} cannot be written: {str(blocked)!r} is a file, not a folder",
+                          param=what, value=shown)
     if p.exists() or p.is_symlink():
         if not force:
-            raise OutputExistsError(f"{what} {shown!r} already exists; pass force=True to replace it", p)
-    _probe_writable(p.parent, shown)
+            raise OutputExistsError(f"{what} {shown!r} already exists; pass force=True to replace it", p,
+                                    param=what, value=shown)
+    _probe_writable(p.parent, shown, what)
     return p
 
 
@@ -135,7 +139,8 @@ def prepare_outputs(
         p = check_output(path, inputs=inputs, force=force, kind=kind, what=what)
         key = p.resolve()
         if key in seen:
-            raise OutputError(f"{what} {str(path)!r} would be written twice (also as {seen[key]!r})")
+            raise OutputError(f"{what} {str(path)!r} would be written twice (also as {seen[key]!r})", param=what,
+                              value=str(path))
         seen[key] = str(path)
         out.append(p)
     return out

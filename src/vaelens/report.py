@@ -167,7 +167,8 @@ def build_report(
     from vaelens.memory.estimate import estimate_memory
 
     if image is not None and vae is None:
-        raise VaeLensError("image= needs vae= (the weights that encode it); vae='demo' is vaelens' demo VAE")
+        raise VaeLensError("image= needs vae= (the weights that encode it); vae='demo' is vaelens' demo VAE",
+                           param="image", value=image)
     total = 2 + (budget_bytes is not None) + (vae is not None) + (pipeline is not None)
     done = 0
 

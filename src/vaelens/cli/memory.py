@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from vaelens.cli._io import add_quiet, bar_enabled
-from vaelens.cli.common import BUDGET_UNITS_HELP, add_json, add_model, add_size, emit_json
+from vaelens.cli._io import add_force, add_quiet, bar_enabled
+from vaelens.cli.common import BUDGET_UNITS_HELP, add_json, add_model, add_size, check_plot, emit_json
 from vaelens.progress import progress_bar
 
 
@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--measure-cap", action="store_true",
                    help="with --measure: also bisect the smallest memory-fraction cap the call runs under")
     p.add_argument("--plot", metavar="FILE", help="write the memory timeline per layer as an image (e.g. out.png)")
+    add_force(p)
     add_json(p)
     add_quiet(p)
     p.set_defaults(func=run)
@@ -63,10 +64,7 @@ def _check_args(args: argparse.Namespace) -> int | None:
         from vaelens.units import parse_bytes
 
         budget = parse_bytes(args.budget)
-    if args.plot:  # refuse a path matplotlib cannot write before any work
-        from vaelens.render.timeline import check_plot_path
-
-        check_plot_path(args.plot)
+    check_plot(args)
     if args.measure_cap and not args.measure:
         from vaelens.errors import VaeLensError
 
@@ -115,7 +113,7 @@ def _plot(args: argparse.Namespace, spec, plan, estimates, budget: int | None) -
         return None
     from vaelens.render.timeline import plot_memory_timeline
 
-    return str(plot_memory_timeline(estimates, args.plot, budget_bytes=budget, title=f"{spec.name} "
+    return str(plot_memory_timeline(estimates, args.plot, budget_bytes=budget, force=args.force, title=f"{spec.name} "
                                     f"{plan.used_size[1]}x{plan.used_size[0]} {plan.request.dtype.value}"))
 
 

@@ -197,7 +197,8 @@ def _module_and_spec(model: Any, dtype: DType):
         return build_module(spec, device="meta", dtype=dtype), spec
     raise VaeLensError(
         f"model {type(model).__name__} is not supported; give a family name, a FamilySpec, a config "
-        "dict with _class_name, an nn.Module (any device) or a LoadedVae"
+        "dict with _class_name, an nn.Module (any device) or a LoadedVae",
+        param="model", value=type(model).__name__,
     )
 
 
@@ -239,9 +240,10 @@ def _apply_modes(module: Any, tiled: bool, sliced: bool) -> tuple[bool, bool]:
     from vaelens.build import quiet_diffusers
 
     prev = (bool(getattr(module, "use_tiling", False)), bool(getattr(module, "use_slicing", False)))
-    for flag, name, opt in ((tiled, "tiling", "tiled=True"), (sliced, "slicing", "sliced=True")):
+    for flag, name, opt in ((tiled, "tiling", "tiled"), (sliced, "slicing", "sliced")):
         if flag and not hasattr(module, f"enable_{name}"):
-            raise VaeLensError(f"{opt}: diffusers {type(module).__name__} has no enable_{name}()")
+            raise VaeLensError(f"{opt}=True: diffusers {type(module).__name__} has no enable_{name}()", param=opt,
+                               value=True)
         with quiet_diffusers():
             if flag:
                 getattr(module, f"enable_{name}")()
@@ -293,7 +295,8 @@ def trace_request(
 
     op = Op.parse(op)
     if op is Op.FORWARD:
-        raise VaeLensError("op 'forward' has no pixel/latent contract; use op='encode' or op='decode'")
+        raise VaeLensError("op 'forward' has no pixel/latent contract; use op='encode' or op='decode'", param="op",
+                           value="forward", choices=("encode", "decode"))
     dtype = DType.parse(request.dtype)
     module, pixel, latent = input_shapes(model, request, cache=cache)
     shape = pixel if op is Op.ENCODE else latent

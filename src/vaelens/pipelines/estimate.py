@@ -398,7 +398,8 @@ def estimate_pipeline(
         if request is not None:
             from vaelens.errors import VaeLensError
 
-            raise VaeLensError("request= is given twice: pass a pipeline name or PipelineSpec with request=")
+            raise VaeLensError("request= is given twice: pass a pipeline name or PipelineSpec with request=",
+                               param="request")
         full = pipeline
     else:
         full = PipelineRequest.of(pipeline, request, vae_tiling=vae_tiling)

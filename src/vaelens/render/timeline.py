@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaelens.errors import VaeLensError
 from vaelens.memory.estimate import MemoryEstimate
 from vaelens.render.memory import stage_of
 from vaelens.render.svg import COLORS, byte_axis, esc, nice_ticks
@@ -266,28 +265,13 @@ def _legend(tl: MemoryTimeline, left: float, height: float, ranged: bool, second
     return out
 
 
-def check_plot_path(path: str | Path) -> Path:
-    """A figure path -> the path matplotlib will write (.png added when there is no suffix); a suffix
-    matplotlib cannot write, or a folder, is refused before any work."""
-    from matplotlib.backend_bases import FigureCanvasBase
-
-    out = Path(path)
-    if out.is_dir():
-        raise VaeLensError(f"plot {str(path)!r} is a folder; give a file name, e.g. {str(out / 'memory.png')!r}")
-    formats = FigureCanvasBase.get_supported_filetypes()
-    suffix = out.suffix.lower().lstrip(".")
-    if suffix and suffix not in formats:
-        raise VaeLensError(f"plot {str(path)!r}: matplotlib cannot write .{suffix}; use one of: "
-                           f"{', '.join(sorted(formats))}")
-    return out if suffix else out.with_suffix(".png")
-
-
 def plot_memory_timeline(estimates: Sequence[MemoryEstimate], path: str | Path, *, title: str,
-                         budget_bytes: int | None = None) -> Path:
-    """MemoryEstimates (encode, decode) -> PNG, one panel each: the same picture as timeline_svg."""
-    from vaelens.render.figures import _plt
+                         budget_bytes: int | None = None, force: bool = False) -> Path:
+    """MemoryEstimates (encode, decode) -> a figure file (PNG, SVG, PDF…: by the suffix), one panel each: the
+    same picture as timeline_svg. Written through vaelens.outputs (an existing file needs force=True)."""
+    from vaelens.render.figures import _plt, check_figure_path, save_figure
 
-    out = check_plot_path(path)
+    check_figure_path(path, force=force)
     timelines = [memory_timeline(e, budget_bytes=budget_bytes) for e in estimates]
     plt = _plt()
     top = max(_top(t) for t in timelines)
@@ -329,7 +313,4 @@ def plot_memory_timeline(estimates: Sequence[MemoryEstimate], path: str | Path, 
         ax.set_ylabel(f"GPU memory ({unit})", fontsize=8)
         ax.legend(fontsize=6.5, loc="upper left")
     fig.suptitle(title, fontsize=9)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path, dpi=110, force=force)
