@@ -239,7 +239,7 @@ def test_offload_none_model_sequential_peaks_from_sizes():
 def test_stack_weight_peak_is_the_max_over_layers_of_activation_plus_running_weights():
     from vaelens.pipelines.components import stack_weight_peak
 
-    Layer = dataclasses.make_dataclass("Layer", ["path", "peak_bytes"])
+    Layer = dataclasses.make_dataclass("Layer", ["path", "peak_bytes_high"])
     own = {"": 5, "a": 100, "a.b": 1000, "c": 10}
     timeline = [Layer("a.b", 50), Layer("a", 900), Layer("c", 1500), Layer("", 1600)]
     # a.b: 50 + 1000 + 100 + 5 = 1155; a: 900 + 100 + 5 = 1005; c: 1500 + 10 + 5 = 1515; root: 1605

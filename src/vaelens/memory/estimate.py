@@ -40,7 +40,8 @@ from vaelens.trace import Op, Trace, trace_module
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LayerMemory:
-    """One module call of the timeline: activation bytes alive after it and the peak inside it."""
+    """One module call of the timeline: activation bytes alive after it and the peak inside it (best
+    estimate, and the high end of the range as MemoryEstimate.peak_bytes_high is the call's)."""
 
     path: str
     type: str
@@ -48,6 +49,11 @@ class LayerMemory:
     output_shape: tuple[int, ...] | None
     live_bytes: int
     peak_bytes: int
+    peak_bytes_high: int = -1  # -1: not computed (then peak_bytes)
+
+    def __post_init__(self) -> None:
+        if self.peak_bytes_high < 0:
+            object.__setattr__(self, "peak_bytes_high", self.peak_bytes)
 
 
 # What the CUDA context holds outside the caching allocator (driver state, kernel images loaded
@@ -155,6 +161,8 @@ def simulate(
         LayerMemory(
             path=r.path, type=r.type, depth=r.depth, output_shape=r.output_shape, live_bytes=r.live_bytes,
             peak_bytes=max(best.during[r.first_op:r.last_op], default=r.live_bytes),
+            peak_bytes_high=max(best.during[r.first_op:r.last_op] + high.during[r.first_op:r.last_op],
+                                default=r.live_bytes) + ALLOCATOR_SLACK,
         )
         for r in tr.layers
     )
