@@ -145,7 +145,7 @@ def test_an_error_without_param_is_printed_as_written():
     line = error_line("shapes", __import__("argparse").ArgumentParser(), VaeLensError("x 1 is wrong", param="x"))
     assert line == "vaelens shapes: error: x 1 is wrong"
     with pytest.raises(VaeLensError, match="frames= applies to video families"):
-        shapes("sdxl", frames=9)
+        shapes("sdxl", vaelens.PixelRequest(width=64, height=64, frames=9))
 
 
 def test_every_module_imports_first():

@@ -124,11 +124,11 @@ def test_budget_search_with_known_costs():
     req = PixelRequest(width=64, height=64, batch=2)
     rep = check_vae_budget("x", req, 20_000_000, ops=("decode",), step=8, estimate=fake)
     o = rep.ops[0]
-    assert o.needed_bytes == 8_192_000 and o.fits
+    assert o.min_device_bytes == 8_192_000 and o.fits
     assert o.max_batch == 20_000_000 // (1000 * 64 * 64)  # 4
     side = max(k * 8 for k in range(1, 200) if 1000 * 2 * (k * 8) ** 2 <= 20_000_000)
     assert o.max_square == side == 96
-    assert o.tiled_needed_bytes is None  # it fits untiled: the tiled alternative is not traced
+    assert o.tiled_min_device_bytes is None  # it fits untiled: the tiled alternative is not traced
     rep = check_vae_budget("x", req, 5_000_000, ops=("decode",), step=8, estimate=fake)
     assert not rep.ops[0].fits and rep.ops[0].max_batch == 1 and rep.ops[0].tiled_fits
     rep = check_vae_budget("x", req, 5_000_000, ops=("decode",), step=8, tiled=True, estimate=fake)

@@ -306,34 +306,13 @@ def check_request(request: object, *, caller: str) -> PixelRequest | None:
                        "height=H))", param="request", value=request)
 
 
-def request_for(spec: FamilySpec, request: PixelRequest | None, size: dict[str, Any], *, caller: str) -> PixelRequest:
-    """An entry point's `request` (None: the family's defaults), or 0.1's size keywords (deprecated)."""
-    request = check_request(request, caller=caller)
-    if not size:
-        return request if request is not None else default_request(spec)
-    if request is not None:
-        raise VaeLensError(f"{caller}: give request= or the size keywords {sorted(size)}, not both",
-                           param="request", value=request)
-    unknown = sorted(set(size) - {"width", "height", "frames", "batch", "dtype"})
-    if unknown:
-        raise VaeLensError(f"{caller}: unknown keyword(s) {unknown}; pass request=PixelRequest(...)")
-    if (size.get("width") is None) != (size.get("height") is None):
-        raise SizeError(f"width {size.get('width')} and height {size.get('height')}: give both or neither")
-    import warnings
-
-    warnings.warn(f"{caller}(model, width=, height=, …) is deprecated; pass {caller}(model, PixelRequest(...))",
-                  DeprecationWarning, stacklevel=3)
-    return default_request(spec, **size)
-
-
-def shapes(model: str | FamilySpec, request: PixelRequest | None = None, **size: Any) -> ShapePlan:
+def shapes(model: str | FamilySpec, request: PixelRequest | None = None) -> ShapePlan:
     """MODEL + PixelRequest -> ShapePlan (pixels -> latent -> tokens -> decoded, after the family's rules).
 
-    `request` None uses the family's default size (and frames). The size keywords of 0.1
-    (width=, height=, frames=, batch=, dtype=) still work, with a DeprecationWarning.
+    `request` None uses the family's default size (and frames).
 
     >>> shapes("flux1", PixelRequest(width=1024, height=1024)).token_count
     4096
     """
     spec = resolve_model(model)
-    return plan_shapes(spec, request_for(spec, request, size, caller="shapes"))
+    return plan_shapes(spec, check_request(request, caller="shapes") or default_request(spec))

@@ -228,11 +228,11 @@ def _budget_and_tiling(spec: FamilySpec, plan: Any, budget_bytes: int) -> tuple[
 
 def _pipeline(pipe_spec: Any, plan: Any, pipeline_dtype: DType | str | None) -> Any:
     """The built-in pipeline's stages at the plan's size (its frames for a video pipeline asked for frames)."""
-    from vaelens.pipelines import PipelineRequest, estimate_pipeline
+    from vaelens.pipelines.estimate import PipelineRequest, estimate_request
 
     request = plan.request
     h, w = plan.used_size
     frames = plan.frames if pipe_spec.is_video and request.frames is not None else pipe_spec.default_frames
-    return estimate_pipeline(PipelineRequest(
+    return estimate_request(PipelineRequest(
         pipeline=pipe_spec, width=w, height=h, frames=frames, batch=request.batch,
         dtype=DType.parse(pipeline_dtype or DType.BF16)))

@@ -24,14 +24,14 @@ class OpBudget:
     """One op against the budget: fits now, largest batch and square side that fit, tiling's answer."""
 
     op: str
-    needed_bytes: int  # min_device_bytes at the requested size (the allocator cap the call runs under)
+    min_device_bytes: int  # at the requested size: the smallest allocator cap the call runs under
     peak_total_high_bytes: int  # weights + input + peak_bytes_high: allocated bytes at the peak
     fits: bool
     max_batch: int  # 0: not even batch 1 fits
     max_square: int  # largest square side (multiple of `step`) at the requested batch; 0: none
     # min_device_bytes with enable_tiling(), computed only where the untiled call does not fit (or the
     # search is tiled); None otherwise and when the class has no tiling
-    tiled_needed_bytes: int | None
+    tiled_min_device_bytes: int | None
     tiled_fits: bool | None
     batch_extrapolated_from: int = 0  # >0: max_batch is a lower bound extrapolated beyond this traced batch
     square_extrapolated_from: int = 0  # >0: max_square is a lower bound extrapolated beyond this traced side
@@ -51,9 +51,9 @@ class VaeBudgetReport:
             "tiled": self.tiled,
             **{
                 o.op: {
-                    "needed_bytes": o.needed_bytes, "min_device_bytes": o.needed_bytes,
+                    "min_device_bytes": o.min_device_bytes,
                     "peak_total_high_bytes": o.peak_total_high_bytes, "fits": o.fits, "max_batch": o.max_batch,
-                    "max_square": o.max_square, "tiled_needed_bytes": o.tiled_needed_bytes,
+                    "max_square": o.max_square, "tiled_min_device_bytes": o.tiled_min_device_bytes,
                     "tiled_fits": o.tiled_fits, "max_batch_extrapolated_from": o.batch_extrapolated_from or None,
                     "max_square_extrapolated_from": o.square_extrapolated_from or None,
                 }
@@ -219,7 +219,7 @@ def check_vae_budget(
     """model + request + budget -> VaeBudgetReport (each op: fits, max batch, max square side, tiling).
 
     Every verdict asks whether the call runs under a cap of `budget_bytes` (the caching allocator
-    simulated with its retry logic, operators at their high temporaries): needed_bytes is
+    simulated with its retry logic, operators at their high temporaries): min_device_bytes is
     min_device_bytes. With `tiled`, the search itself runs with enable_tiling(); otherwise tiling
     is the alternative reported beside it. Each candidate is traced once (one TraceCache); a
     candidate whose trace would exceed MAX_SEARCH_OPERATORS is extrapolated and marked so.
@@ -321,9 +321,9 @@ def _check_op(op: str, request: PixelRequest, budget_bytes: int, step: int, tile
         except VaeLensError:
             tiled_need = None
     return OpBudget(
-        op=op, needed_bytes=needed, peak_total_high_bytes=here.total_bytes_high, fits=needed <= budget_bytes,
+        op=op, min_device_bytes=needed, peak_total_high_bytes=here.total_bytes_high, fits=needed <= budget_bytes,
         max_batch=max_batch, max_square=step * max_k,
-        tiled_needed_bytes=tiled_need, tiled_fits=None if tiled_need is None else tiled_need <= budget_bytes,
+        tiled_min_device_bytes=tiled_need, tiled_fits=None if tiled_need is None else tiled_need <= budget_bytes,
         batch_extrapolated_from=batch_from, square_extrapolated_from=step * square_from,
     )
 

@@ -5,7 +5,7 @@ each operator's kernel temporaries (per-operator rules, vaelens.memory.rules), g
 PyTorch's CUDA caching allocator (vaelens.memory.allocator, replayed by vaelens.memory.simulate):
 weights and input first, a warm-up call, empty_cache(), then the measured call.
 
-Figures (DESIGN.md definitions; shared/measurements/README.md measured them that way):
+Figures (the definitions the measurements in ../shared/measurements were taken by, beside the repo):
   peak_bytes          max_memory_allocated() during the call minus memory_allocated() before it
                       (weights and input resident, the output counted): the best estimate
   peak_bytes_low/high the same where an unknowable choice goes one way or the other (cuDNN's
@@ -25,7 +25,6 @@ API for other packages (stable):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -392,8 +391,3 @@ def estimate_call(
              else t for t in inputs]
     tr = trace_module(module, metas, op=op, detail=RULES.keys())
     return simulate(tr, dtype=dt, device=device)
-
-
-def latent_multiple(est: MemoryEstimate, latent_shape: tuple[int, ...]) -> float:
-    """peak ÷ latent bytes: how many latents' worth of memory the call needs at its peak."""
-    return est.peak_bytes / max(1, math.prod(latent_shape) * est.dtype.itemsize)

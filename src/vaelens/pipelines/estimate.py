@@ -109,10 +109,20 @@ class PipelineRequest:
     def of(cls, pipeline: str | PipelineSpec, request: PixelRequest | None = None, *,
            vae_tiling: bool = False) -> PipelineRequest:
         """name | PipelineSpec + PixelRequest (None: the pipeline's default size/frames, bf16) -> PipelineRequest."""
+        from vaelens.contract import check_request
+        from vaelens.pipelines.spec import PipelineSpec
+
         if isinstance(pipeline, str):
             from vaelens.pipelines import get_pipeline
 
             pipeline = get_pipeline(pipeline)
+        elif not isinstance(pipeline, PipelineSpec):
+            from vaelens.errors import VaeLensError
+
+            raise VaeLensError(f"pipeline {type(pipeline).__name__} is neither a built-in name nor a PipelineSpec "
+                               "(estimate_request takes a PipelineRequest)", param="pipeline",
+                               value=type(pipeline).__name__)
+        check_request(request, caller="estimate_pipeline")
         if request is None:
             height, width = pipeline.default_size
             request = PixelRequest(width=width, height=height, frames=pipeline.default_frames, dtype=DType.BF16)
@@ -190,11 +200,6 @@ class PipelineEstimate:
     used_frames: int | None = None  # frames after its frame rule
     warnings: tuple[str, ...] = ()
 
-    @property
-    def notes(self) -> tuple[str, ...]:
-        """The old name of `warnings` (0.1)."""
-        return self.warnings
-
     def mode(self, mode: Offload | str) -> OffloadReport:
         mode = Offload.parse(mode)
         return next(r for r in self.offload if r.mode is mode)
@@ -238,7 +243,6 @@ class PipelineEstimate:
                 for r in self.offload
             },
             "warnings": list(self.warnings),
-            "notes": list(self.warnings),  # the old name, kept until 0.2
         }
 
 
@@ -379,7 +383,7 @@ class EstimateCache:
 
 
 def estimate_pipeline(
-    pipeline: str | PipelineSpec | PipelineRequest, request: PixelRequest | None = None, *,
+    pipeline: str | PipelineSpec, request: PixelRequest | None = None, *,
     vae_tiling: bool = False, peak_fn: PeakFn = trace_peak, decode_fn: DecodeFn = estimate_decode,
     cache: EstimateCache | None = None,
 ) -> PipelineEstimate:
@@ -388,21 +392,13 @@ def estimate_pipeline(
 
     `pipeline` is a built-in name (or alias) or a PipelineSpec; `request` the PixelRequest to estimate,
     or None for the pipeline's default size and frames, batch 1, in bf16 (what its examples run in).
-    A PipelineRequest as `pipeline` (0.1's form) is still accepted.
+    (estimate_request takes a whole PipelineRequest.)
 
     >>> est = estimate_pipeline("sd15", PixelRequest(width=256, height=256, dtype="bf16"))
     >>> [s.label for s in est.stages]
     ['text_encoder', 'text_encoder (negative)', 'unet (CFG batch ×2) · 1 step', 'vae decode']
     """
-    if isinstance(pipeline, PipelineRequest):
-        if request is not None:
-            from vaelens.errors import VaeLensError
-
-            raise VaeLensError("request= is given twice: pass a pipeline name or PipelineSpec with request=",
-                               param="request")
-        full = pipeline
-    else:
-        full = PipelineRequest.of(pipeline, request, vae_tiling=vae_tiling)
+    full = PipelineRequest.of(pipeline, request, vae_tiling=vae_tiling)
     return estimate_request(full, peak_fn=peak_fn, decode_fn=decode_fn, cache=cache)
 
 

@@ -202,9 +202,9 @@ def _budget(rep: Report) -> str:
     b = rep.budget
     rows = []
     for o in b.ops:
-        tiled = "-" if o.tiled_needed_bytes is None else (
-            f"{human_bytes(o.tiled_needed_bytes)}, {'fits' if o.tiled_fits else 'does not fit'}")
-        rows.append((o.op, human_bytes(o.needed_bytes), "fits" if o.fits else "does NOT fit", o.max_batch or "none",
+        tiled = "-" if o.tiled_min_device_bytes is None else (
+            f"{human_bytes(o.tiled_min_device_bytes)}, {'fits' if o.tiled_fits else 'does not fit'}")
+        rows.append((o.op, human_bytes(o.min_device_bytes), "fits" if o.fits else "does NOT fit", o.max_batch or "none",
                      f"{o.max_square}×{o.max_square}" if o.max_square else "none", tiled))
     word = _verdict(rep)
     more = {"fits": "", "does not fit": ", not even in tiles"}.get(word, "; untiled it does not")

@@ -94,7 +94,7 @@ def families_json(specs: Sequence[FamilySpec]) -> list[dict[str, Any]]:
 
 
 def shapes_json(spec: FamilySpec, plan: ShapePlan) -> dict[str, Any]:
-    """ShapePlan -> the `vaelens shapes --json` object (keys fixed by DESIGN.md)."""
+    """ShapePlan -> the `vaelens shapes --json` object (its keys are stable: scripts read them)."""
     data = plan.to_json()
     data["normalized_latent_shape"] = list(normalized_shape(spec, plan))
     data["normalization"] = normalization_json(spec)
