@@ -288,17 +288,24 @@ def test_estimate_call_hand_counted_conv():
     assert est.output_shape == (1, 8, 16, 16)
 
 
-def test_trace_cache_reuses_traces_and_estimates():
-    from vaelens.memory.estimate import TraceCache
+def test_meta_context_builds_once_and_reuses_shapes_traces_and_estimates(monkeypatch):
+    import vaelens.build
+    from vaelens.memory.context import MetaContext
 
-    cache = TraceCache()
+    built = []
+    real = vaelens.build.build_module
+    monkeypatch.setattr(vaelens.build, "build_module", lambda *a, **k: built.append(1) or real(*a, **k))
+    ctx = MetaContext.of(TINY_KL, "bf16")
     req = PixelRequest(width=64, height=64, dtype=DType.BF16)
-    a = estimate_memory(TINY_KL, req, op="decode", cache=cache)
-    b = estimate_memory(TINY_KL, req, op="decode", cache=cache)
-    assert a is b and cache.hits >= 1 and len(cache.traces) == 1
-    c = estimate_memory(TINY_KL, PixelRequest(width=64, height=64, batch=2, dtype=DType.BF16), op="decode",
-                        cache=cache)
-    assert len(cache.traces) == 2 and c.peak_bytes > a.peak_bytes
+    a = estimate_memory(ctx, req, op="decode")
+    b = estimate_memory(ctx, req, op="decode")
+    assert a is b and ctx.hits >= 1 and len(ctx._traces) == 1
+    c = estimate_memory(ctx, PixelRequest(width=64, height=64, batch=2, dtype=DType.BF16), op="decode")
+    report = check_vae_budget(ctx, req, 256 * 2**20, ops=("decode",))
+    assert len(built) == 1  # one meta module for every estimate and the budget search
+    assert c.peak_bytes > a.peak_bytes and report.ops[0].fits
+    assert MetaContext.of(ctx, DType.BF16) is ctx and MetaContext.of(ctx, "fp32").dtype is DType.FP32
+    assert estimate_memory(TINY_KL, req, op="decode").peak_bytes == a.peak_bytes  # no context: the same answer
 
 
 def test_memory_json_has_every_figure(cli, tmp_path):

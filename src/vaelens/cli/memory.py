@@ -33,22 +33,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vaelens.cli.shapes import plan_from_args
-    from vaelens.memory.estimate import TraceCache, estimate_memory
+    from vaelens.memory.context import MetaContext
+    from vaelens.memory.estimate import estimate_memory
 
     spec, plan = plan_from_args(args)
     request = plan.request
     ops = ("encode", "decode") if args.op == "both" else (args.op,)
     budget = _check_args(args)
-    cache = TraceCache()
     with progress_bar(f"memory {spec.name}", enabled=bar_enabled(args), unit="stage") as bar:
+        ctx = MetaContext.of(spec, request.dtype).add_plan(plan)  # one meta module, the size planned once
         estimates = []
         for op in ops:
             bar.stage(f"estimate {op}")
-            estimates.append(estimate_memory(spec, request, op=op, tiled=args.tiled, sliced=args.sliced,
-                                             cache=cache))
+            estimates.append(estimate_memory(ctx, request, op=op, tiled=args.tiled, sliced=args.sliced))
             bar.advance(1)
         measured = _measure(args, spec, plan, estimates)
-        report, tiling = _budget(args, spec, plan, ops, budget, cache, bar) if budget is not None else (None, None)
+        report, tiling = _budget(args, spec, plan, ops, budget, ctx, bar) if budget is not None else (None, None)
     plot = _plot(args, spec, plan, estimates, budget)
     if args.json:
         _emit(args, spec, plan, estimates, measured, report, tiling, plot)
@@ -91,14 +91,14 @@ def _measure(args: argparse.Namespace, spec, plan, estimates) -> dict[str, dict[
     return measured
 
 
-def _budget(args: argparse.Namespace, spec, plan, ops, budget: int, cache, bar):
+def _budget(args: argparse.Namespace, spec, plan, ops, budget: int, ctx, bar):
     """--budget: the budget report and the exact tiling that fits (vaelens.tiling), one bar stage each."""
     from vaelens.memory.budget import check_vae_budget
     from vaelens.tiling.plan import plan_ops
 
     bar.stage("budget search")
-    report = check_vae_budget(spec, plan.request, budget, ops=ops, step=spec.size_rule.multiple, tiled=args.tiled,
-                              sliced=args.sliced, cache=cache)
+    report = check_vae_budget(ctx, plan.request, budget, ops=ops, step=spec.size_rule.multiple, tiled=args.tiled,
+                              sliced=args.sliced)
     bar.advance(1)
     bar.stage("tiling plan")
     tiling = plan_ops(spec, {op: plan.latent_shape if op == "decode" else plan.pixel_shape for op in ops},

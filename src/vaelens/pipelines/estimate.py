@@ -79,15 +79,12 @@ def estimate_decode(
     family: str, request: PixelRequest, tiled: bool,
 ) -> tuple[ActivationPeak, tuple[int, ...]]:
     """VAE family + request -> (decode ActivationPeak, latent shape) from vaelens.memory.estimate_memory."""
-    from vaelens.build import build_module
-    from vaelens.families import get_family
+    from vaelens.memory.context import MetaContext
     from vaelens.memory.estimate import estimate_memory
 
-    est = estimate_memory(family, request, op="decode", tiled=tiled)
-    seq = None
-    if est.timeline:
-        vae = build_module(get_family(family), device="meta", dtype=request.dtype)
-        seq = stack_weight_peak(est.timeline, own_parameter_bytes(vae))
+    ctx = MetaContext.of(family, request.dtype)  # one meta VAE for the estimate and its parameter sizes
+    est = estimate_memory(ctx, request, op="decode", tiled=tiled)
+    seq = stack_weight_peak(est.timeline, own_parameter_bytes(ctx.module)) if est.timeline else None
     peak = ActivationPeak(peak_bytes=est.peak_bytes_high, peak_at=est.peak_at, output_bytes=est.output_bytes,
                           sequential=seq)  # high end of the range, as for every budget
     return peak, tuple(est.input_shape)
