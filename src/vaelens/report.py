@@ -85,24 +85,6 @@ class Report:
     def estimate(self, op: str) -> MemoryEstimate:
         return next(e for e in self.estimates if e.op.value == op)
 
-    def to_json(self) -> dict[str, Any]:
-        from vaelens.render.memory import estimate_json
-        from vaelens.render.tiling import plans_json
-
-        data: dict[str, Any] = {
-            "family": self.spec.name, "dtype": self.plan.request.dtype.value, **self.plan.to_json(),
-            "weights_bytes": self.estimates[0].weights_bytes if self.estimates else None,
-            **{e.op.value: estimate_json(e, self.plan.latent_shape) for e in self.estimates},
-            "budget": self.budget.to_json() if self.budget is not None else None,
-            "tiling": plans_json(self.tiling) if self.tiling else None,
-            "real_weights": self.real.to_json() if self.real else None,
-            "pipeline": None, "versions": self.versions, "warnings": list(self.warnings),
-        }
-        if self.pipeline is not None:
-            data["pipeline"] = {"name": self.pipeline.request.pipeline.name,
-                                **{r.mode.value: r.peak_bytes for r in self.pipeline.offload}}
-        return data
-
 
 def versions() -> dict[str, str]:
     """-> versions of vaelens, diffusers, torch (and Python) that made the numbers."""

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vaelens.cli.shapes import plan_from_args
     from vaelens.progress import progress_bar
-    from vaelens.render.report import render_report, save_report
+    from vaelens.render.report import render_report, report_json, save_report
     from vaelens.report import build_report
     from vaelens.units import human_bytes, parse_bytes
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                            progress=bar)
     path = save_report(render_report(rep), out, overwrite=args.force)
     if args.json:
-        emit_json({"output": str(path), "bytes": path.stat().st_size, **rep.to_json()})
+        emit_json({"output": str(path), "bytes": path.stat().st_size, **report_json(rep)})
         return 0
     enc, dec = rep.estimate("encode"), rep.estimate("decode")
     frames = f", {plan.frames} frames" if plan.frames is not None else ""

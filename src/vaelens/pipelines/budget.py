@@ -124,7 +124,7 @@ def _largest_size_that_fits(
 
 def _why_no_size_helps(est: PipelineEstimate, sizes: list[tuple[int, int]], budget_bytes: int, mode: Offload) -> str:
     """Why no smaller size fits: the resident weights alone, no smaller candidate, or even the smallest is over."""
-    from vaelens.render.tables import human_bytes
+    from vaelens.units import human_bytes
 
     req = est.request
     heaviest = max(est.mode(mode).stages, key=lambda s: s.weights_bytes)

@@ -10,6 +10,7 @@ import io
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -353,6 +354,26 @@ def render_report(rep: Report) -> str:
         f"<footer>vaelens {esc(rep.versions.get('vaelens', ''))} · one self-contained file: no network needed to "
         "view it.</footer></main></body></html>\n"
     )
+
+
+def report_json(rep: Any) -> dict[str, Any]:
+    """Report -> the JSON of `vaelens report --json` (the page's data, without the arrays)."""
+    from vaelens.render.memory import estimate_json
+    from vaelens.render.tiling import plans_json
+
+    data: dict[str, Any] = {
+        "family": rep.spec.name, "dtype": rep.plan.request.dtype.value, **rep.plan.to_json(),
+        "weights_bytes": rep.estimates[0].weights_bytes if rep.estimates else None,
+        **{e.op.value: estimate_json(e, rep.plan.latent_shape) for e in rep.estimates},
+        "budget": rep.budget.to_json() if rep.budget is not None else None,
+        "tiling": plans_json(rep.tiling) if rep.tiling else None,
+        "real_weights": rep.real.to_json() if rep.real else None,
+        "pipeline": None, "versions": rep.versions, "warnings": list(rep.warnings),
+    }
+    if rep.pipeline is not None:
+        data["pipeline"] = {"name": rep.pipeline.request.pipeline.name,
+                            **{r.mode.value: r.peak_bytes for r in rep.pipeline.offload}}
+    return data
 
 
 def save_report(html: str, path: str | Path, *, overwrite: bool = False) -> Path:
