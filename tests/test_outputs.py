@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from vaelens.errors import VaeLensError
 from vaelens.outputs import OutputError, OutputExistsError, atomic_write, check_output, prepare_outputs
 
 
@@ -96,3 +97,18 @@ def test_issue20_11_atomic_write_honours_the_umask(tmp_path, umask):
     assert os.stat(plain).st_mode & 0o777 == expected
     assert os.stat(target).st_mode & 0o777 == expected
     assert os.stat(tmp_path / "pre_x.safetensors").st_mode & 0o777 == expected
+
+
+@pytest.mark.parametrize(("name", "kind", "phrase"), [
+    ("r.txt", "html", "is an HTML file"), ("x.txt", "image", "is an image file"),
+    ("x.png", "latent", "is a latent file"), ("x.png", "json", "is a json file"),
+])
+def test_kind_is_an_enum_and_the_message_reads(tmp_path, name, kind, phrase):
+    from vaelens.outputs import OutputKind
+
+    for given in (kind, OutputKind(kind)):
+        with pytest.raises(OutputError, match=phrase) as exc:
+            check_output(tmp_path / name, kind=given)
+        assert exc.value.choices and all(c.startswith(".") for c in exc.value.choices)
+    with pytest.raises(VaeLensError, match="kind 'pdf' is not supported; choose one of: image, figure"):
+        check_output(tmp_path / "x.pdf", kind="pdf")

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from vaelens.errors import OutputError, OutputExistsError
+from vaelens.options import Choice, parse_choice
 
 # Suffixes per format kind. Images: what Pillow writes losslessly or commonly; figures: what matplotlib writes.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -31,15 +32,34 @@ FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".pdf", ".webp", ".tif", ".t
 LATENT_SUFFIXES = (".safetensors",)
 COMFY_SUFFIXES = (".latent", ".safetensors")
 VIDEO_SUFFIXES = (".mp4",)
+
+
+class OutputKind(Choice):
+    """What a file holds, which fixes the suffixes its name may end in (KINDS)."""
+
+    IMAGE = "image"
+    FIGURE = "figure"
+    LATENT = "latent"
+    COMFY = "comfy"
+    VIDEO = "video"
+    JSON = "json"
+    HTML = "html"
+
+
 KINDS = {
-    "image": IMAGE_SUFFIXES,
-    "figure": FIGURE_SUFFIXES,
-    "latent": LATENT_SUFFIXES,
-    "comfy": COMFY_SUFFIXES,
-    "video": VIDEO_SUFFIXES,
-    "json": (".json",),
-    "html": (".html", ".htm"),
+    OutputKind.IMAGE: IMAGE_SUFFIXES,
+    OutputKind.FIGURE: FIGURE_SUFFIXES,
+    OutputKind.LATENT: LATENT_SUFFIXES,
+    OutputKind.COMFY: COMFY_SUFFIXES,
+    OutputKind.VIDEO: VIDEO_SUFFIXES,
+    OutputKind.JSON: (".json",),
+    OutputKind.HTML: (".html", ".htm"),
 }
+
+
+def _article(label: str) -> str:
+    """'an' before a vowel sound ('an image', 'an HTML'), else 'a' ('a latent', 'a JSON')."""
+    return "an" if label[0].lower() in "aeiou" or label.startswith("HTML") else "a"
 
 
 def _blocked_parent(p: Path) -> Path | None:
@@ -81,13 +101,13 @@ def check_output(
     *,
     inputs: Iterable[str | Path] = (),
     force: bool = False,
-    kind: str | None = None,
+    kind: OutputKind | str | None = None,
     what: str = "output",
 ) -> Path:
     """path to write -> Path, after every rule above (nothing is written; the folder is created).
 
-    kind: one of KINDS ("image", "figure", "latent", "comfy", "video", "json", "html") or None for any
-    suffix. Raises OutputExistsError for an existing path without force=True, OutputError otherwise.
+    kind: an OutputKind (or its value: "image", "figure", "latent", "comfy", "video", "json", "html"), or None
+    for any suffix. Raises OutputExistsError for an existing path without force=True, OutputError otherwise.
 
     >>> check_output("/nonexistent-dir-for-doctest/x.png", kind="latent")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -97,12 +117,13 @@ def check_output(
     p = Path(path)
     shown = str(path)
     if kind is not None:
+        kind = parse_choice(OutputKind, kind, "kind")
         allowed = KINDS[kind]
         if p.suffix.lower() not in allowed:
-            label = {"comfy": "ComfyUI latent", "figure": "figure"}.get(kind, kind)
+            label = {OutputKind.COMFY: "ComfyUI latent", OutputKind.HTML: "HTML"}.get(kind, kind.value)
             got = f"not {p.suffix}" if p.suffix else "it has no suffix"
             raise OutputError(
-                f"{what} {shown!r} is a{'n' if label[0] in 'aeiou' else ''} {label} file; its name must end in "
+                f"{what} {shown!r} is {_article(label)} {label} file; its name must end in "
                 f"{' or '.join(allowed)}, {got}", param=what, value=shown, choices=allowed
             )
     for src in inputs:
@@ -128,7 +149,7 @@ def prepare_outputs(
     *,
     inputs: Iterable[str | Path] = (),
     force: bool = False,
-    kind: str | None = None,
+    kind: OutputKind | str | None = None,
     what: str = "output",
 ) -> list[Path]:
     """Several paths one call writes -> checked Paths (check_output each), refusing the same path twice."""

@@ -40,7 +40,8 @@ class PipelineBudgetReport:
     mode: Offload  # the mode asked for
     fits: tuple[tuple[Offload, bool, int], ...]  # (mode, fits, peak) for every mode
     fixes: tuple[Fix, ...]  # only when the asked mode does not fit
-    weights_note: str = ""  # why no smaller size helps (the resident weights alone), when none does
+    # why no smaller size helps (the resident weights alone, or even the smallest is over), when none does
+    warnings: tuple[str, ...] = ()
 
 
 def _sizes_below(height: int, width: int, step: int = 64) -> list[tuple[int, int]]:
@@ -92,7 +93,7 @@ def check_pipeline_budget(
         fixes.append(size_fix)
     note = _why_no_size_helps(est, sizes, budget_bytes, mode)
     return PipelineBudgetReport(budget_bytes=budget_bytes, mode=mode, fits=fits, fixes=tuple(fixes),
-                                weights_note=note)
+                                warnings=(note,) if note and size_fix is None else ())
 
 
 def _largest_size_that_fits(

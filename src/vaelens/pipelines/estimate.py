@@ -410,16 +410,16 @@ def estimate_request(
     modules = {c.name: cache.module(c, dtype) for c in spec.components}
     sizes = {name: component_size(m) for name, m in modules.items()}
     vae_dtype = dtype
-    notes = []
+    warnings = []
     if spec.upcasts_fp16_vae and dtype is DType.FP16:
         vae_dtype = DType.FP32
-        notes.append("the pipeline upcasts the fp16 VAE to fp32 for the decode (force_upcast)")
+        warnings.append("the pipeline upcasts the fp16 VAE to fp32 for the decode (force_upcast)")
     from vaelens.contract import plan_shapes
     from vaelens.families import get_family
 
     # The VAE family's size/frame rule (raise, or floor with a warning) applies to the whole pipeline.
     plan = plan_shapes(get_family(spec.vae_family), request.pixel_request(vae_dtype))
-    notes.extend(plan.warnings)
+    warnings.extend(plan.warnings)
     vae_peak, latent_shape = decode_fn(spec.vae_family, request.pixel_request(vae_dtype), request.vae_tiling)
     sizes["vae"] = _vae_size(spec.vae_family, vae_dtype)
     stages = build_stages(request, modules, latent_shape=latent_shape, decode=vae_peak, peak_fn=peak_fn)
@@ -430,11 +430,10 @@ def estimate_request(
                         largest_leaf_bytes=sizes[c.name].largest_leaf_bytes)
         for c in spec.components
     ) + (_vae_report(spec, sizes["vae"], vae_dtype),)
-    if spec.notes:
-        notes.append(spec.notes)
+    warnings.extend(spec.warnings)
     return PipelineEstimate(request=request, latent_shape=latent_shape, components=components, stages=stages,
                             offload=offload_reports(spec, stages, sizes), used_size=tuple(plan.used_size),
-                            used_frames=plan.frames, warnings=tuple(notes))
+                            used_frames=plan.frames, warnings=tuple(warnings))
 
 
 def _vae_size(family: str, dtype: DType) -> ComponentSize:

@@ -144,8 +144,8 @@ def render_pipeline_budget(rep: PipelineBudgetReport) -> str:
             verdict = "fits" if f.fits else "still over"
             lines.append(f"  {fix_label(f):<22} peak {human_bytes(f.peak_bytes):>11}  {verdict}")
         if not any(f.size is not None for f in rep.fixes):
-            lines.append(f"  no smaller size of the same aspect fits under --offload {rep.mode.value}: "
-                         f"{rep.weights_note}")
+            lines.extend(f"  no smaller size of the same aspect fits under --offload {rep.mode.value}: {w}"
+                         for w in rep.warnings)
     return "\n".join(lines)
 
 
