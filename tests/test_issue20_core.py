@@ -95,3 +95,29 @@ def test_issue20_9_pipeline_sequential_offload_on_the_high_end():
     assert peak.peak_bytes == est.peak_bytes_high > est.peak_bytes
     assert all(layer.peak_bytes_high >= layer.peak_bytes for layer in est.timeline)
     assert max(layer.peak_bytes_high for layer in est.timeline) == est.peak_bytes_high
+
+
+def test_issue20_edges_report_memory_charts_share_one_unit_and_scale():
+    import re
+
+    from vaelens.render.report import render_report
+    from vaelens.report import build_report
+
+    html = render_report(build_report("sdxl", PixelRequest(width=256, height=256)))
+    timelines = re.findall(r'<svg class="timeline".*?</svg>', html, re.S)
+    assert len(timelines) == 2
+    units = [re.search(r"GPU memory \((\w+)\)", svg).group(1) for svg in timelines]
+    ticks = [re.findall(r'text-anchor="end" font-size="10">([\d.]+)</text>', svg) for svg in timelines]
+    assert units[0] == units[1] and ticks[0] == ticks[1]  # encode and decode on one axis
+
+
+def test_issue20_edges_pipeline_budget_line_under_the_labels():
+    from vaelens.pipelines import estimate_pipeline
+    from vaelens.render.svg import pipeline_svg
+
+    est = estimate_pipeline("sd15", PixelRequest(width=256, height=256, dtype="bf16"))
+    svg = pipeline_svg(est, budget_bytes=est.offload[0].peak_bytes // 2)
+    budget_line = svg.index('stroke-dasharray="5 3"')
+    first_label = svg.index("<text")
+    assert budget_line < first_label  # drawn first: every label paints over it
+    assert 'paint-order="stroke"' in svg

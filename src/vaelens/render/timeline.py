@@ -107,6 +107,11 @@ def _stage_spans(steps: Sequence[TimelineStep]) -> list[tuple[str, int, int]]:
     return spans
 
 
+def shared_top(timelines: Sequence[MemoryTimeline]) -> float:
+    """Several timelines -> one axis maximum in bytes, so they share a scale and a unit (MiB or GiB)."""
+    return max(_top(t) for t in timelines)
+
+
 def _top(tl: MemoryTimeline) -> float:
     return max(tl.base_bytes + max(tl.peak_high or 0, tl.peak_bytes), tl.budget_bytes or 0,
                tl.min_device_bytes or 0) * 1.12
@@ -128,15 +133,17 @@ class _Frame:
         return self.top_pad + self.ph * (1 - v / self.top)
 
 
-def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 300.0) -> str:
+def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 300.0, top: float | None = None) -> str:
     """MemoryTimeline -> inline SVG: weights + input band, per-layer live and peak bars, the peak's layer,
-    the predicted range, the budget line; stage names under the axis. Hover a bar for its layer."""
+    the predicted range, the budget line; stage names under the axis. Hover a bar for its layer. `top`:
+    the axis maximum in bytes, to draw several timelines on one scale and unit (default: this one's own)."""
     ranged = tl.peak_low is not None and tl.peak_high is not None and tl.peak_high > tl.peak_low
     second = ranged or bool(tl.min_device_bytes)  # a second legend row for the range and the device minimum
     height += 16 if second else 0
     left, right, top_pad, bottom = 64.0, 16.0, 34.0, 54.0 + (16 if second else 0)
     pw, ph = width - left - right, height - top_pad - bottom
-    f = _Frame(left=left, pw=pw, top_pad=top_pad, ph=ph, top=_top(tl), dx=pw / max(len(tl.steps), 1))
+    f = _Frame(left=left, pw=pw, top_pad=top_pad, ph=ph, top=top if top is not None else _top(tl),
+               dx=pw / max(len(tl.steps), 1))
     out = [f'<svg class="timeline" data-op="{tl.op}" viewBox="0 0 {width:.0f} {height:.0f}" width="{width:.0f}" '
            f'role="img" aria-label="{tl.op} memory timeline" xmlns="http://www.w3.org/2000/svg">']
     out += _axis_and_bars(tl, f)
