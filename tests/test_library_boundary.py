@@ -111,6 +111,8 @@ def test_library_messages_name_parameters_never_cli_flags():
     (["shapes", "sdxl", "--size", "big"], "--size", "size 'big' is not WIDTHxHEIGHT"),
     (["memory", "sdxl", "--budget", "8G"], "--budget", "budget '8G' is ambiguous"),
     (["shapes", "sdxll"], "MODEL", "unknown family 'sdxll'"),
+    (["shapes", "/nonexistent/config.json"], "MODEL", "config path '/nonexistent/config.json' does not exist"),
+    (["memory", "sdxl", "--plot", "m.txt"], "--plot", "plot 'm.txt': matplotlib cannot write .txt"),
 ])
 def test_cli_names_the_flag_from_the_parser(argv, flag, message):
     """The error line is `argument FLAG: <the library's message>`: the flag read from the subcommand's parser
