@@ -121,3 +121,15 @@ def test_issue20_edges_pipeline_budget_line_under_the_labels():
     first_label = svg.index("<text")
     assert budget_line < first_label  # drawn first: every label paints over it
     assert 'paint-order="stroke"' in svg
+
+
+def test_issue20_12_budget_entries_take_bytes_or_a_size_and_refuse_the_absurd(no_work):
+    from vaelens.errors import BudgetError
+    from vaelens.memory.budget import check_vae_budget
+    from vaelens.report import build_report
+
+    req = PixelRequest(width=64, height=64)
+    for call in (lambda b: check_vae_budget("sdxl", req, b), lambda b: build_report("sdxl", req, budget_bytes=b)):
+        for bad in ("1e30GiB", 2**60, 0, "8G"):
+            with pytest.raises(BudgetError):
+                call(bad)

@@ -137,7 +137,7 @@ def real_weights(vae: str | Path, image: str | Path | None = None) -> RealWeight
 
 
 def build_report(
-    model: str | FamilySpec, request: PixelRequest, *, budget_bytes: int | None = None,
+    model: str | FamilySpec, request: PixelRequest, *, budget_bytes: int | str | None = None,
     vae: str | Path | None = None, image: str | Path | None = None, pipeline: str | None = None,
     pipeline_dtype: DType | str | None = None, progress: ProgressFn | None = None,
 ) -> Report:
@@ -151,6 +151,10 @@ def build_report(
     if image is not None and vae is None:
         raise VaeLensError("image= needs vae= (the weights that encode it); vae='demo' is vaelens' demo VAE",
                            param="image", value=image)
+    if budget_bytes is not None:
+        from vaelens.units import budget_bytes as as_bytes
+
+        budget_bytes = as_bytes(budget_bytes, param="budget_bytes")
     total = 2 + (budget_bytes is not None) + (vae is not None) + (pipeline is not None)
     done = 0
 

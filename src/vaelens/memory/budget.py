@@ -18,6 +18,7 @@ from vaelens.memory.context import MetaContext
 from vaelens.memory.estimate import MemoryEstimate, estimate_memory, trace_request
 from vaelens.memory.simulate import Program, compile_trace, extend_repeated, fits_under, min_device_bytes
 from vaelens.options import MAX_BATCH, MAX_SIDE, PixelRequest
+from vaelens.units import budget_bytes as as_bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -213,7 +214,7 @@ def _search(fits: Callable[[int], bool], need: Callable[[int], int], size: Calla
 
 
 def check_vae_budget(
-    model: Any, request: PixelRequest, budget_bytes: int, *, ops: tuple[str, ...] = ("encode", "decode"),
+    model: Any, request: PixelRequest, budget_bytes: int | str, *, ops: tuple[str, ...] = ("encode", "decode"),
     step: int = 8, tiled: bool = False, sliced: bool = False,
     estimate: Callable[..., MemoryEstimate] = estimate_memory,
 ) -> VaeBudgetReport:
@@ -227,6 +228,7 @@ def check_vae_budget(
     and marked so. `estimate` replaces the memory model (tests): then every candidate is an estimate
     and its min_device_bytes is compared with the budget.
     """
+    budget_bytes = as_bytes(budget_bytes, param="budget_bytes")  # '8GiB' or bytes; checked once, here
     results = []
     ctx = MetaContext.of(model, request.dtype) if estimate is estimate_memory else None
     for op in ops:

@@ -18,6 +18,7 @@ from vaelens.pipelines.estimate import (
     PipelineRequest,
     estimate_request,
 )
+from vaelens.units import budget_bytes as as_bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,7 +56,7 @@ def _sizes_below(height: int, width: int, step: int = 64) -> list[tuple[int, int
 
 
 def check_pipeline_budget(
-    est: PipelineEstimate, budget_bytes: int, *, mode: Offload | str = Offload.NONE,
+    est: PipelineEstimate, budget_bytes: int | str, *, mode: Offload | str = Offload.NONE,
     cache: EstimateCache | None = None, estimate=estimate_request,
 ) -> PipelineBudgetReport:
     """estimate + budget -> which offload modes fit, and (if `mode` does not) the changes that would.
@@ -64,6 +65,7 @@ def check_pipeline_budget(
     the largest smaller size of the same aspect (multiples of 64) that fits under `mode`.
     """
     mode = Offload.parse(mode)
+    budget_bytes = as_bytes(budget_bytes, param="budget_bytes")
     cache = cache if cache is not None else EstimateCache()
     fits = tuple((r.mode, r.peak_bytes <= budget_bytes, r.peak_bytes) for r in est.offload)
     if est.mode(mode).peak_bytes <= budget_bytes:
