@@ -69,7 +69,7 @@ def test_estimate_pipeline_takes_a_name_and_defaults_to_the_pipelines_size():
 
 def test_pipeline_json_sizes_are_height_first_and_warnings_is_the_word():
     from vaelens.pipelines import PipelineRequest, get_pipeline
-    from vaelens.pipelines.estimate import ActivationPeak, estimate_pipeline
+    from vaelens.pipelines.estimate import ActivationPeak, estimate_request
     from vaelens.render.pipeline import pipeline_list_json
 
     def peak(module, plan, dtype):
@@ -79,10 +79,10 @@ def test_pipeline_json_sizes_are_height_first_and_warnings_is_the_word():
         return ActivationPeak(peak_bytes=1, peak_at="d"), (1, 16, request.height // 8, request.width // 8)
 
     spec = get_pipeline("flux1-dev")
-    est = estimate_pipeline(PipelineRequest(pipeline=spec, width=1000, height=512), peak_fn=peak, decode_fn=decode)
+    est = estimate_request(PipelineRequest(pipeline=spec, width=1000, height=512), peak_fn=peak, decode_fn=decode)
     data = est.to_json()
     assert data["size"] == [512, 1000] and data["used_size"] == [512, 992]
-    assert data["warnings"] and data["warnings"] == data["notes"]
+    assert data["warnings"] and "notes" not in data
     listed = next(p for p in pipeline_list_json([spec]) if p["name"] == "flux1-dev")
     assert listed["default_size"] == list(spec.default_size) == [1024, 1024]
 
@@ -145,3 +145,27 @@ def test_encode_decode_and_roundtrip_report_their_steps_in_one_shape(tmp_path, c
                ("rt decode", rt["decode"]))}
     assert len({tuple(v) for v in shapes.values()}) == 1, shapes
     assert enc["encode"]["calls"] == 1 and rt["decode"]["op"] == "decode"
+
+
+def test_public_names_are_discoverable_from_a_notebook():
+    """dir(vaelens) and help(vaelens) show every public name before any is loaded, each with its contract
+    (issue 18 item 8)."""
+    import pydoc
+    import subprocess
+    import sys
+
+    script = ("import vaelens, sys; d = dir(vaelens); "
+              "print(all(n in d for n in vaelens.__all__), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "False"], out.stderr  # listed, and listing loads nothing heavy
+    listing = {line.split()[0]: line for line in vaelens.__doc__.splitlines() if line.startswith("    ")}
+    for name in (n for n in vaelens.__all__ if n != "__version__"):
+        assert name in listing, f"{name} is public but not listed in vaelens' docstring"
+        obj = getattr(vaelens, name)
+        assert obj.__doc__, f"{name} has no docstring"
+        if callable(obj) and not isinstance(obj, type):
+            assert "->" in listing[name], f"{name}'s line in vaelens' docstring gives no contract"
+    assert set(listing) <= set(vaelens.__all__), "the docstring lists a name that is not public"
+    text = pydoc.render_doc(vaelens, renderer=pydoc.plaintext)
+    for name in ("shapes", "estimate_memory", "plan_tiling", "PixelRequest"):
+        assert f"{name}(" in text

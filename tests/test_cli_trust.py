@@ -295,7 +295,7 @@ def test_a_video_for_an_image_vae_is_refused(cli, root, tmp_path):
 
 def test_budget_needs_a_unit(cli):
     one_line_error(cli("memory", "sd15", "--size", "64x64", "--budget", "8"), "budget '8' has no unit", "8GiB")
-    from vaelens.options import parse_bytes
+    from vaelens.units import parse_bytes
 
     assert parse_bytes("8B") == 8
 

@@ -76,12 +76,11 @@ def test_issue_examples():
     assert shapes("wan21", PixelRequest(width=832, height=480, frames=81)).latent_shape == (1, 16, 21, 60, 104)
 
 
-def test_size_keywords_of_0_1_still_work_with_a_deprecation_warning():
-    with pytest.warns(DeprecationWarning, match=r"pass shapes\(model, PixelRequest"):
-        old = shapes("wan21", width=832, height=480, frames=81)
-    assert old == shapes("wan21", PixelRequest(width=832, height=480, frames=81))
-    with pytest.raises(SizeError, match="give both or neither"):
-        shapes("sdxl", width=512)
+def test_size_is_a_request_not_keywords():
+    with pytest.raises(TypeError):
+        shapes("wan21", width=832, height=480)  # type: ignore[call-arg]
+    with pytest.raises(SizeError, match="height None must be a whole number"):
+        PixelRequest(width=512, height=None)  # type: ignore[arg-type]
 
 
 def test_no_request_means_the_family_defaults():

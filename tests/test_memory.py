@@ -12,8 +12,9 @@ import torch
 
 from vaelens.memory.budget import check_vae_budget, largest_fitting
 from vaelens.memory.estimate import estimate_memory, simulate
-from vaelens.options import DType, PixelRequest, parse_bytes
+from vaelens.options import DType, PixelRequest
 from vaelens.trace import trace_module
+from vaelens.units import parse_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data" / "memory"
@@ -123,11 +124,11 @@ def test_budget_search_with_known_costs():
     req = PixelRequest(width=64, height=64, batch=2)
     rep = check_vae_budget("x", req, 20_000_000, ops=("decode",), step=8, estimate=fake)
     o = rep.ops[0]
-    assert o.needed_bytes == 8_192_000 and o.fits
+    assert o.min_device_bytes == 8_192_000 and o.fits
     assert o.max_batch == 20_000_000 // (1000 * 64 * 64)  # 4
     side = max(k * 8 for k in range(1, 200) if 1000 * 2 * (k * 8) ** 2 <= 20_000_000)
     assert o.max_square == side == 96
-    assert o.tiled_needed_bytes is None  # it fits untiled: the tiled alternative is not traced
+    assert o.tiled_min_device_bytes is None  # it fits untiled: the tiled alternative is not traced
     rep = check_vae_budget("x", req, 5_000_000, ops=("decode",), step=8, estimate=fake)
     assert not rep.ops[0].fits and rep.ops[0].max_batch == 1 and rep.ops[0].tiled_fits
     rep = check_vae_budget("x", req, 5_000_000, ops=("decode",), step=8, tiled=True, estimate=fake)
@@ -287,17 +288,24 @@ def test_estimate_call_hand_counted_conv():
     assert est.output_shape == (1, 8, 16, 16)
 
 
-def test_trace_cache_reuses_traces_and_estimates():
-    from vaelens.memory.estimate import TraceCache
+def test_meta_context_builds_once_and_reuses_shapes_traces_and_estimates(monkeypatch):
+    import vaelens.build
+    from vaelens.memory.context import MetaContext
 
-    cache = TraceCache()
+    built = []
+    real = vaelens.build.build_module
+    monkeypatch.setattr(vaelens.build, "build_module", lambda *a, **k: built.append(1) or real(*a, **k))
+    ctx = MetaContext.of(TINY_KL, "bf16")
     req = PixelRequest(width=64, height=64, dtype=DType.BF16)
-    a = estimate_memory(TINY_KL, req, op="decode", cache=cache)
-    b = estimate_memory(TINY_KL, req, op="decode", cache=cache)
-    assert a is b and cache.hits >= 1 and len(cache.traces) == 1
-    c = estimate_memory(TINY_KL, PixelRequest(width=64, height=64, batch=2, dtype=DType.BF16), op="decode",
-                        cache=cache)
-    assert len(cache.traces) == 2 and c.peak_bytes > a.peak_bytes
+    a = estimate_memory(ctx, req, op="decode")
+    b = estimate_memory(ctx, req, op="decode")
+    assert a is b and ctx.hits >= 1 and len(ctx._traces) == 1
+    c = estimate_memory(ctx, PixelRequest(width=64, height=64, batch=2, dtype=DType.BF16), op="decode")
+    report = check_vae_budget(ctx, req, 256 * 2**20, ops=("decode",))
+    assert len(built) == 1  # one meta module for every estimate and the budget search
+    assert c.peak_bytes > a.peak_bytes and report.ops[0].fits
+    assert MetaContext.of(ctx, DType.BF16) is ctx and MetaContext.of(ctx, "fp32").dtype is DType.FP32
+    assert estimate_memory(TINY_KL, req, op="decode").peak_bytes == a.peak_bytes  # no context: the same answer
 
 
 def test_memory_json_has_every_figure(cli, tmp_path):

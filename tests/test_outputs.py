@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from vaelens.errors import VaeLensError
 from vaelens.outputs import OutputError, OutputExistsError, atomic_write, check_output, prepare_outputs
 
 
@@ -70,3 +71,44 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
         assert tmp.parent == p.parent and tmp.suffix == ".bin"
         tmp.write_bytes(b"new")
     assert p.read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_issue20_11_atomic_write_honours_the_umask(tmp_path, umask):
+    """safetensors' save_file creates its file 0600; the published file has 0666 less the umask, like open()."""
+    import torch
+    from safetensors.torch import save_file
+
+    from vaelens.outputs import staged_prefix
+
+    old = os.umask(umask)
+    try:
+        target = tmp_path / "z.safetensors"
+        with atomic_write(target) as tmp:
+            save_file({"a": torch.zeros(2)}, str(tmp))
+            assert os.stat(tmp).st_mode & 0o777 == 0o600  # what the writer left
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        with staged_prefix(tmp_path / "pre") as staged:
+            save_file({"a": torch.zeros(2)}, str(staged) + "_x.safetensors")
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    assert os.stat(plain).st_mode & 0o777 == expected
+    assert os.stat(target).st_mode & 0o777 == expected
+    assert os.stat(tmp_path / "pre_x.safetensors").st_mode & 0o777 == expected
+
+
+@pytest.mark.parametrize(("name", "kind", "phrase"), [
+    ("r.txt", "html", "is an HTML file"), ("x.txt", "image", "is an image file"),
+    ("x.png", "latent", "is a latent file"), ("x.png", "json", "is a json file"),
+])
+def test_kind_is_an_enum_and_the_message_reads(tmp_path, name, kind, phrase):
+    from vaelens.outputs import OutputKind
+
+    for given in (kind, OutputKind(kind)):
+        with pytest.raises(OutputError, match=phrase) as exc:
+            check_output(tmp_path / name, kind=given)
+        assert exc.value.choices and all(c.startswith(".") for c in exc.value.choices)
+    with pytest.raises(VaeLensError, match="kind 'pdf' is not supported; choose one of: image, figure"):
+        check_output(tmp_path / "x.pdf", kind="pdf")

@@ -13,7 +13,7 @@ from vaelens.contract import plan_shapes
 from vaelens.families import get_family
 from vaelens.memory.estimate import estimate_memory
 from vaelens.options import PixelRequest
-from vaelens.render.report import render_report
+from vaelens.render.report import render_report, report_json
 from vaelens.render.svg import contract_states, contract_svg
 from vaelens.render.tables import human_bytes, shape_str
 from vaelens.render.timeline import memory_timeline, timeline_svg
@@ -206,11 +206,11 @@ def test_report_budget_that_needs_tiles_shows_the_plan_and_its_grid():
     for p in plans.values():
         assert p.predicted_peak_bytes <= rep.budget.budget_bytes
         assert human_bytes(p.predicted_peak_bytes) in html
-    assert rep.to_json()["tiling"]["decode"]["tiles"] == plans["decode"].tiles
+    assert report_json(rep)["tiling"]["decode"]["tiles"] == plans["decode"].tiles
 
 
 def test_report_json_has_the_key_numbers(demo_report):
-    data = demo_report.to_json()
+    data = report_json(demo_report)
     assert data["decode"]["peak_bytes"] == demo_report.estimate("decode").peak_bytes
     assert data["real_weights"]["psnr_db"] == pytest.approx(demo_report.real.psnr, abs=1e-4)
     assert set(data["pipeline"]) == {"name", "none", "model", "sequential"}

@@ -1,7 +1,36 @@
 """vaelens: what a diffusion model's VAE does to an image, and what it costs in memory.
 
-The public API is imported lazily (`vaelens.shapes` loads only the shape math; `vaelens.trace_module`
-loads torch and diffusers), so `import vaelens` stays cheap.
+Public names (each one's own docstring opens with its full shape contract):
+
+  Describe
+    shapes               MODEL + PixelRequest -> ShapePlan: pixels -> latent -> tokens -> decoded shapes
+    plan_shapes          FamilySpec + PixelRequest -> ShapePlan (the family already resolved)
+    explain_family       MODEL + PixelRequest -> narrated text of pixels -> latent -> tokens
+    default_request      MODEL -> its default PixelRequest (size, frames), fields overridable
+    resolve_model        'sdxl' | alias | config.json | model folder -> FamilySpec
+    get_family           'sdxl' | alias -> FamilySpec (unknown names raise with suggestions)
+    family_names         () -> the registry's canonical family names
+    build_module         FamilySpec | config dict -> diffusers VAE module (meta: no storage)
+  Predict (meta device, no GPU)
+    trace_module         nn.Module + inputs -> Trace (one record per module call and aten operator)
+    estimate_memory      MODEL + PixelRequest -> MemoryEstimate of encode or decode (peak, range, device need)
+    estimate_pipeline    pipeline + PixelRequest -> PipelineEstimate (stages, peak per offload mode)
+    plan_tiling          input [B,C,(F,)h,w] + dtype + budget -> TilingPlan (exact tiles that fit)
+    TilingPlan           how an encode/decode runs inside a budget (untiled, exact tiles, approximate)
+  Run (real weights)
+    load_vae             folder | file | repo id -> LoadedVae (module, family, dtype)
+    encode               pixels [B,3,(F,)H,W] in [-1,1] -> raw latent [B,C,(F',)h,w], within a budget
+    decode               raw latent [B,C,(F',)h,w] -> pixels [B,3,(F,)H,W], within a budget
+    enable_budgeted_vae  VAE module + budget -> its encode/decode run in exact tiles when needed
+    disable_budgeted_vae VAE module -> its own encode/decode again
+    open_cache           cache folder -> CacheDataset of latents with their size metadata
+  Options and errors
+    PixelRequest         pixels [batch, 3, (frames,) height, width] at dtype: the one request object
+    DType                fp32 | fp16 | bf16
+    VaeLensError         bad input: message + param, value, choices, needed_bytes
+
+The names are imported lazily (`vaelens.shapes` loads only the shape math; `vaelens.trace_module` loads
+torch and diffusers), so `import vaelens` stays cheap; dir(vaelens) and help(vaelens) list them all.
 """
 
 from importlib import import_module
@@ -66,6 +95,11 @@ __all__ = [
     "shapes",
     "trace_module",
 ]
+
+
+def __dir__() -> list[str]:
+    """The public names (loaded or not) and the module's own attributes: what a notebook completes."""
+    return sorted(set(globals()) | set(__all__))
 
 
 def __getattr__(name: str) -> Any:

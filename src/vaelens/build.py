@@ -52,7 +52,7 @@ def diffusers_class(name: str) -> type:
         known = sorted(n for n in dir(diffusers) if n.startswith("Autoencoder") or n.startswith("VQModel"))
         raise ConfigError(
             f"_class_name {name!r} is not a class in diffusers {diffusers.__version__}; "
-            f"VAE classes it has: {', '.join(known)}"
+            f"VAE classes it has: {', '.join(known)}", param="model", value=name, choices=known,
         )
     return cls
 
@@ -66,17 +66,18 @@ def load_config(path: str | Path) -> dict[str, Any]:
                 p = candidate
                 break
         else:
-            raise ConfigError(f"folder {str(path)!r} holds neither config.json nor vae/config.json")
+            raise ConfigError(f"folder {str(path)!r} holds neither config.json nor vae/config.json", param="model",
+                              value=str(path))
     if not p.is_file():
-        raise ConfigError(f"config path {str(path)!r} does not exist")
+        raise ConfigError(f"config path {str(path)!r} does not exist", param="model", value=str(path))
     try:
         cfg = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config {str(p)!r} is not valid JSON: {exc}") from None
+        raise ConfigError(f"config {str(p)!r} is not valid JSON: {exc}", param="model", value=str(p)) from None
     if not isinstance(cfg, dict) or "_class_name" not in cfg:
         raise ConfigError(
             f"config {str(p)!r} has no _class_name; a diffusers VAE config names its class, "
-            'e.g. "_class_name": "AutoencoderKL"'
+            'e.g. "_class_name": "AutoencoderKL"', param="model", value=str(p),
         )
     return cfg
 
@@ -98,7 +99,8 @@ def build_module(
             with torch.device(device):
                 module = cls.from_config(cfg)
         except (TypeError, ValueError, KeyError, AssertionError) as exc:
-            raise ConfigError(f"diffusers {cls.__name__} could not be built from this config: {exc}") from None
+            raise ConfigError(f"diffusers {cls.__name__} could not be built from this config: {exc}",
+                              param="model", value=cls.__name__) from None
         module = module.to(dtype=DType.parse(dtype).torch)
     return module.eval()
 

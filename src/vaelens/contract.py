@@ -43,6 +43,9 @@ def resolve_model(name_or_path: str | FamilySpec) -> FamilySpec:
     """
     if isinstance(name_or_path, FamilySpec):
         return name_or_path
+    if not isinstance(name_or_path, (str, Path)):
+        raise VaeLensError(f"model {name_or_path!r} is neither a family name nor a path to a config.json / model "
+                           "folder", param="model", value=name_or_path)
     text = str(name_or_path)
     if _looks_like_path(text):
         from vaelens.families.from_config import spec_from_config_path
@@ -124,7 +127,8 @@ def apply_size_rule(spec: FamilySpec, name: str, value: int) -> tuple[int, str |
         low, high = _nearest_multiples(value, rule.raise_multiple)
         choices = f"{low} or {high}" if low > 0 else f"{high}"
         raise SizeError(
-            f"{name} {value} is not a multiple of {rule.raise_multiple} for {spec.name}; nearest valid: {choices}"
+            f"{name} {value} is not a multiple of {rule.raise_multiple} for {spec.name}; nearest valid: {choices}",
+            param=name, value=value, choices=(low, high),
         )
     m = rule.multiple
     if value % m == 0:
@@ -133,7 +137,8 @@ def apply_size_rule(spec: FamilySpec, name: str, value: int) -> tuple[int, str |
     if rule.kind is SizeRuleKind.FLOOR and low > 0:
         return low, f"{name} {value} → {low}: {spec.name} floors to a multiple of {m} ({_rule_owner(spec)})"
     choices = f"{low} or {high}" if low > 0 else f"{high}"
-    raise SizeError(f"{name} {value} is not a multiple of {m} for {spec.name}; nearest valid: {choices}")
+    raise SizeError(f"{name} {value} is not a multiple of {m} for {spec.name}; nearest valid: {choices}",
+                    param=name, value=value, choices=tuple(v for v in (low, high) if v > 0))
 
 
 def _rule_owner(spec: FamilySpec) -> str:
@@ -184,7 +189,8 @@ def apply_frame_rule(spec: FamilySpec, frames: int | None) -> tuple[int | None, 
         if frames not in (None, 1):
             raise FrameError(
                 f"frames {frames}: {spec.name} is an image VAE; frames= applies to video families "
-                "(wan21, wan22, cogvideox-2b, cogvideox-5b, hunyuanvideo, ltx-video, mochi)"
+                "(wan21, wan22, cogvideox-2b, cogvideox-5b, hunyuanvideo, ltx-video, mochi)",
+                param="frames", value=frames,
             )
         return None, None
     t = spec.temporal.factor
@@ -199,7 +205,8 @@ def apply_frame_rule(spec: FamilySpec, frames: int | None) -> tuple[int | None, 
             f"frames {frames} → {low}: {spec.name} needs {t}k+1 frames and floors to the nearest "
             "(as its pipeline does)"
         )
-    raise FrameError(f"frames {frames} is not {t}k+1 for {spec.name}; nearest valid: {low} or {high}")
+    raise FrameError(f"frames {frames} is not {t}k+1 for {spec.name}; nearest valid: {low} or {high}",
+                     param="frames", value=frames, choices=(low, high))
 
 
 def _tensor_shapes(
@@ -209,7 +216,8 @@ def _tensor_shapes(
     frame count differs from the one encoded."""
     f = spec.spatial_factor
     if height % f or width % f:  # a size rule coarser than f always divides; a custom spec may not
-        raise SizeError(f"size {width}x{height} is not a multiple of {spec.name}'s spatial factor {f}")
+        raise SizeError(f"size {width}x{height} is not a multiple of {spec.name}'s spatial factor {f}",
+                        param="size", value=(height, width))
     b, c = batch, spec.latent_channels
     h, w = height // f, width // f
     if frames is None:
@@ -240,7 +248,8 @@ def _token_packing(spec: FamilySpec, latent: Shape) -> tuple[int | None, int | N
         if n % p:
             raise SizeError(
                 f"{spec.name}: latent axis {axis} of size {n} is not divisible by the token patch {p}; "
-                f"choose a size that is a multiple of {spec.spatial_factor * p} pixels"
+                f"choose a size that is a multiple of {spec.spatial_factor * p} pixels",
+                param="size", value=latent,
             )
     count = math.prod(lead) * math.prod(n // p for n, p in zip(tail, patch, strict=True))
     return count, spec.latent_channels * math.prod(patch), patch
@@ -288,32 +297,22 @@ def default_request(model: str | FamilySpec, **overrides: Any) -> PixelRequest:
     return PixelRequest(**fields)
 
 
-def request_for(spec: FamilySpec, request: PixelRequest | None, size: dict[str, Any], *, caller: str) -> PixelRequest:
-    """An entry point's `request` (None: the family's defaults), or 0.1's size keywords (deprecated)."""
-    if not size:
-        return request if request is not None else default_request(spec)
-    if request is not None:
-        raise VaeLensError(f"{caller}: give request= or the size keywords {sorted(size)}, not both")
-    unknown = sorted(set(size) - {"width", "height", "frames", "batch", "dtype"})
-    if unknown:
-        raise VaeLensError(f"{caller}: unknown keyword(s) {unknown}; pass request=PixelRequest(...)")
-    if (size.get("width") is None) != (size.get("height") is None):
-        raise SizeError(f"width {size.get('width')} and height {size.get('height')}: give both or neither")
-    import warnings
-
-    warnings.warn(f"{caller}(model, width=, height=, …) is deprecated; pass {caller}(model, PixelRequest(...))",
-                  DeprecationWarning, stacklevel=3)
-    return default_request(spec, **size)
+def check_request(request: object, *, caller: str) -> PixelRequest | None:
+    """An entry point's `request` argument -> itself when it is a PixelRequest or None; anything else (a tuple
+    of sides, a dict) raises naming the form to write."""
+    if request is None or isinstance(request, PixelRequest):
+        return request
+    raise VaeLensError(f"request {request!r} is not a PixelRequest; write {caller}(model, PixelRequest(width=W, "
+                       "height=H))", param="request", value=request)
 
 
-def shapes(model: str | FamilySpec, request: PixelRequest | None = None, **size: Any) -> ShapePlan:
+def shapes(model: str | FamilySpec, request: PixelRequest | None = None) -> ShapePlan:
     """MODEL + PixelRequest -> ShapePlan (pixels -> latent -> tokens -> decoded, after the family's rules).
 
-    `request` None uses the family's default size (and frames). The size keywords of 0.1
-    (width=, height=, frames=, batch=, dtype=) still work, with a DeprecationWarning.
+    `request` None uses the family's default size (and frames).
 
     >>> shapes("flux1", PixelRequest(width=1024, height=1024)).token_count
     4096
     """
     spec = resolve_model(model)
-    return plan_shapes(spec, request_for(spec, request, size, caller="shapes"))
+    return plan_shapes(spec, check_request(request, caller="shapes") or default_request(spec))

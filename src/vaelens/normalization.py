@@ -38,7 +38,8 @@ def _attr(module: Any, path: str) -> Any:
         if not hasattr(obj, part):
             raise VaeLensError(
                 f"module {type(module).__name__} has no attribute {path!r} (stats_from); "
-                "it must be the checkpoint's module that holds the normalisation statistics"
+                "it must be the checkpoint's module that holds the normalisation statistics",
+                param="module", value=type(module).__name__,
             )
         obj = getattr(obj, part)
     return obj
@@ -48,11 +49,12 @@ def _checked(t: Any, what: str):
     import torch
 
     if not isinstance(t, torch.Tensor):
-        raise VaeLensError(f"{what} is {type(t).__name__}, not a tensor")
+        raise VaeLensError(f"{what} is {type(t).__name__}, not a tensor", param="module", value=what)
     if t.is_meta:
         raise VaeLensError(
             f"{what} lives on the meta device (a module built without weights has no statistics); "
-            "load the checkpoint's weights, or give mean/std in the spec"
+            "load the checkpoint's weights, or give mean/std in the spec",
+            param="module", value=what,
         )
     return t
 
@@ -65,7 +67,8 @@ def _stat_paths(stats_from: str) -> tuple[str, str]:
     head, _, last = stats_from.rpartition(".")
     if "mean" not in last:
         raise VaeLensError(
-            f"stats_from {stats_from!r}: name the mean buffer (e.g. 'latents_mean') or both ('a,b')"
+            f"stats_from {stats_from!r}: name the mean buffer (e.g. 'latents_mean') or both ('a,b')",
+            param="stats_from", value=stats_from,
         )
     return stats_from, (f"{head}." if head else "") + last.replace("mean", "std")
 
@@ -78,12 +81,14 @@ def _stats(norm: Normalization, module: Any) -> tuple[Any, Any]:
         return torch.tensor(norm.mean, dtype=torch.float64), torch.tensor(norm.std, dtype=torch.float64)
     if norm.stats_from is None:
         raise VaeLensError(
-            f"{norm.kind.value} normalisation needs mean/std or stats_from; the spec gives neither"
+            f"{norm.kind.value} normalisation needs mean/std or stats_from; the spec gives neither",
+            param="norm", value=norm.kind.value,
         )
     if module is None:
         raise VaeLensError(
             f"{norm.kind.value} normalisation takes its statistics from the checkpoint "
-            f"(module attribute {norm.stats_from!r}); pass module= (the VAE with weights loaded)"
+            f"(module attribute {norm.stats_from!r}); pass module= (the VAE with weights loaded)",
+            param="module", value=None,
         )
     if norm.kind is NormKind.BATCHNORM_PATCHED:
         bn = _attr(module, norm.stats_from)
@@ -105,10 +110,12 @@ def _channel_view(t: Any, like: Any):
 
 def _check_channels(x: Any, mean: Any, what: str) -> None:
     if x.ndim not in (4, 5):
-        raise VaeLensError(f"{what} must be [B,C,H,W] or [B,C,F,H,W]; got shape {list(x.shape)}")
+        raise VaeLensError(f"{what} must be [B,C,H,W] or [B,C,F,H,W]; got shape {list(x.shape)}", param="latent",
+                           value=list(x.shape))
     if x.shape[1] != mean.numel():
         raise VaeLensError(
-            f"{what} has {x.shape[1]} channels but the normalisation has {mean.numel()} statistics"
+            f"{what} has {x.shape[1]} channels but the normalisation has {mean.numel()} statistics",
+            param="latent", value=list(x.shape),
         )
 
 
@@ -121,10 +128,12 @@ def patchify(z: Any, patch: tuple[int, int]):
     """[B,C,H,W] -> [B,C·ph·pw,H/ph,W/pw] in FLUX.2's channel order (pipeline_flux2.py _patchify_latents)."""
     ph, pw = patch
     if z.ndim != 4:
-        raise VaeLensError(f"patchify takes a 4-D latent [B,C,H,W]; got shape {list(z.shape)}")
+        raise VaeLensError(f"patchify takes a 4-D latent [B,C,H,W]; got shape {list(z.shape)}", param="latent",
+                           value=list(z.shape))
     b, c, h, w = z.shape
     if h % ph or w % pw:
-        raise VaeLensError(f"latent {h}x{w} (HxW) is not divisible by the patch {ph}x{pw}")
+        raise VaeLensError(f"latent {h}x{w} (HxW) is not divisible by the patch {ph}x{pw}", param="latent",
+                           value=list(z.shape))
     z = z.view(b, c, h // ph, ph, w // pw, pw).permute(0, 1, 3, 5, 2, 4)
     return z.reshape(b, c * ph * pw, h // ph, w // pw)
 
@@ -133,7 +142,8 @@ def unpatchify(x: Any, patch: tuple[int, int]):
     """[B,C·ph·pw,h,w] -> [B,C,h·ph,w·pw], the inverse of patchify (pipeline_flux2.py _unpatchify_latents)."""
     ph, pw = patch
     if x.ndim != 4 or x.shape[1] % (ph * pw):
-        raise VaeLensError(f"unpatchify takes [B,C·{ph}·{pw},h,w]; got shape {list(x.shape)}")
+        raise VaeLensError(f"unpatchify takes [B,C·{ph}·{pw},h,w]; got shape {list(x.shape)}", param="latent",
+                           value=list(x.shape))
     b, cp, h, w = x.shape
     x = x.reshape(b, cp // (ph * pw), ph, pw, h, w).permute(0, 1, 4, 2, 5, 3)
     return x.reshape(b, cp // (ph * pw), h * ph, w * pw)
@@ -161,7 +171,8 @@ def normalize(z: Any, norm: Normalization, *, module: Any = None):
         x = patchify(z, _patch(norm))
         _check_channels(x, mean, "patchified latent")
         return (x - _channel_view(mean, x)) / _channel_view(std, x)
-    raise VaeLensError(f"normalisation kind {kind!r} is not one of {[k.value for k in NormKind]}")
+    raise VaeLensError(f"normalisation kind {kind!r} is not one of {[k.value for k in NormKind]}", param="norm",
+                       value=kind, choices=[k.value for k in NormKind])
 
 
 def denormalize(x: Any, norm: Normalization, *, module: Any = None):
@@ -178,7 +189,8 @@ def denormalize(x: Any, norm: Normalization, *, module: Any = None):
     if kind is NormKind.BATCHNORM_PATCHED:
         _check_channels(x, mean, "normalised latent")
         return unpatchify(x * _channel_view(std, x) + _channel_view(mean, x), _patch(norm))
-    raise VaeLensError(f"normalisation kind {kind!r} is not one of {[k.value for k in NormKind]}")
+    raise VaeLensError(f"normalisation kind {kind!r} is not one of {[k.value for k in NormKind]}", param="norm",
+                       value=kind, choices=[k.value for k in NormKind])
 
 
 def describe(norm: Normalization) -> str:
@@ -245,11 +257,13 @@ def normalization_from_json(data: Mapping[str, Any]) -> Normalization:
     """
     kinds = ", ".join(k.value for k in NormKind)
     if not isinstance(data, Mapping) or "kind" not in data:
-        raise VaeLensError(f"normalisation {data!r} has no 'kind'; expected one of: {kinds}")
+        raise VaeLensError(f"normalisation {data!r} has no 'kind'; expected one of: {kinds}", param="normalization",
+                           value=data, choices=[k.value for k in NormKind])
     try:
         kind = NormKind(data["kind"])
     except ValueError:
-        raise VaeLensError(f"normalisation kind {data['kind']!r} is not one of: {kinds}") from None
+        raise VaeLensError(f"normalisation kind {data['kind']!r} is not one of: {kinds}", param="normalization",
+                           value=data["kind"], choices=[k.value for k in NormKind]) from None
 
     def floats(key: str) -> tuple[float, ...] | None:
         value = data.get(key)
@@ -268,4 +282,5 @@ def normalization_from_json(data: Mapping[str, Any]) -> Normalization:
             source=str(data.get("source") or ""),
         )
     except (TypeError, ValueError) as exc:
-        raise VaeLensError(f"normalisation {dict(data)!r} has a value that is not a number ({exc})") from None
+        raise VaeLensError(f"normalisation {dict(data)!r} has a value that is not a number ({exc})",
+                           param="normalization", value=dict(data)) from None

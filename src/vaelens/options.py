@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -11,7 +10,8 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are strings here (PEP 563)
     from typing_extensions import Self
 
-from vaelens.errors import SizeError, VaeLensError
+from vaelens.errors import FrameError, SizeError, VaeLensError
+from vaelens.units import parse_bytes  # noqa: F401  (options is where a caller looks for the parsers)
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -27,8 +27,9 @@ def parse_choice(cls: type[E], value: str | E, what: str) -> E:
     try:
         return cls(str(value).lower())
     except ValueError:
-        choices = ", ".join(str(m.value) for m in cls)
-        raise VaeLensError(f"{what} {value!r} is not supported; choose one of: {choices}") from None
+        choices = tuple(str(m.value) for m in cls)
+        raise VaeLensError(f"{what} {value!r} is not supported; choose one of: {', '.join(choices)}", param=what,
+                           value=value, choices=choices) from None
 
 
 class Choice(str, enum.Enum):
@@ -78,7 +79,8 @@ class DType(Choice):
         for member in cls:
             if member.torch == torch_dtype:
                 return member
-        raise VaeLensError(f"dtype {torch_dtype} is not one vaelens runs a VAE in; choose one of: fp32, fp16, bf16")
+        raise VaeLensError(f"dtype {torch_dtype} is not one vaelens runs a VAE in; choose one of: fp32, fp16, bf16",
+                           param="dtype", value=str(torch_dtype), choices=tuple(m.value for m in cls))
 
     @classmethod
     def parse(cls, value: str | DType) -> DType:
@@ -103,18 +105,43 @@ def parse_size(text: str) -> tuple[int, int]:
     parts = raw.split("x")
     # \d (Unicode decimal digits) is exactly what int() accepts; isdigit() also passes '²'.
     if len(parts) != 2 or not all(re.fullmatch(r"\s*-?\d+\s*", p) for p in parts):
-        raise SizeError(f"size {text!r} is not WIDTHxHEIGHT; write e.g. 1024x1024 or 832x480")
+        raise SizeError(f"size {text!r} is not WIDTHxHEIGHT; write e.g. 1024x1024 or 832x480", param="size",
+                        value=text)
     width, height = (int(p) for p in parts)
     check_side("width", width)
     check_side("height", height)
     return height, width
 
 
-def check_side(name: str, value: int) -> None:
-    if value <= 0:
-        raise SizeError(f"{name} {value} must be a positive number of pixels (1..{MAX_SIDE})")
-    if value > MAX_SIDE:
-        raise SizeError(f"{name} {value} is above vaelens' limit of {MAX_SIDE} pixels per side")
+def check_count(name: str, value: object, low: int, high: int, *, error: type[VaeLensError] = VaeLensError) -> int:
+    """A count given by a caller (width, frames, batch) -> the int, if it is a whole number in [low, high]; a
+    string, a float with a fraction, a bool or None raises naming the parameter.
+
+    >>> check_count("batch", 4.0, 1, 4096)
+    4
+    """
+    n = _whole(name, value, low, high, error)
+    if not low <= n <= high:
+        raise error(f"{name} {n} must be between {low} and {high}", param=name, value=value)
+    return n
+
+
+def _whole(name: str, value: object, low: int, high: int, error: type[VaeLensError]) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not value.is_integer()):
+        raise error(f"{name} {value!r} must be a whole number ({low}..{high})", param=name, value=value)
+    return int(value)
+
+
+def check_side(name: str, value: object) -> int:
+    """A pixel width or height -> the int, when it is a whole number in 1..MAX_SIDE; anything else raises."""
+    n = _whole(name, value, 1, MAX_SIDE, SizeError)
+    if n <= 0:
+        raise SizeError(f"{name} {n} must be a positive number of pixels (1..{MAX_SIDE})", param=name, value=value)
+    if n > MAX_SIDE:
+        raise SizeError(f"{name} {n} is above vaelens' limit of {MAX_SIDE} pixels per side", param=name,
+                        value=value)
+    return n
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,37 +155,9 @@ class PixelRequest:
     dtype: DType = DType.FP32
 
     def __post_init__(self) -> None:
-        check_side("width", self.width)
-        check_side("height", self.height)
-        if not 1 <= self.batch <= MAX_BATCH:
-            raise VaeLensError(f"batch {self.batch} must be between 1 and {MAX_BATCH}")
-        if self.frames is not None and not 1 <= self.frames <= MAX_FRAMES:
-            raise VaeLensError(f"frames {self.frames} must be between 1 and {MAX_FRAMES}")
+        object.__setattr__(self, "width", check_side("width", self.width))
+        object.__setattr__(self, "height", check_side("height", self.height))
+        object.__setattr__(self, "batch", check_count("batch", self.batch, 1, MAX_BATCH))
+        if self.frames is not None:
+            object.__setattr__(self, "frames", check_count("frames", self.frames, 1, MAX_FRAMES, error=FrameError))
         object.__setattr__(self, "dtype", DType.parse(self.dtype))
-
-
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
-          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """'8GiB' | '8 GB' | '512MiB' | '1e9B' -> bytes (GiB = 2^30, GB = 10^9); a bare number is refused.
-
-    >>> parse_bytes("8GiB")
-    8589934592
-    """
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
-    unit = m.group(2).lower() if m else ""
-    if not m or unit not in _UNITS:
-        raise VaeLensError(f"budget {text!r} is not a size; write e.g. 8GiB, 24GB or 512MiB "
-                           "(units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
-    if not m.group(2):  # '8' is almost never 8 bytes: a unit is required (B for bytes)
-        raise VaeLensError(f"budget {text!r} has no unit; write e.g. {m.group(1)}GiB or {m.group(1)}GB "
-                           f"({m.group(1)}B for bytes)")
-    number = float(m.group(1)) * _UNITS[unit]
-    if not math.isfinite(number):
-        raise VaeLensError(f"budget {text!r} is too large to be a number of bytes; write e.g. 8GiB or 24GB")
-    value = int(number)
-    if value <= 0:
-        raise VaeLensError(f"budget {text!r} must be more than 0 bytes")
-    return value

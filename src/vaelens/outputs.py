@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from vaelens.errors import OutputError, OutputExistsError
+from vaelens.options import Choice, parse_choice
 
 # Suffixes per format kind. Images: what Pillow writes losslessly or commonly; figures: what matplotlib writes.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -31,17 +32,34 @@ FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".pdf", ".webp", ".tif", ".t
 LATENT_SUFFIXES = (".safetensors",)
 COMFY_SUFFIXES = (".latent", ".safetensors")
 VIDEO_SUFFIXES = (".mp4",)
+
+
+class OutputKind(Choice):
+    """What a file holds, which fixes the suffixes its name may end in (KINDS)."""
+
+    IMAGE = "image"
+    FIGURE = "figure"
+    LATENT = "latent"
+    COMFY = "comfy"
+    VIDEO = "video"
+    JSON = "json"
+    HTML = "html"
+
+
 KINDS = {
-    "image": IMAGE_SUFFIXES,
-    "figure": FIGURE_SUFFIXES,
-    "latent": LATENT_SUFFIXES,
-    "comfy": COMFY_SUFFIXES,
-    "video": VIDEO_SUFFIXES,
-    "json": (".json",),
-    "html": (".html", ".htm"),
+    OutputKind.IMAGE: IMAGE_SUFFIXES,
+    OutputKind.FIGURE: FIGURE_SUFFIXES,
+    OutputKind.LATENT: LATENT_SUFFIXES,
+    OutputKind.COMFY: COMFY_SUFFIXES,
+    OutputKind.VIDEO: VIDEO_SUFFIXES,
+    OutputKind.JSON: (".json",),
+    OutputKind.HTML: (".html", ".htm"),
 }
 
 
+def _article(label: str) -> str:
+    """'an' before a vowel sound ('an image', 'an HTML'), else 'a' ('a latent', 'a JSON')."""
+    return "an" if label[0].lower() in "aeiou" or label.startswith("HTML") else "a"
 
 
 def _blocked_parent(p: Path) -> Path | None:
@@ -61,7 +79,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _probe_writable(folder: Path, shown: str) -> None:
+def _probe_writable(folder: Path, shown: str, what: str = "output") -> None:
     """Create the folder and a temporary file in it, then remove it: the one honest test of writability."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -69,7 +87,8 @@ def _probe_writable(folder: Path, shown: str) -> None:
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise OutputError(f"output {shown!r} cannot be written: {exc.strerror or exc} ({folder})") from None
+        raise OutputError(f"{what} {shown!r} cannot be written: {exc.strerror or exc} ({folder})", param=what,
+                          value=shown) from None
 
 
 def _open_temp(folder: Path, suffix: str) -> tuple[int, str]:
@@ -82,13 +101,13 @@ def check_output(
     *,
     inputs: Iterable[str | Path] = (),
     force: bool = False,
-    kind: str | None = None,
+    kind: OutputKind | str | None = None,
     what: str = "output",
 ) -> Path:
     """path to write -> Path, after every rule above (nothing is written; the folder is created).
 
-    kind: one of KINDS ("image", "figure", "latent", "comfy", "video", "json", "html") or None for any
-    suffix. Raises OutputExistsError for an existing path without force=True, OutputError otherwise.
+    kind: an OutputKind (or its value: "image", "figure", "latent", "comfy", "video", "json", "html"), or None
+    for any suffix. Raises OutputExistsError for an existing path without force=True, OutputError otherwise.
 
     >>> check_output("/nonexistent-dir-for-doctest/x.png", kind="latent")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -98,26 +117,30 @@ def check_output(
     p = Path(path)
     shown = str(path)
     if kind is not None:
+        kind = parse_choice(OutputKind, kind, "kind")
         allowed = KINDS[kind]
         if p.suffix.lower() not in allowed:
-            label = {"comfy": "ComfyUI latent", "figure": "figure"}.get(kind, kind)
+            label = {OutputKind.COMFY: "ComfyUI latent", OutputKind.HTML: "HTML"}.get(kind, kind.value)
             got = f"not {p.suffix}" if p.suffix else "it has no suffix"
             raise OutputError(
-                f"{what} {shown!r} is a{'n' if label[0] in 'aeiou' else ''} {label} file; its name must end in "
-                f"{' or '.join(allowed)}, {got}"
+                f"{what} {shown!r} is {_article(label)} {label} file; its name must end in "
+                f"{' or '.join(allowed)}, {got}", param=what, value=shown, choices=allowed
             )
     for src in inputs:
         if _same_file(p, Path(src)):
-            raise OutputError(f"{what} {shown!r} is one of the inputs ({str(src)!r}); it is never overwritten")
+            raise OutputError(f"{what} {shown!r} is one of the inputs ({str(src)!r}); it is never overwritten",
+                              param=what, value=shown)
     if p.is_dir():
-        raise OutputError(f"{what} {shown!r} is a folder; give a file name inside it")
+        raise OutputError(f"{what} {shown!r} is a folder; give a file name inside it", param=what, value=shown)
     blocked = _blocked_parent(p)
     if blocked is not None:
-        raise OutputError(f"{what} {shown!r} cannot be written: {str(blocked)!r} is a file, not a folder")
+        raise OutputError(f"{what} {shown!r} cannot be written: {str(blocked)!r} is a file, not a folder",
+                          param=what, value=shown)
     if p.exists() or p.is_symlink():
         if not force:
-            raise OutputExistsError(f"{what} {shown!r} already exists; pass force=True to replace it", p)
-    _probe_writable(p.parent, shown)
+            raise OutputExistsError(f"{what} {shown!r} already exists; pass force=True to replace it", p,
+                                    param=what, value=shown)
+    _probe_writable(p.parent, shown, what)
     return p
 
 
@@ -126,7 +149,7 @@ def prepare_outputs(
     *,
     inputs: Iterable[str | Path] = (),
     force: bool = False,
-    kind: str | None = None,
+    kind: OutputKind | str | None = None,
     what: str = "output",
 ) -> list[Path]:
     """Several paths one call writes -> checked Paths (check_output each), refusing the same path twice."""
@@ -137,7 +160,8 @@ def prepare_outputs(
         p = check_output(path, inputs=inputs, force=force, kind=kind, what=what)
         key = p.resolve()
         if key in seen:
-            raise OutputError(f"{what} {str(path)!r} would be written twice (also as {seen[key]!r})")
+            raise OutputError(f"{what} {str(path)!r} would be written twice (also as {seen[key]!r})", param=what,
+                              value=str(path))
         seen[key] = str(path)
         out.append(p)
     return out
@@ -159,12 +183,38 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, p)
+        publish(tmp_path, p)
     except OSError as exc:
         raise OutputError(f"output {str(path)!r} could not be written: {exc.strerror or exc}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    """-> the process umask (read from /proc where it is shown, else set and restored at once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish(tmp: str | Path, path: str | Path) -> Path:
+    """A finished temporary file -> `path`, with the mode a plain open() would have given it (0666 less the
+    umask) and renamed over the target atomically (os.replace).
+
+    Writers such as safetensors' save_file create their file 0600 whatever the umask; without the chmod that
+    mode survives the rename, and a latent file or cache shard written by one user cannot be read by another.
+    """
+    os.chmod(tmp, 0o666 & ~current_umask())
+    os.replace(tmp, path)
+    return Path(path)
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
@@ -197,7 +247,7 @@ def staged_prefix(prefix: str | Path) -> Iterator[Path]:
     finally:
         for f in [f for f in final.parent.iterdir() if f.name.startswith(tmp.name)]:
             if ok:
-                os.replace(f, final.parent / (final.name + f.name[len(tmp.name):]))
+                publish(f, final.parent / (final.name + f.name[len(tmp.name):]))
             else:
                 with contextlib.suppress(FileNotFoundError):
                     f.unlink()

@@ -86,28 +86,6 @@ class Report:
     def estimate(self, op: str) -> MemoryEstimate:
         return next(e for e in self.estimates if e.op.value == op)
 
-    def to_json(self) -> dict[str, Any]:
-        from vaelens.render.memory import estimate_json
-        from vaelens.render.tiling import plans_json
-
-        data: dict[str, Any] = {
-            "family": self.spec.name, "dtype": self.plan.request.dtype.value, **self.plan.to_json(),
-            "weights_bytes": self.estimates[0].weights_bytes if self.estimates else None,
-            **{e.op.value: estimate_json(e, self.plan.latent_shape) for e in self.estimates},
-            "budget": self.budget.to_json() if self.budget is not None else None,
-            "tiling": plans_json(self.tiling) if self.tiling else None,
-            "real_weights": self.real.to_json() if self.real else None,
-            "pipeline": None, "precision": None, "versions": self.versions, "warnings": list(self.warnings),
-        }
-        if self.precision is not None:
-            from vaelens.render.precision import precision_json
-
-            data["precision"] = precision_json(self.precision)
-        if self.pipeline is not None:
-            data["pipeline"] = {"name": self.pipeline.request.pipeline.name,
-                                **{r.mode.value: r.peak_bytes for r in self.pipeline.offload}}
-        return data
-
 
 def versions() -> dict[str, str]:
     """-> versions of vaelens, diffusers, torch (and Python) that made the numbers."""
@@ -170,7 +148,7 @@ def precision_report(vae: str | Path, image: str | Path) -> Any:
 
 
 def build_report(
-    model: str | FamilySpec, request: PixelRequest, *, budget_bytes: int | None = None,
+    model: str | FamilySpec, request: PixelRequest, *, budget_bytes: int | str | None = None,
     vae: str | Path | None = None, image: str | Path | None = None, pipeline: str | None = None,
     pipeline_dtype: DType | str | None = None, progress: ProgressFn | None = None,
 ) -> Report:
@@ -183,7 +161,12 @@ def build_report(
     from vaelens.memory.estimate import estimate_memory
 
     if image is not None and vae is None:
-        raise VaeLensError("image= needs vae= (the weights that encode it); vae='demo' is vaelens' demo VAE")
+        raise VaeLensError("image= needs vae= (the weights that encode it); vae='demo' is vaelens' demo VAE",
+                           param="image", value=image)
+    if budget_bytes is not None:
+        from vaelens.units import budget_bytes as as_bytes
+
+        budget_bytes = as_bytes(budget_bytes, param="budget_bytes")
     total = 2 + (budget_bytes is not None) + (vae is not None) + (pipeline is not None) + (image is not None)
     done = 0
 
@@ -248,11 +231,11 @@ def _budget_and_tiling(spec: FamilySpec, plan: Any, budget_bytes: int) -> tuple[
 
 def _pipeline(pipe_spec: Any, plan: Any, pipeline_dtype: DType | str | None) -> Any:
     """The built-in pipeline's stages at the plan's size (its frames for a video pipeline asked for frames)."""
-    from vaelens.pipelines import PipelineRequest, estimate_pipeline
+    from vaelens.pipelines.estimate import PipelineRequest, estimate_request
 
     request = plan.request
     h, w = plan.used_size
     frames = plan.frames if pipe_spec.is_video and request.frames is not None else pipe_spec.default_frames
-    return estimate_pipeline(PipelineRequest(
+    return estimate_request(PipelineRequest(
         pipeline=pipe_spec, width=w, height=h, frames=frames, batch=request.batch,
         dtype=DType.parse(pipeline_dtype or DType.BF16)))

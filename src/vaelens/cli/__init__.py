@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from vaelens import __version__
 from vaelens.cli import examples
-from vaelens.cli.flags import cli_message
+from vaelens.cli.flags import error_line
 from vaelens.errors import VaeLensError
 
 # Order is the order of `vaelens --help`. A module that is not there yet is skipped.
@@ -85,20 +85,23 @@ def _glue_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices.get(command) or parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(_glue_negative_values(list(sys.argv[1:] if argv is None else argv)))
     if extra:  # say it as the subcommand: `vaelens encode: error: unrecognized arguments: …`
-        sub = getattr(args, "command", None)
-        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        (subparsers.choices.get(sub) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
+        _subparser(parser, getattr(args, "command", None)).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
     except VaeLensError as exc:
-        print(f"vaelens {args.command}: error: {cli_message(str(exc))}", file=sys.stderr)
+        print(error_line(args.command, _subparser(parser, args.command), exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vaelens: interrupted", file=sys.stderr)

@@ -14,11 +14,13 @@ from vaelens.options import DType, parse_size
 
 
 def add_model(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    from vaelens.cli.flags import feeds
+
+    feeds(parser.add_argument(
         "model",
         metavar="MODEL",
         help="family name (see `vaelens families`), or a diffusers config.json / model folder",
-    )
+    ), "family")
 
 
 def add_size(parser: argparse.ArgumentParser, *, video: bool = True) -> None:
@@ -30,6 +32,10 @@ def add_size(parser: argparse.ArgumentParser, *, video: bool = True) -> None:
         g.add_argument("--frames", type=int, metavar="N", help="video frames (default: the family's)")
     g.add_argument("--batch", type=int, default=1, metavar="B", help="batch size (default 1)")
     g.add_argument("--dtype", default="fp32", metavar="D", help="fp32 | fp16 | bf16 (default fp32)")
+
+
+# Said in every --budget help: which spelling means which unit (vaelens.units).
+BUDGET_UNITS_HELP = "GB = 10^9 bytes, GiB = 2^30 bytes; a bare 8G is refused as ambiguous; at most 1 PiB"
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +55,15 @@ def size_from_args(args: argparse.Namespace) -> tuple[int, int] | None:
     if args.width is None:
         return None
     return parse_size(f"{args.width}x{args.height}")
+
+
+def check_plot(args: argparse.Namespace) -> None:
+    """--plot FILE checked before any work (a figure suffix, not an existing file without --force, not an
+    input, a writable folder); nothing without --plot."""
+    if getattr(args, "plot", None):
+        from vaelens.render.figures import check_figure_path
+
+        check_figure_path(args.plot, force=bool(getattr(args, "force", False)))
 
 
 def dtype_from_args(args: argparse.Namespace) -> DType:
@@ -82,6 +97,4 @@ def emit_json(data: Any) -> None:
 
 
 def warn(message: str) -> None:
-    from vaelens.cli.flags import cli_message
-
-    print(f"warning: {cli_message(message)}", file=sys.stderr)
+    print(f"warning: {message}", file=sys.stderr)

@@ -1,61 +1,49 @@
-"""Library messages speak in parameter names (`frames=`, `family=NAME`, `allow_pickle=True`); the CLI
-shows its flags. One table maps a parameter to its flag, and `cli_message` rewrites a message with it.
+"""From a library error's fields to the CLI's words, read from the parser itself.
 
-    name=True    -> --flag            (a switch)
-    name=VALUE   -> --flag VALUE      (the value as written, quotes included)
-    name=        -> --flag [METAVAR]  (a bare mention: the flag, with its metavar where one helps)
-
-Only the names in the table are rewritten, and only where `name=` starts a word, so `weights_only=True`
-or `torch.load(...)` in a message stay as they are.
+A VaeLensError names the library parameter at fault in `param` (``frames``, ``budget``). The subcommand's
+parser knows which option fills that parameter: an option whose dest is the parameter's name, or one marked
+with `feeds(action, "source")` where the names differ (``--vae`` fills ``load_vae(source)``). The error line
+says which, as argparse does for its own errors: ``vaelens shapes: error: argument --frames: <message>``.
+The message itself is printed as the library wrote it.
 """
 
 from __future__ import annotations
 
-import re
+import argparse
 
-# parameter -> (flag, what a bare mention shows after the flag)
-PARAM_FLAGS: dict[str, tuple[str, str]] = {
-    "source": ("--vae", ""),  # load_vae(source) is --vae in every command that loads weights
-    "vae": ("--vae", ""),
-    "family": ("--family", ""),
-    "device": ("--device", ""),
-    "dtype": ("--dtype", ""),
-    "frames": ("--frames", ""),
-    "batch": ("--batch", ""),
-    "size": ("--size", "WxH"),
-    "op": ("--op", ""),
-    "upcast": ("--upcast", ""),
-    "allow_pickle": ("--allow-pickle", ""),
-    "offload": ("--offload", ""),
-    "vae_tiling": ("--vae-tiling", ""),
-    "tiled": ("--tiled", ""),
-    "sliced": ("--sliced", ""),
-    "measure": ("--measure", ""),
-    "budget": ("--budget", ""),
-    "image": ("--image", ""),
-    "pipeline": ("--pipeline", ""),
-}
-
-_PARAM = re.compile(
-    r"(?<![\w.\-])(" + "|".join(sorted(PARAM_FLAGS, key=len, reverse=True)) + r")="
-    r"(True\b|'[^']*'|\"[^\"]*\"|[^\s,;)\]]+)?"
-)
+from vaelens.errors import OutputExistsError, VaeLensError
 
 
-def _flag(match: re.Match[str]) -> str:
-    flag, metavar = PARAM_FLAGS[match.group(1)]
-    value = match.group(2)
-    if value == "True":
-        return flag
-    if value is None:
-        return f"{flag} {metavar}" if metavar else flag
-    return f"{flag} {value}"
+def feeds(action: argparse.Action, *params: str) -> argparse.Action:
+    """Mark an option as the CLI spelling of library parameters named otherwise than its dest -> the action."""
+    action.library_params = (*getattr(action, "library_params", ()), *params)  # type: ignore[attr-defined]
+    return action
 
 
-def cli_message(text: str) -> str:
-    """A library message -> the same message in CLI flags.
+def flag_for(parser: argparse.ArgumentParser, param: str | None) -> str | None:
+    """A library parameter -> how this parser spells it ('--frames', 'MODEL'), or None if it takes none.
 
-    >>> cli_message("frames= applies to video families; pass family=NAME or allow_pickle=True")
-    '--frames applies to video families; pass --family NAME or --allow-pickle'
+    >>> p = argparse.ArgumentParser()
+    >>> _ = p.add_argument("--frames", type=int)
+    >>> _ = feeds(p.add_argument("--vae"), "source")
+    >>> flag_for(p, "frames"), flag_for(p, "source"), flag_for(p, "budget")
+    ('--frames', '--vae', None)
     """
-    return _PARAM.sub(_flag, text)
+    if not param:
+        return None
+    for action in parser._actions:
+        if param == action.dest or param in getattr(action, "library_params", ()):
+            if action.option_strings:
+                return max(action.option_strings, key=len)  # --frames rather than -f
+            return str(action.metavar or action.dest)
+    return None
+
+
+def error_line(command: str, parser: argparse.ArgumentParser, exc: VaeLensError) -> str:
+    """A library error -> the one line the CLI prints for it (without the trailing newline)."""
+    head = f"vaelens {command}: error: " if command else "vaelens: error: "
+    flag = flag_for(parser, exc.param)
+    if isinstance(exc, OutputExistsError) and flag_for(parser, "force"):
+        shown = f"{flag} " if flag else ""
+        return f"{head}{shown}{str(exc.path)!r} already exists; pass --force to replace it"
+    return f"{head}argument {flag}: {exc}" if flag else f"{head}{exc}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from vaelens.cli._io import add_quiet, bar_enabled
-from vaelens.cli.common import add_json, add_model, add_size, emit_json
+from vaelens.cli._io import add_force, add_quiet, bar_enabled
+from vaelens.cli.common import BUDGET_UNITS_HELP, add_json, add_model, add_size, check_plot, emit_json
 from vaelens.progress import progress_bar
 
 
@@ -17,13 +17,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--op", choices=("encode", "decode", "both"), default="both", help="default both")
     p.add_argument("--tiled", action="store_true", help="predict diffusers' enable_tiling()")
     p.add_argument("--sliced", action="store_true", help="predict diffusers' enable_slicing() (batch > 1)")
-    p.add_argument("--budget", metavar="SIZE", help="e.g. 8GiB: does it fit, largest batch / square size that fit")
+    p.add_argument("--budget", metavar="SIZE", help="e.g. 8GiB: does it fit, largest batch / square size that fit "
+                   f"({BUDGET_UNITS_HELP})")
     p.add_argument("--measure", action="store_true",
                    help="also run the real module (random weights) on CUDA: allocated and reserved peak beside "
                         "the predictions")
     p.add_argument("--measure-cap", action="store_true",
                    help="with --measure: also bisect the smallest memory-fraction cap the call runs under")
     p.add_argument("--plot", metavar="FILE", help="write the memory timeline per layer as an image (e.g. out.png)")
+    add_force(p)
     add_json(p)
     add_quiet(p)
     p.set_defaults(func=run)
@@ -31,22 +33,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vaelens.cli.shapes import plan_from_args
-    from vaelens.memory.estimate import TraceCache, estimate_memory
+    from vaelens.memory.context import MetaContext
+    from vaelens.memory.estimate import estimate_memory
 
     spec, plan = plan_from_args(args)
     request = plan.request
     ops = ("encode", "decode") if args.op == "both" else (args.op,)
     budget = _check_args(args)
-    cache = TraceCache()
     with progress_bar(f"memory {spec.name}", enabled=bar_enabled(args), unit="stage") as bar:
+        ctx = MetaContext.of(spec, request.dtype).add_plan(plan)  # one meta module, the size planned once
         estimates = []
         for op in ops:
             bar.stage(f"estimate {op}")
-            estimates.append(estimate_memory(spec, request, op=op, tiled=args.tiled, sliced=args.sliced,
-                                             cache=cache))
+            estimates.append(estimate_memory(ctx, request, op=op, tiled=args.tiled, sliced=args.sliced))
             bar.advance(1)
         measured = _measure(args, spec, plan, estimates)
-        report, tiling = _budget(args, spec, plan, ops, budget, cache, bar) if budget is not None else (None, None)
+        report, tiling = _budget(args, spec, plan, ops, budget, ctx, bar) if budget is not None else (None, None)
     plot = _plot(args, spec, plan, estimates, budget)
     if args.json:
         _emit(args, spec, plan, estimates, measured, report, tiling, plot)
@@ -59,13 +61,10 @@ def _check_args(args: argparse.Namespace) -> int | None:
     """Refuse bad arguments before any work -> the --budget in bytes (None without one)."""
     budget = None
     if args.budget is not None:
-        from vaelens.options import parse_bytes
+        from vaelens.units import parse_bytes
 
         budget = parse_bytes(args.budget)
-    if args.plot:  # refuse a path matplotlib cannot write before any work
-        from vaelens.render.timeline import check_plot_path
-
-        check_plot_path(args.plot)
+    check_plot(args)
     if args.measure_cap and not args.measure:
         from vaelens.errors import VaeLensError
 
@@ -92,14 +91,14 @@ def _measure(args: argparse.Namespace, spec, plan, estimates) -> dict[str, dict[
     return measured
 
 
-def _budget(args: argparse.Namespace, spec, plan, ops, budget: int, cache, bar):
+def _budget(args: argparse.Namespace, spec, plan, ops, budget: int, ctx, bar):
     """--budget: the budget report and the exact tiling that fits (vaelens.tiling), one bar stage each."""
     from vaelens.memory.budget import check_vae_budget
     from vaelens.tiling.plan import plan_ops
 
     bar.stage("budget search")
-    report = check_vae_budget(spec, plan.request, budget, ops=ops, step=spec.size_rule.multiple, tiled=args.tiled,
-                              sliced=args.sliced, cache=cache)
+    report = check_vae_budget(ctx, plan.request, budget, ops=ops, step=spec.size_rule.multiple, tiled=args.tiled,
+                              sliced=args.sliced)
     bar.advance(1)
     bar.stage("tiling plan")
     tiling = plan_ops(spec, {op: plan.latent_shape if op == "decode" else plan.pixel_shape for op in ops},
@@ -114,7 +113,7 @@ def _plot(args: argparse.Namespace, spec, plan, estimates, budget: int | None) -
         return None
     from vaelens.render.timeline import plot_memory_timeline
 
-    return str(plot_memory_timeline(estimates, args.plot, budget_bytes=budget, title=f"{spec.name} "
+    return str(plot_memory_timeline(estimates, args.plot, budget_bytes=budget, force=args.force, title=f"{spec.name} "
                                     f"{plan.used_size[1]}x{plan.used_size[0]} {plan.request.dtype.value}"))
 
 

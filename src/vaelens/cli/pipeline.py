@@ -5,8 +5,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from vaelens.cli._io import add_force, add_quiet, bar_enabled, check_outputs
-from vaelens.cli.common import add_json, add_size, dtype_from_args, emit_json, size_from_args
+from vaelens.cli._io import add_force, add_quiet, bar_enabled
+from vaelens.cli.common import (
+    BUDGET_UNITS_HELP,
+    add_json,
+    add_size,
+    check_plot,
+    dtype_from_args,
+    emit_json,
+    size_from_args,
+)
 from vaelens.errors import VaeLensError
 
 
@@ -29,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="none | model | sequential: the mode the stage table shows (all three are estimated)")
     p.add_argument("--vae-tiling", action="store_true", help="decode with the VAE's enable_tiling()")
     p.add_argument("--budget", metavar="BYTES",
-                   help="e.g. 24GiB: does it fit per offload mode, and what would make it fit")
+                   help="e.g. 24GiB: does it fit per offload mode, and what would make it fit "
+                   f"({BUDGET_UNITS_HELP})")
     p.add_argument("--plot", metavar="FILE", help="write the memory timeline as an image (matplotlib)")
     add_force(p)
     add_quiet(p)
@@ -51,19 +60,6 @@ def request_from_args(args: argparse.Namespace):
     if frames is None:
         frames = spec.default_frames
     return spec, PixelRequest(width=width, height=height, frames=frames, batch=args.batch, dtype=dtype_from_args(args))
-
-
-def _check_plot_suffix(path: str) -> None:
-    """Refuse a format matplotlib cannot write before the estimate, not after it."""
-    from pathlib import Path
-
-    from matplotlib.backend_bases import FigureCanvasBase
-
-    formats = FigureCanvasBase.get_supported_filetypes()
-    suffix = Path(path).suffix.lower().lstrip(".")
-    if suffix and suffix not in formats:
-        raise VaeLensError(f"--plot {path!r}: matplotlib cannot write .{suffix}; use one of: "
-                           f"{', '.join(sorted(formats))}")
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -108,15 +104,13 @@ def run(args: argparse.Namespace) -> int:
         return _list(args)
     if not args.name:
         raise VaeLensError(f"give a pipeline NAME or --list; built-in: {', '.join(pipeline_names())}")
-    from vaelens.options import parse_bytes
     from vaelens.pipelines.budget import check_pipeline_budget
     from vaelens.pipelines.estimate import EstimateCache, estimate_pipeline
     from vaelens.render.pipeline import pipeline_json, plot_pipeline, render_pipeline
+    from vaelens.units import parse_bytes
 
     mode = Offload.parse(args.offload)
-    if args.plot:
-        _check_plot_suffix(args.plot)
-        check_outputs(args, [args.plot], kind="figure", what="--plot")
+    check_plot(args)
     budget_bytes = parse_bytes(args.budget) if args.budget else None
     spec, request = request_from_args(args)
     cache = EstimateCache()
@@ -125,11 +119,7 @@ def run(args: argparse.Namespace) -> int:
         budget = check_pipeline_budget(est, budget_bytes, mode=mode, cache=cache) if budget_bytes else None
     plot = None
     if args.plot:
-        from vaelens.outputs import atomic_write
-
-        with atomic_write(args.plot) as tmp:
-            plot_pipeline(est, tmp, mode=mode, budget_bytes=budget_bytes)
-        plot = args.plot
+        plot = str(plot_pipeline(est, args.plot, mode=mode, budget_bytes=budget_bytes, force=args.force))
     if args.json:
         emit_json(pipeline_json(est, mode, budget, plot))
     else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from vaelens.cli._io import add_force, add_quiet, bar_enabled, check_outputs, weights_inputs
-from vaelens.cli.common import add_json, add_model, add_size, emit_json
+from vaelens.cli.common import BUDGET_UNITS_HELP, add_json, add_model, add_size, emit_json
 from vaelens.errors import VaeLensError
 
 EXAMPLES = [
@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model(p)
     add_size(p)
-    p.add_argument("--budget", metavar="SIZE", help="e.g. 8GiB: the verdict, and the tiling plan that fits")
+    p.add_argument("--budget", metavar="SIZE", help="e.g. 8GiB: the verdict, and the tiling plan that fits "
+                   f"({BUDGET_UNITS_HELP})")
     p.add_argument("--vae", metavar="WEIGHTS",
                    help="real weights for a round trip (a diffusers folder, .safetensors file, cached repo id, "
                    "or 'demo' for vaelens' demo VAE)")
@@ -40,11 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vaelens.cli.shapes import plan_from_args
-    from vaelens.options import parse_bytes
     from vaelens.progress import progress_bar
-    from vaelens.render.report import render_report, save_report
-    from vaelens.render.tables import human_bytes
+    from vaelens.render.report import render_report, report_json, save_report
     from vaelens.report import build_report
+    from vaelens.units import human_bytes, parse_bytes
 
     # Everything that can be refused is refused before any work.
     if args.image is not None and args.vae is None:
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                            progress=bar)
     path = save_report(render_report(rep), out, overwrite=args.force)
     if args.json:
-        emit_json({"output": str(path), "bytes": path.stat().st_size, **rep.to_json()})
+        emit_json({"output": str(path), "bytes": path.stat().st_size, **report_json(rep)})
         return 0
     enc, dec = rep.estimate("encode"), rep.estimate("decode")
     frames = f", {plan.frames} frames" if plan.frames is not None else ""

@@ -49,7 +49,8 @@ def get_family(name: str) -> FamilySpec:
         return _BY_NAME[key]
     raise UnknownFamilyError(
         f"unknown family {name!r}; {did_you_mean(key, _BY_NAME)}known: {', '.join(family_names())} "
-        "(or a path to a diffusers config.json / model folder)"
+        "(or a path to a diffusers config.json / model folder)",
+        param="family", value=name, choices=family_names(),
     )
 
 

@@ -97,21 +97,22 @@ def check_config_values(cfg: dict[str, Any], *, source: str) -> None:
     for key in _POSITIVE_INT_KEYS:
         v = cfg.get(key)
         if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-            raise ConfigError(f"{where}: {key} is {v!r}; it must be a whole number of at least 1")
+            raise ConfigError(f"{where}: {key} is {v!r}; it must be a whole number of at least 1", param="model")
     for key in _NUMBER_KEYS:
         v = cfg.get(key)
         if v is not None and not _is_number(v):
-            raise ConfigError(f"{where}: {key} is {v!r}; it must be a finite number (e.g. 0.18215)")
+            raise ConfigError(f"{where}: {key} is {v!r}; it must be a finite number (e.g. 0.18215)", param="model")
     for key in ("block_out_channels", "latents_mean", "latents_std"):
         v = cfg.get(key)
         if v is None:
             continue
         if not isinstance(v, list) or not all(_is_number(x) for x in v):
-            raise ConfigError(f"{where}: {key} is {v!r}; it must be a list of finite numbers")
+            raise ConfigError(f"{where}: {key} is {v!r}; it must be a list of finite numbers", param="model")
         if key == "block_out_channels" and not all(isinstance(x, int) and x >= 1 for x in v):
-            raise ConfigError(f"{where}: block_out_channels is {v!r}; each must be a whole number of at least 1")
+            raise ConfigError(f"{where}: block_out_channels is {v!r}; each must be a whole number of at least 1",
+                              param="model")
         if key == "latents_std" and any(x == 0 for x in v):
-            raise ConfigError(f"{where}: latents_std is {v!r}; a std of 0 cannot normalise")
+            raise ConfigError(f"{where}: latents_std is {v!r}; a std of 0 cannot normalise", param="model")
 
 
 def _vae_module(cfg: dict[str, Any], *, source: str):
@@ -126,14 +127,13 @@ def _vae_module(cfg: dict[str, Any], *, source: str):
         vaes = sorted(n for n in dir(diffusers) if n.startswith(("Autoencoder", "VQModel")))
         raise ConfigError(
             f"{source}: _class_name {cls.__name__!r} is not a VAE class (it has no encode/decode); "
-            f"VAE classes in diffusers {diffusers.__version__}: {', '.join(vaes)}"
-        )
+            f"VAE classes in diffusers {diffusers.__version__}: {', '.join(vaes)}", param="model")
     try:
         return build_module(cfg)
     except (RuntimeError, ValueError, TypeError, AttributeError) as exc:  # diffusers' own check of the config
         if isinstance(exc, ConfigError):
             raise
-        raise ConfigError(f"{cfg['_class_name']} from {source} could not be built: {exc}") from None
+        raise ConfigError(f"{cfg['_class_name']} from {source} could not be built: {exc}", param="model") from None
 
 
 class _Geometry(NamedTuple):
@@ -158,8 +158,7 @@ def _probe_geometry(module, *, what: str) -> _Geometry:
     if not probes:
         raise ConfigError(
             f"{what}: encode rejected both [1,3,{s},{s}] and [1,3,F,{s},{s}] probes; "
-            "vaelens cannot read its latent geometry"
-        )
+            "vaelens cannot read its latent geometry", param="model")
     first = next(iter(probes.values()))
     temporal = None
     if len(probes) >= 2:
@@ -190,7 +189,7 @@ def spec_from_config(cfg: dict[str, Any], *, source: str) -> FamilySpec:
     f, temporal = geo.spatial_factor, geo.temporal
     if geo.channels < 1:
         raise ConfigError(f"{what}: encode gives a latent with {geo.channels} latent "
-                          "channels; latent_channels must be at least 1")
+                          "channels; latent_channels must be at least 1", param="model")
     sample = cfg.get("sample_size")
     side = int(sample[0] if isinstance(sample, (list, tuple)) else sample or 512)
     side = max(f, side // f * f)
@@ -240,5 +239,5 @@ def spec_from_config_path(path: str) -> FamilySpec:
 
         spec = replace(spec, name=repo_id)
     if math.prod(spec.default_size) <= 0:  # pragma: no cover - defensive
-        raise ConfigError(f"{path}: could not derive a default size")
+        raise ConfigError(f"{path}: could not derive a default size", param="model")
     return spec

@@ -14,9 +14,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from vaelens.errors import VaeLensError
-from vaelens.memory.estimate import MemoryEstimate, TraceCache, estimate_memory, trace_request
+from vaelens.memory.context import MetaContext
+from vaelens.memory.estimate import MemoryEstimate, estimate_memory, trace_request
 from vaelens.memory.simulate import Program, compile_trace, extend_repeated, fits_under, min_device_bytes
 from vaelens.options import MAX_BATCH, MAX_SIDE, PixelRequest
+from vaelens.units import budget_bytes as as_bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -24,14 +26,14 @@ class OpBudget:
     """One op against the budget: fits now, largest batch and square side that fit, tiling's answer."""
 
     op: str
-    needed_bytes: int  # min_device_bytes at the requested size (the allocator cap the call runs under)
+    min_device_bytes: int  # at the requested size: the smallest allocator cap the call runs under
     peak_total_high_bytes: int  # weights + input + peak_bytes_high: allocated bytes at the peak
     fits: bool
     max_batch: int  # 0: not even batch 1 fits
     max_square: int  # largest square side (multiple of `step`) at the requested batch; 0: none
     # min_device_bytes with enable_tiling(), computed only where the untiled call does not fit (or the
     # search is tiled); None otherwise and when the class has no tiling
-    tiled_needed_bytes: int | None
+    tiled_min_device_bytes: int | None
     tiled_fits: bool | None
     batch_extrapolated_from: int = 0  # >0: max_batch is a lower bound extrapolated beyond this traced batch
     square_extrapolated_from: int = 0  # >0: max_square is a lower bound extrapolated beyond this traced side
@@ -51,9 +53,9 @@ class VaeBudgetReport:
             "tiled": self.tiled,
             **{
                 o.op: {
-                    "needed_bytes": o.needed_bytes, "min_device_bytes": o.needed_bytes,
+                    "min_device_bytes": o.min_device_bytes,
                     "peak_total_high_bytes": o.peak_total_high_bytes, "fits": o.fits, "max_batch": o.max_batch,
-                    "max_square": o.max_square, "tiled_needed_bytes": o.tiled_needed_bytes,
+                    "max_square": o.max_square, "tiled_min_device_bytes": o.tiled_min_device_bytes,
                     "tiled_fits": o.tiled_fits, "max_batch_extrapolated_from": o.batch_extrapolated_from or None,
                     "max_square_extrapolated_from": o.square_extrapolated_from or None,
                 }
@@ -137,13 +139,13 @@ REPLAY_PER_TRACED = 30
 class _Probe:
     """One op's candidates: a trace reduced to a Program per (batch, W, H, tiled), each traced once."""
 
-    def __init__(self, model: Any, op: str, sliced: bool, cache: TraceCache) -> None:
-        self.model, self.op, self.sliced, self.cache = model, op, sliced, cache
+    def __init__(self, ctx: MetaContext, op: str, sliced: bool) -> None:
+        self.ctx, self.op, self.sliced = ctx, op, sliced
         self.programs: dict[tuple[int, int, int, bool], Program] = {}
         self.fit: dict[tuple[int, int, int, bool, int], bool | int] = {}
 
     def _trace(self, req: PixelRequest, tiled: bool) -> Any:
-        return trace_request(self.model, req, op=self.op, tiled=tiled, sliced=self.sliced, cache=self.cache)
+        return trace_request(self.ctx, req, op=self.op, tiled=tiled, sliced=self.sliced)
 
     def program(self, req: PixelRequest, tiled: bool) -> Program:
         key = (req.batch, req.width, req.height, tiled)
@@ -212,25 +214,26 @@ def _search(fits: Callable[[int], bool], need: Callable[[int], int], size: Calla
 
 
 def check_vae_budget(
-    model: Any, request: PixelRequest, budget_bytes: int, *, ops: tuple[str, ...] = ("encode", "decode"),
+    model: Any, request: PixelRequest, budget_bytes: int | str, *, ops: tuple[str, ...] = ("encode", "decode"),
     step: int = 8, tiled: bool = False, sliced: bool = False,
-    estimate: Callable[..., MemoryEstimate] = estimate_memory, cache: TraceCache | None = None,
+    estimate: Callable[..., MemoryEstimate] = estimate_memory,
 ) -> VaeBudgetReport:
     """model + request + budget -> VaeBudgetReport (each op: fits, max batch, max square side, tiling).
 
     Every verdict asks whether the call runs under a cap of `budget_bytes` (the caching allocator
-    simulated with its retry logic, operators at their high temporaries): needed_bytes is
-    min_device_bytes. With `tiled`, the search itself runs with enable_tiling(); otherwise tiling
-    is the alternative reported beside it. Each candidate is traced once (one TraceCache); a
-    candidate whose trace would exceed MAX_SEARCH_OPERATORS is extrapolated and marked so.
-    `estimate` replaces the memory model (tests): then every candidate is an estimate and its
-    min_device_bytes is compared with the budget. `cache`: share traces with the caller's estimates.
+    simulated with its retry logic, operators at their high temporaries). With `tiled`, the search
+    itself runs with enable_tiling(); otherwise tiling is the alternative reported beside it. `model`
+    may be a MetaContext (vaelens.memory.context) shared with the caller's estimates: each candidate
+    is traced once in it. A candidate whose trace would exceed MAX_SEARCH_OPERATORS is extrapolated
+    and marked so. `estimate` replaces the memory model (tests): then every candidate is an estimate
+    and its min_device_bytes is compared with the budget.
     """
-    cache = cache if cache is not None else TraceCache()
+    budget_bytes = as_bytes(budget_bytes, param="budget_bytes")  # '8GiB' or bytes; checked once, here
     results = []
+    ctx = MetaContext.of(model, request.dtype) if estimate is estimate_memory else None
     for op in ops:
-        if estimate is estimate_memory:
-            fns = _probe_fns(model, op, tiled=tiled, sliced=sliced, budget_bytes=budget_bytes, cache=cache)
+        if ctx is not None:
+            fns = _probe_fns(ctx, op, tiled=tiled, sliced=sliced, budget_bytes=budget_bytes)
         else:
             fns = _estimate_fns(model, op, estimate, tiled=tiled, sliced=sliced, budget_bytes=budget_bytes)
         results.append(_check_op(op, request, budget_bytes, step, tiled, fns, scale_guide=estimate is estimate_memory))
@@ -241,9 +244,9 @@ _Fns = tuple[Callable[..., bool], Callable[..., int], Callable[..., int], Callab
              Callable[..., MemoryEstimate]]
 
 
-def _probe_fns(model: Any, op: str, *, tiled: bool, sliced: bool, budget_bytes: int, cache: TraceCache) -> _Fns:
+def _probe_fns(ctx: MetaContext, op: str, *, tiled: bool, sliced: bool, budget_bytes: int) -> _Fns:
     """One op's (fits, need, size, guide, full) from traced candidates (the memory model itself)."""
-    probe = _Probe(model, op, sliced, cache)
+    probe = _Probe(ctx, op, sliced)
 
     def fits(req: PixelRequest) -> bool:
         return probe.fits(req, tiled, budget_bytes)
@@ -258,7 +261,7 @@ def _probe_fns(model: Any, op: str, *, tiled: bool, sliced: bool, budget_bytes: 
         return probe.guide(req, tiled)
 
     def full(req: PixelRequest, with_tiling: bool) -> MemoryEstimate:
-        return estimate_memory(model, req, op=op, tiled=with_tiling, sliced=sliced, cache=cache)
+        return estimate_memory(ctx, req, op=op, tiled=with_tiling, sliced=sliced)
 
     return fits, need, size, guide, full
 
@@ -321,9 +324,9 @@ def _check_op(op: str, request: PixelRequest, budget_bytes: int, step: int, tile
         except VaeLensError:
             tiled_need = None
     return OpBudget(
-        op=op, needed_bytes=needed, peak_total_high_bytes=here.total_bytes_high, fits=needed <= budget_bytes,
+        op=op, min_device_bytes=needed, peak_total_high_bytes=here.total_bytes_high, fits=needed <= budget_bytes,
         max_batch=max_batch, max_square=step * max_k,
-        tiled_needed_bytes=tiled_need, tiled_fits=None if tiled_need is None else tiled_need <= budget_bytes,
+        tiled_min_device_bytes=tiled_need, tiled_fits=None if tiled_need is None else tiled_need <= budget_bytes,
         batch_extrapolated_from=batch_from, square_extrapolated_from=step * square_from,
     )
 

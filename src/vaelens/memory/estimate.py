@@ -5,7 +5,7 @@ each operator's kernel temporaries (per-operator rules, vaelens.memory.rules), g
 PyTorch's CUDA caching allocator (vaelens.memory.allocator, replayed by vaelens.memory.simulate):
 weights and input first, a warm-up call, empty_cache(), then the measured call.
 
-Figures (DESIGN.md definitions; shared/measurements/README.md measured them that way):
+Figures (the definitions the measurements in ../shared/measurements were taken by, beside the repo):
   peak_bytes          max_memory_allocated() during the call minus memory_allocated() before it
                       (weights and input resident, the output counted): the best estimate
   peak_bytes_low/high the same where an unknowable choice goes one way or the other (cuDNN's
@@ -18,20 +18,20 @@ Figures (DESIGN.md definitions; shared/measurements/README.md measured them that
                       The CUDA context (CUDA_CONTEXT_BYTES) comes on top of it, outside the cap.
 
 API for other packages (stable):
-  estimate_memory(model, request, op=..., tiled=, sliced=, cache=) -> MemoryEstimate
+  estimate_memory(model | MetaContext, request, op=..., tiled=, sliced=) -> MemoryEstimate
   estimate_call(module, inputs, op="forward") -> MemoryEstimate of any module call on meta
-  simulate(trace) -> MemoryEstimate;  TraceCache: reuse traces within one search
+  simulate(trace) -> MemoryEstimate;  MetaContext (memory/context.py): one meta module, traces made once
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from vaelens.errors import VaeLensError
 from vaelens.memory.allocator import SMALL_SIZE
+from vaelens.memory.context import MetaContext
+from vaelens.memory.context import apply_modes as _apply_modes  # noqa: F401  (memory/measure.py imports it here)
 from vaelens.memory.rules import RULES
 from vaelens.memory.simulate import compile_trace, min_device_bytes, run
 from vaelens.options import DType, PixelRequest
@@ -40,7 +40,8 @@ from vaelens.trace import Op, Trace, trace_module
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LayerMemory:
-    """One module call of the timeline: activation bytes alive after it and the peak inside it."""
+    """One module call of the timeline: activation bytes alive after it and the peak inside it (best
+    estimate, and the high end of the range as MemoryEstimate.peak_bytes_high is the call's)."""
 
     path: str
     type: str
@@ -48,6 +49,11 @@ class LayerMemory:
     output_shape: tuple[int, ...] | None
     live_bytes: int
     peak_bytes: int
+    peak_bytes_high: int = -1  # -1: not computed (then peak_bytes)
+
+    def __post_init__(self) -> None:
+        if self.peak_bytes_high < 0:
+            object.__setattr__(self, "peak_bytes_high", self.peak_bytes)
 
 
 # What the CUDA context holds outside the caching allocator (driver state, kernel images loaded
@@ -155,6 +161,8 @@ def simulate(
         LayerMemory(
             path=r.path, type=r.type, depth=r.depth, output_shape=r.output_shape, live_bytes=r.live_bytes,
             peak_bytes=max(best.during[r.first_op:r.last_op], default=r.live_bytes),
+            peak_bytes_high=max(best.during[r.first_op:r.last_op] + high.during[r.first_op:r.last_op],
+                                default=r.live_bytes) + ALLOCATOR_SLACK,
         )
         for r in tr.layers
     )
@@ -173,161 +181,28 @@ def simulate(
     )
 
 
-def _module_and_spec(model: Any, dtype: DType):
-    """FamilySpec | name | config path | config dict | nn.Module | LoadedVae -> (meta module, spec or None).
-
-    A module with real weights (or a LoadedVae's) is traced as a meta copy at `dtype`; the original is untouched.
-    """
-    import torch
-
-    from vaelens.build import build_module, meta_copy
-    from vaelens.families.spec import FamilySpec
-
-    if isinstance(model, torch.nn.Module):
-        return meta_copy(model, dtype.torch), None
-    loaded = getattr(model, "module", None), getattr(model, "spec", None)  # a LoadedVae
-    if isinstance(loaded[0], torch.nn.Module) and isinstance(loaded[1], FamilySpec):
-        return meta_copy(loaded[0], dtype.torch), loaded[1]
-    if isinstance(model, Mapping):
-        return build_module(model, device="meta", dtype=dtype), None
-    if isinstance(model, (str, FamilySpec)):
-        from vaelens.contract import resolve_model
-
-        spec = resolve_model(model)
-        return build_module(spec, device="meta", dtype=dtype), spec
-    raise VaeLensError(
-        f"model {type(model).__name__} is not supported; give a family name, a FamilySpec, a config "
-        "dict with _class_name, an nn.Module (any device) or a LoadedVae"
-    )
-
-
-def _pixel_shape(module: Any, request: PixelRequest) -> tuple[int, ...]:
-    """pixels [B,3,H,W] for image VAEs, [B,3,F,H,W] for modules with 3-D convolutions."""
-    import torch
-
-    video = request.frames is not None or any(isinstance(m, torch.nn.Conv3d) for m in module.modules())
-    if video:
-        return (request.batch, 3, request.frames or 1, request.height, request.width)
-    return (request.batch, 3, request.height, request.width)
-
-
-def input_shapes(
-    model: Any, request: PixelRequest, *, cache: TraceCache | None = None,
-) -> tuple[Any, tuple[int, ...], tuple[int, ...]]:
-    """model + request -> (meta module, pixel shape, latent shape) after the family's size rules."""
-    import torch
-
-    dtype = DType.parse(request.dtype)
-    module, spec = _cached_module(model, dtype, cache)
-    if spec is not None:
-        from vaelens.contract import plan_shapes
-
-        plan = plan_shapes(spec, request)
-        return module, tuple(plan.pixel_shape), tuple(plan.latent_shape)
-    pixel = _pixel_shape(module, request)
-    from vaelens.trace import call_op
-
-    x = torch.empty(pixel, device="meta", dtype=dtype.torch)
-    with torch.inference_mode():
-        latent = tuple(call_op(module, Op.ENCODE, [x]).shape)
-    return module, pixel, latent
-
-
-def _apply_modes(module: Any, tiled: bool, sliced: bool) -> tuple[bool, bool]:
-    """Call diffusers' enable_tiling()/enable_slicing() (their default tile sizes, read from the
-    config by each class's __init__) or switch them off; returns the previous flags."""
-    from vaelens.build import quiet_diffusers
-
-    prev = (bool(getattr(module, "use_tiling", False)), bool(getattr(module, "use_slicing", False)))
-    for flag, name, opt in ((tiled, "tiling", "tiled=True"), (sliced, "slicing", "sliced=True")):
-        if flag and not hasattr(module, f"enable_{name}"):
-            raise VaeLensError(f"{opt}: diffusers {type(module).__name__} has no enable_{name}()")
-        with quiet_diffusers():
-            if flag:
-                getattr(module, f"enable_{name}")()
-            elif hasattr(module, f"use_{name}"):
-                setattr(module, f"use_{name}", False)
-    return prev
-
-
-class TraceCache:
-    """Meta modules, traces and estimates reused within one search (a --budget run, a tiling plan).
-
-    Keyed by (model, dtype) for modules and (model, op, input shape, dtype, tiled, sliced) for traces
-    and estimates; `model` is keyed by name / config / object identity, so keep the cache no longer
-    than the objects it was filled with (one call of check_vae_budget makes and drops its own).
-    """
-
-    def __init__(self) -> None:
-        self.modules: dict[Any, tuple[Any, Any]] = {}
-        self.traces: dict[Any, Trace] = {}
-        self.estimates: dict[Any, MemoryEstimate] = {}
-        self.hits = 0
-
-
-def _model_key(model: Any) -> Any:
-    if isinstance(model, str):
-        return ("name", model)
-    if isinstance(model, Mapping):
-        import json
-
-        return ("config", json.dumps(model, sort_keys=True, default=str))
-    return ("object", id(model))
-
-
-def _cached_module(model: Any, dtype: DType, cache: TraceCache | None) -> tuple[Any, Any]:
-    if cache is None:
-        return _module_and_spec(model, dtype)
-    key = (_model_key(model), dtype)
-    if key not in cache.modules:
-        cache.modules[key] = _module_and_spec(model, dtype)
-    return cache.modules[key]
-
-
 def trace_request(
     model: Any, request: PixelRequest, *, op: str | Op = "decode", tiled: bool = False, sliced: bool = False,
-    cache: TraceCache | None = None,
 ) -> Trace:
-    """model + PixelRequest -> Trace of encode (pixels in) or decode (latent in) on the meta device."""
-    import torch
-
+    """model or MetaContext + PixelRequest -> Trace of encode (pixels in) or decode (latent in) on meta."""
     op = Op.parse(op)
     if op is Op.FORWARD:
-        raise VaeLensError("op 'forward' has no pixel/latent contract; use op='encode' or op='decode'")
-    dtype = DType.parse(request.dtype)
-    module, pixel, latent = input_shapes(model, request, cache=cache)
-    shape = pixel if op is Op.ENCODE else latent
-    key = (_model_key(model), op, tuple(shape), dtype, tiled, sliced)
-    if cache is not None and key in cache.traces:
-        cache.hits += 1
-        return cache.traces[key]
-    prev = _apply_modes(module, tiled, sliced)
-    try:
-        tr = trace_module(module, [torch.empty(shape, device="meta", dtype=dtype.torch)], op=op, detail=RULES.keys())
-    except RuntimeError as exc:  # a diffusers code path that fails for this config (not a vaelens error)
-        mode = " with enable_tiling()" if tiled else " with enable_slicing()" if sliced else ""
-        raise VaeLensError(
-            f"diffusers {type(module).__name__}.{op.value}{mode} fails on input {list(shape)}: "
-            f"{str(exc).splitlines()[0]}"
-        ) from None
-    finally:
-        _apply_modes(module, *prev)
-    if cache is not None:
-        cache.traces[key] = tr
-    return tr
+        raise VaeLensError("op 'forward' has no pixel/latent contract; use op='encode' or op='decode'", param="op",
+                           value="forward", choices=("encode", "decode"))
+    ctx = MetaContext.of(model, request.dtype)
+    return ctx.trace(ctx.input_shape(request, op), op, tiled=tiled, sliced=sliced)
 
 
 def estimate_memory(
     model: Any, request: PixelRequest, *, op: str | Op = "decode", tiled: bool = False, sliced: bool = False,
-    cache: TraceCache | None = None,
 ) -> MemoryEstimate:
     """model + PixelRequest -> MemoryEstimate of encode (pixels -> latent) or decode (latent -> pixels).
 
-    `model` is a family name, a FamilySpec, a diffusers config dict (with _class_name), a LoadedVae, or
-    any nn.Module: one with real weights is traced as a meta copy cast to request.dtype (no memory, the
-    module itself untouched); one on meta as it is. `tiled` / `sliced` predict diffusers'
-    enable_tiling() / enable_slicing(). `cache` (a TraceCache) reuses modules, traces and estimates
-    across calls of one search. For "will it fit", read min_device_bytes (or peak_bytes_high).
+    `model` is a family name, a FamilySpec, a diffusers config dict (with _class_name), a LoadedVae, any
+    nn.Module, or a MetaContext (vaelens.memory.context) that several calls share: a module with real weights
+    is traced as a meta copy cast to request.dtype (no memory, the module itself untouched); one on meta as
+    it is. `tiled` / `sliced` predict diffusers' enable_tiling() / enable_slicing(). For "will it fit", read
+    min_device_bytes (or peak_bytes_high).
 
     >>> from vaelens.options import PixelRequest, DType
     >>> est = estimate_memory("sdxl", PixelRequest(width=512, height=512, dtype=DType.BF16), op="decode")
@@ -335,19 +210,11 @@ def estimate_memory(
     ((1, 3, 512, 512), True)
     """
     op = Op.parse(op)
-    dtype = DType.parse(request.dtype)
-    key = None
-    if cache is not None:
-        _, pixel, latent = input_shapes(model, request, cache=cache)
-        key = (_model_key(model), op, tuple(pixel if op is Op.ENCODE else latent), dtype, tiled, sliced)
-        if key in cache.estimates:
-            cache.hits += 1
-            return cache.estimates[key]
-    tr = trace_request(model, request, op=op, tiled=tiled, sliced=sliced, cache=cache)
-    est = simulate(tr, dtype=dtype, tiled=tiled, sliced=sliced)
-    if cache is not None:
-        cache.estimates[key] = est
-    return est
+    if op is Op.FORWARD:
+        raise VaeLensError("op 'forward' has no pixel/latent contract; use op='encode' or op='decode'", param="op",
+                           value="forward", choices=("encode", "decode"))
+    ctx = MetaContext.of(model, request.dtype)
+    return ctx.estimate(ctx.input_shape(request, op), op, tiled=tiled, sliced=sliced)
 
 
 def estimate_call(
@@ -381,8 +248,3 @@ def estimate_call(
              else t for t in inputs]
     tr = trace_module(module, metas, op=op, detail=RULES.keys())
     return simulate(tr, dtype=dt, device=device)
-
-
-def latent_multiple(est: MemoryEstimate, latent_shape: tuple[int, ...]) -> float:
-    """peak ÷ latent bytes: how many latents' worth of memory the call needs at its peak."""
-    return est.peak_bytes / max(1, math.prod(latent_shape) * est.dtype.itemsize)

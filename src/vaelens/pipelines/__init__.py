@@ -30,7 +30,8 @@ def get_pipeline(name: str) -> PipelineSpec:
             return spec
     keys = [k for p in PIPELINES for k in (p.name, *p.aliases)]
     raise UnknownPipelineError(
-        f"unknown pipeline {name!r}; {did_you_mean(key, keys)}built-in: {', '.join(pipeline_names())}"
+        f"unknown pipeline {name!r}; {did_you_mean(key, keys)}built-in: {', '.join(pipeline_names())}",
+        param="pipeline", value=name, choices=pipeline_names(),
     )
 
 

@@ -18,6 +18,7 @@ from vaelens.pipelines.estimate import (
     PipelineRequest,
     estimate_request,
 )
+from vaelens.units import budget_bytes as as_bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,7 +41,8 @@ class PipelineBudgetReport:
     mode: Offload  # the mode asked for
     fits: tuple[tuple[Offload, bool, int], ...]  # (mode, fits, peak) for every mode
     fixes: tuple[Fix, ...]  # only when the asked mode does not fit
-    weights_note: str = ""  # why no smaller size helps (the resident weights alone), when none does
+    # why no smaller size helps (the resident weights alone, or even the smallest is over), when none does
+    warnings: tuple[str, ...] = ()
 
 
 def _sizes_below(height: int, width: int, step: int = 64) -> list[tuple[int, int]]:
@@ -54,7 +56,7 @@ def _sizes_below(height: int, width: int, step: int = 64) -> list[tuple[int, int
 
 
 def check_pipeline_budget(
-    est: PipelineEstimate, budget_bytes: int, *, mode: Offload | str = Offload.NONE,
+    est: PipelineEstimate, budget_bytes: int | str, *, mode: Offload | str = Offload.NONE,
     cache: EstimateCache | None = None, estimate=estimate_request,
 ) -> PipelineBudgetReport:
     """estimate + budget -> which offload modes fit, and (if `mode` does not) the changes that would.
@@ -63,6 +65,7 @@ def check_pipeline_budget(
     the largest smaller size of the same aspect (multiples of 64) that fits under `mode`.
     """
     mode = Offload.parse(mode)
+    budget_bytes = as_bytes(budget_bytes, param="budget_bytes")
     cache = cache if cache is not None else EstimateCache()
     fits = tuple((r.mode, r.peak_bytes <= budget_bytes, r.peak_bytes) for r in est.offload)
     if est.mode(mode).peak_bytes <= budget_bytes:
@@ -92,7 +95,7 @@ def check_pipeline_budget(
         fixes.append(size_fix)
     note = _why_no_size_helps(est, sizes, budget_bytes, mode)
     return PipelineBudgetReport(budget_bytes=budget_bytes, mode=mode, fits=fits, fixes=tuple(fixes),
-                                weights_note=note)
+                                warnings=(note,) if note and size_fix is None else ())
 
 
 def _largest_size_that_fits(
@@ -124,7 +127,7 @@ def _largest_size_that_fits(
 
 def _why_no_size_helps(est: PipelineEstimate, sizes: list[tuple[int, int]], budget_bytes: int, mode: Offload) -> str:
     """Why no smaller size fits: the resident weights alone, no smaller candidate, or even the smallest is over."""
-    from vaelens.render.tables import human_bytes
+    from vaelens.units import human_bytes
 
     req = est.request
     heaviest = max(est.mode(mode).stages, key=lambda s: s.weights_bytes)

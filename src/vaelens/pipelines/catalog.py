@@ -259,7 +259,7 @@ QWEN_IMAGE = PipelineSpec(
     guidance_source=_P + "qwenimage/pipeline_qwenimage.py (true_cfg_scale=4.0 with a negative prompt, as "
     "the model card runs it: a second transformer call per step)",
     default_size=(1024, 1024), offload_seq=("text_encoder", "transformer", "vae"), encodes_negative=True,
-    notes="without a negative prompt the pipeline makes one transformer call per step",
+    warnings=("without a negative prompt the pipeline makes one transformer call per step",),
 )
 
 # ── Sana 1600M 1024px ──────────────────────────────────────────────────────────────────────────
@@ -292,8 +292,8 @@ SANA = PipelineSpec(
     denoiser_kind=DenoiserKind.SANA, vae_family="sana", guidance=Guidance.BATCH,
     guidance_source=_P + "sana/pipeline_sana.py (guidance_scale=4.5; torch.cat([latents] * 2))",
     default_size=(1024, 1024), offload_seq=("text_encoder", "transformer", "vae"), encodes_negative=True,
-    notes="the complex-human-instruction prefix adds tokens to the Gemma input that only its tokenizer "
-    "can count; the text stage is traced at the 300 prompt tokens alone",
+    warnings=("the complex-human-instruction prefix adds tokens to the Gemma input that only its tokenizer "
+              "can count; the text stage is traced at the 300 prompt tokens alone",),
 )
 
 

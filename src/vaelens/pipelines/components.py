@@ -147,7 +147,8 @@ def own_parameter_bytes(module) -> dict[str, int]:
 
 def stack_weight_peak(timeline, own: dict[str, int]) -> tuple[int, int]:
     """Per-layer activation peaks + own parameter bytes -> (activation, weights) at the worst moment
-    when only the running modules' own parameters are on the GPU.
+    when only the running modules' own parameters are on the GPU. The activation is each layer's high end
+    (LayerMemory.peak_bytes_high), the basis of every pipeline verdict.
 
     An operator inside layer L runs with the parameters of L and of L's ancestors loaded; the largest
     activation inside L is L's peak. max over L of (peak_L + own(L) + own(ancestors of L)) is then
@@ -157,6 +158,6 @@ def stack_weight_peak(timeline, own: dict[str, int]) -> tuple[int, int]:
     for layer in timeline:
         parts = layer.path.split(".") if layer.path else []
         weights = own.get("", 0) + sum(own.get(".".join(parts[:i]), 0) for i in range(1, len(parts) + 1))
-        if layer.peak_bytes + weights > sum(best):
-            best = (layer.peak_bytes, weights)
+        if layer.peak_bytes_high + weights > sum(best):
+            best = (layer.peak_bytes_high, weights)
     return best

@@ -79,15 +79,12 @@ def estimate_decode(
     family: str, request: PixelRequest, tiled: bool,
 ) -> tuple[ActivationPeak, tuple[int, ...]]:
     """VAE family + request -> (decode ActivationPeak, latent shape) from vaelens.memory.estimate_memory."""
-    from vaelens.build import build_module
-    from vaelens.families import get_family
+    from vaelens.memory.context import MetaContext
     from vaelens.memory.estimate import estimate_memory
 
-    est = estimate_memory(family, request, op="decode", tiled=tiled)
-    seq = None
-    if est.timeline:
-        vae = build_module(get_family(family), device="meta", dtype=request.dtype)
-        seq = stack_weight_peak(est.timeline, own_parameter_bytes(vae))
+    ctx = MetaContext.of(family, request.dtype)  # one meta VAE for the estimate and its parameter sizes
+    est = estimate_memory(ctx, request, op="decode", tiled=tiled)
+    seq = stack_weight_peak(est.timeline, own_parameter_bytes(ctx.module)) if est.timeline else None
     peak = ActivationPeak(peak_bytes=est.peak_bytes_high, peak_at=est.peak_at, output_bytes=est.output_bytes,
                           sequential=seq)  # high end of the range, as for every budget
     return peak, tuple(est.input_shape)
@@ -109,10 +106,20 @@ class PipelineRequest:
     def of(cls, pipeline: str | PipelineSpec, request: PixelRequest | None = None, *,
            vae_tiling: bool = False) -> PipelineRequest:
         """name | PipelineSpec + PixelRequest (None: the pipeline's default size/frames, bf16) -> PipelineRequest."""
+        from vaelens.contract import check_request
+        from vaelens.pipelines.spec import PipelineSpec
+
         if isinstance(pipeline, str):
             from vaelens.pipelines import get_pipeline
 
             pipeline = get_pipeline(pipeline)
+        elif not isinstance(pipeline, PipelineSpec):
+            from vaelens.errors import VaeLensError
+
+            raise VaeLensError(f"pipeline {type(pipeline).__name__} is neither a built-in name nor a PipelineSpec "
+                               "(estimate_request takes a PipelineRequest)", param="pipeline",
+                               value=type(pipeline).__name__)
+        check_request(request, caller="estimate_pipeline")
         if request is None:
             height, width = pipeline.default_size
             request = PixelRequest(width=width, height=height, frames=pipeline.default_frames, dtype=DType.BF16)
@@ -190,11 +197,6 @@ class PipelineEstimate:
     used_frames: int | None = None  # frames after its frame rule
     warnings: tuple[str, ...] = ()
 
-    @property
-    def notes(self) -> tuple[str, ...]:
-        """The old name of `warnings` (0.1)."""
-        return self.warnings
-
     def mode(self, mode: Offload | str) -> OffloadReport:
         mode = Offload.parse(mode)
         return next(r for r in self.offload if r.mode is mode)
@@ -238,7 +240,6 @@ class PipelineEstimate:
                 for r in self.offload
             },
             "warnings": list(self.warnings),
-            "notes": list(self.warnings),  # the old name, kept until 0.2
         }
 
 
@@ -379,7 +380,7 @@ class EstimateCache:
 
 
 def estimate_pipeline(
-    pipeline: str | PipelineSpec | PipelineRequest, request: PixelRequest | None = None, *,
+    pipeline: str | PipelineSpec, request: PixelRequest | None = None, *,
     vae_tiling: bool = False, peak_fn: PeakFn = trace_peak, decode_fn: DecodeFn = estimate_decode,
     cache: EstimateCache | None = None,
 ) -> PipelineEstimate:
@@ -388,20 +389,13 @@ def estimate_pipeline(
 
     `pipeline` is a built-in name (or alias) or a PipelineSpec; `request` the PixelRequest to estimate,
     or None for the pipeline's default size and frames, batch 1, in bf16 (what its examples run in).
-    A PipelineRequest as `pipeline` (0.1's form) is still accepted.
+    (estimate_request takes a whole PipelineRequest.)
 
     >>> est = estimate_pipeline("sd15", PixelRequest(width=256, height=256, dtype="bf16"))
     >>> [s.label for s in est.stages]
     ['text_encoder', 'text_encoder (negative)', 'unet (CFG batch ×2) · 1 step', 'vae decode']
     """
-    if isinstance(pipeline, PipelineRequest):
-        if request is not None:
-            from vaelens.errors import VaeLensError
-
-            raise VaeLensError("request= is given twice: pass a pipeline name or PipelineSpec with request=")
-        full = pipeline
-    else:
-        full = PipelineRequest.of(pipeline, request, vae_tiling=vae_tiling)
+    full = PipelineRequest.of(pipeline, request, vae_tiling=vae_tiling)
     return estimate_request(full, peak_fn=peak_fn, decode_fn=decode_fn, cache=cache)
 
 
@@ -416,16 +410,16 @@ def estimate_request(
     modules = {c.name: cache.module(c, dtype) for c in spec.components}
     sizes = {name: component_size(m) for name, m in modules.items()}
     vae_dtype = dtype
-    notes = []
+    warnings = []
     if spec.upcasts_fp16_vae and dtype is DType.FP16:
         vae_dtype = DType.FP32
-        notes.append("the pipeline upcasts the fp16 VAE to fp32 for the decode (force_upcast)")
+        warnings.append("the pipeline upcasts the fp16 VAE to fp32 for the decode (force_upcast)")
     from vaelens.contract import plan_shapes
     from vaelens.families import get_family
 
     # The VAE family's size/frame rule (raise, or floor with a warning) applies to the whole pipeline.
     plan = plan_shapes(get_family(spec.vae_family), request.pixel_request(vae_dtype))
-    notes.extend(plan.warnings)
+    warnings.extend(plan.warnings)
     vae_peak, latent_shape = decode_fn(spec.vae_family, request.pixel_request(vae_dtype), request.vae_tiling)
     sizes["vae"] = _vae_size(spec.vae_family, vae_dtype)
     stages = build_stages(request, modules, latent_shape=latent_shape, decode=vae_peak, peak_fn=peak_fn)
@@ -436,11 +430,10 @@ def estimate_request(
                         largest_leaf_bytes=sizes[c.name].largest_leaf_bytes)
         for c in spec.components
     ) + (_vae_report(spec, sizes["vae"], vae_dtype),)
-    if spec.notes:
-        notes.append(spec.notes)
+    warnings.extend(spec.warnings)
     return PipelineEstimate(request=request, latent_shape=latent_shape, components=components, stages=stages,
                             offload=offload_reports(spec, stages, sizes), used_size=tuple(plan.used_size),
-                            used_frames=plan.frames, warnings=tuple(notes))
+                            used_frames=plan.frames, warnings=tuple(warnings))
 
 
 def _vae_size(family: str, dtype: DType) -> ComponentSize:

@@ -122,7 +122,7 @@ class PipelineSpec:
     encodes_negative: bool = False
     # SDXL: a fp16 VAE with force_upcast in its config is cast to fp32 for the decode.
     upcasts_fp16_vae: bool = False
-    notes: str = ""
+    warnings: tuple[str, ...] = ()  # said with every estimate of this pipeline
     aliases: tuple[str, ...] = ()
 
     @property

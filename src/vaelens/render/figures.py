@@ -27,6 +27,39 @@ class GridInfo:
     vmax: float
 
 
+def check_figure_path(path: str | Path, *, force: bool = False, what: str = "plot",
+                      inputs: tuple[str | Path, ...] = ()) -> Path:
+    """A figure path -> the checked Path, before any work: a suffix matplotlib writes (none: .png is added, as
+    matplotlib itself would), then every rule of the one safe-output path (vaelens.outputs: no overwrite
+    without force, never an input, a writable folder)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from vaelens.errors import OutputError
+    from vaelens.outputs import FIGURE_SUFFIXES, check_output
+
+    writable = FigureCanvasBase.get_supported_filetypes()
+    formats = sorted(s.lstrip(".") for s in FIGURE_SUFFIXES if s.lstrip(".") in writable)
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix and suffix not in formats:
+        raise OutputError(f"{what} {str(path)!r}: matplotlib cannot write .{suffix}; use one of: "
+                          f"{', '.join(formats)}", param=what, value=str(path), choices=formats)
+    out = Path(path) if suffix or Path(path).is_dir() else Path(path).with_suffix(".png")
+    return check_output(out, kind="figure", force=force, what=what, inputs=inputs)
+
+
+def save_figure(fig, path: str | Path, *, dpi: int, force: bool = False, what: str = "plot") -> Path:
+    """A matplotlib figure -> the file at path (checked by check_figure_path, written atomically), closed."""
+    from vaelens.outputs import atomic_write
+
+    out = check_figure_path(path, force=force, what=what)
+    try:
+        with atomic_write(out) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        _plt().close(fig)
+    return out
+
+
 def _plt():
     try:
         import matplotlib
@@ -52,7 +85,10 @@ def plot_channel_grid(latent, path: str | Path, *, title: str, units: str) -> Gr
     plt = _plt()
     a = latent.detach().float().cpu().numpy() if hasattr(latent, "detach") else np.asarray(latent, np.float32)
     if a.ndim != 3:
-        raise ValueError(f"plot_channel_grid takes [C, h, w]; got {list(a.shape)}")
+        from vaelens.errors import VaeLensError
+
+        raise VaeLensError(f"plot_channel_grid takes [C, h, w]; got {list(a.shape)}", param="latent",
+                           value=list(a.shape))
     c, h, w = a.shape
     cols = min(16, math.ceil(math.sqrt(c)))
     rows = math.ceil(c / cols)

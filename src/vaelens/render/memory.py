@@ -221,12 +221,12 @@ def render_budget(report: VaeBudgetReport, request: PixelRequest) -> str:
     for o in report.ops:
         verdict = "fits" if o.fits else "does NOT fit"
         tiled = ("" if o.tiled_fits is None or report.tiled else
-                 f"; with --tiled it needs at least {human_bytes(o.tiled_needed_bytes or 0)} and "
+                 f"; with --tiled it needs at least {human_bytes(o.tiled_min_device_bytes or 0)} and "
                  f"{'fits' if o.tiled_fits else 'still does not fit'}")
         batch = _searched("largest batch", o.max_batch, str(o.max_batch), "not even batch 1 fits",
                           o.batch_extrapolated_from, "batches", MAX_BATCH)
         side = _searched("largest square", o.max_square, f"{o.max_square}x{o.max_square}", "no square size fits",
                          o.square_extrapolated_from, "sides", MAX_SIDE)
-        lines.append(f"  {o.op}: needs at least {human_bytes(o.needed_bytes)} on the device, {verdict}; {batch} at "
+        lines.append(f"  {o.op}: needs at least {human_bytes(o.min_device_bytes)} on the device, {verdict}; {batch} at "
                      f"{request.width}x{request.height}; {side} at batch {request.batch}{tiled}")
     return "\n".join(lines)

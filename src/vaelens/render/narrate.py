@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable
-from typing import Any
 
 from vaelens.contract import ShapePlan, plan_shapes
 from vaelens.families import FamilySpec, NormKind, SpecOrigin, get_family
@@ -233,12 +232,9 @@ def explain(
     return "\n".join(out)
 
 
-def explain_family(model: str | FamilySpec, request: PixelRequest | None = None, **size: Any) -> str:
-    """MODEL + PixelRequest (None: the family's default size) -> narrated text of pixels -> latent -> tokens.
-
-    0.1's size keywords (width=, height=, frames=, batch=, dtype=) still work, with a DeprecationWarning.
-    """
-    from vaelens.contract import request_for, resolve_model
+def explain_family(model: str | FamilySpec, request: PixelRequest | None = None) -> str:
+    """MODEL + PixelRequest (None: the family's default size) -> narrated text of pixels -> latent -> tokens."""
+    from vaelens.contract import check_request, default_request, resolve_model
 
     spec = resolve_model(model)
-    return explain(spec, plan_shapes(spec, request_for(spec, request, size, caller="explain_family")))
+    return explain(spec, plan_shapes(spec, check_request(request, caller="explain_family") or default_request(spec)))

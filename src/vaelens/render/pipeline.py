@@ -144,8 +144,8 @@ def render_pipeline_budget(rep: PipelineBudgetReport) -> str:
             verdict = "fits" if f.fits else "still over"
             lines.append(f"  {fix_label(f):<22} peak {human_bytes(f.peak_bytes):>11}  {verdict}")
         if not any(f.size is not None for f in rep.fixes):
-            lines.append(f"  no smaller size of the same aspect fits under --offload {rep.mode.value}: "
-                         f"{rep.weights_note}")
+            lines.extend(f"  no smaller size of the same aspect fits under --offload {rep.mode.value}: {w}"
+                         for w in rep.warnings)
     return "\n".join(lines)
 
 
@@ -180,13 +180,14 @@ def render_pipeline(est: PipelineEstimate, mode: Offload, budget: PipelineBudget
 
 
 def plot_pipeline(
-    est: PipelineEstimate, path: str | Path, *, mode: Offload, budget_bytes: int | None = None,
+    est: PipelineEstimate, path: str | Path, *, mode: Offload, budget_bytes: int | None = None, force: bool = False,
 ) -> Path:
-    """Stacked bars (weights / held / activations) per stage for `mode`, and every mode's peaks as steps."""
-    import matplotlib
+    """Stacked bars (weights / held / activations) per stage for `mode`, and every mode's peaks as steps, written
+    to a figure file through vaelens.outputs (an existing file needs force=True)."""
+    from vaelens.render.figures import _plt, check_figure_path, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    check_figure_path(path, force=force)
+    plt = _plt()
 
     gib = 1024**3
     report = est.mode(mode)
@@ -215,10 +216,4 @@ def plot_pipeline(
     ax.set_title(f"{req.pipeline.name} {_used_size(est)} {req.dtype.value}, offload={mode.value}")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    out = Path(path)
-    if not out.suffix:  # matplotlib would add .png itself; say the name it writes
-        out = out.with_suffix(".png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path, dpi=120, force=force)

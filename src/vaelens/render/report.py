@@ -10,12 +10,13 @@ import io
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from vaelens.render.svg import contract_states, contract_svg, esc, pipeline_svg, tile_grid_svg
 from vaelens.render.tables import human_bytes, norm_formula, shape_str
-from vaelens.render.timeline import memory_timeline, timeline_svg
+from vaelens.render.timeline import memory_timeline, shared_top, timeline_svg
 from vaelens.report import RealWeights, Report
 
 DISPLAY_SIDE = 768  # images wider or taller than this are shown downscaled (the metrics use full size)
@@ -154,11 +155,12 @@ def _memory(rep: Report) -> str:
              "kernel temporaries. Bars are the innermost layers in the order they run, on top of the weights and "
              "input that stay resident. <b>peak</b> = <code>max_memory_allocated()</code> during the call minus "
              "<code>memory_allocated()</code> before it.</p>"]
-    for est in rep.estimates:
-        tl = memory_timeline(est, budget_bytes=rep.budget_bytes)
+    timelines = [memory_timeline(est, budget_bytes=rep.budget_bytes) for est in rep.estimates]
+    top = shared_top(timelines) if timelines else None  # encode and decode on one scale, in one unit
+    for est, tl in zip(rep.estimates, timelines, strict=True):
         parts.append(f"<h3>{esc(tl.op)}: {esc(shape_str(est.input_shape))} → "
                      f"{esc(shape_str(est.output_shape or ()))}</h3>")
-        parts.append(f'<div class="fig">{timeline_svg(tl)}</div>')
+        parts.append(f'<div class="fig">{timeline_svg(tl, top=top)}</div>')
     # The range, reserved bytes and device minimum come from the memory model when it has them.
     device = any(getattr(e, "min_device_bytes", 0) for e in rep.estimates)
     rows, wide = [], []
@@ -202,9 +204,9 @@ def _budget(rep: Report) -> str:
     b = rep.budget
     rows = []
     for o in b.ops:
-        tiled = "-" if o.tiled_needed_bytes is None else (
-            f"{human_bytes(o.tiled_needed_bytes)}, {'fits' if o.tiled_fits else 'does not fit'}")
-        rows.append((o.op, human_bytes(o.needed_bytes), "fits" if o.fits else "does NOT fit", o.max_batch or "none",
+        tiled = "-" if o.tiled_min_device_bytes is None else (
+            f"{human_bytes(o.tiled_min_device_bytes)}, {'fits' if o.tiled_fits else 'does not fit'}")
+        rows.append((o.op, human_bytes(o.min_device_bytes), "fits" if o.fits else "does NOT fit", o.max_batch or "none",
                      f"{o.max_square}×{o.max_square}" if o.max_square else "none", tiled))
     word = _verdict(rep)
     more = {"fits": "", "does not fit": ", not even in tiles"}.get(word, "; untiled it does not")
@@ -215,7 +217,9 @@ def _budget(rep: Report) -> str:
     out = verdict + _table(("op", "needs", "verdict", "largest batch", f"largest square at batch "
                             f"{rep.plan.request.batch}", "with diffusers enable_tiling()"), rows, numeric=(1,))
     if rep.tiling and any(isinstance(p, str) or p.tiled for p in rep.tiling.values()):
-        out += "<h3>Tiling plan that fits (vaelens.tiling)</h3>" + _tiling(rep)
+        none_fits = any(isinstance(p, str) for p in rep.tiling.values())
+        out += (f"<h3>{'Tiling plans' if none_fits else 'Tiling plan that fits'} (vaelens.tiling)</h3>"
+                + _tiling(rep))
     return out
 
 
@@ -224,7 +228,8 @@ def _tiling(rep: Report) -> str:
     from vaelens.render.tiling import render_plan
 
     rows, texts, grids = [], [], []
-    for op, p in rep.tiling.items():
+    # plans that fit first, then the ops for which none does
+    for op, p in sorted(rep.tiling.items(), key=lambda item: isinstance(item[1], str)):
         if isinstance(p, str):
             rows.append((op, "none fits", "-", "-", "-", "-"))
             texts.append(p)
@@ -357,6 +362,30 @@ def render_report(rep: Report) -> str:
         f"<footer>vaelens {esc(rep.versions.get('vaelens', ''))} · one self-contained file: no network needed to "
         "view it.</footer></main></body></html>\n"
     )
+
+
+def report_json(rep: Any) -> dict[str, Any]:
+    """Report -> the JSON of `vaelens report --json` (the page's data, without the arrays)."""
+    from vaelens.render.memory import estimate_json
+    from vaelens.render.tiling import plans_json
+
+    data: dict[str, Any] = {
+        "family": rep.spec.name, "dtype": rep.plan.request.dtype.value, **rep.plan.to_json(),
+        "weights_bytes": rep.estimates[0].weights_bytes if rep.estimates else None,
+        **{e.op.value: estimate_json(e, rep.plan.latent_shape) for e in rep.estimates},
+        "budget": rep.budget.to_json() if rep.budget is not None else None,
+        "tiling": plans_json(rep.tiling) if rep.tiling else None,
+        "real_weights": rep.real.to_json() if rep.real else None,
+        "pipeline": None, "precision": None, "versions": rep.versions, "warnings": list(rep.warnings),
+    }
+    if rep.precision is not None:
+        from vaelens.render.precision import precision_json
+
+        data["precision"] = precision_json(rep.precision)
+    if rep.pipeline is not None:
+        data["pipeline"] = {"name": rep.pipeline.request.pipeline.name,
+                            **{r.mode.value: r.peak_bytes for r in rep.pipeline.offload}}
+    return data
 
 
 def save_report(html: str, path: str | Path, *, overwrite: bool = False) -> Path:

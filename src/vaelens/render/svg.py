@@ -231,9 +231,12 @@ def pipeline_svg(est, *, budget_bytes: int | None = None) -> str:
     width = label_w + bar_w + 110
     out = [f'<svg class="pipeline" viewBox="0 0 {width:.0f} {height:.0f}" width="{width:.0f}" role="img" '
            f'aria-label="pipeline memory per stage and offload mode" xmlns="http://www.w3.org/2000/svg">']
+    budget_at = len(out)  # the budget line goes under the bars and labels, drawn once the axis is known
+    halo = 'stroke="white" stroke-width="3" paint-order="stroke"'  # labels stay legible over the budget line
     y = 10.0
     for report in est.offload:
-        out.append(f'<text x="0" y="{y + 15:.1f}" font-size="12" font-weight="bold">offload={report.mode.value}: '
+        out.append(f'<text x="0" y="{y + 15:.1f}" font-size="12" font-weight="bold" {halo}>'
+                   f'offload={report.mode.value}: '
                    f'peak {esc(human_bytes(report.peak_bytes))} at {esc(report.peak.stage.label)}</text>')
         y += head_h
         for m in report.stages:
@@ -249,7 +252,7 @@ def pipeline_svg(est, *, budget_bytes: int | None = None) -> str:
                                f"{esc(human_bytes(nbytes))}</title></rect>")
                 x += w
             mark = " ◀ peak" if m is report.peak else ""
-            out.append(f'<text x="{label_w + m.peak_bytes * scale + 4:.1f}" y="{y + 14:.1f}" font-size="10">'
+            out.append(f'<text x="{label_w + m.peak_bytes * scale + 4:.1f}" y="{y + 14:.1f}" font-size="10" {halo}>'
                        f"{esc(human_bytes(m.peak_bytes))}{mark}</text>")
             y += row_h
         y += 10
@@ -263,8 +266,8 @@ def pipeline_svg(est, *, budget_bytes: int | None = None) -> str:
                f"GPU memory ({unit})</text>")
     if budget_bytes:
         bx = label_w + budget_bytes * scale
-        out.append(f'<line x1="{bx:.1f}" y1="10" x2="{bx:.1f}" y2="{axis_y:.1f}" stroke="{COLORS["budget"]}" '
-                   f'stroke-width="1.5" stroke-dasharray="5 3"/>')
+        out.insert(budget_at, f'<line x1="{bx:.1f}" y1="10" x2="{bx:.1f}" y2="{axis_y:.1f}" '
+                   f'stroke="{COLORS["budget"]}" stroke-width="1.5" stroke-dasharray="5 3"/>')
         out.append(f'<text x="{bx + 3:.1f}" y="{axis_y - 4:.1f}" font-size="10" fill="{COLORS["budget"]}">'
                    f"budget {esc(human_bytes(budget_bytes))}</text>")
     lx = label_w

@@ -7,19 +7,7 @@ from typing import Any
 
 from vaelens.contract import ShapePlan
 from vaelens.families import FamilySpec, NormKind
-
-
-def human_bytes(n: float) -> str:
-    """bytes -> '1.50 GiB' (binary units, as GPU tools report memory).
-
-    >>> human_bytes(4 * 1024**2)
-    '4.00 MiB'
-    """
-    units = ("B", "KiB", "MiB", "GiB", "TiB")
-    value, i = float(n), 0
-    while abs(value) >= 1024 and i < len(units) - 1:
-        value, i = value / 1024, i + 1
-    return f"{int(value)} B" if i == 0 else f"{value:.2f} {units[i]}"
+from vaelens.units import human_bytes  # noqa: F401  (the renderers' one byte formatter)
 
 
 def shape_str(shape: Sequence[int]) -> str:
@@ -106,7 +94,7 @@ def families_json(specs: Sequence[FamilySpec]) -> list[dict[str, Any]]:
 
 
 def shapes_json(spec: FamilySpec, plan: ShapePlan) -> dict[str, Any]:
-    """ShapePlan -> the `vaelens shapes --json` object (keys fixed by DESIGN.md)."""
+    """ShapePlan -> the `vaelens shapes --json` object (its keys are stable: scripts read them)."""
     data = plan.to_json()
     data["normalized_latent_shape"] = list(normalized_shape(spec, plan))
     data["normalization"] = normalization_json(spec)

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaelens.errors import VaeLensError
 from vaelens.memory.estimate import MemoryEstimate
 from vaelens.render.memory import stage_of
 from vaelens.render.svg import COLORS, byte_axis, esc, nice_ticks
@@ -108,6 +107,11 @@ def _stage_spans(steps: Sequence[TimelineStep]) -> list[tuple[str, int, int]]:
     return spans
 
 
+def shared_top(timelines: Sequence[MemoryTimeline]) -> float:
+    """Several timelines -> one axis maximum in bytes, so they share a scale and a unit (MiB or GiB)."""
+    return max(_top(t) for t in timelines)
+
+
 def _top(tl: MemoryTimeline) -> float:
     return max(tl.base_bytes + max(tl.peak_high or 0, tl.peak_bytes), tl.budget_bytes or 0,
                tl.min_device_bytes or 0) * 1.12
@@ -129,15 +133,17 @@ class _Frame:
         return self.top_pad + self.ph * (1 - v / self.top)
 
 
-def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 300.0) -> str:
+def timeline_svg(tl: MemoryTimeline, *, width: float = 960.0, height: float = 300.0, top: float | None = None) -> str:
     """MemoryTimeline -> inline SVG: weights + input band, per-layer live and peak bars, the peak's layer,
-    the predicted range, the budget line; stage names under the axis. Hover a bar for its layer."""
+    the predicted range, the budget line; stage names under the axis. Hover a bar for its layer. `top`:
+    the axis maximum in bytes, to draw several timelines on one scale and unit (default: this one's own)."""
     ranged = tl.peak_low is not None and tl.peak_high is not None and tl.peak_high > tl.peak_low
     second = ranged or bool(tl.min_device_bytes)  # a second legend row for the range and the device minimum
     height += 16 if second else 0
     left, right, top_pad, bottom = 64.0, 16.0, 34.0, 54.0 + (16 if second else 0)
     pw, ph = width - left - right, height - top_pad - bottom
-    f = _Frame(left=left, pw=pw, top_pad=top_pad, ph=ph, top=_top(tl), dx=pw / max(len(tl.steps), 1))
+    f = _Frame(left=left, pw=pw, top_pad=top_pad, ph=ph, top=top if top is not None else _top(tl),
+               dx=pw / max(len(tl.steps), 1))
     out = [f'<svg class="timeline" data-op="{tl.op}" viewBox="0 0 {width:.0f} {height:.0f}" width="{width:.0f}" '
            f'role="img" aria-label="{tl.op} memory timeline" xmlns="http://www.w3.org/2000/svg">']
     out += _axis_and_bars(tl, f)
@@ -266,28 +272,13 @@ def _legend(tl: MemoryTimeline, left: float, height: float, ranged: bool, second
     return out
 
 
-def check_plot_path(path: str | Path) -> Path:
-    """A figure path -> the path matplotlib will write (.png added when there is no suffix); a suffix
-    matplotlib cannot write, or a folder, is refused before any work."""
-    from matplotlib.backend_bases import FigureCanvasBase
-
-    out = Path(path)
-    if out.is_dir():
-        raise VaeLensError(f"plot {str(path)!r} is a folder; give a file name, e.g. {str(out / 'memory.png')!r}")
-    formats = FigureCanvasBase.get_supported_filetypes()
-    suffix = out.suffix.lower().lstrip(".")
-    if suffix and suffix not in formats:
-        raise VaeLensError(f"plot {str(path)!r}: matplotlib cannot write .{suffix}; use one of: "
-                           f"{', '.join(sorted(formats))}")
-    return out if suffix else out.with_suffix(".png")
-
-
 def plot_memory_timeline(estimates: Sequence[MemoryEstimate], path: str | Path, *, title: str,
-                         budget_bytes: int | None = None) -> Path:
-    """MemoryEstimates (encode, decode) -> PNG, one panel each: the same picture as timeline_svg."""
-    from vaelens.render.figures import _plt
+                         budget_bytes: int | None = None, force: bool = False) -> Path:
+    """MemoryEstimates (encode, decode) -> a figure file (PNG, SVG, PDF…: by the suffix), one panel each: the
+    same picture as timeline_svg. Written through vaelens.outputs (an existing file needs force=True)."""
+    from vaelens.render.figures import _plt, check_figure_path, save_figure
 
-    out = check_plot_path(path)
+    check_figure_path(path, force=force)
     timelines = [memory_timeline(e, budget_bytes=budget_bytes) for e in estimates]
     plt = _plt()
     top = max(_top(t) for t in timelines)
@@ -329,7 +320,4 @@ def plot_memory_timeline(estimates: Sequence[MemoryEstimate], path: str | Path, 
         ax.set_ylabel(f"GPU memory ({unit})", fontsize=8)
         ax.legend(fontsize=6.5, loc="upper left")
     fig.suptitle(title, fontsize=9)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path, dpi=110, force=force)

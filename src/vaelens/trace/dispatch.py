@@ -36,17 +36,14 @@ class Recorder:
     """TorchDispatchMode body + module hooks; counts storages per tensor object."""
 
     def __init__(self, resident: set[int], detail: Collection[str] | None = None) -> None:
-        # The caching allocator's block rounding is vaelens.memory's; imported here, not at module level,
-        # because importing vaelens.memory imports vaelens.trace (its estimate traces a module).
-        from vaelens.memory.allocator import round_block
-
-        self.round_block = round_block
+        # Sizes are the storages' own bytes; the allocator model (vaelens.memory.allocator) rounds them to
+        # its blocks when it replays the trace.
         self.resident = resident
         self.detail = frozenset(detail) if detail is not None else None
         self.names: dict[Any, str] = {}
         self.wrefs: dict[Any, int] = {}  # weakref to a tensor object -> its storage id
         self.refs: dict[int, int] = {}  # storage id -> live tensor objects using it
-        self.size: dict[int, int] = {}  # storage id -> rounded bytes
+        self.size: dict[int, int] = {}  # storage id -> bytes
         self.live = 0
         self.pending: list[int] = []
         self.events: list[OpEvent] = []
@@ -104,7 +101,7 @@ class Recorder:
             if sid in self.refs:
                 self.refs[sid] += 1
             else:
-                nbytes = self.round_block(storage.nbytes())
+                nbytes = storage.nbytes()
                 self.refs[sid] = 1
                 self.size[sid] = nbytes
                 self.live += nbytes

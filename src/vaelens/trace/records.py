@@ -74,7 +74,7 @@ class LayerRecord:
     output_shape: tuple[int, ...] | None
     dtype: str | None
     bytes: int  # bytes of the tensors it returned
-    live_bytes: int  # activation bytes alive after it (512-rounded, weights and input excluded)
+    live_bytes: int  # activation bytes alive after it (storage bytes, weights and input excluded)
     first_op: int
     last_op: int  # ops first_op .. last_op-1 ran inside it
 

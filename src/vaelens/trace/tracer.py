@@ -57,7 +57,8 @@ def call_op(module: Any, op: Op, inputs: Sequence[Any]) -> Any:
         return module(*inputs)
     fn = getattr(module, op.value, None)
     if fn is None:
-        raise VaeLensError(f"op {op.value!r}: {type(module).__name__} has no .{op.value}(); use op='forward'")
+        raise VaeLensError(f"op {op.value!r}: {type(module).__name__} has no .{op.value}(); use op='forward'",
+                           param="op", value=op.value)
     out = fn(*inputs)
     return encoded_latent(out) if op is Op.ENCODE else decoded_pixels(out)
 
@@ -213,7 +214,8 @@ def trace_module(
 
     op = Op.parse(op)
     if not isinstance(module, torch.nn.Module):
-        raise VaeLensError(f"trace needs a torch.nn.Module, got {type(module).__name__}")
+        raise VaeLensError(f"trace needs a torch.nn.Module, got {type(module).__name__}", param="module",
+                           value=type(module).__name__)
     inputs = _to_module_device(module, list(inputs) if isinstance(inputs, (list, tuple)) else [inputs])
     in_tensors = tensors_in(inputs, [])
     resident, sizes, weights = _resident_storages(module, in_tensors)
