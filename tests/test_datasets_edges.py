@@ -189,3 +189,17 @@ def test_stats_prints_the_diffusers_config_and_says_when_the_histogram_cuts_tail
     m.add(x)
     cut = tail_counts(m.result())
     assert cut["below"] == int((x < -4).sum()) and cut["above"] == int((x >= 4).sum()) and cut["outside"] > 0
+
+
+def test_issue20_11_cache_shards_and_json_honour_the_umask(tmp_path, cli):
+    data, out = tmp_path / "data", tmp_path / "cache"
+    make_images(data, 2)
+    old = os.umask(0o022)
+    try:
+        assert cli("cache", str(data), *FAST, "-o", str(out)).code == 0
+    finally:
+        os.umask(old)
+    written = [*out.glob("shards/*.safetensors"), out / "cache.json"]
+    assert len(written) >= 2
+    for path in written:  # safetensors' save_file makes its temp file 0600; the published file is 0644
+        assert path.stat().st_mode & 0o777 == 0o644, path

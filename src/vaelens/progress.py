@@ -126,3 +126,8 @@ def progress_bar(
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(description, total=total)
         yield _Rich(progress, task, description, unit)
+
+
+def null_bar() -> Bar:
+    """A Bar that does nothing (for library calls made without progress)."""
+    return _Null()

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from vaelens.cli._io import add_force, add_quiet, bar_enabled, check_outputs, expand_images, weights_inputs
+from vaelens.cli._io import add_force, add_quiet, bar_enabled, check_outputs, weights_inputs
 from vaelens.cli._vaeargs import load_from_args
 from vaelens.cli.common import add_json, emit_json, warn
 from vaelens.errors import VaeLensError
 from vaelens.options import parse_size
+from vaelens.run.inputs import expand
 
 DESCRIPTION = (
     "Run the VAE in fp32 on your images and record |x| per layer; emulate fp16 and bf16 (every operation's "
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from vaelens.progress import progress_bar
     from vaelens.render.precision import plot_precision, precision_json, render_precision
 
-    images = expand_images(args.image)
+    images = expand(args.image)
     if not images:
         raise VaeLensError(f"IMAGE {' '.join(args.image)!r} names no image file")
     if args.plot:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from vaelens.errors import VaeLensError
+from vaelens.outputs import publish
 
 FORMAT = "vaelens.cache/1"
 MARKER = ".vaelens-cache"
@@ -48,7 +49,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    publish(tmp, path)
     _fsync_dir(path.parent)
 
 
@@ -274,7 +275,7 @@ class ShardWriter:
         save_file(tensors, str(tmp), metadata={"format": SHARD_FORMAT, "records": json.dumps(records)})
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, self.out / rel)
+        publish(tmp, self.out / rel)  # the umask's mode, not save_file's 0600 (issue 20 item 11)
         _fsync_dir(self.out / "shards")
         extra = {"shard_bytes": (self.out / rel).stat().st_size, "shard_sha256": file_sha256(self.out / rel)}
         _append_lines(self.out / "manifest.jsonl", [{**r, **extra} for r in records])

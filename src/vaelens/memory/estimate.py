@@ -31,7 +31,6 @@ from typing import Any
 from vaelens.errors import VaeLensError
 from vaelens.memory.allocator import SMALL_SIZE
 from vaelens.memory.context import MetaContext
-from vaelens.memory.context import apply_modes as _apply_modes  # noqa: F401  (memory/measure.py imports it here)
 from vaelens.memory.rules import RULES
 from vaelens.memory.simulate import compile_trace, min_device_bytes, run
 from vaelens.options import DType, PixelRequest

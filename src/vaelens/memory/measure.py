@@ -125,7 +125,7 @@ class _Session:
         import torch
 
         from vaelens.build import build_module
-        from vaelens.memory.estimate import _apply_modes
+        from vaelens.memory.context import apply_modes
 
         target = torch.device(device)
         if target.type == "cuda":
@@ -134,7 +134,7 @@ class _Session:
         self.torch = torch
         self.op = op
         self.module = build_module(dict(config), device="cpu", dtype=DType.FP32).to(target, dtype.torch).eval()
-        _apply_modes(self.module, tiled, sliced)
+        apply_modes(self.module, tiled, sliced)
         self.x = torch.randn(tuple(shape), device=target, dtype=dtype.torch)
         self.output_shape: tuple[int, ...] = ()
 

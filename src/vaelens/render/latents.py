@@ -32,7 +32,7 @@ def plot_inspection(insp: LatentInspection, prefix: str | Path, *, index: int) -
 
 
 def inspect_json(insp: LatentInspection, *, source: str, grid: GridInfo, files: dict[str, str]) -> dict[str, Any]:
-    """`vaelens inspect --json`. The image/file warnings are under `warnings` (and, until 0.2, `notes`)."""
+    """`vaelens inspect --json`. The image/file warnings are under `warnings`."""
     return {
         "input": source,
         "family": insp.family,
@@ -44,7 +44,6 @@ def inspect_json(insp: LatentInspection, *, source: str, grid: GridInfo, files: 
         "rgb_approximation": insp.projection.to_json() if insp.projection else None,
         "files": files,
         "warnings": list(insp.warnings),
-        "notes": list(insp.warnings),  # the old name, kept for scripts written against 0.1
     }
 
 

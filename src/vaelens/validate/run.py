@@ -15,7 +15,8 @@ from dataclasses import fields
 from typing import Any
 
 from vaelens.families import FamilySpec
-from vaelens.memory.estimate import CUDA_CONTEXT_BYTES, TraceCache, estimate_memory
+from vaelens.memory.context import MetaContext
+from vaelens.memory.estimate import CUDA_CONTEXT_BYTES, estimate_memory
 from vaelens.memory.measure import min_device_cap
 from vaelens.progress import ProgressFn
 from vaelens.render.tables import human_bytes
@@ -88,7 +89,7 @@ class _Runner:
 
     def __init__(self, backend: Backend | None) -> None:
         self.backend = backend
-        self.cache = TraceCache()
+        self.contexts: dict[tuple[str, Any], MetaContext] = {}  # one meta module per family and dtype
         self.warnings: list[str] = []
         self._emulation: Any = None
 
@@ -99,7 +100,10 @@ class _Runner:
         return handler(case)
 
     def _estimate(self, case: Case):
-        return estimate_memory(case.spec, case.request, op=case.op, cache=self.cache)
+        key = (case.spec.name, case.request.dtype)
+        if key not in self.contexts:
+            self.contexts[key] = MetaContext.of(case.spec, case.request.dtype)
+        return estimate_memory(self.contexts[key], case.request, op=case.op)
 
     def _skip_unfit(self, case: Case, need: int, predicted: dict[str, Any]) -> Row | None:
         free = self.backend.free_bytes() if self.backend is not None else None
