@@ -124,7 +124,7 @@ def test_16_bit_colour_png_is_flagged(tmp_path):
     )
     (tmp_path / "rgb16.png").write_bytes(png)
     arr, info = read_image(tmp_path / "rgb16.png")
-    assert any("16-bit colour PNG read at 8 bits" in n for n in info.notes)
+    assert any("16-bit colour PNG read at 8 bits" in n for n in info.warnings)
     np.testing.assert_allclose(arr * 255, (a >> 8).astype(np.float32), atol=1e-3)  # Pillow keeps the high byte
 
 

@@ -45,13 +45,13 @@ def test_animated_gif_says_frame_0_is_used(tmp_path):
     frames = [Image.new("RGB", (8, 8), (60 * i, 0, 0)) for i in range(3)]
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
     _, info = read_image(tmp_path / "a.gif")
-    assert any("3 frames; frame 0 used" in n for n in info.notes)
+    assert any("3 frames; frame 0 used" in n for n in info.warnings)
 
 
 def test_cmyk_conversion_is_noted(tmp_path):
     Image.new("CMYK", (8, 8), (0, 255, 0, 0)).save(tmp_path / "c.jpg")
     _, info = read_image(tmp_path / "c.jpg")
-    assert any("CMYK converted to RGB" in n for n in info.notes)
+    assert any("CMYK converted to RGB" in n for n in info.warnings)
 
 
 def test_float_tiff_is_not_stretched(tmp_path):

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from vaelens.errors import VaeLensError
-from vaelens.memory.estimate import TraceCache, estimate_memory
+from vaelens.memory.context import MetaContext
+from vaelens.memory.estimate import estimate_memory
 from vaelens.memory.measure import (
     Measured,
     Probe,
@@ -30,7 +31,7 @@ from vaelens.validate.tolerances import Rule, judge
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
-_CACHE = TraceCache()
+_CONTEXTS: dict = {}  # one meta module per family and dtype, shared by the fake backend's calls
 
 
 @dataclass
@@ -61,7 +62,10 @@ class FakeBackend:
 
     def measure_peak(self, case, input_shape) -> Measured:
         self._maybe_raise("peak")
-        est = estimate_memory(case.spec, case.request, op=case.op, cache=_CACHE)
+        key = (case.spec.name, case.request.dtype)
+        if key not in _CONTEXTS:
+            _CONTEXTS[key] = MetaContext.of(case.spec, case.request.dtype)
+        est = estimate_memory(_CONTEXTS[key], case.request, op=case.op)
         assert tuple(input_shape) == tuple(est.input_shape)
         self._need_bytes = int(est.min_device_bytes * self.need)
         return Measured(peak_bytes=int(est.peak_bytes * self.peak),

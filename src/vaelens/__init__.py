@@ -103,7 +103,7 @@ def __dir__() -> list[str]:
 
 
 def __getattr__(name: str) -> Any:
-    """A public name loads its module on first use; a submodule (vaelens.codec, vaelens.latents, …) too."""
+    """A public name loads its module on first use; a submodule (vaelens.run, vaelens.latents, …) too."""
     if name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
         globals()[name] = value

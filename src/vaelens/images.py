@@ -31,11 +31,6 @@ class ImageInfo:
     exif_transposed: bool = False
     warnings: tuple[str, ...] = ()
 
-    @property
-    def notes(self) -> tuple[str, ...]:
-        """The old name of `warnings` (kept until 0.2)."""
-        return self.warnings
-
     def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path,
@@ -47,7 +42,6 @@ class ImageInfo:
             "alpha": self.alpha,
             "exif_transposed": self.exif_transposed,
             "warnings": list(self.warnings),
-            "notes": list(self.warnings),  # the old name of "warnings", kept until 0.2
         }
 
 

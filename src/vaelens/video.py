@@ -39,11 +39,6 @@ class VideoInfo:
     codec: str
     warnings: tuple[str, ...] = ()
 
-    @property
-    def notes(self) -> tuple[str, ...]:
-        """The old name of `warnings` (kept until 0.2)."""
-        return self.warnings
-
     def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path,
@@ -53,7 +48,6 @@ class VideoInfo:
             "size": list(self.size),
             "codec": self.codec,
             "warnings": list(self.warnings),
-            "notes": list(self.warnings),  # the old name of "warnings", kept until 0.2
         }
 
 
