@@ -202,3 +202,27 @@ def test_untiled_prediction_on_rows_the_fit_did_not_see():
     for row in held_out:
         ratio = row["seconds_median"] / untiled_seconds(_trace(row), "h100")
         assert 1 / 1.75 < ratio < 1.75, (row["op"], row["dtype"], row["shape"], ratio)
+
+
+def test_gpu_benchmark_runs_on_cpu(tmp_path):
+    """benchmarks/tiled_gpu.py --device cpu --quick: every method runs, the exact tiles match untiled,
+    each plan's predicted peak is inside its budget, and the JSONL holds one line per row of the table."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu.jsonl"
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "tiled_gpu.py"), "--device", "cpu", "--quick",
+                        "--sizes", "128", "--budgets", "x0.3,x3", "--jsonl", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=root)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["method"] for row in rows] == ["untiled", "diffusers enable_tiling", "vaelens x0.3", "vaelens x3"]
+    assert all(row["error"] is None and row["seconds"] > 0 for row in rows)
+    assert rows[0]["predicted_seconds"] > 0
+    tiled = rows[2]
+    assert tiled["plan_method"] == "exact" and tiled["transfer_bytes"] is not None
+    for row in rows[2:]:
+        assert row["predicted_peak_bytes"] <= row["budget_bytes"]
+        assert row["psnr_db"] == "inf" or row["psnr_db"] >= 60
+    assert "vaelens x0.3" in r.stdout and "PSNR dB" in r.stdout
