@@ -226,3 +226,39 @@ def test_gpu_benchmark_runs_on_cpu(tmp_path):
         assert row["predicted_peak_bytes"] <= row["budget_bytes"]
         assert row["psnr_db"] == "inf" or row["psnr_db"] >= 60
     assert "vaelens x0.3" in r.stdout and "PSNR dB" in r.stdout
+
+
+def test_cpu_benchmark_measures_rss_above_the_loaded_model(tmp_path, monkeypatch):
+    """benchmarks/tiled_cpu.py's child run (in this process, as main runs it in a fresh one), untiled and
+    at a budget: the RSS rise, the bound budget + host_bytes + 10%, the PSNR vs untiled, the table."""
+    import argparse
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tiled_cpu.py"
+    spec = importlib.util.spec_from_file_location("tiled_cpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setitem(bench.REDUCED_SD, "block_out_channels", [8, 16, 32, 32])
+    monkeypatch.setitem(bench.REDUCED_SD, "norm_num_groups", 8)
+    from vaelens.tiling import plan_tiling
+
+    probe = plan_tiling(bench.REDUCED_SD, (1, 4, 8, 12), "fp32", budget=1 << 50, op="decode")
+    budget = bench.budget_bytes("x0.3", probe)
+    assert budget == int(probe.weights_bytes + probe.input_bytes
+                         + 0.3 * (probe.untiled_peak_bytes - probe.weights_bytes - probe.input_bytes))
+    rows, outs = [], []
+    for i, (name, nbytes) in enumerate([("untiled", 0), ("x0.3", budget)]):
+        out = tmp_path / f"out{i}.pt"
+        args = argparse.Namespace(hw=(64, 96), budget=name, budget_bytes=nbytes, out=str(out))
+        row = bench.child(args)
+        outs.append(torch.load(out))
+        rows.append(bench.finish(row, nbytes, outs[-1], outs[0]))
+    untiled, tiled = rows
+    assert untiled["rss_above_baseline"] >= 0 and "bound" not in untiled
+    assert tiled["method"] == "exact" and tiled["predicted_peak_bytes"] <= budget
+    assert tiled["rss_above_baseline"] == tiled["peak_rss"] - tiled["baseline_rss"] >= 0
+    assert tiled["bound"] == int((budget + tiled["host_bytes"]) * 1.1)
+    assert tiled["holds"] == (tiled["rss_above_baseline"] <= tiled["bound"])
+    assert tiled["psnr_db"] >= 60
+    table = bench.render(rows)
+    assert "RSS above baseline" in table and "x0.3" in table
