@@ -157,6 +157,14 @@ def test_detect_profile_falls_back_with_a_warning(monkeypatch):
     assert detect_profile("cpu").name == "cpu"
 
 
+def test_detect_profile_of_a_meta_plan_is_this_machine(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert detect_profile("meta").name == detect_profile(None).name == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-PCIE-40GB")
+    assert detect_profile("meta").name == detect_profile(None).name == "a100"
+
+
 def _trace(row):
     dt = DType.parse(row["dtype"])
     module = build_module(SDKL, device="meta", dtype=dt)

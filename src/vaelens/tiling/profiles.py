@@ -233,12 +233,15 @@ def detect_profile(device: Any = None) -> DeviceProfile:
     """torch device (or 'cuda:0', 'cpu', None = the current CUDA device if any) -> the matching profile.
 
     A CUDA device is matched by its name (torch.cuda.get_device_name); an unknown GPU gets the h100
-    profile with a warning naming the profiles to choose from. A CPU device gets the cpu profile.
+    profile with a warning naming the profiles to choose from. A CPU device gets the cpu profile. None
+    and 'meta' (a plan made without weights) mean the machine this runs on: its CUDA device if it has
+    one, else the cpu profile.
     """
     import torch
 
-    dev = torch.device(device) if device is not None else (
-        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    dev = torch.device(device) if device is not None else torch.device("meta")
+    if dev.type == "meta":
+        dev = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     if dev.type != "cuda":
         return CPU
     gpu = torch.cuda.get_device_name(dev)
