@@ -9,7 +9,7 @@ depend on weight values) at 2048² and 4096² in bf16, and budgets 4 / 8 / 24 Gi
   `max_memory_reserved` vs the budget and the plan's predicted peak, wall time vs untiled and vs diffusers,
   measured vs predicted seconds (plan.predicted_seconds; the untiled prediction from the time model,
   vaelens.tiling.cost.untiled_seconds, on the device profile), PSNR vs untiled, and the plan's
-  transfer_bytes / host_bytes (a plan without those fields prints "-").
+  transfer_bytes / host_bytes beside what the run counted (a version without those figures prints "-").
 
 Memory figures are absolute (weights + input + working set, as a budget counts them), after
 `torch.cuda.empty_cache()` and `reset_peak_memory_stats()`; outputs kept for PSNR live on the CPU. Every
@@ -115,6 +115,18 @@ def predicted_untiled(module: Any, z: torch.Tensor, dtype: DType, profile: Any) 
     return untiled_seconds(trace, profile)
 
 
+def counted_decode(module: Any, z: torch.Tensor, plan: Any, counts: list) -> torch.Tensor:
+    """vaelens' decode under `plan`; `counts` gets the run's RunCounts (bytes it really moved) where this
+    version of vaelens reports them (run_plan's `counts=`), else stays empty."""
+    import inspect
+
+    from vaelens.tiling.api import run_plan
+
+    if "counts" not in inspect.signature(run_plan).parameters:
+        return decode(module, z, plan=plan)
+    return run_plan(module, plan, module.decode, z, counts=counts).sample
+
+
 def plan_figure(plan: Any, name: str) -> Any:
     """A plan field that may not exist in this version of vaelens -> its value or None."""
     return getattr(plan, name, None)
@@ -170,8 +182,13 @@ def one_size(dev: Device, module: Any, dtype: DType, latent_hw: tuple[int, int],
         t0 = time.perf_counter()
         plan = plan_tiling(module, tuple(z.shape), dtype, budget=budget, op="decode")
         plan_seconds = time.perf_counter() - t0
-        res = dev.run(lambda plan=plan: decode(module, z, plan=plan))
+        counts: list = []
+        res = dev.run(lambda plan=plan, counts=counts: counted_decode(module, z, plan, counts))
+        measured = counts[0] if counts else None
         record(f"vaelens {text}", res, ref, budget_bytes=budget, plan_method=plan.method, tiles=plan.tiles,
+               measured_transfer_bytes=getattr(measured, "transfer_bytes", None),
+               measured_host_bytes=getattr(measured, "host_peak_bytes", None),
+               run_warnings=list(getattr(measured, "warnings", ())),
                tile_shape=list(plan.tile_shape) if plan.tile_shape else None,
                predicted_peak_bytes=plan.predicted_peak_bytes,
                transfer_bytes=plan_figure(plan, "transfer_bytes"), host_bytes=plan_figure(plan, "host_bytes"),
@@ -197,7 +214,7 @@ def _tiles(r: dict[str, Any]) -> str:
 def render(rows: list[dict[str, Any]]) -> str:
     """The rows as one plain-text table (times in seconds)."""
     head = ("size", "method", "tiles", "budget", "pred peak", "max alloc", "max resv", "seconds",
-            "÷ untiled", "÷ diffusers", "predicted s", "PSNR dB", "transfer", "host")
+            "÷ untiled", "÷ diffusers", "predicted s", "PSNR dB", "transfer plan / run", "host plan / run")
     lines = []
     untiled = {r["size"]: r.get("seconds") for r in rows if r["method"] == "untiled"}
     diff = {r["size"]: r.get("seconds") for r in rows if r["method"] == "diffusers enable_tiling"}
@@ -211,7 +228,8 @@ def render(rows: list[dict[str, Any]]) -> str:
             f"{sec / u:.2f}" if sec and u else "-", f"{sec / d:.2f}" if sec and d else "-",
             _s(r.get("predicted_seconds")),
             "-" if r.get("psnr_db") is None else ("inf" if math.isinf(r["psnr_db"]) else f"{r['psnr_db']:.1f}"),
-            _gib(r.get("transfer_bytes")), _gib(r.get("host_bytes")),
+            f"{_gib(r.get('transfer_bytes'))} / {_gib(r.get('measured_transfer_bytes'))}",
+            f"{_gib(r.get('host_bytes'))} / {_gib(r.get('measured_host_bytes'))}",
         ))
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)

@@ -230,6 +230,7 @@ def test_gpu_benchmark_runs_on_cpu(tmp_path):
     assert rows[0]["predicted_seconds"] > 0
     tiled = rows[2]
     assert tiled["plan_method"] == "exact" and tiled["transfer_bytes"] is not None
+    assert "measured_transfer_bytes" in tiled and "measured_host_bytes" in tiled
     for row in rows[2:]:
         assert row["predicted_peak_bytes"] <= row["budget_bytes"]
         assert row["psnr_db"] == "inf" or row["psnr_db"] >= 60
