@@ -34,6 +34,7 @@ import torch
 
 import vaelens.memory.estimate  # noqa: F401  (import order: memory before trace)
 from vaelens.build import build_module, quiet_diffusers
+from vaelens.errors import VaeLensError
 from vaelens.families import get_family
 from vaelens.options import DType, parse_bytes
 from vaelens.render.tables import human_bytes
@@ -180,7 +181,13 @@ def one_size(dev: Device, module: Any, dtype: DType, latent_hw: tuple[int, int],
         if late(f"vaelens {text}"):
             continue
         t0 = time.perf_counter()
-        plan = plan_tiling(module, tuple(z.shape), dtype, budget=budget, op="decode")
+        try:
+            plan = plan_tiling(module, tuple(z.shape), dtype, budget=budget, op="decode")
+        except VaeLensError as exc:  # a budget nothing fits: say so in the table, go on with the next
+            needed = getattr(exc, "needed_bytes", None)
+            rows.append({**base, "method": f"vaelens {text}", "budget_bytes": budget, "message": str(exc),
+                         "error": f"refused (needs {human_bytes(needed)})" if needed else "refused"})
+            continue
         plan_seconds = time.perf_counter() - t0
         counts: list = []
         res = dev.run(lambda plan=plan, counts=counts: counted_decode(module, z, plan, counts))
@@ -275,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         module.decode(warm)
     small = plan_tiling(module, tuple(warm.shape), dtype, budget=1 << 50, op="decode")
-    dev.run(lambda: decode(module, warm, budget=parse_budget("x0.4", small)))
+    try:
+        dev.run(lambda: decode(module, warm, budget=parse_budget("x0.4", small)))
+    except VaeLensError:
+        pass  # no tiling fits this small warm-up budget: the first real run warms the tiler instead
     rows: list[dict[str, Any]] = []
     for hw in shapes:
         one_size(dev, module, dtype, hw, budgets, profile, start + args.max_seconds, rows)
