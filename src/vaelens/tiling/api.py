@@ -97,8 +97,9 @@ def run_plan(module: Any, plan: TilingPlan, method: Any, x: Any, *args: Any, cou
         if prev is not None:
             module.use_tiling = False  # the exact path must not take diffusers' blended tiles
         device = next(iter(module.parameters())).device
-        out = run_tiled(module, lambda: method(x.to(device), *args, **kwargs), fraction=plan.fraction,
-                        decisions=plan.decisions, spill_dir=spill_dir, counts=counts)
+        xd = x.to(device)
+        out = run_tiled(module, lambda: method(xd, *args, **kwargs), fraction=plan.fraction,
+                        decisions=plan.decisions, spill_dir=spill_dir, counts=counts, inputs=[xd])
         return _move(out, x.device)
     finally:
         if prev is not None:

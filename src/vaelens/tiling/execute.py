@@ -26,6 +26,7 @@ tile's device work and the residency events, instead of looping over tiles.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -82,6 +83,7 @@ class StepRecord:
     inputs: list[Any]  # meta tensors on the device for that tile
     tiles: int
     whole: bool = False  # an operation run whole (its inputs are resident buffers, not tile copies)
+    working: int = 0  # device bytes it needs beyond resident buffers (priced as soon as it is recorded)
 
 
 @dataclass(slots=True)
@@ -92,6 +94,7 @@ class Recorder:
     halo: int = 0
     conv_macs: int = 0  # multiply-accumulates of every convolution (the same tiled or not)
     extra_elements: int = 0  # elements read again by tiling (GroupNorm statistics passes)
+    price: Callable[[StepRecord], int] | None = None  # step -> its working bytes (the memory model)
 
 
 class Executor:
@@ -137,6 +140,9 @@ class Executor:
 
     def _record(self, step: StepRecord) -> None:
         assert self.recorder is not None
+        if self.recorder.price is not None:
+            step.working = self.recorder.price(step)
+        step.fn, step.inputs = None, []  # holding them would keep the run's tensors alive past their death
         self.recorder.steps.append(step)
         ev = self.res.current
         if ev is not None:
@@ -357,12 +363,13 @@ class RunCounts:
 def run_tiled(module: torch.nn.Module, call: Callable[[], Any], *, fraction: tuple[float, float],
               recorder: Recorder | None = None, decisions: Sequence[Decision] | None = None,
               residency: Residency | None = None, spill_dir: Any = None,
-              counts: list[RunCounts] | None = None) -> Any:
+              counts: list[RunCounts] | None = None, inputs: Sequence[torch.Tensor] = ()) -> Any:
     """Run call() (a method of `module` on device-resident inputs) with every operation tiled.
 
     Planning: `recorder` set, `decisions` None (nothing moves; the events are recorded in `residency`).
     A run: `decisions` from the plan's schedule (None: nothing is spilled — the budget is the caller's
-    concern). -> what call() returns, its tensors on the module's device; `counts` gets the RunCounts."""
+    concern). `inputs`: the caller's tensors, on the device again at the end as they were given.
+    -> what call() returns, its tensors on the module's device; `counts` gets the RunCounts."""
     device = next(iter(module.parameters())).device
     weights = weight_ids(module)
     if residency is None:
@@ -371,19 +378,23 @@ def run_tiled(module: torch.nn.Module, call: Callable[[], Any], *, fraction: tup
         residency = Residency(device=device, weights=weights, decisions=decisions, spill_dir=spill_dir,
                               pin=True)
     ex = Executor(device=device, fraction=fraction, weights=weights, residency=residency, recorder=recorder)
+    collecting = gc.isenabled()
+    gc.disable()  # deaths by reference count only: planning and the run see them at the same events
     try:
         with TiledMode(ex):
             out = call()
-            residency.begin("return", "return")
-            for t in output_tensors(out):
-                if id(t) not in weights:
-                    residency.need(t)
-            residency.end()
+        residency.begin("return", "return")  # outside the mode: its copies are the executor's own
+        for t in (*output_tensors(out), *inputs):
+            if id(t) not in weights:
+                residency.need(t)
+        residency.end()
         if counts is not None:
             counts.append(RunCounts(h2d_bytes=residency.h2d_bytes, d2h_bytes=residency.d2h_bytes,
                                     host_peak_bytes=residency.host_peak, warnings=tuple(residency.warnings)))
         return out
     finally:
+        if collecting:
+            gc.enable()
         if recorder is None:
             residency.close()
 

@@ -148,17 +148,27 @@ def _dtype_of(t: Any) -> DType:
 
 
 class _Step:
-    """A device step as a module, so the tracer and the allocator model can price it."""
+    """A device step as a module, so the tracer and the allocator model can price it. One class for all
+    steps: a class made per call would sit in a reference cycle and keep the step's tensors alive until
+    the garbage collector runs, and the residency events need deaths where the run has them."""
 
     @staticmethod
     def module(fn: Any):
         import torch
 
-        class StepModule(torch.nn.Module):
-            def forward(self, *xs: Any) -> Any:
-                return fn(*xs)
+        global _StepModule
+        if _StepModule is None:
+            class StepModule(torch.nn.Module):
+                def forward(self, *xs: Any) -> Any:
+                    return self.fn(*xs)
 
-        return StepModule()
+            _StepModule = StepModule
+        m = _StepModule()
+        m.fn = fn
+        return m
+
+
+_StepModule: Any = None
 
 
 class _Pricer:
@@ -175,7 +185,9 @@ class _Pricer:
             from vaelens.memory.rules import RULES
             from vaelens.trace import trace_module
 
-            tr = trace_module(_Step.module(step.fn), step.inputs, detail=RULES.keys())
+            module = _Step.module(step.fn)
+            tr = trace_module(module, step.inputs, detail=RULES.keys())
+            module.fn = None
             inputs = sum(round_block(t.numel() * t.element_size()) for t in step.inputs)
             self.cache[step.key] = (inputs, _high(simulate(tr)))
         return self.cache[step.key]
@@ -214,16 +226,17 @@ def _evaluate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: t
     from vaelens.tiling.residency import Residency
     from vaelens.tiling.schedule import schedule
 
-    rec = Recorder()
+    rec = Recorder(price=pricer.working)
     res = Residency(device=torch.device("meta"), weights=weight_ids(meta), decisions=None)
+    x = torch.empty(shape, device="meta", dtype=dt.torch)  # made outside the mode, as a caller's input is
     with torch.inference_mode():
-        run_tiled(meta, lambda: getattr(meta, op)(torch.empty(shape, device="meta", dtype=dt.torch)),
-                  fraction=fraction, recorder=rec, residency=res)
+        run_tiled(meta, lambda x=x: getattr(meta, op)(x), fraction=fraction, recorder=rec, residency=res,
+                  inputs=[x])
     res.close()
     working, best, kind, tiled = [], 0, "", False
     for ev in res.events:
         step = rec.steps[ev.step] if ev.step is not None else None
-        ws = pricer.working(step) if step is not None else 0
+        ws = step.working if step is not None else 0
         working.append(ws)
         if step is not None:
             tiled = tiled or step.tiles > 1
