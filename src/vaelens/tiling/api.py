@@ -99,7 +99,8 @@ def run_plan(module: Any, plan: TilingPlan, method: Any, x: Any, *args: Any, cou
         device = next(iter(module.parameters())).device
         xd = x.to(device)
         out = run_tiled(module, lambda: method(xd, *args, **kwargs), fraction=plan.fraction,
-                        decisions=plan.decisions, spill_dir=spill_dir, counts=counts, inputs=[xd])
+                        decisions=plan.decisions, spill_dir=spill_dir, counts=counts, inputs=[xd],
+                        inplace=plan.inplace_events)
         return _move(out, x.device)
     finally:
         if prev is not None:

@@ -303,15 +303,31 @@ class Executor:
 
         def store(r: Region, res: torch.Tensor) -> None:
             if not holder:
-                if inplace:
-                    holder.append(args[0])
-                    self.res.writes(args[0])
+                reuse = args[0] if inplace else self._reusable([flat[i] for i in slots], shape, res.dtype)
+                if reuse is not None:
+                    holder.append(reuse)
+                    self.res.writes(reuse)
                 else:
                     holder.append(self.new_output(shape, res.dtype))
             self.put(holder[0], (Ellipsis, *(slice(a, b) for a, b in r)), res)
 
         self.loop(f"pointwise:{name}", (name,), regs, load, fn, store)
         return holder[0]
+
+    def _reusable(self, ins: list[torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+        """An input whose buffer the plan lets this pointwise operation overwrite: the operation is its last
+        use (planning marks the candidate; the plan's second recording and the run reuse it)."""
+        for t in ins:
+            if (id(t) in self.weights or tuple(t.shape) != shape or t.dtype != dtype or not t.is_contiguous()
+                    or t.storage_offset() != 0 or t.untyped_storage().nbytes() != t.numel() * t.element_size()):
+                continue
+            b = self.res.buf(t)
+            if b is None:
+                continue
+            if self.res.current is not None and self.res.current.reuse is None:
+                self.res.current.reuse = b.index
+            return t if (self.res.k - 1) in self.res.inplace else None
+        return None
 
     def cast(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if x.dtype == dtype:
@@ -363,7 +379,8 @@ class RunCounts:
 def run_tiled(module: torch.nn.Module, call: Callable[[], Any], *, fraction: tuple[float, float],
               recorder: Recorder | None = None, decisions: Sequence[Decision] | None = None,
               residency: Residency | None = None, spill_dir: Any = None,
-              counts: list[RunCounts] | None = None, inputs: Sequence[torch.Tensor] = ()) -> Any:
+              counts: list[RunCounts] | None = None, inputs: Sequence[torch.Tensor] = (),
+              inplace: frozenset[int] = frozenset()) -> Any:
     """Run call() (a method of `module` on device-resident inputs) with every operation tiled.
 
     Planning: `recorder` set, `decisions` None (nothing moves; the events are recorded in `residency`).
@@ -377,6 +394,7 @@ def run_tiled(module: torch.nn.Module, call: Callable[[], Any], *, fraction: tup
             decisions = _never_spill()
         residency = Residency(device=device, weights=weights, decisions=decisions, spill_dir=spill_dir,
                               pin=True)
+        residency.inplace = inplace
     ex = Executor(device=device, fraction=fraction, weights=weights, residency=residency, recorder=recorder)
     collecting = gc.isenabled()
     gc.disable()  # deaths by reference count only: planning and the run see them at the same events

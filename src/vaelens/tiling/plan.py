@@ -58,6 +58,7 @@ class TilingPlan:
     approximate_reason: str | None = None
     # the schedule's decision before each device visit (vaelens.tiling.schedule); the run replays it
     decisions: tuple = ()
+    inplace_events: frozenset[int] = frozenset()  # device visits whose pointwise output overwrites its input
     whole_ops: frozenset[tuple] = frozenset()  # kept for callers that read it; the schedule decides residency
 
     @property
@@ -209,6 +210,7 @@ class _Eval:
     seconds: float
     events: int
     tiled: bool = True  # some operation runs in more than one tile
+    inplace: frozenset[int] = frozenset()
 
     @property
     def fits(self) -> bool:
@@ -226,13 +228,27 @@ def _evaluate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: t
     from vaelens.tiling.residency import Residency
     from vaelens.tiling.schedule import schedule
 
-    rec = Recorder(price=pricer.working)
-    res = Residency(device=torch.device("meta"), weights=weight_ids(meta), decisions=None)
-    x = torch.empty(shape, device="meta", dtype=dt.torch)  # made outside the mode, as a caller's input is
-    with torch.inference_mode():
-        run_tiled(meta, lambda x=x: getattr(meta, op)(x), fraction=fraction, recorder=rec, residency=res,
-                  inputs=[x])
-    res.close()
+    def record(inplace: frozenset[int]) -> tuple[Recorder, Residency]:
+        rec = Recorder(price=pricer.working)
+        res = Residency(device=torch.device("meta"), weights=weight_ids(meta), decisions=None)
+        res.inplace = inplace
+        x = torch.empty(shape, device="meta", dtype=dt.torch)  # made outside the mode, as a caller's input is
+        with torch.inference_mode():
+            run_tiled(meta, lambda x=x: getattr(meta, op)(x), fraction=fraction, recorder=rec, residency=res,
+                      inputs=[x])
+        res.close()
+        return rec, res
+
+    rec, res = record(frozenset())
+    last: dict[int, int] = {}
+    for j, ev in enumerate(res.events):
+        for b in (*ev.uses, *(() if ev.out is None else (ev.out,))):
+            last[b] = j
+    # A pointwise operation that is the last reader of an input of its shape and dtype writes over it
+    # (GroupNorm apply, SiLU, residual adds): no second full-size map. Recorded again with those reuses.
+    inplace = frozenset(j for j, ev in enumerate(res.events) if ev.reuse is not None and last.get(ev.reuse) == j)
+    if inplace:
+        rec, res = record(inplace)
     working, best, kind, tiled = [], 0, "", False
     for ev in res.events:
         step = rec.steps[ev.step] if ev.step is not None else None
@@ -248,7 +264,8 @@ def _evaluate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: t
                       pinned=False) for ev, h, d in zip(res.events, sched.h2d, sched.d2h, strict=True)]
     extra = 3 * rec.extra_elements / max(1, 2 * rec.conv_macs)
     return _Eval(need=sched.need, peak=sched.device_peak, peak_step=kind, halo=rec.halo, extra=extra,
-                 schedule=sched, seconds=predict_seconds(steps, profile, dt), events=len(res.events), tiled=tiled)
+                 schedule=sched, seconds=predict_seconds(steps, profile, dt), events=len(res.events), tiled=tiled,
+                 inplace=inplace)
 
 
 def _untiled(meta: Any, op: str, shape: tuple[int, ...], dt: DType, *, tiled: bool = False):
@@ -346,7 +363,8 @@ def plan_tiling(vae: Any, shape: tuple[int, ...], dtype: DType | str | None = No
     return TilingPlan(**common, method=EXACT, tile_shape=tshape, tiles=count((height, width), tshape),
                       halo=chosen.halo, fraction=fraction, predicted_peak_bytes=chosen.peak,
                       transfer_bytes=sched.transfer_bytes, host_bytes=sched.host_bytes, extra_compute=chosen.extra,
-                      peak_step=chosen.peak_step, predicted_seconds=chosen.seconds, decisions=sched.decisions)
+                      peak_step=chosen.peak_step, predicted_seconds=chosen.seconds, decisions=sched.decisions,
+                      inplace_events=chosen.inplace)
 
 
 def _device_of(vae: Any) -> Any:
@@ -382,7 +400,7 @@ def _search(ev: Any, kmax: int, budget_bytes: int, tile: int | None, factor: int
             best, worse = k, 0
         else:
             worse += 1
-            if worse >= 2:  # smaller tiles stopped paying
+            if worse >= 1:  # smaller tiles stopped paying
                 break
     if best is None:
         k = min(seen, key=lambda j: seen[j].need)

@@ -50,6 +50,7 @@ class Event:
     out: int | None = None  # the buffer a tiled event writes tile by tile
     out_bytes: int = 0  # bytes it writes there (all its tiles)
     step: int | None = None  # index of the recorded device step (its working set)
+    reuse: int | None = None  # a pointwise input buffer its output could overwrite (same shape and dtype)
     flops: float = 0.0
     conv_flops: float = 0.0
     device_bytes: int = 0
@@ -93,6 +94,7 @@ class Residency:
         self.closed = False
         self.pending: list[int] = []  # buffers first seen outside an event (a view of the caller's input)
         self._out_host = False
+        self.inplace: frozenset[int] = frozenset()  # events whose pointwise output overwrites its input
         self._files: list[Any] = []
 
     # ------------------------------------------------------------------ buffers
