@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import vaelens.memory.estimate  # noqa: F401  (imports trace and memory in the order they need)
-from vaelens.errors import VaeLensError
+from vaelens.errors import BudgetError, VaeLensError
 from vaelens.options import parse_bytes
 from vaelens.tiling import decode, disable_budgeted_vae, enable_budgeted_vae, encode, plan_tiling
 
@@ -93,6 +93,13 @@ def module(name: str) -> torch.nn.Module:
     return MODULES[name]
 
 
+def _one_tile_need(m, shape) -> int:
+    """The least budget of a one-tile plan (whole maps op by op, spilling to the host): below it, tiles."""
+    with pytest.raises(BudgetError) as err:
+        plan_tiling(m, shape, budget=1, tile=10**4)
+    return err.value.needed_bytes
+
+
 def _untiled(m, op: str, x):
     from vaelens.trace import call_op
     from vaelens.trace.records import Op
@@ -131,7 +138,7 @@ def test_a_budget_below_the_untiled_need_gives_several_tiles_and_the_same_pixels
     # needs less than the untiled call; a budget below even that forces spatial tiles.
     one = plan_tiling(m, tuple(z.shape), budget="80GiB", tile=10**4)
     assert one.method == "exact" and one.tiles == 1 and one.predicted_peak_bytes < full.untiled_peak_bytes
-    budget = one.predicted_peak_bytes - 1
+    budget = _one_tile_need(m, tuple(z.shape)) - 1  # below what one tile can run in, even spilling
     plan = plan_tiling(m, tuple(z.shape), budget=budget)
     assert plan.method == "exact" and plan.tiles > 1
     assert plan.predicted_peak_bytes <= budget < plan.untiled_peak_bytes
@@ -148,11 +155,13 @@ def test_a_hopeless_budget_is_one_line_naming_the_smallest_budget_that_works():
         plan_tiling(m, shape, budget="1KiB")
     msg = str(err.value)
     assert "\n" not in msg and "1.00 KiB" in msg and "smallest budget that works is" in msg
+    assert isinstance(err.value, BudgetError) and err.value.param == "budget" and err.value.value == 1024
     smallest = msg.rsplit("smallest budget that works is ", 1)[1]
-    plan = plan_tiling(m, shape, budget=smallest)  # the budget it names does work
-    assert plan.tiled and plan.predicted_peak_bytes <= parse_bytes(smallest)
-    with pytest.raises(VaeLensError, match="smallest budget"):  # one byte less than the least need
-        plan_tiling(m, shape, budget=plan.predicted_peak_bytes - 1)
+    assert parse_bytes(smallest) >= err.value.needed_bytes
+    plan = plan_tiling(m, shape, budget=err.value.needed_bytes)  # the budget it names does work
+    assert plan.tiled and plan.predicted_peak_bytes <= err.value.needed_bytes
+    with pytest.raises(BudgetError, match="smallest budget"):  # one byte less than the least need
+        plan_tiling(m, shape, budget=err.value.needed_bytes - 1)
 
 
 def test_enable_budgeted_vae_makes_the_modules_own_calls_exact_and_budgeted():
@@ -161,7 +170,7 @@ def test_enable_budgeted_vae_makes_the_modules_own_calls_exact_and_budgeted():
     x = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(5)) * 2 - 1
     with torch.no_grad():
         ref_pixels, ref_latent = m.decode(z).sample, m.encode(x).latent_dist.mode()
-    budget = plan_tiling(m, tuple(z.shape), budget="80GiB", tile=10**4).predicted_peak_bytes - 1
+    budget = _one_tile_need(m, tuple(z.shape)) - 1
     m.enable_tiling()  # a pipeline that had diffusers' tiling on: the budgeted path replaces it
     state = enable_budgeted_vae(m, budget=budget)
     with torch.no_grad():
@@ -196,8 +205,7 @@ def test_memory_budget_prints_the_tiling_plan(cli, tmp_path):
     cfg = {"_class_name": "AutoencoderKL", **KL_BLOCKS, "latent_channels": 4}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
-    need = plan_tiling(cfg, (1, 4, 48, 64), budget="80GiB", tile=10**4).predicted_peak_bytes
-    budget = f"{(need - 4096) // 1024}KiB"
+    budget = f"{(_one_tile_need(cfg, (1, 4, 48, 64)) - 4096) // 1024}KiB"
     res = cli("memory", str(path), "--size", "128x96", "--op", "decode", "--budget", budget)
     assert res.code == 0, res.err
     assert "exact tiles" in res.out and "tiles of" in res.out
@@ -210,8 +218,7 @@ def test_roundtrip_budget_runs_in_tiles_with_the_same_score(cli, tmp_path):
     from vaelens.weights.demo import load_demo_vae
 
     demo = load_demo_vae(device="cpu").module
-    need = plan_tiling(demo, (1, 4, 16, 24), budget="80GiB", tile=10**4).predicted_peak_bytes  # decode of 96x64
-    budget = f"{(need - 1024) // 1024}KiB"
+    budget = f"{(_one_tile_need(demo, (1, 4, 16, 24)) - 1024) // 1024}KiB"  # decode of 96x64
     base = ["roundtrip", "--size", "96x64", "--json", "--force"]
     plain = cli(*base, "-o", str(tmp_path / "a")).json()
     tiled = cli(*base, "-o", str(tmp_path / "b"), "--budget", budget).json()

@@ -35,10 +35,10 @@ def render_plan(plan: Any) -> str:
     h, w = plan.tile_shape or (0, 0)
     lines = [head + ("exact tiles" if plan.exact else "APPROXIMATE tiles")]
     if plan.exact:
-        whole = f"operations whose whole map fits run whole ({len(plan.whole_ops)} call shapes), the others tile"
-        lines.append(f"  {plan.tiles} tiles of {w}x{h} px at full resolution; {whole} their own map in the same "
-                     f"proportion (halo {plan.halo} px per convolution, GroupNorm statistics merged over tiles in "
-                     "float64)")
+        lines.append(f"  {plan.tiles} tiles of {w}x{h} px at full resolution; every operation tiles its own map in "
+                     f"the same proportion (halo {plan.halo} px per convolution, GroupNorm statistics merged over "
+                     "tiles in float64); full-size maps stay on the device while they fit, the one used farthest "
+                     "ahead goes to host memory when they do not")
     else:
         lines.append(f"  {plan.approximate_reason}")
         lines.append(f"  {plan.tiles} tiles of {w}x{h} px")
@@ -46,8 +46,13 @@ def render_plan(plan: Any) -> str:
                  f"{human_bytes(plan.weights_bytes)} + input {human_bytes(plan.input_bytes)} + largest step: "
                  f"{plan.peak_step}); untiled needs {human_bytes(plan.untiled_peak_bytes)}")
     if plan.exact:
-        lines.append(f"  host memory for full-size intermediates {human_bytes(plan.host_bytes)}; host<->device traffic "
-                     f"up to {human_bytes(plan.transfer_bytes)}; extra compute +{plan.extra_compute:.3%}")
+        lines.append(f"  host memory for spilled maps {human_bytes(plan.host_bytes)}; host<->device copies "
+                     f"{human_bytes(plan.transfer_bytes)}; extra compute +{plan.extra_compute:.3%}")
+    if plan.predicted_seconds is not None:
+        untiled = (f"untiled {plan.untiled_seconds:.3g} s" if plan.untiled_seconds is not None
+                   else "untiled does not fit the device")
+        lines.append(f"  predicted time on the {plan.device_profile} profile {plan.predicted_seconds:.3g} s "
+                     f"({untiled})")
     return "\n".join(lines)
 
 

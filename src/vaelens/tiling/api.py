@@ -79,11 +79,11 @@ def _plan_for(module: Any, state: BudgetState, op: str, x: Any) -> TilingPlan:
     return state.cache[key]
 
 
-def run_plan(module: Any, plan: TilingPlan, method: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+def run_plan(module: Any, plan: TilingPlan, method: Any, x: Any, *args: Any, counts: list | None = None,
+             spill_dir: Any = None, **kwargs: Any) -> Any:
     """Call `method` (the module's original encode/decode) on x as `plan` says: untiled, exact tiles, or
-    the class's own enable_tiling() (approximate). Tensors in the result are on x's device."""
-    import torch
-
+    the class's own enable_tiling() (approximate). Tensors in the result are on x's device; `counts`
+    (a list) gets the run's RunCounts (bytes it copied host <-> device, its host peak)."""
     from vaelens.tiling.execute import run_tiled
 
     if plan.method == UNTILED:
@@ -97,9 +97,10 @@ def run_plan(module: Any, plan: TilingPlan, method: Any, x: Any, *args: Any, **k
         if prev is not None:
             module.use_tiling = False  # the exact path must not take diffusers' blended tiles
         device = next(iter(module.parameters())).device
-        storage = device if device.type == "cpu" else torch.device("cpu")
-        out = run_tiled(module, lambda: method(x.to(storage), *args, **kwargs), fraction=plan.fraction,
-                        storage=storage, whole_ops=plan.whole_ops)
+        xd = x.to(device)
+        out = run_tiled(module, lambda: method(xd, *args, **kwargs), fraction=plan.fraction,
+                        decisions=plan.decisions, spill_dir=spill_dir, counts=counts, inputs=[xd],
+                        inplace=plan.inplace_events)
         return _move(out, x.device)
     finally:
         if prev is not None:

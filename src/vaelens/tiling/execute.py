@@ -1,8 +1,11 @@
 """Exact tiled execution: the real diffusers module runs unchanged; every torch operation it calls is
-intercepted (a TorchFunctionMode) and computed tile by tile.
+intercepted (a TorchFunctionMode) and computed tile by tile on the device.
 
-Full-size tensors live in `storage` (host memory when the module is on a GPU); each operation moves one
-tile of its inputs to `device`, computes, and writes the tile of its output back. Per operation:
+Full-size tensors stay on the device while they fit the budget; the plan's schedule (vaelens.tiling.
+schedule) spills the one used farthest in the future to host memory and fetches it back before an
+operation needs it whole (vaelens.tiling.residency does the copies and counts them). A tiled operation
+reads a spilled input tile by tile from its host copy, and may write its output there tile by tile.
+Per operation:
 
 - convolution: an output tile reads its input tile plus the halo its kernel needs (rows outside the
   map are the convolution's own zero padding), so every output pixel is computed once, exactly;
@@ -12,41 +15,47 @@ tile of its inputs to `device`, computes, and writes the tile of its output back
 - pointwise and channel-local operations (activations, residual adds, dtype casts, RMS norm over
   channels): tile by tile; linear layers and attention queries: in row chunks (query-chunked
   attention is exact: each query row's softmax sees every key);
-- views, slices, concatenation, padding (data movement): on the storage tensors directly;
-- anything else: the whole operation on `device` (exact; its memory is priced by the plan).
+- views: on the tensors as they are (no data read); copying data movement (cat, pad, contiguous) and
+  anything else: the whole operation on the device, its inputs fetched first;
+- identity operations (dropout in eval, .to() of the same dtype): the input itself, nothing moved.
 
 Nothing of diffusers is re-implemented: its modules run their own forward; only tensor operations
-are intercepted. With `recorder` set (planning on the meta device) each operation records the largest
-tile's device work instead of looping over tiles.
+are intercepted. With `recorder` set (planning on the meta device) each operation records its largest
+tile's device work and the residency events, instead of looping over tiles.
 """
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 
+from vaelens.tiling.cost import op_flops
 from vaelens.tiling.grid import splits, tile_size
-from vaelens.trace.dispatch import tensors_in
+from vaelens.tiling.ops import DENSE, HANDLERS
+from vaelens.tiling.residency import Decision, Residency
+from vaelens.tiling.util import Region, map_tensors, nbytes, one_tile, output_tensors, tensors
 
-Region = tuple[tuple[int, int], ...]
-
-# Data movement and metadata: run as is on the storage tensors (no arithmetic worth a device).
-_PASSTHROUGH = frozenset({
-    "__get__", "__getitem__", "__setitem__", "__len__", "__iter__", "__format__", "__repr__", "__bool__",
-    "__index__", "__hash__", "__reduce_ex__", "__deepcopy__", "view", "view_as", "reshape", "reshape_as",
-    "permute", "transpose", "t", "contiguous", "clone", "cat", "concat", "concatenate", "stack", "chunk",
-    "split", "unbind", "unsqueeze", "squeeze", "flatten", "unflatten", "pad", "narrow", "select", "expand",
-    "expand_as", "repeat", "zeros_like", "ones_like", "empty_like", "full_like", "size", "dim", "ndimension",
-    "numel", "stride", "is_contiguous", "element_size", "item", "tolist", "copy_", "detach", "data_ptr",
-    "untyped_storage", "is_floating_point", "is_complex", "get_device", "new_zeros", "new_empty", "new_ones",
-    "new_full", "new_tensor", "requires_grad_", "storage_offset", "movedim", "split_with_sizes", "zero_",
-    "fill_", "cpu", "cuda", "is_inference", "__array__", "numpy", "_version",
+# Metadata and views: run as is (no data read); their tensor results alias what they came from.
+_VIEWS = frozenset({
+    "__get__", "__len__", "__format__", "__hash__", "__index__", "view", "view_as", "permute", "transpose", "t",
+    "unsqueeze", "squeeze", "unflatten", "narrow", "select", "expand", "expand_as", "chunk", "split",
+    "split_with_sizes", "unbind", "movedim", "detach", "size", "dim", "ndimension", "numel", "stride",
+    "is_contiguous", "element_size", "storage_offset", "get_device", "is_floating_point", "is_complex",
+    "requires_grad_", "is_inference", "_version", "data_ptr", "untyped_storage",
+})
+# Data movement that reads or writes data: whole on the device.
+_COPIES = frozenset({
+    "__getitem__", "__setitem__", "__iter__", "__repr__", "__bool__", "__reduce_ex__", "__deepcopy__", "reshape",
+    "reshape_as", "contiguous", "clone", "cat", "concat", "concatenate", "stack", "flatten", "pad", "repeat",
+    "zeros_like", "ones_like", "empty_like", "full_like", "item", "tolist", "copy_", "new_zeros", "new_empty",
+    "new_ones", "new_full", "new_tensor", "zero_", "fill_", "cpu", "cuda", "__array__", "numpy",
 })
 
 # Elementwise (with broadcasting) and in-place variants: tile by tile.
@@ -71,10 +80,10 @@ class StepRecord:
     kind: str  # "conv2d", "group_norm.stats", "pointwise:silu", "whole:scaled_dot_product_attention", …
     key: tuple  # cache key: kind + input shapes/dtypes + parameters
     fn: Callable[..., Any]
-    inputs: list[Any]  # meta tensors moved to the device for that tile
+    inputs: list[Any]  # meta tensors on the device for that tile
     tiles: int
-    io_bytes: int  # bytes moved to and from the device for one tile
-    sig: tuple | None = None  # the operation call it belongs to (see Executor.signature)
+    whole: bool = False  # an operation run whole (its inputs are resident buffers, not tile copies)
+    working: int = 0  # device bytes it needs beyond resident buffers (priced as soon as it is recorded)
 
 
 @dataclass(slots=True)
@@ -85,34 +94,7 @@ class Recorder:
     halo: int = 0
     conv_macs: int = 0  # multiply-accumulates of every convolution (the same tiled or not)
     extra_elements: int = 0  # elements read again by tiling (GroupNorm statistics passes)
-    alternatives: dict[tuple, StepRecord] = field(default_factory=dict)  # signature -> the op run whole
-
-
-def _one(axes: list[list[tuple[int, int]]]) -> bool:
-    return all(len(rs) == 1 for rs in axes)
-
-
-_tensors = tensors_in  # one walker over nested args, shared with the tracer
-
-
-def _map(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(_map(o, fn) for o in obj)
-    if isinstance(obj, list):
-        return [_map(o, fn) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _map(v, fn) for k, v in obj.items()}
-    return obj
-
-
-def _nbytes(ts: Iterable[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in ts)
-
-
-def _pair(v: Any, n: int) -> tuple[int, ...]:
-    return tuple(v) if isinstance(v, (list, tuple)) else (v,) * n
+    price: Callable[[StepRecord], int] | None = None  # step -> its working bytes (the memory model)
 
 
 class Executor:
@@ -120,52 +102,51 @@ class Executor:
 
     `fraction` is the plan's tile side over the full side, (rows, columns): an operation on a map of
     h × w takes tiles of ceil(h·fh) × ceil(w·fw). `weights` holds the ids of the module's parameters
-    and buffers (they stay on `device`)."""
+    and buffers (they stay on `device`); `residency` keeps the full-size tensors."""
 
-    def __init__(self, *, device: torch.device, storage: torch.device, fraction: tuple[float, float],
-                 weights: set[int], recorder: Recorder | None = None,
-                 whole_ops: frozenset[tuple] = frozenset()) -> None:
+    def __init__(self, *, device: torch.device, fraction: tuple[float, float], weights: set[int],
+                 residency: Residency, recorder: Recorder | None = None) -> None:
         self.device = device
-        self.storage = storage
         self.fraction = fraction
         self.weights = weights
+        self.res = residency
         self.recorder = recorder
-        self.whole_ops = whole_ops  # signatures of operations the plan runs whole (their whole map fits)
-        self.sig: tuple | None = None
-
-    @staticmethod
-    def signature(name: str, args: tuple, kwargs: dict) -> tuple:
-        """An operation call -> (name, shapes and dtypes of its tensors): calls with one signature cost the
-        same, so the plan's per-operation choice (tiles or whole) is keyed by it."""
-        return (name, *((tuple(t.shape), str(t.dtype)) for t in _tensors((args, kwargs), [])))
-
-    # ------------------------------------------------------------------ moving tensors
-    def dev(self, t: torch.Tensor) -> torch.Tensor:
-        return t if t.device == self.device else t.to(self.device)
-
-    def host(self, t: torch.Tensor) -> torch.Tensor:
-        return t if t.device == self.storage or id(t) in self.weights else t.to(self.storage)
 
     # ------------------------------------------------------------------ the loop all tiled ops share
     def loop(self, kind: str, key: tuple, axes: list[list[tuple[int, int]]],
-              load: Callable[[Region], list[torch.Tensor]], fn: Callable[[Region], Callable[..., Any]],
-              store: Callable[[Region, Any], None]) -> None:
+             load: Callable[[Region], list[torch.Tensor]], fn: Callable[[Region], Callable[..., Any]],
+             store: Callable[[Region, Any], None]) -> None:
         """Every tile (the product of the per-axis ranges): load -> fn on the device -> store.
-        Planning runs only the largest tile (the longest range on each axis) and records it."""
-        if self.recorder is not None:
-            big = tuple(max(rs, key=lambda r: r[1] - r[0]) for rs in axes)
-            ins = load(big)
-            f = fn(big)
-            res = f(*ins)
-            self.recorder.steps.append(StepRecord(
-                kind=kind, key=(kind, *key, *((tuple(t.shape), t.dtype) for t in ins)), fn=f, inputs=ins,
-                tiles=math.prod(len(rs) for rs in axes), io_bytes=_nbytes(ins) + _nbytes(_tensors(res, [])),
-                sig=self.sig,
-            ))
-            store(big, res)
-            return
-        for r in itertools.product(*axes):
-            store(r, fn(r)(*load(r)))
+        Planning reads every tile's inputs (the bytes a spilled input streams) but computes only the
+        largest tile, and records it."""
+        self.res.begin("tiled", kind)
+        try:
+            if self.recorder is not None:
+                big = tuple(max(rs, key=lambda r: r[1] - r[0]) for rs in axes)
+                for r in itertools.product(*axes):
+                    if r != big:
+                        load(r)
+                ins = load(big)
+                f = fn(big)
+                res = f(*ins)
+                self._record(StepRecord(kind=kind, key=(kind, *key, *((tuple(t.shape), t.dtype) for t in ins)),
+                                        fn=f, inputs=ins, tiles=math.prod(len(rs) for rs in axes)))
+                store(big, res)
+                return
+            for r in itertools.product(*axes):
+                store(r, fn(r)(*load(r)))
+        finally:
+            self.res.end()
+
+    def _record(self, step: StepRecord) -> None:
+        assert self.recorder is not None
+        if self.recorder.price is not None:
+            step.working = self.recorder.price(step)
+        step.fn, step.inputs = None, []  # holding them would keep the run's tensors alive past their death
+        self.recorder.steps.append(step)
+        ev = self.res.current
+        if ev is not None:
+            ev.step = len(self.recorder.steps) - 1
 
     def fractions(self, n_axes: int) -> tuple[float, ...]:
         fh, fw = self.fraction
@@ -175,20 +156,31 @@ class Executor:
         """Axis sizes (one or two) -> the balanced ranges of each axis under the plan's fraction."""
         return [splits(s, tile_size(s, f)) for s, f in zip(sizes, self.fractions(len(sizes)), strict=True)]
 
+    def tile(self, src: torch.Tensor, index: tuple) -> torch.Tensor:
+        """src[index] on the device (from its host copy when src is spilled)."""
+        return self.res.tile(src, index)
+
+    def new_output(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """The full-size output of the current tiled operation (where the plan puts it)."""
+        return self.res.new_output(tuple(int(s) for s in shape), dtype)
+
+    def put(self, holder: torch.Tensor, index: tuple, res: torch.Tensor) -> None:
+        self.res.put(holder, index, res)
+
     # ------------------------------------------------------------------ dispatch
     def handle(self, func: Any, args: tuple, kwargs: dict) -> Any:
         name = getattr(func, "__name__", "")
-        if name in _PASSTHROUGH or name.startswith("__get"):
-            return self.passthrough(func, args, kwargs)
-        from vaelens.tiling.ops import HANDLERS  # the operations (ops.py imports this module)
+        if name in _VIEWS or name.startswith("__get"):
+            return self.view(func, args, kwargs)
+        if name in _COPIES:
+            return self.whole(func, args, kwargs, kind="pass")
+        first = len(self.res.events)
+        out = self.dispatch(name, func, args, kwargs)
+        if self.recorder is not None and len(self.res.events) > first:
+            self._cost(name, args, kwargs, out, first)
+        return out
 
-        self.sig = self.signature(name, args, kwargs)
-        if self.recorder is not None and self.sig not in self.recorder.alternatives:
-            alt = self._whole_record(func, args, kwargs)
-            if alt is not None:
-                self.recorder.alternatives[self.sig] = alt
-        elif self.sig in self.whole_ops:
-            return self.whole(func, args, kwargs)
+    def dispatch(self, name: str, func: Any, args: tuple, kwargs: dict) -> Any:
         handler = HANDLERS.get(name)
         if handler is not None:
             return handler(self, func, args, kwargs)
@@ -198,28 +190,53 @@ class Executor:
             return self.pointwise(func, args, kwargs)
         return self.whole(func, args, kwargs)
 
-    def passthrough(self, func: Any, args: tuple, kwargs: dict) -> Any:
-        ts = _tensors((args, kwargs), [])
-        if len({t.device for t in ts}) > 1:
-            args, kwargs = _map((args, kwargs), self.host)
-        return func(*args, **kwargs)
+    def _cost(self, name: str, args: tuple, kwargs: dict, out: Any, first: int) -> None:
+        """Planning: the operation's arithmetic (dense) or bytes read and written (the rest), untiled,
+        on its first event; the time model prices it (vaelens.tiling.cost)."""
+        ev = self.res.events[first]
+        ins = [t for t in tensors((args, kwargs), []) if isinstance(t, torch.Tensor)]
+        outs = output_tensors(out)
+        if name in DENSE and outs:
+            flops = op_flops(DENSE[name], [tuple(t.shape) for t in ins], tuple(outs[0].shape))
+            ev.flops += flops
+            ev.conv_flops += flops if name.startswith("conv") else 0.0
+        elif not (len(outs) == 1 and any(o is outs[0] for o in ins)):  # not an identity
+            ev.device_bytes += nbytes(t for t in ins if id(t) not in self.weights) + nbytes(outs)
 
-    def whole(self, func: Any, args: tuple, kwargs: dict) -> Any:
-        """The operation as one piece on the device; tensors it returns go back to storage."""
-        moved: list[torch.Tensor] = []
+    def view(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        """Metadata and views: no data read; a tensor result aliases its input's buffer."""
+        out = func(*args, **kwargs)
+        if isinstance(out, torch.Tensor) and id(out) not in self.weights:
+            self.res.buf(out)
+        elif isinstance(out, (tuple, list)):
+            for o in out:
+                if isinstance(o, torch.Tensor):
+                    self.res.buf(o)
+        return out
 
-        def to_dev(t: torch.Tensor) -> torch.Tensor:
-            if id(t) in self.weights:
-                return t
-            d = self.dev(t)  # planning (storage = device = meta) still prices it as moved
-            moved.append(d)
-            return d
+    def whole(self, func: Any, args: tuple, kwargs: dict, *, kind: str = "whole") -> Any:
+        """The operation as one piece on the device: its inputs are fetched first, its outputs stay."""
+        self.res.begin(kind, getattr(func, "__name__", str(func)))
+        try:
+            moved: list[torch.Tensor] = []
 
-        dargs, dkwargs = _map((args, kwargs), to_dev)
-        if self.recorder is not None and moved:
-            self.recorder.steps.append(self._step(func, args, dargs, dkwargs, moved))
-        out = func(*dargs, **dkwargs)
-        return _map(out, lambda t: t if id(t) in self.weights else self.host(t))
+            def to_dev(t: torch.Tensor) -> torch.Tensor:
+                if id(t) in self.weights:
+                    return t
+                d = self.res.need(t)
+                moved.append(d)
+                return d
+
+            dargs, dkwargs = map_tensors((args, kwargs), to_dev)
+            if self.recorder is not None and moved and kind == "whole":
+                self._record(self._step(func, args, dargs, dkwargs, moved))
+            out = func(*dargs, **dkwargs)
+            for t in output_tensors(out):
+                if id(t) not in self.weights:
+                    self.res.buf(t)
+            return out
+        finally:
+            self.res.end()
 
     def _step(self, func: Any, args: tuple, dargs: Any, dkwargs: Any, moved: list[torch.Tensor]) -> StepRecord:
         """The record of an operation run whole on `moved` (its non-weight tensors on the device)."""
@@ -227,24 +244,19 @@ class Executor:
 
         def f(*ins: torch.Tensor) -> Any:
             sub = dict(zip(ids, ins, strict=True))
-            a, k = _map((dargs, dkwargs), lambda t: sub.get(id(t), t))
+            a, k = map_tensors((dargs, dkwargs), lambda t: sub.get(id(t), t))
             return func(*a, **k)
 
         name = getattr(func, "__name__", str(func))
         scal = tuple(v for v in args[1:] if isinstance(v, (int, float, bool, str)))
         return StepRecord(kind=f"whole:{name}", key=(name, scal, *((tuple(t.shape), t.dtype) for t in moved)), fn=f,
-                          inputs=moved, tiles=1, io_bytes=_nbytes(moved), sig=self.sig)
-
-    def _whole_record(self, func: Any, args: tuple, kwargs: dict) -> StepRecord | None:
-        """Planning: what running this operation whole would record, without running it."""
-        moved = [t for t in _tensors((args, kwargs), []) if id(t) not in self.weights]
-        return self._step(func, args, args, kwargs, moved) if moved else None
+                          inputs=moved, tiles=1, whole=True)
 
     # ------------------------------------------------------------------ elementwise
     def pointwise(self, func: Any, args: tuple, kwargs: dict, *, reduce_dims: tuple[int, ...] = ()) -> Any:
         name = getattr(func, "__name__", "")
         inplace = name in _INPLACE_DUNDER or (name.endswith("_") and not name.startswith("__"))
-        ts = _tensors((args, kwargs), [])
+        ts = tensors((args, kwargs), [])
         if kwargs.get("out") is not None or not ts:
             return self.whole(func, args, kwargs)
         try:
@@ -256,7 +268,7 @@ class Executor:
         if not axes or any(d % nd in axes for d in reduce_dims) or (inplace and tuple(args[0].shape) != shape):
             return self.whole(func, args, kwargs)
         regs = self.axis_splits([shape[a] for a in axes])
-        if _one(regs):
+        if one_tile(regs):
             return self.whole(func, args, kwargs)
 
         def cut(t: torch.Tensor, r: Region) -> torch.Tensor:
@@ -267,9 +279,9 @@ class Executor:
                 i = ax - (nd - t.ndim)
                 if i >= 0 and t.shape[i] != 1:
                     sl[i] = slice(a, b)
-            return self.dev(t[tuple(sl)])
+            return self.tile(t, tuple(sl))
 
-        flat = [a for a in args]
+        flat = list(args)
         slots = [i for i, a in enumerate(flat) if isinstance(a, torch.Tensor)]
         kslots = [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
 
@@ -287,16 +299,35 @@ class Executor:
                 return func(*a, **kw)
             return f
 
-        holder: list[torch.Tensor] = [args[0]] if inplace else []
+        holder: list[torch.Tensor] = []
 
         def store(r: Region, res: torch.Tensor) -> None:
             if not holder:
-                holder.append(torch.empty(shape, dtype=res.dtype, device=self.storage))
-            sl = (Ellipsis, *(slice(a, b) for a, b in r))
-            holder[0][sl] = res.to(holder[0].device)
+                reuse = args[0] if inplace else self._reusable([flat[i] for i in slots], shape, res.dtype)
+                if reuse is not None:
+                    holder.append(reuse)
+                    self.res.writes(reuse)
+                else:
+                    holder.append(self.new_output(shape, res.dtype))
+            self.put(holder[0], (Ellipsis, *(slice(a, b) for a, b in r)), res)
 
         self.loop(f"pointwise:{name}", (name,), regs, load, fn, store)
         return holder[0]
+
+    def _reusable(self, ins: list[torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+        """An input whose buffer the plan lets this pointwise operation overwrite: the operation is its last
+        use (planning marks the candidate; the plan's second recording and the run reuse it)."""
+        for t in ins:
+            if (id(t) in self.weights or tuple(t.shape) != shape or t.dtype != dtype or not t.is_contiguous()
+                    or t.storage_offset() != 0 or t.untyped_storage().nbytes() != t.numel() * t.element_size()):
+                continue
+            b = self.res.buf(t)
+            if b is None:
+                continue
+            if self.res.current is not None and self.res.current.reuse is None:
+                self.res.current.reuse = b.index
+            return t if (self.res.k - 1) in self.res.inplace else None
+        return None
 
     def cast(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if x.dtype == dtype:
@@ -331,25 +362,66 @@ def weight_ids(module: torch.nn.Module) -> set[int]:
     return {id(t) for t in (*module.parameters(), *module.buffers())}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunCounts:
+    """What a tiled run actually did: bytes copied host -> device and back, the host peak, warnings."""
+
+    h2d_bytes: int
+    d2h_bytes: int
+    host_peak_bytes: int
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def transfer_bytes(self) -> int:
+        return self.h2d_bytes + self.d2h_bytes
+
+
 def run_tiled(module: torch.nn.Module, call: Callable[[], Any], *, fraction: tuple[float, float],
-              storage: torch.device | None = None, recorder: Recorder | None = None,
-              whole_ops: frozenset[tuple] = frozenset()) -> Any:
-    """Run call() (a method of `module` on storage-resident inputs) with every operation tiled, except
-    those whose signature is in `whole_ops` (the plan found their whole map fits).
+              recorder: Recorder | None = None, decisions: Sequence[Decision] | None = None,
+              residency: Residency | None = None, spill_dir: Any = None,
+              counts: list[RunCounts] | None = None, inputs: Sequence[torch.Tensor] = (),
+              inplace: frozenset[int] = frozenset()) -> Any:
+    """Run call() (a method of `module` on device-resident inputs) with every operation tiled.
 
-    -> what call() returns, its tensors in `storage` (default: host memory for a GPU module)."""
+    Planning: `recorder` set, `decisions` None (nothing moves; the events are recorded in `residency`).
+    A run: `decisions` from the plan's schedule (None: nothing is spilled — the budget is the caller's
+    concern). `inputs`: the caller's tensors, on the device again at the end as they were given.
+    -> what call() returns, its tensors on the module's device; `counts` gets the RunCounts."""
     device = next(iter(module.parameters())).device
-    if storage is None:
-        storage = device if device.type in ("cpu", "meta") else torch.device("cpu")
-    ex = Executor(device=device, storage=storage, fraction=fraction, weights=weight_ids(module), recorder=recorder,
-                  whole_ops=whole_ops)
-    with TiledMode(ex):
-        return call()
+    weights = weight_ids(module)
+    if residency is None:
+        if decisions is None and recorder is None:
+            decisions = _never_spill()
+        residency = Residency(device=device, weights=weights, decisions=decisions, spill_dir=spill_dir,
+                              pin=True)
+        residency.inplace = inplace
+    ex = Executor(device=device, fraction=fraction, weights=weights, residency=residency, recorder=recorder)
+    collecting = gc.isenabled()
+    gc.disable()  # deaths by reference count only: planning and the run see them at the same events
+    try:
+        with TiledMode(ex):
+            out = call()
+        residency.begin("return", "return")  # outside the mode: its copies are the executor's own
+        for t in (*output_tensors(out), *inputs):
+            if id(t) not in weights:
+                residency.need(t)
+        residency.end()
+        if counts is not None:
+            counts.append(RunCounts(h2d_bytes=residency.h2d_bytes, d2h_bytes=residency.d2h_bytes,
+                                    host_peak_bytes=residency.host_peak, warnings=tuple(residency.warnings)))
+        return out
+    finally:
+        if collecting:
+            gc.enable()
+        if recorder is None:
+            residency.close()
 
 
-def records_by_kind(steps: Sequence[StepRecord]) -> dict[str, int]:
-    """Step kinds -> how many operations of that kind ran tiled (for the plan's summary)."""
-    out: dict[str, int] = {}
-    for s in steps:
-        out[s.kind] = out.get(s.kind, 0) + 1
-    return out
+class _never_spill(list):  # noqa: N801
+    """Decisions for a run without a plan: every event keeps everything on the device."""
+
+    def __getitem__(self, k: Any) -> Decision:  # type: ignore[override]
+        return Decision()
+
+    def __len__(self) -> int:
+        return 1 << 60

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from vaelens.tiling.execute import Executor, Region, _map, _one, _pair, _tensors
 from vaelens.tiling.grid import conv_input, splits, tile_size
+from vaelens.tiling.util import Region
+from vaelens.tiling.util import map_tensors as _map
+from vaelens.tiling.util import one_tile as _one
+from vaelens.tiling.util import pair as _pair
+from vaelens.tiling.util import tensors as _tensors
+
+if TYPE_CHECKING:
+    from vaelens.tiling.execute import Executor
 
 
 # ------------------------------------------------------------------ convolution
@@ -69,7 +76,7 @@ def conv(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
         return _conv_tile(tuple(x.shape), axes, r, k, stride, padding, dilation, same)
 
     def load(r: Region) -> list[torch.Tensor]:
-        return [ex.dev(x[tuple(geometry(r)[0])])]
+        return [ex.tile(x, tuple(geometry(r)[0]))]
 
     def fn(r: Region) -> Callable[..., torch.Tensor]:
         _, pads, crop = geometry(r)
@@ -86,8 +93,8 @@ def conv(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
 
     def store(r: Region, res: torch.Tensor) -> None:
         if not holder:
-            holder.append(torch.empty((x.shape[0], w.shape[0], *out), dtype=res.dtype, device=ex.storage))
-        holder[0][(Ellipsis, *(slice(a, b) for a, b in r))] = res.to(holder[0].device)
+            holder.append(ex.new_output((x.shape[0], w.shape[0], *out), res.dtype))
+        ex.put(holder[0], (Ellipsis, *(slice(a, b) for a, b in r)), res)
 
     ex.loop(f"conv{nd}d", (tuple(w.shape), stride, padding, dilation), regs, load, fn, store)
     return holder[0]
@@ -111,7 +118,7 @@ def group_norm(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
         sl: list[slice] = [slice(None)] * x.ndim
         for ax, (a, b) in zip(axes, r, strict=True):
             sl[ax] = slice(a, b)
-        return [ex.dev(x[tuple(sl)])]
+        return [ex.tile(x, tuple(sl))]
 
     acc: dict[str, torch.Tensor] = {}
 
@@ -183,7 +190,7 @@ def interpolate(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
         sl: list[slice] = [slice(None)] * x.ndim
         for ax, (a, b) in zip(axes, r, strict=True):
             sl[ax] = slice(a, b)
-        return [ex.dev(x[tuple(sl)])]
+        return [ex.tile(x, tuple(sl))]
 
     def fn(_r: Region) -> Callable[..., torch.Tensor]:
         return lambda t: func(t, scale_factor=tuple(float(s) for s in scale), mode=mode)
@@ -193,9 +200,9 @@ def interpolate(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
 
     def store(r: Region, res: torch.Tensor) -> None:
         if not holder:
-            holder.append(torch.empty(full, dtype=res.dtype, device=ex.storage))
+            holder.append(ex.new_output(full, res.dtype))
         sl = (Ellipsis, *(slice(a * scale[ax - 2], b * scale[ax - 2]) for ax, (a, b) in zip(axes, r, strict=True)))
-        holder[0][sl] = res.to(holder[0].device)
+        ex.put(holder[0], sl, res)
 
     ex.loop("interpolate", (tuple(scale), mode), regs, load, fn, store)
     return holder[0]
@@ -211,26 +218,28 @@ def rows(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
     chunks = splits(x.shape[-2], tile_size(x.shape[-2], ex.fractions(1)[0]))
     if len(chunks) == 1:
         return ex.whole(func, args, kwargs)
-    rest = _map((args[1:], kwargs), lambda t: t if id(t) in ex.weights else ex.dev(t))
     regs = [chunks]
+    whole: list[Any] = []  # the other arguments, on the device whole (fetched when the loop begins)
 
     def load(r: Region) -> list[torch.Tensor]:
-        return [ex.dev(x[..., r[0][0]:r[0][1], :])]
+        return [ex.tile(x, (Ellipsis, slice(r[0][0], r[0][1]), slice(None)))]
 
     def fn(_r: Region) -> Callable[..., torch.Tensor]:
+        if not whole:
+            whole.append(_map((args[1:], kwargs), lambda t: t if id(t) in ex.weights else ex.res.need(t)))
+        rest = whole[0]
         return lambda t: func(t, *rest[0], **rest[1])
 
     holder: list[torch.Tensor] = []
 
     def store(r: Region, res: torch.Tensor) -> None:
         if not holder:
-            holder.append(torch.empty((*res.shape[:-2], x.shape[-2], res.shape[-1]), dtype=res.dtype,
-                                      device=ex.storage))
-        holder[0][..., r[0][0]:r[0][1], :] = res.to(holder[0].device)
+            holder.append(ex.new_output((*res.shape[:-2], x.shape[-2], res.shape[-1]), res.dtype))
+        ex.put(holder[0], (Ellipsis, slice(r[0][0], r[0][1]), slice(None)), res)
 
     name = getattr(func, "__name__", "rows")
-    ex.loop(f"rows:{name}", (name, *((tuple(t.shape), t.dtype) for t in _tensors(rest, []))), regs,
-               load, fn, store)
+    ex.loop(f"rows:{name}", (name, *((tuple(t.shape), t.dtype) for t in _tensors((args[1:], kwargs), []))), regs,
+            load, fn, store)
     return holder[0]
 
 
@@ -284,6 +293,10 @@ def _sdpa(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
         return ex.whole(func, args, kwargs)
     return rows(ex, func, args, kwargs)
 
+
+# Dense operations: the name the time model prices them by (vaelens.tiling.cost.op_flops).
+DENSE = {"conv2d": "conv2d", "conv3d": "conv3d", "linear": "linear",
+         "scaled_dot_product_attention": "scaled_dot_product_attention"}
 
 HANDLERS: dict[str, Callable[[Executor, Any, tuple, dict], Any]] = {
     "conv2d": conv,

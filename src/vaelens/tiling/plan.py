@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vaelens.errors import VaeLensError
+from vaelens.errors import BudgetError, VaeLensError
 from vaelens.options import DType, parse_bytes
 
 # Classes tested tiled == untiled (tests/test_tiling.py). The executor is generic (any operation it
@@ -48,13 +48,18 @@ class TilingPlan:
     untiled_peak_bytes: int  # weights + input + peak of the untiled call
     weights_bytes: int
     input_bytes: int
-    host_bytes: int  # full-size intermediates held in host memory at once (the untiled call's peak)
-    transfer_bytes: int  # host <-> device traffic of the tiled run (an upper bound; 0 untiled)
+    host_bytes: int  # peak of spilled-and-live host bytes (0 when everything stays on the device)
+    transfer_bytes: int  # every byte the run copies host <-> device, both ways, counted per call (exact)
     extra_compute: float  # extra arithmetic vs untiled, as a fraction (GroupNorm statistics passes)
     peak_step: str  # the operation whose tile sets the peak
+    device_profile: str = "h100"  # the profile the times are predicted on (vaelens.tiling.profiles)
+    predicted_seconds: float | None = None  # this plan on that profile
+    untiled_seconds: float | None = None  # the untiled call on that profile; None when it does not fit the device
     approximate_reason: str | None = None
-    # signatures (Executor.signature) of the operations that run whole: their whole map fits the budget
-    whole_ops: frozenset[tuple] = frozenset()
+    # the schedule's decision before each device visit (vaelens.tiling.schedule); the run replays it
+    decisions: tuple = ()
+    inplace_events: frozenset[int] = frozenset()  # device visits whose pointwise output overwrites its input
+    whole_ops: frozenset[tuple] = frozenset()  # kept for callers that read it; the schedule decides residency
 
     @property
     def tiled(self) -> bool:
@@ -82,6 +87,9 @@ class TilingPlan:
             "transfer_bytes": self.transfer_bytes,
             "extra_compute": round(self.extra_compute, 6),
             "peak_step": self.peak_step,
+            "device_profile": self.device_profile,
+            "predicted_seconds": self.predicted_seconds,
+            "untiled_seconds": self.untiled_seconds,
         }
 
 
@@ -141,92 +149,129 @@ def _dtype_of(t: Any) -> DType:
 
 
 class _Step:
-    """A device step as a module, so the tracer and the allocator model can price it."""
+    """A device step as a module, so the tracer and the allocator model can price it. One class for all
+    steps: a class made per call would sit in a reference cycle and keep the step's tensors alive until
+    the garbage collector runs, and the residency events need deaths where the run has them."""
 
     @staticmethod
     def module(fn: Any):
         import torch
 
-        class StepModule(torch.nn.Module):
-            def forward(self, *xs: Any) -> Any:
-                return fn(*xs)
+        global _StepModule
+        if _StepModule is None:
+            class StepModule(torch.nn.Module):
+                def forward(self, *xs: Any) -> Any:
+                    return self.fn(*xs)
 
-        return StepModule()
+            _StepModule = StepModule
+        m = _StepModule()
+        m.fn = fn
+        return m
+
+
+_StepModule: Any = None
 
 
 class _Pricer:
-    """Device bytes of recorded steps, cached by step key within one planning call."""
+    """Device bytes of recorded steps, cached by step key within one planning call:
+    -> (bytes of the step's inputs, peak of the rest)."""
 
     def __init__(self) -> None:
-        self.cache: dict[tuple, int] = {}
+        self.cache: dict[tuple, tuple[int, int]] = {}
 
-    def price(self, step: Any) -> int:
+    def price(self, step: Any) -> tuple[int, int]:
         if step.key not in self.cache:
             from vaelens.memory.allocator import round_block
             from vaelens.memory.estimate import simulate
             from vaelens.memory.rules import RULES
             from vaelens.trace import trace_module
 
-            tr = trace_module(_Step.module(step.fn), step.inputs, detail=RULES.keys())
+            module = _Step.module(step.fn)
+            tr = trace_module(module, step.inputs, detail=RULES.keys())
+            module.fn = None
             inputs = sum(round_block(t.numel() * t.element_size()) for t in step.inputs)
-            self.cache[step.key] = inputs + _high(simulate(tr))
+            self.cache[step.key] = (inputs, _high(simulate(tr)))
         return self.cache[step.key]
+
+    def working(self, step: Any) -> int:
+        """A tiled step holds its tile copies and its internals; a whole step reads resident buffers."""
+        inputs, peak = self.price(step)
+        return peak if step.whole else inputs + peak
 
 
 @dataclass(frozen=True, slots=True)
 class _Eval:
-    need: int  # weights + input + largest step
-    step_bytes: int
+    need: int  # the smallest budget this tile size runs in (weights + largest step + what it needs whole)
+    peak: int  # predicted device peak under the budget
     peak_step: str
     halo: int
-    transfer: int
     extra: float
-    whole_ops: frozenset[tuple] = frozenset()
+    schedule: Any  # vaelens.tiling.schedule.Schedule
+    seconds: float
+    events: int
     tiled: bool = True  # some operation runs in more than one tile
+    inplace: frozenset[int] = frozenset()
+
+    @property
+    def fits(self) -> bool:
+        return self.schedule.feasible
 
 
 def _evaluate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: tuple[float, float],
-              pricer: _Pricer, resident: int, budget: int | None = None) -> _Eval:
-    """One candidate tile: the device need of its largest step. With `budget`, an operation whose whole map
-    fits runs whole (fewer, larger kernel calls); the others tile."""
+              pricer: _Pricer, weights: int, budget: int, profile: Any) -> _Eval:
+    """One candidate tile: record the run's events on meta, price each step, schedule residency under
+    `budget` (vaelens.tiling.schedule) and predict its time on `profile`."""
     import torch
 
-    from vaelens.tiling.execute import Recorder, run_tiled
-    from vaelens.trace import call_op
-    from vaelens.trace.records import Op
+    from vaelens.tiling.cost import StepCost, predict_seconds
+    from vaelens.tiling.execute import Recorder, run_tiled, weight_ids
+    from vaelens.tiling.residency import Residency
+    from vaelens.tiling.schedule import schedule
 
-    rec = Recorder()
-    x = torch.empty(shape, device="meta", dtype=dt.torch)
-    with torch.inference_mode():
-        run_tiled(meta, lambda: call_op(meta, Op.parse(op), [x]), fraction=fraction, recorder=rec)
-    whole: set[tuple] = set()
-    if budget is not None:
-        for sig, alt in rec.alternatives.items():
-            if resident + pricer.price(alt) <= budget:
-                whole.add(sig)
-    best, kind, transfer, done, tiled = 0, "", 0, set(), False
-    for s in rec.steps:
-        step = s
-        if s.sig in whole:  # one whole step for the operation, however many tiled steps it had
-            if s.sig in done:
-                continue
-            done.add(s.sig)
-            step = rec.alternatives[s.sig]
-        b = pricer.price(step)
-        tiled = tiled or step.tiles > 1
-        transfer += step.io_bytes * step.tiles
-        if b > best:
-            best, kind = b, step.kind
+    def record(inplace: frozenset[int]) -> tuple[Recorder, Residency]:
+        rec = Recorder(price=pricer.working)
+        res = Residency(device=torch.device("meta"), weights=weight_ids(meta), decisions=None)
+        res.inplace = inplace
+        x = torch.empty(shape, device="meta", dtype=dt.torch)  # made outside the mode, as a caller's input is
+        with torch.inference_mode():
+            run_tiled(meta, lambda x=x: getattr(meta, op)(x), fraction=fraction, recorder=rec, residency=res,
+                      inputs=[x])
+        res.close()
+        return rec, res
+
+    rec, res = record(frozenset())
+    last: dict[int, int] = {}
+    for j, ev in enumerate(res.events):
+        for b in (*ev.uses, *(() if ev.out is None else (ev.out,))):
+            last[b] = j
+    # A pointwise operation that is the last reader of an input of its shape and dtype writes over it
+    # (GroupNorm apply, SiLU, residual adds): no second full-size map. Recorded again with those reuses.
+    inplace = frozenset(j for j, ev in enumerate(res.events) if ev.reuse is not None and last.get(ev.reuse) == j)
+    if inplace:
+        rec, res = record(inplace)
+    working, best, kind, tiled = [], 0, "", False
+    for ev in res.events:
+        step = rec.steps[ev.step] if ev.step is not None else None
+        ws = step.working if step is not None else 0
+        working.append(ws)
+        if step is not None:
+            tiled = tiled or step.tiles > 1
+            if ws > best:
+                best, kind = ws, step.kind
+    sched = schedule(res.events, [b.nbytes for b in res.bufs], [b.death for b in res.bufs], working, weights,
+                     budget)
+    steps = [StepCost(flops=ev.flops, conv_flops=ev.conv_flops, device_bytes=ev.device_bytes, h2d_bytes=h, d2h_bytes=d,
+                      pinned=False) for ev, h, d in zip(res.events, sched.h2d, sched.d2h, strict=True)]
     extra = 3 * rec.extra_elements / max(1, 2 * rec.conv_macs)
-    return _Eval(need=resident + best, step_bytes=best, peak_step=kind, halo=rec.halo, transfer=transfer,
-                 extra=extra, whole_ops=frozenset(whole), tiled=tiled)
+    return _Eval(need=sched.need, peak=sched.device_peak, peak_step=kind, halo=rec.halo, extra=extra,
+                 schedule=sched, seconds=predict_seconds(steps, profile, dt), events=len(res.events), tiled=tiled,
+                 inplace=inplace)
 
 
 def _untiled(meta: Any, op: str, shape: tuple[int, ...], dt: DType, *, tiled: bool = False):
     import torch
 
     from vaelens.memory.estimate import simulate
-    from vaelens.memory.rules import RULES
     from vaelens.trace import trace_module
 
     x = torch.empty(shape, device="meta", dtype=dt.torch)
@@ -236,7 +281,7 @@ def _untiled(meta: Any, op: str, shape: tuple[int, ...], dt: DType, *, tiled: bo
     elif prev is not None:
         meta.use_tiling = False
     try:
-        tr = trace_module(meta, [x], op=op, detail=RULES.keys())
+        tr = trace_module(meta, [x], op=op, detail=None)  # every event: the time model prices them all
     finally:
         if prev is not None:
             meta.use_tiling = prev
@@ -255,35 +300,43 @@ def smallest_budget_text(need: int) -> str:
 
 
 def plan_tiling(vae: Any, shape: tuple[int, ...], dtype: DType | str | None = None, budget: int | str = "8GiB",
-                *, op: str = "decode", tile: int | None = None) -> TilingPlan:
+                *, op: str = "decode", tile: int | None = None, device_profile: Any = None) -> TilingPlan:
     """input [B,C,(F,)h,w] of `op` + dtype + budget -> TilingPlan (meta device, no weights).
 
     `vae` is a diffusers VAE module (real or meta), a LoadedVae, a family name, a FamilySpec or a
-    config dict. The untiled call is chosen when it fits; otherwise the largest square tile (a multiple
-    of the spatial factor, at full resolution) whose largest device step fits; `tile` forces a tile
-    side. Raises VaeLensError, naming the smallest budget that works, when nothing fits.
+    config dict. The untiled call is chosen when it fits; otherwise the tile size (a multiple of the
+    spatial factor, at full resolution) with the least predicted time on `device_profile` (a name or a
+    DeviceProfile; default: the module's device, detected) whose schedule fits; `tile` forces a tile
+    side. Raises BudgetError, with the smallest budget that works, when nothing fits.
 
-    >>> plan = plan_tiling("sdxl", (1, 4, 256, 256), "bf16", "2GiB")
+    >>> plan = plan_tiling("sdxl", (1, 4, 256, 256), "bf16", "2GiB", device_profile="h100")
     >>> plan.method, plan.tiles > 1, plan.predicted_peak_bytes <= plan.budget_bytes
     ('exact', True, True)
     """
+    from vaelens.tiling.cost import untiled_seconds
+    from vaelens.tiling.profiles import detect_profile, get_profile
+
     budget_bytes = parse_bytes(budget) if isinstance(budget, str) else int(budget)
     if budget_bytes <= 0:
-        raise VaeLensError(f"budget {budget!r} must be more than 0 bytes")
+        raise BudgetError(f"budget {budget!r} must be more than 0 bytes", param="budget", value=budget)
     if op not in ("encode", "decode"):
-        raise VaeLensError(f"op {op!r} is not supported; choose one of: encode, decode")
+        raise VaeLensError(f"op {op!r} is not supported; choose one of: encode, decode", param="op", value=op,
+                           choices=("encode", "decode"))
+    profile = get_profile(device_profile) if device_profile is not None else detect_profile(_device_of(vae))
     meta, dt = meta_module(vae, dtype)
     shape = tuple(int(s) for s in shape)
     tr, est = _untiled(meta, op, shape, dt)
     weights, inputs = tr.weights_bytes, tr.input_bytes
     untiled = _device_need(est, weights, inputs)
     out_shape = tuple(tr.output_shape or ())
+    plain = untiled_seconds(tr, profile, dt) if untiled <= profile.memory_bytes else None
     common = dict(op=op, module_class=type(meta).__name__, dtype=dt, input_shape=shape, output_shape=out_shape,
                   budget_bytes=budget_bytes, weights_bytes=weights, input_bytes=inputs,
-                  untiled_peak_bytes=untiled, host_bytes=inputs + est.peak_bytes)
+                  untiled_peak_bytes=untiled, device_profile=profile.name, untiled_seconds=plain)
     if tile is None and untiled <= budget_bytes:
         return TilingPlan(**common, method=UNTILED, tile_shape=None, tiles=1, halo=0, fraction=(1.0, 1.0),
-                          predicted_peak_bytes=untiled, transfer_bytes=0, extra_compute=0.0, peak_step=est.peak_at)
+                          predicted_peak_bytes=untiled, transfer_bytes=0, host_bytes=0, extra_compute=0.0,
+                          peak_step=est.peak_at, predicted_seconds=plain)
     if type(meta).__name__ not in EXACT_CLASSES:
         return _approximate(meta, op, shape, dt, common, untiled)
     full = out_shape if op == "decode" else shape
@@ -291,52 +344,69 @@ def plan_tiling(vae: Any, shape: tuple[int, ...], dtype: DType | str | None = No
     height, width = full[-2], full[-1]
     factor = max(1, height // max(1, small[-2]))
     pricer = _Pricer()
-    resident = weights + inputs
 
-    def ev(k: int) -> _Eval:  # a forced tile tiles every operation (what the tests check)
+    def ev(k: int) -> _Eval:
         side = k * factor
-        return _evaluate(meta, op, shape, dt, (min(1.0, side / height), min(1.0, side / width)), pricer, resident,
-                         None if tile is not None else budget_bytes)
+        return _evaluate(meta, op, shape, dt, (min(1.0, side / height), min(1.0, side / width)), pricer, weights,
+                         budget_bytes, profile)
 
     k, chosen = _search(ev, max(1, math.ceil(max(height, width) / factor)), budget_bytes, tile, factor, common)
-    from vaelens.tiling.grid import count, tile_size
+    from vaelens.tiling.grid import count, splits, tile_size
 
     side = k * factor
     fraction = (min(1.0, side / height), min(1.0, side / width))
-    tshape = (tile_size(height, fraction[0]), tile_size(width, fraction[1]))
-    if not chosen.tiled:  # every operation fits whole: one tile, op by op, intermediates in host memory
+    rows, cols = splits(height, tile_size(height, fraction[0])), splits(width, tile_size(width, fraction[1]))
+    tshape = (max(b - a for a, b in rows), max(b - a for a, b in cols))  # the largest real tile
+    if not chosen.tiled:  # every operation fits whole: one tile, op by op
         tshape = (height, width)
+    sched = chosen.schedule
     return TilingPlan(**common, method=EXACT, tile_shape=tshape, tiles=count((height, width), tshape),
-                      halo=chosen.halo, fraction=fraction, predicted_peak_bytes=chosen.need,
-                      transfer_bytes=chosen.transfer, extra_compute=chosen.extra, peak_step=chosen.peak_step,
-                      whole_ops=chosen.whole_ops)
+                      halo=chosen.halo, fraction=fraction, predicted_peak_bytes=chosen.peak,
+                      transfer_bytes=sched.transfer_bytes, host_bytes=sched.host_bytes, extra_compute=chosen.extra,
+                      peak_step=chosen.peak_step, predicted_seconds=chosen.seconds, decisions=sched.decisions,
+                      inplace_events=chosen.inplace)
+
+
+def _device_of(vae: Any) -> Any:
+    """The device a real module sits on (None for names, configs and meta modules)."""
+    module = getattr(vae, "module", vae)
+    first = next(iter(module.parameters()), None) if hasattr(module, "parameters") else None
+    return None if first is None or first.device.type == "meta" else first.device
+
+
+# Tiles per side the search tries (the tile side is the full side over this, rounded up to the factor).
+_COUNTS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)
 
 
 def _search(ev: Any, kmax: int, budget_bytes: int, tile: int | None, factor: int, common: dict) -> tuple[int, _Eval]:
-    """-> (k, its evaluation): the largest tile side k·factor whose plan fits, or the forced `tile`."""
+    """-> (k, its evaluation): the tile side k·factor with the least predicted time whose schedule fits the
+    budget (within 1%, the larger tile: fewer kernel launches, which the time model does not price), or the
+    forced `tile`."""
     if tile is not None:
         k = max(1, min(kmax, tile // factor))
         chosen = ev(k)
-        if chosen.need > budget_bytes:
+        if not chosen.fits:
             _refuse(common, chosen.need, f"tiles of {k * factor} px")
         return k, chosen
-    # The need is not strictly monotone in the tile (kernel rules and allocator rounding step with
-    # the shapes): the smallest budget is the least need of the few smallest tiles.
-    small = {j: ev(j) for j in range(1, min(kmax, 4) + 1)}
-    k = min(small, key=lambda j: small[j].need)
-    if small[k].need > budget_bytes:
-        side = k * factor
-        _refuse(common, small[k].need, f"{side}x{side}-px tiles (the least need of the smallest tile sizes)")
-    k = max(j for j, e in small.items() if e.need <= budget_bytes)
-    chosen, hi = small[k], kmax
-    while k < hi:  # largest k whose plan fits (need grows with the tile, mostly)
-        mid = (k + hi + 1) // 2
-        e = ev(mid)
-        if e.need <= budget_bytes:
-            k, chosen = mid, e
+    ks = sorted({max(1, math.ceil(kmax / n)) for n in _COUNTS if n <= kmax} | {1}, reverse=True)
+    seen: dict[int, _Eval] = {}
+    best: int | None = None
+    worse = 0
+    for k in ks:
+        e = seen[k] = ev(k)
+        if not e.fits:
+            continue
+        if best is None or e.seconds < seen[best].seconds * 0.99:
+            best, worse = k, 0
         else:
-            hi = mid - 1
-    return k, chosen
+            worse += 1
+            if worse >= 1:  # smaller tiles stopped paying
+                break
+    if best is None:
+        k = min(seen, key=lambda j: seen[j].need)
+        side = k * factor
+        _refuse(common, seen[k].need, f"{side}x{side}-px tiles (the least need of the tile sizes tried)")
+    return best, seen[best]
 
 
 def _approximate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, common: dict, untiled: int) -> TilingPlan:
@@ -356,20 +426,22 @@ def _approximate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, common: 
 
     tiles = count((full[-2], full[-1]), tshape) if tshape else 0
     return TilingPlan(**common, method=APPROXIMATE, tile_shape=tshape, tiles=tiles, halo=0, fraction=(1.0, 1.0),
-                      predicted_peak_bytes=need, transfer_bytes=0, extra_compute=0.0, peak_step=est.peak_at,
+                      predicted_peak_bytes=need, transfer_bytes=0, host_bytes=0, extra_compute=0.0,
+                      peak_step=est.peak_at,
                       approximate_reason=f"vaelens has no exact tiling for {name}; diffusers' enable_tiling() "
                       "runs normalisation per tile and blends overlaps (seams possible)")
 
 
-def _refuse(common: dict, need: int, what: str) -> None:
-    from vaelens.render.tables import human_bytes
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 1024:.2f} KiB"
 
-    raise VaeLensError(
-        f"budget {human_bytes(common['budget_bytes'])} is too small to {common['op']} {list(common['input_shape'])} "
-        f"with {common['module_class']} at {common['dtype'].value}: {what} needs {human_bytes(need)} "
-        f"(weights {human_bytes(common['weights_bytes'])}); the smallest budget that works is "
-        f"{smallest_budget_text(need)}"
-    )
+
+def _refuse(common: dict, need: int, what: str) -> None:
+    raise BudgetError(
+        f"budget {_gib(common['budget_bytes'])} is too small to {common['op']} {list(common['input_shape'])} "
+        f"with {common['module_class']} at {common['dtype'].value}: {what} needs {_gib(need)} "
+        f"(weights {_gib(common['weights_bytes'])}); the smallest budget that works is "
+        f"{smallest_budget_text(need)}", param="budget", value=common["budget_bytes"], needed_bytes=need)
 
 
 def plan_ops(model: Any, shapes: Mapping[str, tuple[int, ...]], dtype: DType | str | None,
@@ -380,6 +452,6 @@ def plan_ops(model: Any, shapes: Mapping[str, tuple[int, ...]], dtype: DType | s
     for op, shape in shapes.items():
         try:
             out[op] = plan_tiling(model, tuple(shape), dtype, budget, op=op)
-        except VaeLensError as exc:
+        except BudgetError as exc:
             out[op] = str(exc)
     return out
