@@ -137,7 +137,7 @@ class _Bound:
 def decode(vae: Any, latent: Any, *, budget: int | str | None = None, plan: TilingPlan | None = None):
     """raw latent [B,C,(F,)h,w] -> pixels [B,3,(F,)H,W] (the module's .decode(...).sample) within `budget`.
 
-    `vae`: a diffusers VAE module or a LoadedVae; the latent is not denormalised (vaelens.codec.decode
+    `vae`: a diffusers VAE module or a LoadedVae; the latent is not denormalised (vaelens.run.decode
     does that). Exact tiles when the untiled decode does not fit; untiled when it does; without
     budget and plan, the plain decode. Raises VaeLensError naming the smallest budget when none fits.
     """
