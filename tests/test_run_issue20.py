@@ -58,6 +58,17 @@ def test_issue20_6_thin_image_ssim_null(cli, tmp_path):
     assert r.code == 0 and "SSIM n/a (SSIM needs at least 11 px per side" in r.out, r.err
 
 
+def test_issue20_6_report_on_a_thin_image_has_ssim_null_and_writes_the_page(cli, tmp_path):
+    thin = tmp_path / "thin.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (8, 512, 3), dtype=np.uint8)).save(thin)
+    page = tmp_path / "r.html"
+    r = cli("report", "sd15", "--size", "64x64", "--vae", "demo", "--image", str(thin), "-o", str(page), "--json")
+    assert r.code == 0, r.err
+    real = r.json()["real_weights"]
+    assert real["ssim"] is None and "11 px" in real["ssim_reason"] and real["psnr_db"] > 0
+    assert page.exists() and "n/a (SSIM needs at least 11 px" in page.read_text()
+
+
 def test_issue20_6_ssim_unavailable_names_the_window():
     from vaelens.metrics import ssim, ssim_unavailable
 

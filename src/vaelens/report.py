@@ -34,7 +34,7 @@ class RealWeights:
     pixel_shape: tuple[int, ...]
     latent_shape: tuple[int, ...]
     psnr: float
-    ssim: float
+    ssim: float | None  # None where the image is thinner than SSIM's window (ssim_reason)
     original: np.ndarray  # [H,W,3] in [0,1]
     reconstruction: np.ndarray  # [H,W,3] in [0,1]
     error: np.ndarray  # [H,W] mean |original − reconstruction| over RGB
@@ -43,6 +43,7 @@ class RealWeights:
     rgb_decoded: np.ndarray | None = None  # the decoder output it was fitted to [H,W,3]
     rgb_r2: float | None = None
     seconds: float = 0.0
+    ssim_reason: str | None = None
     warnings: tuple[str, ...] = ()
 
     @property
@@ -60,7 +61,8 @@ class RealWeights:
         return {
             "family": self.family, "source": self.source, "detection": self.detection, "image": self.image,
             "image_size": list(self.image_size), "pixel_shape": list(self.pixel_shape),
-            "latent_shape": list(self.latent_shape), "psnr_db": round(self.psnr, 4), "ssim": round(self.ssim, 5),
+            "latent_shape": list(self.latent_shape), "psnr_db": round(self.psnr, 4), "ssim": None if self.ssim is None else round(self.ssim, 5),
+            "ssim_reason": self.ssim_reason,
             "mean_abs_error": round(float(self.error.mean()), 6), "max_abs_error": round(float(self.error.max()), 6),
             "channel_scale": [-self.channel_limit, self.channel_limit], "rgb_approximation_r2": self.rgb_r2,
             "seconds": round(self.seconds, 3), "warnings": list(self.warnings),
@@ -131,6 +133,7 @@ def real_weights(vae: str | Path, image: str | Path | None = None) -> RealWeight
     return RealWeights(
         family=loaded.family, source=str(vae), detection=loaded.detection, image=str(path),
         pixel_shape=tuple(pixels.shape), latent_shape=tuple(rt.latent.shape), psnr=rt.psnr[0], ssim=rt.ssim[0],
+        ssim_reason=rt.ssim_reason,
         original=from_pixels(pixels)[0], reconstruction=rt.reconstruction[0], error=rt.error[0],
         channels=channels, rgb=rgb, rgb_decoded=decoded, rgb_r2=r2, seconds=time.perf_counter() - t0,
         warnings=tuple(warnings),

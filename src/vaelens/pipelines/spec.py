@@ -2,7 +2,7 @@
 
 A PipelineSpec names every component with the class the released pipeline loads (model_index.json)
 and the architecture config of the released checkpoint (`<repo>/<component>/config.json`). Sizes are
-never typed in: `vaelens.pipelines.build` builds each component on the meta device from this config.
+never typed in: `vaelens.pipelines.components` builds each component on the meta device from this config.
 """
 
 from __future__ import annotations

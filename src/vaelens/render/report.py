@@ -62,11 +62,17 @@ def png_bytes(rgb01: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _ssim_text(r: RealWeights, *, label: bool = True) -> str:
+    """'SSIM 0.8123' | 'SSIM n/a (reason)' for an image thinner than SSIM's window."""
+    text = f"{r.ssim:.4f}" if r.ssim is not None else f"n/a ({r.ssim_reason or 'not computed'})"
+    return f"SSIM {text}" if label else text
+
+
 def real_weights_pngs(r: RealWeights) -> dict[str, bytes]:
     """RealWeights -> PNG bytes: original, reconstruction, error map, channel grid, RGB approximation."""
     from vaelens.render.figures import plot_channel_grid, plot_error_map, plot_rgb_approximation
 
-    title = f"{r.family}: {Path(r.image).name}  PSNR {r.psnr:.2f} dB  SSIM {r.ssim:.4f}"
+    title = f"{r.family}: {Path(r.image).name}  PSNR {r.psnr:.2f} dB  {_ssim_text(r)}"
     out = {"original": png_bytes(r.original), "reconstruction": png_bytes(r.reconstruction)}
     c, h, w = r.channels.shape
     with tempfile.TemporaryDirectory(prefix="vaelens-report-") as tmp:
@@ -127,7 +133,7 @@ def _summary(rep: Report) -> str:
         cards.append(_card(f"budget {human_bytes(rep.budget.budget_bytes)}", _verdict(rep), "verdict"))
     if rep.real is not None:
         cards.append(_card(f"round trip PSNR / SSIM ({rep.real.family})",
-                           f"{rep.real.psnr:.2f} dB / {rep.real.ssim:.4f}", "psnr"))
+                           f"{rep.real.psnr:.2f} dB / {_ssim_text(rep.real, label=False)}", "psnr"))
     notes = "".join(f'<p class="note">{esc(n)}</p>' for n in rep.warnings)
     return f'<div class="cards">{"".join(cards)}</div>{notes}'
 
@@ -272,7 +278,7 @@ def _real(rep: Report) -> str:
         f"<p>Weights <code>{esc(r.source)}</code> ({esc(r.family)}, {esc(r.detection)}); image "
         f"<code>{esc(Path(r.image).name)}</code> at {w}×{h}: pixels {esc(shape_str(r.pixel_shape))} → latent "
         f"{esc(shape_str(r.latent_shape))} → pixels, in {r.seconds:.2f} s on this machine.</p>{notes}"
-        f'<p>PSNR <b id="real-psnr">{r.psnr:.2f} dB</b>, SSIM <b id="real-ssim">{r.ssim:.4f}</b>, mean |error| '
+        f'<p>PSNR <b id="real-psnr">{r.psnr:.2f} dB</b>, SSIM <b id="real-ssim">{esc(_ssim_text(r, label=False))}</b>, mean |error| '
         f"{r.error.mean():.4f}, max {r.error.max():.4f} (0–1 scale).</p>"
         '<div class="imgs">'
         + fig("original", "original (what the encoder saw)", "original image")

@@ -19,7 +19,7 @@ from vaelens.memory.context import MetaContext
 from vaelens.memory.estimate import CUDA_CONTEXT_BYTES, estimate_memory
 from vaelens.memory.measure import min_device_cap
 from vaelens.progress import ProgressFn
-from vaelens.render.tables import human_bytes
+from vaelens.units import human_bytes
 from vaelens.validate.backend import Backend
 from vaelens.validate.cases import DEFAULT_MODELS, Case, Section, plan_cases
 from vaelens.validate.rows import Row, ValidationReport
