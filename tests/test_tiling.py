@@ -249,3 +249,9 @@ def test_groupnorm_statistics_are_the_whole_maps_not_an_average_of_tiles():
     assert err_tiled <= max(2 * err_plain, 1e-5), (err_tiled, err_plain)
     per_tile = x[..., :10].var() / x.var()  # what averaging tiles' variances would get wrong
     assert per_tile < 0.2
+
+
+def test_issue20_edges_one_tile_is_singular():
+    from vaelens.render.tiling import _tiles
+
+    assert (_tiles(1), _tiles(9)) == ("1 tile", "9 tiles")

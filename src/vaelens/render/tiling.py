@@ -26,6 +26,11 @@ def tiling_line(plan: Any) -> str:
             f"{human_bytes(plan.untiled_peak_bytes)})")
 
 
+def _tiles(n: int) -> str:
+    """3 -> '3 tiles'; 1 -> '1 tile' (a plan that only spills runs one tile: the whole map)."""
+    return f"{n} tile" if n == 1 else f"{n} tiles"
+
+
 def render_plan(plan: Any) -> str:
     """TilingPlan -> a few lines: method, tiles, predicted peak vs budget, host memory and traffic."""
     head = (f"{plan.op} {shape_str(plan.input_shape)} -> {shape_str(plan.output_shape)} at {plan.dtype.value}, "
@@ -35,13 +40,13 @@ def render_plan(plan: Any) -> str:
     h, w = plan.tile_shape or (0, 0)
     lines = [head + ("exact tiles" if plan.exact else "APPROXIMATE tiles")]
     if plan.exact:
-        lines.append(f"  {plan.tiles} tiles of {w}x{h} px at full resolution; every operation tiles its own map in "
+        lines.append(f"  {_tiles(plan.tiles)} of {w}x{h} px at full resolution; every operation tiles its own map in "
                      f"the same proportion (halo {plan.halo} px per convolution, GroupNorm statistics merged over "
                      "tiles in float64); full-size maps stay on the device while they fit, the one used farthest "
                      "ahead goes to host memory when they do not")
     else:
         lines.append(f"  {plan.approximate_reason}")
-        lines.append(f"  {plan.tiles} tiles of {w}x{h} px")
+        lines.append(f"  {_tiles(plan.tiles)} of {w}x{h} px")
     lines.append(f"  predicted device peak {human_bytes(plan.predicted_peak_bytes)} (weights "
                  f"{human_bytes(plan.weights_bytes)} + input {human_bytes(plan.input_bytes)} + largest step: "
                  f"{plan.peak_step}); untiled needs {human_bytes(plan.untiled_peak_bytes)}")
