@@ -255,3 +255,14 @@ def test_issue20_edges_one_tile_is_singular():
     from vaelens.render.tiling import _tiles
 
     assert (_tiles(1), _tiles(9)) == ("1 tile", "9 tiles")
+
+
+def test_issue20_10_plan_tiling_refuses_a_wrong_channel_count_with_a_vaelens_error():
+    from vaelens.errors import VaeLensError
+    from vaelens.tiling.plan import plan_tiling
+
+    with pytest.raises(VaeLensError, match=r"shape \[1, 7, 32, 32\]") as info:
+        plan_tiling("sd15", (1, 7, 32, 32), "fp32", "1GiB", device_profile="cpu")
+    assert info.value.param == "shape"
+    with pytest.raises(VaeLensError, match="positive sides"):
+        plan_tiling("sd15", (1, 4, 0, 32), "fp32", "1GiB", device_profile="cpu")

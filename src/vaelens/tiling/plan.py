@@ -325,7 +325,17 @@ def plan_tiling(vae: Any, shape: tuple[int, ...], dtype: DType | str | None = No
     profile = get_profile(device_profile) if device_profile is not None else detect_profile(_device_of(vae))
     meta, dt = meta_module(vae, dtype)
     shape = tuple(int(s) for s in shape)
-    tr, est = _untiled(meta, op, shape, dt)
+    if len(shape) not in (4, 5) or min(shape) <= 0:
+        raise VaeLensError(f"shape {list(shape)} is not [B, C, (F,) h, w] with positive sides", param="shape",
+                           value=list(shape))
+    try:
+        tr, est = _untiled(meta, op, shape, dt)
+    except VaeLensError:
+        raise
+    except (RuntimeError, ValueError, IndexError) as exc:  # the module's own check, e.g. a wrong channel count
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VaeLensError(f"shape {list(shape)} is not an input {type(meta).__name__}.{op} takes ({first})",
+                           param="shape", value=list(shape)) from None
     weights, inputs = tr.weights_bytes, tr.input_bytes
     untiled = _device_need(est, weights, inputs)
     out_shape = tuple(tr.output_shape or ())
