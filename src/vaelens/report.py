@@ -61,7 +61,8 @@ class RealWeights:
         return {
             "family": self.family, "source": self.source, "detection": self.detection, "image": self.image,
             "image_size": list(self.image_size), "pixel_shape": list(self.pixel_shape),
-            "latent_shape": list(self.latent_shape), "psnr_db": round(self.psnr, 4), "ssim": None if self.ssim is None else round(self.ssim, 5),
+            "latent_shape": list(self.latent_shape), "psnr_db": round(self.psnr, 4),
+            "ssim": None if self.ssim is None else round(self.ssim, 5),
             "ssim_reason": self.ssim_reason,
             "mean_abs_error": round(float(self.error.mean()), 6), "max_abs_error": round(float(self.error.max()), 6),
             "channel_scale": [-self.channel_limit, self.channel_limit], "rgb_approximation_r2": self.rgb_r2,

@@ -278,7 +278,8 @@ def _real(rep: Report) -> str:
         f"<p>Weights <code>{esc(r.source)}</code> ({esc(r.family)}, {esc(r.detection)}); image "
         f"<code>{esc(Path(r.image).name)}</code> at {w}×{h}: pixels {esc(shape_str(r.pixel_shape))} → latent "
         f"{esc(shape_str(r.latent_shape))} → pixels, in {r.seconds:.2f} s on this machine.</p>{notes}"
-        f'<p>PSNR <b id="real-psnr">{r.psnr:.2f} dB</b>, SSIM <b id="real-ssim">{esc(_ssim_text(r, label=False))}</b>, mean |error| '
+        f'<p>PSNR <b id="real-psnr">{r.psnr:.2f} dB</b>, '
+        f'SSIM <b id="real-ssim">{esc(_ssim_text(r, label=False))}</b>, mean |error| '
         f"{r.error.mean():.4f}, max {r.error.max():.4f} (0–1 scale).</p>"
         '<div class="imgs">'
         + fig("original", "original (what the encoder saw)", "original image")
