@@ -200,20 +200,20 @@ def test_edited_image_is_reencoded_and_nothing_else(tmp_path, vae, bucketing):
 
 
 def test_nan_latent_is_retried_in_fp32_and_reported(tmp_path, vae, bucketing, monkeypatch):
-    from vaelens.datasets.encoder import BatchEncoder
+    from vaelens.run import steps
 
     data = tmp_path / "data"
     make_images(data, 4)
-    original = BatchEncoder._moments
+    original = steps._moments_fn  # the run engine's batch function, which the dataset encoder calls
 
-    def poisoned(self, module, x):
-        mean, logvar = original(self, module, x)
+    def poisoned(module, x, items):
+        out = original(module, x, items)
         if x.dtype != torch.float32:  # low precision overflows on the second sample
-            mean = mean.clone()
-            mean[1, 0, 0, 0] = float("nan")
-        return mean, logvar
+            out = out.clone()
+            out[1, 0, 0, 0] = float("nan")
+        return out
 
-    monkeypatch.setattr(BatchEncoder, "_moments", poisoned)
+    monkeypatch.setattr(steps, "_moments_fn", poisoned)
     opts = options(make_bucketing(vae.spec, size=(32, 32)), batch_size=4)  # one batch of 4
     report = cache_dataset(data, vae, tmp_path / "out", options=opts, encode=EncodeSettings(dtype="bf16", threads=1))
     assert report.encoded == 4
@@ -225,17 +225,43 @@ def test_nan_latent_is_retried_in_fp32_and_reported(tmp_path, vae, bucketing, mo
     summary = json.loads((tmp_path / "out" / "cache.json").read_text())
     assert summary["report"]["nonfinite"] == [nan]
 
-    def hopeless(self, module, x):
-        mean, logvar = original(self, module, x)
-        mean = mean.clone()
-        mean[0] = float("inf")
-        return mean, logvar
+    def hopeless(module, x, items):
+        out = original(module, x, items).clone()
+        out[0] = float("inf")
+        return out
 
-    monkeypatch.setattr(BatchEncoder, "_moments", hopeless)
+    monkeypatch.setattr(steps, "_moments_fn", hopeless)
     bad = cache_dataset(data, vae, tmp_path / "out2", options=opts, encode=EncodeSettings(dtype="bf16", threads=1))
     assert bad.encoded == 3 and not bad.nonfinite[0]["written"]
+    assert "and again in fp32" in bad.nonfinite[0]["action"]
     assert {s["source"] for s in bad.skipped} == {bad.nonfinite[0]["source"]}
     assert len(open_cache(tmp_path / "out2")) == 3
+
+
+def test_batch_encoder_is_the_run_engines_step(vae):
+    """The dataset encoder's mean/logvar are vaelens.run.moments_step's, and its seeded sample is what
+    vaelens.run.encode_step draws with the per-sample seeds; the model in vae is left as it was."""
+    from vaelens.datasets.encoder import BatchEncoder, sample_seed
+    from vaelens.run import encode_step, moments_step
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (3, 32, 40, 3), dtype=np.uint8)
+    keys = ["a", "b", "c"]
+    settings = EncodeSettings(threads=1, posterior="sample", seed=7)
+    dtype_before = next(vae.module.parameters()).dtype
+    enc = BatchEncoder(vae, settings).encode(pixels, keys)
+    assert next(vae.module.parameters()).dtype == dtype_before
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    mean, logvar, _ = moments_step(vae, x)
+    assert enc.retried == () and enc.failed == {} and enc.report.items == 3
+    torch.testing.assert_close(torch.stack(enc.mean), mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.stack(enc.logvar), logvar, rtol=1e-5, atol=1e-5)
+    seeds = [sample_seed(k, settings.seed) for k in keys]
+    sample, _ = encode_step(vae, x, posterior="sample", seeds=seeds)
+    torch.testing.assert_close(torch.stack(enc.sample), sample, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(sample, mean)  # the sample is not the mean
+    other, _ = encode_step(vae, x[1:2], posterior="sample", seeds=seeds[1:2])
+    torch.testing.assert_close(enc.sample[1], other[0], rtol=1e-5, atol=1e-5)  # not the batch's
 
 
 CHILD = textwrap.dedent(

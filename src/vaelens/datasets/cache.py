@@ -190,8 +190,8 @@ def _cache_locked(claimed: ClaimedCache, vae, *, options: CacheOptions, encode: 
     """cache_dataset's work, holding OUT's lock: plan -> encode into shards -> index + summary (also when
     interrupted)."""
     from vaelens.datasets.captions import read_captions
-    from vaelens.datasets.encoder import resolve_dtype
     from vaelens.datasets.local import split_cpus, worker_pool
+    from vaelens.run.steps import resolve_dtype
 
     out = claimed.out
     clean_temporaries(out)

@@ -17,9 +17,10 @@ import pickle
 from collections.abc import Iterator
 from typing import Any
 
-from vaelens.datasets.encoder import Encoded, EncodeSettings, encode_batch, resolve_dtype
+from vaelens.datasets.encoder import Encoded, EncodeSettings, encode_batch
 from vaelens.datasets.plan import Batch, Job, decode_batch
 from vaelens.errors import VaeLensError
+from vaelens.run.steps import resolve_dtype
 
 
 def import_ray() -> Any:

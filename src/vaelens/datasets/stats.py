@@ -65,10 +65,10 @@ def compute_stats(
 ) -> StatsReport:
     """DATA + LoadedVae -> StatsReport of the raw latents (the posterior mean, or a fixed-seed sample)."""
     encode = encode or EncodeSettings()
-    from vaelens.datasets.encoder import resolve_dtype
     from vaelens.datasets.engine import Engine, run_engine
     from vaelens.datasets.local import split_cpus, worker_pool
     from vaelens.datasets.plan import clip_frames, plan_job
+    from vaelens.run.steps import resolve_dtype
 
     t0 = time.perf_counter()
     frames = clip_frames(vae.spec, frames)
