@@ -156,4 +156,4 @@ def test_inspect_of_latents_normalised_with_checkpoint_statistics_asks_for_vae(t
     save_latents(tmp_path / "z.safetensors", torch.zeros(1, 128, 2, 4, 4), metadata=meta)
     assert main(["inspect", str(tmp_path / "z.safetensors"), "-o", str(tmp_path / "in")]) == 2
     err = capsys.readouterr().err
-    assert "pass --vae" in err and "module=" not in err and err.count("\n") == 1
+    assert "argument --vae:" in err and "module=" not in err and err.count("\n") == 1

@@ -263,9 +263,10 @@ def test_cpu_benchmark_measures_rss_above_the_loaded_model(tmp_path, monkeypatch
         outs.append(torch.load(out))
         rows.append(bench.finish(row, nbytes, outs[-1], outs[0]))
     untiled, tiled = rows
-    assert untiled["rss_above_baseline"] >= 0 and "bound" not in untiled
+    assert untiled["rss_above_baseline"] > -(1 << 20) and "bound" not in untiled
     assert tiled["method"] == "exact" and tiled["predicted_peak_bytes"] <= budget
-    assert tiled["rss_above_baseline"] == tiled["peak_rss"] - tiled["baseline_rss"] >= 0
+    # in-process the rise can read a page or two below zero (the baseline is read after the counter reset)
+    assert tiled["rss_above_baseline"] == tiled["peak_rss"] - tiled["baseline_rss"] > -(1 << 20)
     assert tiled["bound"] == int((budget + tiled["host_bytes"]) * 1.1)
     assert tiled["holds"] == (tiled["rss_above_baseline"] <= tiled["bound"])
     assert tiled["psnr_db"] >= 60

@@ -19,11 +19,14 @@ Public names (each one's own docstring opens with its full shape contract):
     TilingPlan           how an encode/decode runs inside a budget (untiled, exact tiles, approximate)
   Run (real weights)
     load_vae             folder | file | repo id -> LoadedVae (module, family, dtype)
-    encode               pixels [B,3,(F,)H,W] in [-1,1] -> raw latent [B,C,(F',)h,w], within a budget
-    decode               raw latent [B,C,(F',)h,w] -> pixels [B,3,(F,)H,W], within a budget
+    encode               pixels [B,3,(F,)H,W] in [-1,1] -> Encoded(latent [B,C,(F',)h,w], raw or normalized=)
+    decode               latent [B,C,(F',)h,w] (raw or normalized=) -> Decoded(pixels [B,3,(F,)H,W] in [-1,1])
+    measure_precision    VAE + images -> PrecisionReport: fp16/bf16 first overflow, PSNR, the priced upcast
     enable_budgeted_vae  VAE module + budget -> its encode/decode run in exact tiles when needed
     disable_budgeted_vae VAE module -> its own encode/decode again
-    open_cache           cache folder -> CacheDataset of latents with their size metadata
+    open_cache           cache folder -> CacheDataset of latents, posteriors, flips, captions (shards checked)
+    BucketSampler        CacheDataset -> batches within one bucket, reshuffled per epoch, split across ranks
+    LatentPosterior      (mean, logvar) [B,C,h,w] in one normalisation -> .sample(generator)
   Options and errors
     PixelRequest         pixels [batch, 3, (frames,) height, width] at dtype: the one request object
     DType                fp32 | fp16 | bf16
