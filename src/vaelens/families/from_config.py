@@ -225,7 +225,7 @@ def spec_from_config_path(path: str) -> FamilySpec:
     """config.json | folder with config.json or vae/config.json | 'owner/name' repo id in the local
     Hugging Face cache (never downloaded) -> derived FamilySpec."""
     from vaelens.build import load_config
-    from vaelens.weights.checkpoints import hf_cache_folder, looks_like_repo_id
+    from vaelens.hfcache import hf_cache_folder, looks_like_repo_id
 
     p = Path(path).expanduser()
     repo_id = None

@@ -1,16 +1,12 @@
-"""Local checkpoint files: safetensors / pickle reading, the Hugging Face cache, the offline guard.
+"""Local checkpoint files: safetensors / pickle reading.
 
-file -> (tensors on CPU, metadata); 'owner/name' -> snapshot folder in the local HF cache. Nothing here
-downloads: the cache is only looked up (huggingface_hub.try_to_load_from_cache), with HF_HUB_OFFLINE=1.
+file -> (tensors on CPU, metadata). The Hugging Face cache and the offline guard are vaelens.hfcache.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +15,6 @@ from vaelens.errors import WeightsError
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # Prefixes of the VAE inside full checkpoints: diffusers/src/diffusers/loaders/single_file_utils.py LDM_VAE_KEYS
 VAE_PREFIXES = ("first_stage_model.", "vae.")
-
-
-@contextlib.contextmanager
-def offline() -> Iterator[None]:
-    """Set HF_HUB_OFFLINE=1 (and restore it) so no Hugging Face call inside can reach the network."""
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -119,52 +101,3 @@ def _unpickling_reason(exc: Exception) -> str:
             reason = line.split("WeightsUnpickler error:", 1)[1].strip() or " ".join(lines[i + 1 : i + 2])
             return reason.split(" Please use", 1)[0]
     return lines[0] if lines else ""
-
-
-# ----------------------------------------------------------------------------------------- HF cache
-
-
-def hf_cache_dir(cache_dir: str | Path | None = None) -> Path:
-    """-> the hub cache folder: cache_dir, $HF_HUB_CACHE, $HF_HOME/hub, or ~/.cache/huggingface/hub."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    return Path(home).expanduser() / "hub"
-
-
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-def looks_like_repo_id(text: str) -> bool:
-    """'owner/name' as the Hugging Face Hub writes it (not './x/y', '~/x', 'a/b/c' or a name with spaces).
-
-    >>> looks_like_repo_id("stabilityai/sdxl-vae"), looks_like_repo_id("./models/vae")
-    (True, False)
-    """
-    return _REPO_ID.fullmatch(text) is not None
-
-
-def hf_cache_folder(repo_id: str, *, cache_dir: str | Path | None = None) -> Path:
-    """'owner/name' -> snapshot folder holding config.json or vae/config.json (never downloads)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    root = hf_cache_dir(cache_dir)
-    with offline():
-        for name in ("vae/config.json", "config.json"):
-            hit = try_to_load_from_cache(repo_id, name, cache_dir=str(root))
-            if isinstance(hit, str):
-                folder = Path(hit).parent
-                return folder.parent if name.startswith("vae/") else folder
-    cached = (
-        sorted(d.name[len("models--") :].replace("--", "/") for d in root.glob("models--*")) if root.is_dir() else []
-    )
-    listing = f"; cached repos: {', '.join(cached[:12])}" if cached else f"; the cache ({root}) holds no models"
-    raise WeightsError(
-        f"{repo_id!r} is not a local path, and as a repo id it has no config.json or vae/config.json in the "
-        f"local Hugging Face cache ({root}); "
-        f"vaelens never downloads — fetch it first (e.g. `huggingface-cli download {repo_id} --include 'vae/*'`) "
-        f"or pass a local path{listing}",
-        param="source",
-    )

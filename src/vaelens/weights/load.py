@@ -23,16 +23,9 @@ from typing import Any, NamedTuple
 
 from vaelens.errors import VaeLensError, WeightsError
 from vaelens.families import FAMILIES, FamilySpec
+from vaelens.hfcache import hf_cache_folder, looks_like_repo_id, offline
 from vaelens.options import DType
-from vaelens.weights.checkpoints import (  # noqa: F401 — hf_cache_dir, offline are part of this module's API
-    PICKLE_SUFFIXES,
-    VAE_PREFIXES,
-    hf_cache_dir,
-    hf_cache_folder,
-    looks_like_repo_id,
-    offline,
-    read_state_dict,
-)
+from vaelens.weights.checkpoints import PICKLE_SUFFIXES, VAE_PREFIXES, read_state_dict
 
 WEIGHT_NAMES = (
     "diffusion_pytorch_model.safetensors",
