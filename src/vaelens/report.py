@@ -110,11 +110,10 @@ def real_weights(vae: str | Path, image: str | Path | None = None) -> RealWeight
     from vaelens.latents import project_with_decoder
     from vaelens.normalization import denormalize
     from vaelens.run import roundtrip
-    from vaelens.weights.demo import demo_image_path, demo_weights_path
+    from vaelens.weights.demo import demo_image_path
     from vaelens.weights.load import load_vae
 
-    # 'demo' is the shipped demo VAE unless a file or folder of that name exists (as elsewhere in vaelens)
-    loaded = load_vae(demo_weights_path() if str(vae) == "demo" and not Path("demo").exists() else vae)
+    loaded = load_vae(vae)  # 'demo': the shipped demo VAE, unless a file or folder of that name exists
     path = Path(image) if image is not None else demo_image_path()
     t0 = time.perf_counter()
     arrays, infos = read_for_family([path], loaded.spec)
@@ -144,10 +143,9 @@ def real_weights(vae: str | Path, image: str | Path | None = None) -> RealWeight
 def precision_report(vae: str | Path, image: str | Path) -> Any:
     """weights ('demo': the demo VAE) + image -> vaelens.precision.PrecisionReport at the image's own size."""
     from vaelens.precision import measure_precision
-    from vaelens.weights.demo import demo_weights_path
     from vaelens.weights.load import load_vae
 
-    loaded = load_vae(demo_weights_path() if str(vae) == "demo" and not Path("demo").exists() else vae)
+    loaded = load_vae(vae)
     return measure_precision(loaded, [image])
 
 
