@@ -29,6 +29,7 @@ from __future__ import annotations
 import gc
 import itertools
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,8 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from vaelens.tiling import chain as chains
+from vaelens.tiling.chain import Node
 from vaelens.tiling.cost import op_flops
 from vaelens.tiling.grid import splits, tile_size
 from vaelens.tiling.ops import DENSE, HANDLERS
@@ -71,6 +74,20 @@ _POINTWISE = frozenset({
 
 _INPLACE_DUNDER = {"__iadd__": "add", "__isub__": "sub", "__imul__": "mul", "__itruediv__": "div"}
 _DTYPE_METHODS = {"float": torch.float32, "half": torch.float16, "bfloat16": torch.bfloat16, "double": torch.float64}
+
+# Queries that read a tensor's metadata only: a deferred map answers them without being computed.
+_METADATA = frozenset({
+    "__len__", "__hash__", "size", "dim", "ndimension", "numel", "stride", "is_contiguous", "element_size",
+    "storage_offset", "get_device", "is_floating_point", "is_complex", "requires_grad_", "is_inference", "_version",
+})
+_METADATA_GET = frozenset({
+    "shape", "dtype", "device", "ndim", "is_cuda", "is_cpu", "is_meta", "requires_grad", "layout", "names",
+    "is_sparse", "is_quantized", "is_nested", "is_mkldnn", "grad_fn", "is_leaf",
+})
+# Handlers that take deferred maps themselves (chain them, or compute them where they must).
+_CHAINING = frozenset({"conv2d", "conv3d", "group_norm", "interpolate", "dropout", "to", "type_as", "normalize"})
+# Operations that write into their first argument (or a tensor argument).
+_MUTATING = frozenset({"__setitem__", "copy_", "zero_", "fill_"})
 
 
 @dataclass(slots=True)
@@ -111,6 +128,7 @@ class Executor:
         self.weights = weights
         self.res = residency
         self.recorder = recorder
+        self.lazy: dict[int, Node] = {}  # id(placeholder) -> the deferred operation it stands for
 
     # ------------------------------------------------------------------ the loop all tiled ops share
     def loop(self, kind: str, key: tuple, axes: list[list[tuple[int, int]]],
@@ -171,14 +189,119 @@ class Executor:
     def handle(self, func: Any, args: tuple, kwargs: dict) -> Any:
         name = getattr(func, "__name__", "")
         if name in _VIEWS or name.startswith("__get"):
+            if self.lazy and not (name in _METADATA or (name == "__get__" and _getter(func) in _METADATA_GET)):
+                self.realize((args, kwargs))
             return self.view(func, args, kwargs)
+        if name == "contiguous" and args and isinstance(args[0], torch.Tensor) and len(args) == 1 and not kwargs:
+            x = args[0]
+            if self.node_of(x) is not None or x.is_contiguous():  # a chain's map is contiguous when computed
+                return x
+        if self.lazy:
+            if name in _MUTATING or name in _INPLACE_DUNDER or (name.endswith("_") and not name.startswith("__")):
+                if self.node_of(args[0] if args else None) is None:
+                    self.flush()  # every deferred chain reads the map as it is before the write
+            if name not in _CHAINING and name not in _POINTWISE and name not in _DTYPE_METHODS:
+                self.realize((args, kwargs))
         if name in _COPIES:
             return self.whole(func, args, kwargs, kind="pass")
         first = len(self.res.events)
         out = self.dispatch(name, func, args, kwargs)
-        if self.recorder is not None and len(self.res.events) > first:
+        if self.recorder is not None and len(self.res.events) > first and self.node_of(out) is None:
             self._cost(name, args, kwargs, out, first)
         return out
+
+    # ------------------------------------------------------------------ deferred maps (vaelens.tiling.chain)
+    def node_of(self, t: Any) -> Node | None:
+        """The deferred operation a placeholder stands for; None for any other value."""
+        return self.lazy.get(id(t)) if isinstance(t, torch.Tensor) and self.lazy else None
+
+    def defer(self, node: Node) -> torch.Tensor:
+        """A deferred map -> the placeholder tensor diffusers holds for it (its shape and dtype, no data)."""
+        shape = tuple(int(s) for s in node.shape)
+        if self.device.type == "meta":
+            t = torch.empty(shape, dtype=node.dtype, device="meta")
+        else:
+            n = math.prod(shape) * torch.empty((), dtype=node.dtype).element_size()
+            t = torch.empty(0, dtype=node.dtype, device=self.device)
+            t.set_(self.res._null(n), 0, torch.Size(shape), _strides(shape))
+        node.bind(t)
+        self.lazy[id(t)] = node
+        weakref.finalize(t, self.lazy.pop, id(t), None)
+        return t
+
+    def realize(self, obj: Any) -> None:
+        """Compute every deferred map among the tensors in `obj` (nested args): they become real tensors."""
+        for t in tensors(obj, []):
+            node = self.node_of(t)
+            if node is not None:
+                self.materialize(node)
+
+    def flush(self) -> None:
+        """Compute every deferred map diffusers still holds, oldest first."""
+        for tid, node in list(self.lazy.items()):
+            if self.lazy.get(tid) is node and node.value is None:
+                self.materialize(node)
+
+    def materialize(self, node: Node, *, groups: int | None = None) -> _Stats | None:
+        """Run the chain ending in `node` tile by tile (one device visit) and store its map; with `groups`,
+        its GroupNorm statistics too, merged from every tile as it is computed (no second read)."""
+        nodes = chains.order(node)
+        regs = self.axis_splits([node.shape[-2], node.shape[-1]])
+        candidates = chains.reusable(nodes)
+        tiles: dict[Region, chains.TilePlan] = {}
+        stats = _Stats() if groups else None
+        work = [0.0, 0.0, 0]
+        first = len(self.res.events)
+
+        def load(r: Region) -> list[torch.Tensor]:
+            tp = tiles[r] = chains.plan_tile(nodes, (r[0], r[1]))
+            if self.recorder is not None:
+                f, c, b = chains.cost(nodes, tp)
+                work[0] += f
+                work[1] += c
+                work[2] += b
+            return [self.tile(leaf, chains.leaf_index(leaf, box)) for leaf, box in tp.leaves]
+
+        def fn(r: Region) -> Callable[..., Any]:
+            def f(*leaf_tiles: torch.Tensor) -> Any:  # called after load(r)
+                y = chains.compute(nodes, tiles[r], list(leaf_tiles))
+                return (y, *_tile_stats(y, groups)) if groups else y
+            return f
+
+        holder: list[torch.Tensor] = []
+
+        def store(r: Region, res: Any) -> None:
+            y = res[0] if groups else res
+            if stats is not None:
+                stats.merge(res[1], res[2], res[3])
+            if not holder:
+                reuse = self._reusable(candidates, tuple(node.shape), y.dtype)
+                if reuse is not None:
+                    holder.append(reuse)
+                    self.res.writes(reuse)
+                else:
+                    holder.append(self.new_output(tuple(node.shape), y.dtype))
+            self.put(holder[0], (Ellipsis, slice(*r[0]), slice(*r[1])), y)
+
+        name = "chain:" + "+".join(n.name for n in nodes)
+        self.loop(name, tuple(n.sig for n in nodes) + ((groups,),), regs, load, fn, store)
+        if self.recorder is not None and len(self.res.events) > first:
+            ev = self.res.events[first]
+            ev.flops += work[0]
+            ev.conv_flops += work[1]
+            ev.device_bytes += int(work[2]) + (holder[0].numel() * 4 if groups else 0)
+        self._bind(node, holder[0])
+        return stats
+
+    def _bind(self, node: Node, value: torch.Tensor) -> None:
+        """A computed chain: its placeholder (if diffusers still holds it) becomes the map."""
+        node.value = value
+        node.inputs = []  # the chain no longer reads anything through this node
+        p = node.placeholder() if node.placeholder is not None else None
+        if p is not None and self.lazy.get(id(p)) is node:
+            del self.lazy[id(p)]
+            p.set_(value.untyped_storage(), value.storage_offset(), value.size(), value.stride())
+            self.res.buf(p)
 
     def dispatch(self, name: str, func: Any, args: tuple, kwargs: dict) -> Any:
         handler = HANDLERS.get(name)
@@ -216,6 +339,8 @@ class Executor:
 
     def whole(self, func: Any, args: tuple, kwargs: dict, *, kind: str = "whole") -> Any:
         """The operation as one piece on the device: its inputs are fetched first, its outputs stay."""
+        if self.lazy:
+            self.realize((args, kwargs))
         self.res.begin(kind, getattr(func, "__name__", str(func)))
         try:
             moved: list[torch.Tensor] = []
@@ -267,6 +392,19 @@ class Executor:
         axes = (nd - 2, nd - 1) if nd >= 2 else ()
         if not axes or any(d % nd in axes for d in reduce_dims) or (inplace and tuple(args[0].shape) != shape):
             return self.whole(func, args, kwargs)
+        if nd >= 4 and (not inplace or self.node_of(args[0]) is not None):
+            node = self._pointwise_node(func, name, args, kwargs, shape, inplace)
+            if node is not None:
+                if inplace:  # the placeholder diffusers holds now stands for the new value
+                    old = self.node_of(args[0])
+                    assert old is not None
+                    old.placeholder = None
+                    node.bind(args[0])
+                    self.lazy[id(args[0])] = node
+                    return args[0]
+                return self.defer(node)
+        if self.lazy:
+            self.realize((args, kwargs))
         regs = self.axis_splits([shape[a] for a in axes])
         if one_tile(regs):
             return self.whole(func, args, kwargs)
@@ -314,6 +452,52 @@ class Executor:
         self.loop(f"pointwise:{name}", (name,), regs, load, fn, store)
         return holder[0]
 
+    def _pointwise_node(self, func: Any, name: str, args: tuple, kwargs: dict, shape: tuple[int, ...],
+                        inplace: bool) -> Node | None:
+        """A pointwise operation over maps -> its deferred Node; None where it cannot join a chain (an input
+        that broadcasts along a tiled axis in some other way, a 1-D tensor along the last axis)."""
+        if inplace:  # computed out of place on the tile: the tile of the old value may be read elsewhere
+            base = _INPLACE_DUNDER.get(name, name.rstrip("_"))
+            func = getattr(torch.Tensor, base, None)
+            if func is None:
+                return None
+            name = base
+        flat = list(args)
+        slots = [i for i, a in enumerate(flat) if isinstance(a, torch.Tensor)]
+        kslots = [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+        vals = [flat[i] for i in slots] + [kwargs[k] for k in kslots]
+        inputs: list[Any] = []
+        is_map: list[bool] = []
+        sig: list[Any] = []
+        convs = 0
+        for t in vals:
+            node = self.node_of(t)
+            axes = chains.spatial(t, shape)
+            if axes is None:
+                return None
+            small = not any(axes)
+            weight = id(t) in self.weights
+            if node is None and small and t.ndim < 2 and not weight:
+                return None  # a tracked tensor the tile code cannot cut: the operation runs unchained
+            mapped = node is not None or not (small and weight)
+            inputs.append(node if node is not None else t)
+            is_map.append(mapped)
+            sig.append((mapped, tuple(t.shape) if small else axes, t.dtype))
+            if node is not None:
+                convs = max(convs, node.convs)
+        meta = [torch.empty(tuple(t.shape), dtype=t.dtype, device="meta") for t in vals]
+        call = chains.pointwise_call(func, flat, slots, kwargs, kslots)
+        try:
+            out = call(meta)
+        except (RuntimeError, TypeError, ValueError):
+            return None
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape:
+            return None
+        scal = tuple(v for v in (*flat, *kwargs.values()) if isinstance(v, (int, float, bool, str)))
+        return Node(kind="pointwise", name=name, shape=shape, dtype=out.dtype, inputs=inputs,
+                    params={"call": call, "is_map": is_map}, convs=convs,
+                    sig=("pointwise", name, shape[:-2], out.dtype, tuple(sig), scal))
+
     def _reusable(self, ins: list[torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
         """An input whose buffer the plan lets this pointwise operation overwrite: the operation is its last
         use (planning marks the candidate; the plan's second recording and the run reuse it)."""
@@ -333,6 +517,55 @@ class Executor:
         if x.dtype == dtype:
             return x
         return self.pointwise(_Cast(dtype), (x,), {})
+
+
+class _Stats:
+    """GroupNorm statistics of a whole map merged from its tiles: Chan et al.'s parallel merge of (count,
+    mean, M2) in float64, exact up to rounding, unlike averaging per-tile variances."""
+
+    def __init__(self) -> None:
+        self.n: torch.Tensor | None = None
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+
+    def merge(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+        mean_b, var_b = mean.double(), var.double()
+        if self.n is None:
+            self.n = torch.tensor(float(count), dtype=torch.float64, device=mean_b.device)
+            self.mean, self.m2 = mean_b, var_b * count
+            return
+        assert self.mean is not None and self.m2 is not None
+        na = self.n
+        tot = na + count
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (count / tot)
+        self.m2 = self.m2 + var_b * count + delta * delta * (na * count / tot)
+        self.n = tot
+
+    def mean_rstd(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (mean, 1 / sqrt(variance + eps)), float64 [N, groups]."""
+        assert self.n is not None and self.mean is not None and self.m2 is not None
+        return self.mean, torch.rsqrt(self.m2 / self.n + eps)
+
+
+def _tile_stats(t: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A tile [N, C, ...] -> per (sample, group) mean and variance in float32, and the element count."""
+    g = t.unflatten(1, (groups, -1)).float()
+    var, mean = torch.var_mean(g, dim=tuple(range(2, g.ndim)), correction=0)
+    return mean, var, math.prod(g.shape[2:])
+
+
+def _getter(func: Any) -> str:
+    """Tensor.<property>.__get__ -> the property's name."""
+    return getattr(getattr(func, "__self__", None), "__name__", "")
+
+
+def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    out, acc = [], 1
+    for s in reversed(shape):
+        out.append(acc)
+        acc *= max(1, int(s))
+    return tuple(reversed(out))
 
 
 class _Cast:
@@ -401,6 +634,7 @@ def run_tiled(module: torch.nn.Module, call: Callable[[], Any], *, fraction: tup
     try:
         with TiledMode(ex):
             out = call()
+        ex.flush()  # maps still deferred (the outputs among them) are computed before they are returned
         residency.begin("return", "return")  # outside the mode: its copies are the executor's own
         for t in (*output_tensors(out), *inputs):
             if id(t) not in weights:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from vaelens.tiling.chain import MAX_CONVS, Node
 from vaelens.tiling.grid import conv_input, splits, tile_size
 from vaelens.tiling.util import Region
 from vaelens.tiling.util import map_tensors as _map
@@ -59,8 +60,6 @@ def conv(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
     if ex.recorder is not None:
         ex.recorder.halo = max(ex.recorder.halo, *(dilation[i] * (k[i] - 1) // 2 for i in range(nd)))
         ex.recorder.conv_macs += math.prod(out) * x.shape[0] * w.shape[0] * math.prod(w.shape[1:])
-    if _one(regs):
-        return ex.whole(func, args, kwargs)
     bias = p.get("bias")
     groups = p.get("groups", 1)
     inner = tuple(0 if 2 + i in axes else padding[i] for i in range(nd))
@@ -69,6 +68,12 @@ def conv(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
     # its own padding and drops the rows that padding invented at inner tile edges: no padded copy.
     same = all(stride[a - 2] == 1 and k[a - 2] % 2 == 1 and padding[a - 2] == dilation[a - 2] * (k[a - 2] - 1) // 2
                for a in axes)
+    if x.ndim >= 4 and (bias is None or id(bias) in ex.weights) and id(w) in ex.weights:
+        return _conv_node(ex, func, x, w, bias, out, k, stride, padding, dilation, groups, same, inner)
+    if ex.lazy:
+        ex.realize((args, kwargs))
+    if _one(regs):
+        return ex.whole(func, args, kwargs)
     if same:
         inner = padding
 
@@ -100,57 +105,56 @@ def conv(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
     return holder[0]
 
 
+def _conv_node(ex: Executor, func: Any, x: torch.Tensor, w: torch.Tensor, bias: Any, out: list[int],
+               k: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...],
+               groups: int, same: bool, inner: tuple[int, ...]) -> torch.Tensor:
+    """A convolution joins the chain of its input (vaelens.tiling.chain); an input chain that already holds
+    a convolution with a halo is computed first (MAX_CONVS)."""
+    src = ex.node_of(x)
+    halo = any(kk > 1 or s != 1 for kk, s in zip(k[-2:], stride[-2:], strict=True))
+    if src is not None and halo and src.convs >= MAX_CONVS:
+        ex.materialize(src)
+        src = None
+    t2 = (slice(-2, None),)
+    params = {
+        "func": func, "weight": w, "bias": bias, "groups": groups, "same": same,
+        "k": k[t2[0]], "stride": stride[t2[0]], "padding": padding[t2[0]], "dilation": dilation[t2[0]],
+        "stride_all": stride, "padding_all": padding, "dilation_all": dilation, "inner": inner,
+    }
+    shape = (x.shape[0], w.shape[0], *out)
+    node = Node(kind="conv", name=f"conv{len(k)}d", shape=tuple(int(s) for s in shape), dtype=x.dtype,
+                inputs=[src if src is not None else x], params=params,
+                convs=(src.convs if src is not None else 0) + int(halo),
+                sig=("conv", tuple(w.shape), stride, padding, dilation, groups, x.dtype, bias is not None,
+                     tuple(shape[:-2])))
+    return ex.defer(node)
+
+
 # ------------------------------------------------------------------ GroupNorm: exact statistics
 def group_norm(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
     names = ("input", "num_groups", "weight", "bias", "eps")
     p = dict(zip(names, args, strict=False), **kwargs)
     x, groups = p["input"], p["num_groups"]
     weight, bias, eps = p.get("weight"), p.get("bias"), p.get("eps", 1e-5)
+    src = ex.node_of(x)
+    if x.ndim < 4 and src is not None:
+        ex.realize((x,))
+        src = None
     if x.ndim < 3:
         return ex.whole(func, args, kwargs)
     axes = (x.ndim - 2, x.ndim - 1) if x.ndim >= 4 else (2,)
     regs = ex.axis_splits([x.shape[a] for a in axes])
-    if _one(regs):
+    if src is None and _one(regs) and x.ndim < 4:
         return ex.whole(func, args, kwargs)
     n, c = x.shape[0], x.shape[1]
-
-    def cut(r: Region) -> list[torch.Tensor]:
-        sl: list[slice] = [slice(None)] * x.ndim
-        for ax, (a, b) in zip(axes, r, strict=True):
-            sl[ax] = slice(a, b)
-        return [ex.tile(x, tuple(sl))]
-
-    acc: dict[str, torch.Tensor] = {}
-
-    def stats_fn(_r: Region) -> Callable[..., tuple[torch.Tensor, torch.Tensor, int]]:
-        def f(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-            g = t.unflatten(1, (groups, -1)).float()  # a view: no copy of the tile at float32
-            dims = tuple(range(2, g.ndim))
-            var, mean = torch.var_mean(g, dim=dims, correction=0)
-            return mean, var, math.prod(g.shape[2:])
-        return f
-
-    def merge(_r: Region, res: tuple[torch.Tensor, torch.Tensor, int]) -> None:
-        # Chan et al.'s parallel merge of (count, mean, M2) in float64: exact up to rounding,
-        # unlike averaging per-tile variances.
-        mean_b, var_b, nb = res[0].double(), res[1].double(), res[2]
-        if not acc:
-            acc.update(n=torch.tensor(float(nb), dtype=torch.float64, device=mean_b.device), mean=mean_b,
-                       m2=var_b * nb)
-            return
-        na = acc["n"]
-        tot = na + nb
-        delta = mean_b - acc["mean"]
-        acc["mean"] = acc["mean"] + delta * (nb / tot)
-        acc["m2"] = acc["m2"] + var_b * nb + delta * delta * (na * nb / tot)
-        acc["n"] = tot
-
-    ex.loop("group_norm.stats", (groups,), regs, cut, stats_fn, merge)
-    if ex.recorder is not None:
-        ex.recorder.extra_elements += x.numel()
-    rstd = torch.rsqrt(acc["m2"] / acc["n"] + eps)  # [N, G] float64
+    if src is not None:  # the chain that makes the map computes its statistics as each tile is made
+        stats = ex.materialize(src, groups=groups)
+    else:
+        stats = _stats_pass(ex, x, groups, axes, regs)
+    assert stats is not None
+    mean, rstd = stats.mean_rstd(eps)
     scale = rstd.repeat_interleave(c // groups, dim=1)  # [N, C]
-    shift = -acc["mean"].repeat_interleave(c // groups, dim=1) * scale
+    shift = -mean.repeat_interleave(c // groups, dim=1) * scale
     if weight is not None:
         scale = scale * weight.double()
         shift = shift * weight.double()
@@ -160,6 +164,28 @@ def group_norm(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
     a = scale.float().reshape(view)
     b = shift.float().reshape(view)
     return ex.pointwise(_affine, (x, a, b), {})
+
+
+def _stats_pass(ex: Executor, x: torch.Tensor, groups: int, axes: tuple[int, ...],
+                regs: list[list[tuple[int, int]]]) -> Any:
+    """GroupNorm statistics of a map that exists: one pass reading it tile by tile."""
+    from vaelens.tiling.execute import _Stats, _tile_stats
+
+    def cut(r: Region) -> list[torch.Tensor]:
+        sl: list[slice] = [slice(None)] * x.ndim
+        for ax, (a, b) in zip(axes, r, strict=True):
+            sl[ax] = slice(a, b)
+        return [ex.tile(x, tuple(sl))]
+
+    stats = _Stats()
+
+    def stats_fn(_r: Region) -> Callable[..., tuple[torch.Tensor, torch.Tensor, int]]:
+        return lambda t: _tile_stats(t, groups)
+
+    ex.loop("group_norm.stats", (groups,), regs, cut, stats_fn, lambda _r, res: stats.merge(*res))
+    if ex.recorder is not None:
+        ex.recorder.extra_elements += x.numel()
+    return stats
 
 
 # ------------------------------------------------------------------ nearest upsampling
@@ -180,11 +206,23 @@ def interpolate(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
     if any(float(s) != int(s) or s < 1 for s in scale):
         return ex.whole(func, args, kwargs)
     scale = [int(s) for s in scale]
+    mode = p.get("mode", "nearest")
+    full = (*x.shape[:2], *(d * s for d, s in zip(x.shape[2:], scale, strict=True)))
+    if mode == "nearest":  # "nearest-exact" maps rows differently: it runs unchained
+        src = ex.node_of(x)
+        node = Node(kind="upsample", name="interpolate", shape=tuple(int(d) for d in full), dtype=x.dtype,
+                    inputs=[src if src is not None else x],
+                    params={"func": func, "scale": (scale[-2], scale[-1]), "scale_all": tuple(float(s) for s in scale),
+                            "mode": mode},
+                    convs=src.convs if src is not None else 0,
+                    sig=("upsample", tuple(scale), mode, x.dtype, tuple(full[:-2])))
+        return ex.defer(node)
+    if ex.lazy:
+        ex.realize((args, kwargs))
     axes = (x.ndim - 2, x.ndim - 1)
     regs = ex.axis_splits([x.shape[a] for a in axes])
     if _one(regs):
         return ex.whole(func, args, kwargs)
-    mode = p.get("mode", "nearest")
 
     def load(r: Region) -> list[torch.Tensor]:
         sl: list[slice] = [slice(None)] * x.ndim
@@ -196,7 +234,6 @@ def interpolate(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
         return lambda t: func(t, scale_factor=tuple(float(s) for s in scale), mode=mode)
 
     holder: list[torch.Tensor] = []
-    full = (*x.shape[:2], *(d * s for d, s in zip(x.shape[2:], scale, strict=True)))
 
     def store(r: Region, res: torch.Tensor) -> None:
         if not holder:
