@@ -56,7 +56,6 @@ class Node:
     inputs: list[Any]
     params: dict[str, Any] = field(default_factory=dict)
     sig: tuple = ()
-    convs: int = 0  # convolutions with a halo or stride on the longest path back to a leaf
     value: torch.Tensor | None = None  # the map, once a chain has computed it
     placeholder: Any = None  # weakref to the tensor diffusers holds for this node
 
@@ -139,6 +138,35 @@ def order(root: Node) -> list[Node]:
             if isinstance(t, Node) and t.value is None and id(t) not in seen:
                 stack.append((t, False))
     return out
+
+
+def halo_depth(root: Node) -> int:
+    """Convolutions with a halo or a stride on the longest deferred path from `root` back to a leaf."""
+    depth: dict[int, int] = {}
+    for n in order(root):
+        below = max((depth[id(t)] for t in n.inputs if isinstance(t, Node) and t.value is None), default=0)
+        depth[id(n)] = below + int(n.kind == "conv" and n.params["halo"])
+    return depth[id(root)]
+
+
+def cut_point(src: Node) -> Node:
+    """Where to end the chain below a convolution that cannot join it: on the straight path from `src` down
+    to its haloed convolution (through upsampling and pointwise nodes with one deferred input), the node
+    whose map is smallest — e.g. a ResNet block's output rather than its 4x larger upsampled copy."""
+    best, node = src, src
+    while True:
+        if _nbytes(node) < _nbytes(best):
+            best = node
+        if node.kind == "conv" and node.params["halo"]:
+            return best
+        deferred = [t for t in node.inputs if isinstance(t, Node) and t.value is None]
+        if len(deferred) != 1:
+            return best
+        node = deferred[0]
+
+
+def _nbytes(n: Node) -> int:
+    return math.prod(n.shape) * torch.empty((), dtype=n.dtype).element_size()
 
 
 def leaf_of(t: Any) -> torch.Tensor | None:
@@ -260,7 +288,7 @@ def reusable(nodes: list[Node]) -> list[torch.Tensor]:
     out: list[torch.Tensor] = []
     bad: set[int] = set()
     for n in reversed(nodes):
-        aligned = through.get(id(n), False) and n.kind == "pointwise"
+        aligned = through.get(id(n), False) and (n.kind == "pointwise" or _pointlike(n))
         maps = n.params["is_map"] if n.kind == "pointwise" else [True] * len(n.inputs)
         for t, is_map in zip(n.inputs, maps, strict=True):
             if not is_map:
@@ -276,6 +304,12 @@ def reusable(nodes: list[Node]) -> list[torch.Tensor]:
             else:
                 bad.add(id(leaf))
     return [t for t in out if id(t) not in bad]
+
+
+def _pointlike(n: Node) -> bool:
+    """A convolution that reads exactly its output box (1x1, stride 1, no padding on the tiled axes)."""
+    p = n.params
+    return n.kind == "conv" and not p["halo"] and all(x == 0 for x in p["padding"])
 
 
 def pointwise_call(func: Callable[..., Any], args: list[Any], slots: list[int], kwargs: dict[str, Any],

@@ -469,7 +469,6 @@ class Executor:
         inputs: list[Any] = []
         is_map: list[bool] = []
         sig: list[Any] = []
-        convs = 0
         for t in vals:
             node = self.node_of(t)
             axes = chains.spatial(t, shape)
@@ -483,10 +482,11 @@ class Executor:
             inputs.append(node if node is not None else t)
             is_map.append(mapped)
             sig.append((mapped, tuple(t.shape) if small else axes, t.dtype))
-            if node is not None:
-                convs = max(convs, node.convs)
         meta = [torch.empty(tuple(t.shape), dtype=t.dtype, device="meta") for t in vals]
-        call = chains.pointwise_call(func, flat, slots, kwargs, kslots)
+        # the call holds no tensor of the run: a placeholder it held would stay alive (and be computed)
+        bare = [None if i in slots else a for i, a in enumerate(flat)]
+        call = chains.pointwise_call(func, bare, slots, {k: (None if k in kslots else v) for k, v in kwargs.items()},
+                                     kslots)
         try:
             out = call(meta)
         except (RuntimeError, TypeError, ValueError):
@@ -495,11 +495,11 @@ class Executor:
             return None
         scal = tuple(v for v in (*flat, *kwargs.values()) if isinstance(v, (int, float, bool, str)))
         return Node(kind="pointwise", name=name, shape=shape, dtype=out.dtype, inputs=inputs,
-                    params={"call": call, "is_map": is_map}, convs=convs,
+                    params={"call": call, "is_map": is_map},
                     sig=("pointwise", name, shape[:-2], out.dtype, tuple(sig), scal))
 
     def _reusable(self, ins: list[torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
-        """An input whose buffer the plan lets this pointwise operation overwrite: the operation is its last
+        """An input whose buffer the plan lets this operation overwrite tile by tile: the operation is its last
         use (planning marks the candidate; the plan's second recording and the run reuse it)."""
         for t in ins:
             if (id(t) in self.weights or tuple(t.shape) != shape or t.dtype != dtype or not t.is_contiguous()
@@ -640,9 +640,11 @@ def run_tiled(module: torch.nn.Module, call: Callable[[], Any], *, fraction: tup
             if id(t) not in weights:
                 residency.need(t)
         residency.end()
+        residency.copier.settle()  # every copy to the host is complete before the run returns
         if counts is not None:
             counts.append(RunCounts(h2d_bytes=residency.h2d_bytes, d2h_bytes=residency.d2h_bytes,
-                                    host_peak_bytes=residency.host_peak, warnings=tuple(residency.warnings)))
+                                    host_peak_bytes=residency.host_peak,
+                                    warnings=(*residency.warnings, *residency.copier.warnings)))
         return out
     finally:
         if collecting:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from vaelens.tiling.chain import MAX_CONVS, Node
+from vaelens.tiling.chain import MAX_CONVS, Node, cut_point, halo_depth
 from vaelens.tiling.grid import conv_input, splits, tile_size
 from vaelens.tiling.util import Region
 from vaelens.tiling.util import map_tensors as _map
@@ -112,19 +112,18 @@ def _conv_node(ex: Executor, func: Any, x: torch.Tensor, w: torch.Tensor, bias: 
     a convolution with a halo is computed first (MAX_CONVS)."""
     src = ex.node_of(x)
     halo = any(kk > 1 or s != 1 for kk, s in zip(k[-2:], stride[-2:], strict=True))
-    if src is not None and halo and src.convs >= MAX_CONVS:
-        ex.materialize(src)
-        src = None
+    while src is not None and halo and halo_depth(src) >= MAX_CONVS:
+        ex.materialize(cut_point(src))
+        src = ex.node_of(x)
     t2 = (slice(-2, None),)
     params = {
-        "func": func, "weight": w, "bias": bias, "groups": groups, "same": same,
+        "func": func, "weight": w, "bias": bias, "groups": groups, "same": same, "halo": halo,
         "k": k[t2[0]], "stride": stride[t2[0]], "padding": padding[t2[0]], "dilation": dilation[t2[0]],
         "stride_all": stride, "padding_all": padding, "dilation_all": dilation, "inner": inner,
     }
     shape = (x.shape[0], w.shape[0], *out)
     node = Node(kind="conv", name=f"conv{len(k)}d", shape=tuple(int(s) for s in shape), dtype=x.dtype,
                 inputs=[src if src is not None else x], params=params,
-                convs=(src.convs if src is not None else 0) + int(halo),
                 sig=("conv", tuple(w.shape), stride, padding, dilation, groups, x.dtype, bias is not None,
                      tuple(shape[:-2])))
     return ex.defer(node)
@@ -214,7 +213,6 @@ def interpolate(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
                     inputs=[src if src is not None else x],
                     params={"func": func, "scale": (scale[-2], scale[-1]), "scale_all": tuple(float(s) for s in scale),
                             "mode": mode},
-                    convs=src.convs if src is not None else 0,
                     sig=("upsample", tuple(scale), mode, x.dtype, tuple(full[:-2])))
         return ex.defer(node)
     if ex.lazy:

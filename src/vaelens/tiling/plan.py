@@ -217,16 +217,14 @@ class _Eval:
         return self.schedule.feasible
 
 
-def _evaluate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: tuple[float, float],
-              pricer: _Pricer, weights: int, budget: int, profile: Any) -> _Eval:
-    """One candidate tile: record the run's events on meta, price each step, schedule residency under
-    `budget` (vaelens.tiling.schedule) and predict its time on `profile`."""
+def record_events(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: tuple[float, float],
+                  pricer: _Pricer) -> tuple[Any, Any, frozenset[int]]:
+    """A tiled run of `op` on the meta module at `fraction`, recorded -> (Recorder with each device step priced,
+    Residency with the run's events and buffers, the events whose output overwrites their input)."""
     import torch
 
-    from vaelens.tiling.cost import StepCost, predict_seconds
     from vaelens.tiling.execute import Recorder, run_tiled, weight_ids
     from vaelens.tiling.residency import Residency
-    from vaelens.tiling.schedule import schedule
 
     def record(inplace: frozenset[int]) -> tuple[Recorder, Residency]:
         rec = Recorder(price=pricer.working)
@@ -244,11 +242,22 @@ def _evaluate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: t
     for j, ev in enumerate(res.events):
         for b in (*ev.uses, *(() if ev.out is None else (ev.out,))):
             last[b] = j
-    # A pointwise operation that is the last reader of an input of its shape and dtype writes over it
-    # (GroupNorm apply, SiLU, residual adds): no second full-size map. Recorded again with those reuses.
+    # An operation that is the last reader of an input of its shape and dtype, reading it only at its own
+    # tile, writes over it (GroupNorm apply, SiLU, residual adds): no second full-size map. Recorded again.
     inplace = frozenset(j for j, ev in enumerate(res.events) if ev.reuse is not None and last.get(ev.reuse) == j)
     if inplace:
         rec, res = record(inplace)
+    return rec, res, inplace
+
+
+def _evaluate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: tuple[float, float],
+              pricer: _Pricer, weights: int, budget: int, profile: Any) -> _Eval:
+    """One candidate tile: record the run's events on meta, price each step, schedule residency under
+    `budget` (vaelens.tiling.schedule) and predict its time on `profile`."""
+    from vaelens.tiling.cost import StepCost, predict_seconds
+    from vaelens.tiling.schedule import POLICIES, schedule
+
+    rec, res, inplace = record_events(meta, op, shape, dt, fraction, pricer)
     working, best, kind, tiled = [], 0, "", False
     for ev in res.events:
         step = rec.steps[ev.step] if ev.step is not None else None
@@ -258,14 +267,25 @@ def _evaluate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: t
             tiled = tiled or step.tiles > 1
             if ws > best:
                 best, kind = ws, step.kind
-    sched = schedule(res.events, [b.nbytes for b in res.bufs], [b.death for b in res.bufs], working, weights,
-                     budget)
-    steps = [StepCost(flops=ev.flops, conv_flops=ev.conv_flops, device_bytes=ev.device_bytes, h2d_bytes=h, d2h_bytes=d,
-                      pinned=False) for ev, h, d in zip(res.events, sched.h2d, sched.d2h, strict=True)]
+    sizes, deaths = [b.nbytes for b in res.bufs], [b.death for b in res.bufs]
+    pinned = profile.kind == "cuda"  # the run's host copies are page-locked on CUDA (vaelens.tiling.residency)
+    best: tuple[float, Any] | None = None
+    need = None
+    for policy in POLICIES:  # Belady leaves ties open: keep the schedule with the least predicted time
+        sched = schedule(res.events, sizes, deaths, working, weights, budget, policy)
+        need = sched.need if need is None else min(need, sched.need)
+        steps = [StepCost(flops=ev.flops, conv_flops=ev.conv_flops, device_bytes=ev.device_bytes, h2d_bytes=h,
+                          d2h_bytes=d, pinned=pinned)
+                 for ev, h, d in zip(res.events, sched.h2d, sched.d2h, strict=True)]
+        seconds = predict_seconds(steps, profile, dt)
+        key = (not sched.feasible, seconds, sched.transfer_bytes)
+        if best is None or key < (not best[1].feasible, best[0], best[1].transfer_bytes):
+            best = (seconds, sched)
+    assert best is not None and need is not None
+    seconds, sched = best
     extra = 3 * rec.extra_elements / max(1, 2 * rec.conv_macs)
-    return _Eval(need=sched.need, peak=sched.device_peak, peak_step=kind, halo=rec.halo, extra=extra,
-                 schedule=sched, seconds=predict_seconds(steps, profile, dt), events=len(res.events), tiled=tiled,
-                 inplace=inplace)
+    return _Eval(need=need, peak=sched.device_peak, peak_step=kind, halo=rec.halo, extra=extra,
+                 schedule=sched, seconds=seconds, events=len(res.events), tiled=tiled, inplace=inplace)
 
 
 def _untiled(meta: Any, op: str, shape: tuple[int, ...], dt: DType, *, tiled: bool = False):

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from vaelens.tiling.copies import AsyncCopier, SyncCopier, make_copier
+
 
 @dataclass(slots=True)
 class Buf:
@@ -34,6 +36,7 @@ class Buf:
     birth: int
     death: int | None = None
     host: torch.Tensor | None = None  # uint8 [nbytes] on the host while spilled
+    dropped: bool = False  # released because nothing reads it again
     aliases: dict[int, weakref.ref] = field(default_factory=dict)
 
 
@@ -63,6 +66,7 @@ class Decision:
     spill: tuple[int, ...] = ()
     fetch: tuple[int, ...] = ()
     out_host: bool = False
+    drop: tuple[int, ...] = ()  # buffers no later event reads: memory freed, nothing copied
 
 
 def _key(t: torch.Tensor) -> int:
@@ -74,12 +78,14 @@ class Residency:
     events are recorded. Run: `decisions[k]` is applied when event k begins."""
 
     def __init__(self, *, device: torch.device, weights: set[int], decisions: Sequence[Decision] | None = None,
-                 spill_dir: str | Path | None = None, pin: bool = False) -> None:
+                 spill_dir: str | Path | None = None, pin: bool = False,
+                 copier: SyncCopier | AsyncCopier | None = None) -> None:
         self.device = device
         self.weights = weights
         self.decisions = decisions
         self.spill_dir = Path(spill_dir) if spill_dir is not None else None
-        self.pin = pin and device.type == "cuda"
+        # how bytes cross (vaelens.tiling.copies): on CUDA a side stream from page-locked memory; else blocking
+        self.copier = copier if copier is not None else make_copier(device, pin and spill_dir is None)
         self.host_device = torch.device("cpu")
         self.by_key: dict[int, Buf] = {}
         self.bufs: list[Buf] = []
@@ -125,8 +131,7 @@ class Residency:
             return
         b.death = self.k
         if b.host is not None:
-            self.host_live -= b.nbytes
-            b.host = None
+            self._release_host(b)
         if self.by_key.get(b.key) is b:
             del self.by_key[b.key]
 
@@ -145,13 +150,15 @@ class Residency:
             f = tempfile.NamedTemporaryFile(dir=self.spill_dir, prefix="vaelens-spill-", suffix=".bin")
             self._files.append(f)
             return torch.from_file(f.name, shared=True, size=max(1, n), dtype=torch.uint8)[:n]
-        if self.pin:
-            try:
-                return torch.empty(n, dtype=torch.uint8, pin_memory=True)
-            except RuntimeError as exc:
-                self.pin = False
-                self.warnings.append(f"pinned host memory unavailable ({exc}); copies use pageable memory")
-        return torch.empty(n, dtype=torch.uint8)
+        return self.copier.host_empty(n)
+
+    def _release_host(self, b: Buf) -> None:
+        """A host copy no longer needed: back to the copier's pool once no copy touches it."""
+        assert b.host is not None
+        self.copier.settle(b.index)
+        self.copier.release(b.host)
+        b.host = None
+        self.host_live -= b.nbytes
 
     def _null(self, n: int) -> Any:
         """A storage of n bytes with no memory behind it, on the device (only its size is ever read)."""
@@ -172,18 +179,26 @@ class Residency:
         if b.host is not None:
             return
         host = self._host_empty(b.nbytes)
-        host.copy_(self._u8(self._any_alias(b).untyped_storage()))
+        self.copier.to_host(host, self._u8(self._any_alias(b).untyped_storage()), key=b.index)
         self.d2h_bytes += b.nbytes
         b.host = host
         self._host_add(b.nbytes)
         self._repoint(b, self._null(b.nbytes))
 
+    def drop(self, b: Buf) -> None:
+        """A buffer no later operation reads: its memory is released (device or host), nothing is copied.
+        Its tensors point at a placeholder; reading one afterwards is a plan/run mismatch (see need)."""
+        if b.host is not None:
+            self._release_host(b)
+        else:
+            self._repoint(b, self._null(b.nbytes))
+        b.dropped = True
+
     def fetch(self, b: Buf) -> None:
         """Host -> device copy; the host copy is released."""
         if b.host is None:
             return
-        real = torch.empty(b.nbytes, dtype=torch.uint8, device=self.device)
-        real.copy_(b.host)
+        real = self.copier.fetch(b.host, self.device, key=b.index)  # the copier owns the host block now
         self.h2d_bytes += b.nbytes
         self._repoint(b, real.untyped_storage())
         b.host = None
@@ -215,6 +230,9 @@ class Residency:
         d = self.decisions[self.k]
         self.k += 1
         live = {b.index: b for b in self.by_key.values()}
+        for i in d.drop:
+            if i in live:
+                self.drop(live[i])
         for i in d.spill:
             if i in live:
                 self.spill(live[i])
@@ -236,8 +254,8 @@ class Residency:
         if self.current is not None:
             self.current.required.add(b.index)
             self.current.uses.setdefault(b.index, 0)
-        if b.host is not None:  # the plan fetches what an event needs whole; a run out of step with it fails
-            raise RuntimeError(f"tiling: buffer {b.index} is on the host where the plan has it on the device")
+        if b.host is not None or b.dropped:  # the plan fetches what an event needs; a run out of step fails
+            raise RuntimeError(f"tiling: buffer {b.index} is not on the device where the plan has it there")
         return t if t.device == self.device else t.to(self.device)
 
     def tile(self, src: torch.Tensor, index: tuple) -> torch.Tensor:
@@ -250,9 +268,11 @@ class Residency:
             piece = src[index]
             self.current.uses[b.index] = self.current.uses.get(b.index, 0) + piece.numel() * piece.element_size()
             return piece
+        if b.dropped:
+            raise RuntimeError(f"tiling: buffer {b.index} was released by the plan but is read again")
         if b.host is not None:
             piece = self.host_view(src, b)[index]
-            moved = piece.to(self.device, copy=True)
+            moved = self.copier.to_device(piece, self.device, key=b.index)
             self.h2d_bytes += moved.numel() * moved.element_size()
             return moved
         return src[index]
@@ -283,13 +303,14 @@ class Residency:
         """Write one computed tile into a full-size output (into its host copy when it lives there)."""
         b = self.buf(holder)
         if b is not None and b.host is not None and self.decisions is not None:
-            self.host_view(holder, b)[index] = res
+            self.copier.to_host_tile(self.host_view(holder, b)[index], res, key=b.index)
             self.d2h_bytes += res.numel() * res.element_size()
             return
         holder[index] = res
 
     def close(self) -> None:
         """Stop tracking (finalizers of tensors that outlive the run do nothing)."""
+        self.copier.settle()
         self.closed = True
         for f in self._files:
             f.close()
