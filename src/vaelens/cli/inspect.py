@@ -43,12 +43,11 @@ def run(args: argparse.Namespace) -> int:
     from vaelens.run import inspect_files
 
     with bar_for(args, "inspect", unit="input") as bar, outputs(), loading():
-        result = inspect_files(
+        result = draw_inspection(inspect_files(
             args.input or ["demo"], args.out, vae=weights_from_args(args) if args.vae else None,
             normalized=True if args.normalized else (False if args.raw else None), index=args.index,
             upcast=args.upcast, strict=args.strict, force=args.force, progress=bar,
-        )
-        result = draw_inspection(result)
+        ))  # the engine returns data and the figure paths; render draws
     results = []
     for item in result.items:
         insp = item.inspection

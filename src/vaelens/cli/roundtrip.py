@@ -54,12 +54,11 @@ def run(args: argparse.Namespace) -> int:
     from vaelens.run import roundtrip_files
 
     with bar_for(args, "roundtrip", unit="image") as bar, outputs(), loading():
-        result = roundtrip_files(
+        result = draw_roundtrip(roundtrip_files(
             args.image or ["demo"], args.out, vae=weights_from_args(args), size=args.size,
             posterior="sample" if args.sample else "mode", seed=args.seed, batch_size=args.batch_size,
             upcast=args.upcast, budget=args.budget, strict=args.strict, force=args.force, progress=bar,
-        )
-        draw_roundtrip(result)
+        ))  # the engine returns data and the figure paths; render draws
     vae, results, failed = result.vae, [], False
     for note in result.warnings:
         warn(note)
