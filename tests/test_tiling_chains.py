@@ -12,11 +12,11 @@ import torch
 import vaelens.memory.estimate  # noqa: F401  (imports trace and memory in the order they need)
 from test_tiling import CASES, _untiled, module
 from test_tiling_counted import _counted, _least_budget
+from vaelens.memory.context import MetaContext
 from vaelens.tiling import plan_tiling
 from vaelens.tiling import residency as residency_module
 from vaelens.tiling.copies import AsyncCopier
 from vaelens.tiling.execute import Recorder, run_tiled, weight_ids
-from vaelens.tiling.plan import meta_module
 from vaelens.tiling.residency import Event, Residency
 from vaelens.tiling.schedule import Policy, schedule
 
@@ -58,7 +58,7 @@ class FakeStreams:
 
 
 def _events(name: str, op: str, shape, fraction):
-    meta, _ = meta_module(module(name), "fp32")
+    meta = MetaContext.of(module(name), "fp32").module
     res = Residency(device=torch.device("meta"), weights=weight_ids(meta), decisions=None)
     x = torch.empty(shape, device="meta")
     with torch.inference_mode():
@@ -114,7 +114,8 @@ def test_lookahead_brings_a_block_input_back_once_instead_of_streaming_it_twice_
     from vaelens.options import DType
     from vaelens.tiling.plan import _Pricer, record_events
 
-    meta, dt = meta_module("sdxl", DType.BF16)
+    ctx = MetaContext.of("sdxl", DType.BF16)
+    meta, dt = ctx.module, ctx.dtype
     rec, res, _ = record_events(meta, "decode", (1, 4, 512, 512), dt, (0.25, 0.25), _Pricer())
     working = [rec.steps[ev.step].working if ev.step is not None else 0 for ev in res.events]
     weights = sum(p.numel() * p.element_size() for p in meta.parameters())
