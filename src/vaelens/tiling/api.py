@@ -100,7 +100,7 @@ def run_plan(module: Any, plan: TilingPlan, method: Any, x: Any, *args: Any, cou
         xd = x.to(device)
         out = run_tiled(module, lambda: method(xd, *args, **kwargs), fraction=plan.fraction,
                         decisions=plan.decisions, spill_dir=spill_dir, counts=counts, inputs=[xd],
-                        inplace=plan.inplace_events)
+                        inplace=plan.inplace_events, recompute=plan.recompute)
         return _move(out, x.device)
     finally:
         if prev is not None:

@@ -58,6 +58,7 @@ class Node:
     sig: tuple = ()
     value: torch.Tensor | None = None  # the map, once a chain has computed it
     placeholder: Any = None  # weakref to the tensor diffusers holds for this node
+    recompute: bool = False  # its statistics are taken; each chain that reads it computes it again
 
     def bind(self, t: torch.Tensor) -> None:
         self.placeholder = weakref.ref(t)
@@ -145,7 +146,8 @@ def halo_depth(root: Node) -> int:
     depth: dict[int, int] = {}
     for n in order(root):
         below = max((depth[id(t)] for t in n.inputs if isinstance(t, Node) and t.value is None), default=0)
-        depth[id(n)] = below + int(n.kind == "conv" and n.params["halo"])
+        # a recomputed map's own convolutions are the price of not storing it: they do not end a chain
+        depth[id(n)] = 0 if n.recompute else below + int(n.kind == "conv" and n.params["halo"])
     return depth[id(root)]
 
 
@@ -155,7 +157,7 @@ def cut_point(src: Node) -> Node:
     whose map is smallest — e.g. a ResNet block's output rather than its 4x larger upsampled copy."""
     best, node = src, src
     while True:
-        if _nbytes(node) < _nbytes(best):
+        if nbytes(node) < nbytes(best):
             best = node
         if node.kind == "conv" and node.params["halo"]:
             return best
@@ -165,7 +167,8 @@ def cut_point(src: Node) -> Node:
         node = deferred[0]
 
 
-def _nbytes(n: Node) -> int:
+def nbytes(n: Node) -> int:
+    """The bytes of a node's map."""
     return math.prod(n.shape) * torch.empty((), dtype=n.dtype).element_size()
 
 

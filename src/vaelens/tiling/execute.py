@@ -122,13 +122,16 @@ class Executor:
     and buffers (they stay on `device`); `residency` keeps the full-size tensors."""
 
     def __init__(self, *, device: torch.device, fraction: tuple[float, float], weights: set[int],
-                 residency: Residency, recorder: Recorder | None = None) -> None:
+                 residency: Residency, recorder: Recorder | None = None,
+                 recompute: frozenset[int] = frozenset()) -> None:
         self.device = device
         self.fraction = fraction
         self.weights = weights
         self.res = residency
         self.recorder = recorder
         self.lazy: dict[int, Node] = {}  # id(placeholder) -> the deferred operation it stands for
+        self.recompute = recompute  # GroupNorm inputs (by call order) recomputed by their readers, not stored
+        self.norms = 0  # GroupNorm calls on a deferred map so far
 
     # ------------------------------------------------------------------ the loop all tiled ops share
     def loop(self, kind: str, key: tuple, axes: list[list[tuple[int, int]]],
@@ -242,9 +245,11 @@ class Executor:
             if self.lazy.get(tid) is node and node.value is None:
                 self.materialize(node)
 
-    def materialize(self, node: Node, *, groups: int | None = None) -> _Stats | None:
+    def materialize(self, node: Node, *, groups: int | None = None, store_map: bool = True) -> _Stats | None:
         """Run the chain ending in `node` tile by tile (one device visit) and store its map; with `groups`,
-        its GroupNorm statistics too, merged from every tile as it is computed (no second read)."""
+        its GroupNorm statistics too, merged from every tile as it is computed (no second read). Without
+        `store_map` only the statistics are kept: the node stays deferred and each chain that reads it
+        computes it again on its own tiles (recomputation instead of a stored map)."""
         nodes = chains.order(node)
         regs = self.axis_splits([node.shape[-2], node.shape[-1]])
         candidates = chains.reusable(nodes)
@@ -274,6 +279,8 @@ class Executor:
             y = res[0] if groups else res
             if stats is not None:
                 stats.merge(res[1], res[2], res[3])
+            if not store_map:
+                return
             if not holder:
                 reuse = self._reusable(candidates, tuple(node.shape), y.dtype)
                 if reuse is not None:
@@ -289,8 +296,25 @@ class Executor:
             ev = self.res.events[first]
             ev.flops += work[0]
             ev.conv_flops += work[1]
-            ev.device_bytes += int(work[2]) + (holder[0].numel() * 4 if groups else 0)
-        self._bind(node, holder[0])
+            ev.device_bytes += int(work[2]) + (math.prod(node.shape) * 4 if groups else 0)
+        if store_map:
+            self._bind(node, holder[0])
+        else:
+            node.recompute = True
+        return stats
+
+    def normalize_stats(self, node: Node, groups: int) -> _Stats:
+        """GroupNorm statistics of the deferred map `node`, computed by the chain that makes it; the map is stored,
+        or (where the plan says, and its chain reads only stored maps) left to be recomputed by its readers.
+        The event is labelled with the call's number, which the planner uses to choose."""
+        k = self.norms
+        self.norms += 1
+        keep = k not in self.recompute or any(n.recompute for n in chains.order(node))
+        first = len(self.res.events)
+        stats = self.materialize(node, groups=groups, store_map=keep)
+        if len(self.res.events) > first:
+            self.res.events[first].norm = k
+        assert stats is not None
         return stats
 
     def _bind(self, node: Node, value: torch.Tensor) -> None:
@@ -613,12 +637,14 @@ def run_tiled(module: torch.nn.Module, call: Callable[[], Any], *, fraction: tup
               recorder: Recorder | None = None, decisions: Sequence[Decision] | None = None,
               residency: Residency | None = None, spill_dir: Any = None,
               counts: list[RunCounts] | None = None, inputs: Sequence[torch.Tensor] = (),
-              inplace: frozenset[int] = frozenset()) -> Any:
+              inplace: frozenset[int] = frozenset(), recompute: frozenset[int] = frozenset()) -> Any:
     """Run call() (a method of `module` on device-resident inputs) with every operation tiled.
 
     Planning: `recorder` set, `decisions` None (nothing moves; the events are recorded in `residency`).
     A run: `decisions` from the plan's schedule (None: nothing is spilled — the budget is the caller's
-    concern). `inputs`: the caller's tensors, on the device again at the end as they were given.
+    concern). `recompute`: the GroupNorm calls (numbered in call order) whose input map is recomputed by its
+    readers instead of stored (the plan's choice; planning and the run must use the same).
+    `inputs`: the caller's tensors, on the device again at the end as they were given.
     -> what call() returns, its tensors on the module's device; `counts` gets the RunCounts."""
     device = next(iter(module.parameters())).device
     weights = weight_ids(module)
@@ -628,7 +654,8 @@ def run_tiled(module: torch.nn.Module, call: Callable[[], Any], *, fraction: tup
         residency = Residency(device=device, weights=weights, decisions=decisions, spill_dir=spill_dir,
                               pin=True)
         residency.inplace = inplace
-    ex = Executor(device=device, fraction=fraction, weights=weights, residency=residency, recorder=recorder)
+    ex = Executor(device=device, fraction=fraction, weights=weights, residency=residency, recorder=recorder,
+                  recompute=recompute)
     collecting = gc.isenabled()
     gc.disable()  # deaths by reference count only: planning and the run see them at the same events
     try:

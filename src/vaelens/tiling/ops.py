@@ -147,7 +147,7 @@ def group_norm(ex: Executor, func: Any, args: tuple, kwargs: dict) -> Any:
         return ex.whole(func, args, kwargs)
     n, c = x.shape[0], x.shape[1]
     if src is not None:  # the chain that makes the map computes its statistics as each tile is made
-        stats = ex.materialize(src, groups=groups)
+        stats = ex.normalize_stats(src, groups)
     else:
         stats = _stats_pass(ex, x, groups, axes, regs)
     assert stats is not None

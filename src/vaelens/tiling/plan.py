@@ -76,6 +76,8 @@ class TilingPlan:
     # the schedule's decision before each device visit (vaelens.tiling.schedule); the run replays it
     decisions: tuple = ()
     inplace_events: frozenset[int] = frozenset()  # device visits whose pointwise output overwrites its input
+    # GroupNorm calls (in call order) whose input map is recomputed by its readers instead of stored
+    recompute: frozenset[int] = frozenset()
     whole_ops: frozenset[tuple] = frozenset()  # kept for callers that read it; the schedule decides residency
 
     @property
@@ -184,14 +186,17 @@ class _Eval:
     events: int
     tiled: bool = True  # some operation runs in more than one tile
     inplace: frozenset[int] = frozenset()
+    recompute: frozenset[int] = frozenset()
+
+    host_limit: int | None = None  # the caller's host_budget
 
     @property
     def fits(self) -> bool:
-        return self.schedule.feasible
+        return self.schedule.feasible and (self.host_limit is None or self.schedule.host_bytes <= self.host_limit)
 
 
 def record_events(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: tuple[float, float],
-                  pricer: _Pricer) -> tuple[Any, Any, frozenset[int]]:
+                  pricer: _Pricer, recompute: frozenset[int] = frozenset()) -> tuple[Any, Any, frozenset[int]]:
     """A tiled run of `op` on the meta module at `fraction`, recorded -> (Recorder with each device step priced,
     Residency with the run's events and buffers, the events whose output overwrites their input)."""
     import torch
@@ -206,7 +211,7 @@ def record_events(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fractio
         x = torch.empty(shape, device="meta", dtype=dt.torch)  # made outside the mode, as a caller's input is
         with torch.inference_mode():
             run_tiled(meta, lambda x=x: getattr(meta, op)(x), fraction=fraction, recorder=rec, residency=res,
-                      inputs=[x])
+                      inputs=[x], recompute=recompute)
         res.close()
         return rec, res
 
@@ -224,24 +229,46 @@ def record_events(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fractio
 
 
 def _evaluate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: tuple[float, float],
-              pricer: _Pricer, weights: int, budget: int, profile: Any) -> _Eval:
+              pricer: _Pricer, weights: int, budget: int, profile: Any, host_budget: int | None = None) -> _Eval:
     """One candidate tile: record the run's events on meta, price each step, schedule residency under
-    `budget` (vaelens.tiling.schedule) and predict its time on `profile`."""
+    `budget` (vaelens.tiling.schedule) and predict its time on `profile`. Where the schedule sends maps
+    that feed a GroupNorm off the device, the same run with those maps recomputed by their readers (not
+    stored) is planned too; the faster of the two that fit (`host_budget`: host bytes at most) is kept."""
+    plain, events = _schedule_run(meta, op, shape, dt, fraction, pricer, weights, budget, profile, frozenset(),
+                                  host_budget)
+    if plain.schedule.transfer_bytes == 0:
+        return plain
+    spilled = {b for d in plain.schedule.decisions for b in d.spill}
+    off = frozenset(ev.norm for ev, d in zip(events, plain.schedule.decisions, strict=True)
+                    if ev.norm is not None and (d.out_host or ev.out in spilled))
+    if not off:
+        return plain
+    alt, _ = _schedule_run(meta, op, shape, dt, fraction, pricer, weights, budget, profile, off, host_budget)
+    if not plain.fits and not alt.fits:  # a refusal names the least budget either way needs
+        return alt if alt.need < plain.need else plain
+    rank = (lambda e: (not e.fits, round(e.seconds, 4), e.schedule.transfer_bytes))  # noqa: E731
+    return alt if rank(alt) < rank(plain) else plain
+
+
+def _schedule_run(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: tuple[float, float],
+                  pricer: _Pricer, weights: int, budget: int, profile: Any,
+                  recompute: frozenset[int], host_budget: int | None = None) -> tuple[_Eval, list]:
+    """-> (the run recorded with `recompute`, scheduled under every policy, the fastest kept; its events)."""
     from vaelens.tiling.cost import StepCost, predict_seconds
     from vaelens.tiling.schedule import POLICIES, schedule
 
-    rec, res, inplace = record_events(meta, op, shape, dt, fraction, pricer)
-    working, best, kind, tiled = [], 0, "", False
+    rec, res, inplace = record_events(meta, op, shape, dt, fraction, pricer, recompute)
+    working, largest, kind, tiled = [], 0, "", False
     for ev in res.events:
         step = rec.steps[ev.step] if ev.step is not None else None
         ws = step.working if step is not None else 0
         working.append(ws)
         if step is not None:
             tiled = tiled or step.tiles > 1
-            if ws > best:
-                best, kind = ws, step.kind
+            if ws > largest:
+                largest, kind = ws, step.kind
     sizes, deaths = [b.nbytes for b in res.bufs], [b.death for b in res.bufs]
-    pinned = profile.kind == "cuda"  # the run's host copies are page-locked on CUDA (vaelens.tiling.residency)
+    pinned = profile.kind == "cuda"  # the run's host copies are page-locked on CUDA (vaelens.tiling.copies)
     best: tuple[float, Any] | None = None
     need = None
     for policy in POLICIES:  # Belady leaves ties open: keep the schedule with the least predicted time
@@ -251,14 +278,19 @@ def _evaluate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: t
                           d2h_bytes=d, pinned=pinned)
                  for ev, h, d in zip(res.events, sched.h2d, sched.d2h, strict=True)]
         seconds = predict_seconds(steps, profile, dt)
-        key = (not sched.feasible, seconds, sched.transfer_bytes)
-        if best is None or key < (not best[1].feasible, best[0], best[1].transfer_bytes):
+        key = (not _fits(sched, host_budget), seconds, sched.transfer_bytes)
+        if best is None or key < (not _fits(best[1], host_budget), best[0], best[1].transfer_bytes):
             best = (seconds, sched)
     assert best is not None and need is not None
     seconds, sched = best
     extra = 3 * rec.extra_elements / max(1, 2 * rec.conv_macs)
     return _Eval(need=need, peak=sched.device_peak, peak_step=kind, halo=rec.halo, extra=extra,
-                 schedule=sched, seconds=seconds, events=len(res.events), tiled=tiled, inplace=inplace)
+                 schedule=sched, seconds=seconds, events=len(res.events), tiled=tiled, inplace=inplace,
+                 recompute=recompute, host_limit=host_budget), res.events
+
+
+def _fits(sched: Any, host_budget: int | None) -> bool:
+    return sched.feasible and (host_budget is None or sched.host_bytes <= host_budget)
 
 
 def smallest_budget_text(need: int) -> str:
@@ -274,7 +306,7 @@ def smallest_budget_text(need: int) -> str:
 
 def plan_tiling(vae: Any, shape: tuple[int, ...], dtype: DType | str | None = None, budget: int | str = "8GiB",
                 *, op: str = "decode", tile: int | None = None, device_profile: Any = None,
-                context: MetaContext | None = None) -> TilingPlan:
+                context: MetaContext | None = None, host_budget: int | str | None = None) -> TilingPlan:
     """input [B,C,(F,)h,w] of `op` + dtype + budget -> TilingPlan (meta device, no weights).
 
     `vae` is a diffusers VAE module (real or meta), a LoadedVae, a family name, a FamilySpec or a
@@ -284,6 +316,8 @@ def plan_tiling(vae: Any, shape: tuple[int, ...], dtype: DType | str | None = No
     side. Raises BudgetError, with the smallest budget that works, when nothing fits. `context`: the
     MetaContext of `vae` (vaelens.memory.context) to share its meta module and traces with the estimates;
     one is built when not given. `dtype` None: the context's, else the module's own (fp32 for a name).
+    `host_budget`: the most host memory the spilled maps may take (default: no limit); the fastest plan
+    within both budgets is chosen.
 
     >>> plan = plan_tiling("sdxl", (1, 4, 256, 256), "bf16", "2GiB", device_profile="h100")
     >>> plan.method, plan.tiles > 1, plan.predicted_peak_bytes <= plan.budget_bytes
@@ -326,7 +360,7 @@ def plan_tiling(vae: Any, shape: tuple[int, ...], dtype: DType | str | None = No
     if type(meta).__name__ not in EXACT_CLASSES:
         return _approximate(ctx, op, shape, sliced, common, untiled)
     with diffusers_modes(meta, tiled=False, sliced=sliced):  # the executor runs the class's untiled code
-        return _exact(meta, op, shape, dt, common, tile, profile)
+        return _exact(meta, op, shape, dt, common, tile, profile, _host_bytes(host_budget))
 
 
 def _context(vae: Any, dtype: DType | str | None, context: MetaContext | None) -> MetaContext:
@@ -365,8 +399,18 @@ def _untiled(ctx: MetaContext, op: str, shape: tuple[int, ...], sliced: bool, *,
                            param="shape", value=list(shape)) from None
 
 
+def _host_bytes(host_budget: int | str | None) -> int | None:
+    if host_budget is None:
+        return None
+    n = parse_bytes(host_budget) if isinstance(host_budget, str) else int(host_budget)
+    if n < 0:
+        raise BudgetError(f"host_budget {host_budget!r} must be 0 bytes or more", param="host_budget",
+                          value=host_budget)
+    return n
+
+
 def _exact(meta: Any, op: str, shape: tuple[int, ...], dt: DType, common: dict, tile: int | None,
-           profile: Any) -> TilingPlan:
+           profile: Any, host_budget: int | None = None) -> TilingPlan:
     """The exact tiling of a class in EXACT_CLASSES: the fastest tile size whose schedule fits (or `tile`)."""
     weights, budget_bytes, out_shape = common["weights_bytes"], common["budget_bytes"], common["output_shape"]
     full = out_shape if op == "decode" else shape
@@ -378,7 +422,7 @@ def _exact(meta: Any, op: str, shape: tuple[int, ...], dt: DType, common: dict, 
     def ev(k: int) -> _Eval:
         side = k * factor
         return _evaluate(meta, op, shape, dt, (min(1.0, side / height), min(1.0, side / width)), pricer, weights,
-                         budget_bytes, profile)
+                         budget_bytes, profile, host_budget)
 
     k, chosen = _search(ev, max(1, math.ceil(max(height, width) / factor)), budget_bytes, tile, factor, common)
     from vaelens.tiling.grid import count, splits, tile_size
@@ -394,7 +438,7 @@ def _exact(meta: Any, op: str, shape: tuple[int, ...], dt: DType, common: dict, 
                       halo=chosen.halo, fraction=fraction, predicted_peak_bytes=chosen.peak,
                       transfer_bytes=sched.transfer_bytes, host_bytes=sched.host_bytes, extra_compute=chosen.extra,
                       peak_step=chosen.peak_step, predicted_seconds=chosen.seconds, decisions=sched.decisions,
-                      inplace_events=chosen.inplace)
+                      inplace_events=chosen.inplace, recompute=chosen.recompute)
 
 
 def _device_of(vae: Any) -> Any:
@@ -433,6 +477,13 @@ def _search(ev: Any, kmax: int, budget_bytes: int, tile: int | None, factor: int
             if worse >= 1:  # smaller tiles stopped paying
                 break
     if best is None:
+        device_ok = [e for e in seen.values() if e.schedule.feasible]
+        if device_ok:  # the device budget is met; the host budget is what nothing met
+            least = min(e.schedule.host_bytes for e in device_ok)
+            raise BudgetError(f"host_budget {_gib(device_ok[0].host_limit or 0)} is too small to {common['op']} "
+                              f"{list(common['input_shape'])} within budget {_gib(budget_bytes)}: the least host "
+                              f"memory of the tile sizes tried is {_gib(least)}", param="host_budget",
+                              value=device_ok[0].host_limit, needed_bytes=least)
         k = min(seen, key=lambda j: seen[j].need)
         side = k * factor
         _refuse(common, seen[k].need, f"{side}x{side}-px tiles (the least need of the tile sizes tried)")

@@ -57,6 +57,7 @@ class Event:
     flops: float = 0.0
     conv_flops: float = 0.0
     device_bytes: int = 0
+    norm: int | None = None  # the GroupNorm call (in call order) whose statistics this chain computes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
