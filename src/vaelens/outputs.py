@@ -138,8 +138,7 @@ def check_output(
                           param=what, value=shown)
     if p.exists() or p.is_symlink():
         if not force:
-            raise OutputExistsError(f"{what} {shown!r} already exists; pass force=True to replace it", p,
-                                    param=what, value=shown)
+            raise OutputExistsError(shown, what=what)
     _probe_writable(p.parent, shown, what)
     return p
 

@@ -322,8 +322,8 @@ def is_cache_folder(out: Path) -> bool:
 
 def check_out(out: Path, *, data_root: Path | None = None, force: bool = False) -> None:
     """OUT before anything is written: not a file, not inside the dataset, and either missing, empty, a
-    vaelens cache, or force=True. Raises OutputError."""
-    from vaelens.errors import OutputError
+    vaelens cache, or force=True. Raises OutputError (OutputExistsError for a folder force=True may use)."""
+    from vaelens.errors import OutputError, OutputExistsError
 
     if out.exists() and not out.is_dir():
         raise OutputError(f"out {str(out)!r} is a file; the cache is a folder", param="out", value=str(out))
@@ -334,9 +334,8 @@ def check_out(out: Path, *, data_root: Path | None = None, force: bool = False) 
                 f"out {str(out)!r} is inside data {str(data_root)!r}; a cache there would be read as part of the "
                 "dataset: put it elsewhere", param="out", value=str(out))
     if out.is_dir() and not is_cache_folder(out) and any(p.name != ".lock" for p in out.iterdir()) and not force:
-        raise OutputError(
-            f"out {str(out)!r} is a non-empty folder that is not a vaelens cache; give an empty or new folder "
-            "(force=True writes into it anyway)", param="out", value=str(out))
+        raise OutputExistsError(str(out), what="out", reason="is a non-empty folder that is not a vaelens cache "
+                                "(give an empty or new folder)", effect="write into it anyway")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
