@@ -68,7 +68,6 @@ def test_a_latent_file_that_does_not_say_is_a_choice_required(tmp_path):
 
 def test_cache_out_refusals_carry_param_and_the_cli_names_its_flag(tmp_path, cli):
     from test_datasets import make_images
-
     from vaelens.datasets.store import check_out
 
     data, full, afile = tmp_path / "data", tmp_path / "full", tmp_path / "afile"
