@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from vaelens import errors
 from vaelens.errors import ChoiceRequiredError, OutputError, OutputExistsError, VaeLensError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "vaelens"
@@ -99,3 +100,94 @@ def test_a_library_error_prints_its_message_with_the_flag_of_its_param(cli):
 def test_errors_are_value_errors_with_fields():
     e = VaeLensError("m", param="p", value=1, choices=[1, 2])
     assert isinstance(e, ValueError) and e.choices == (1, 2) and e.needed_bytes is None
+
+
+# --------------------------------------------------------------------------- every refusal has its param
+
+ERROR_CLASSES = {name for name in dir(errors) if name.endswith("Error")}
+# Classes whose constructor always sets param (OutputExistsError: param=what; ChoiceRequiredError: required).
+SETS_PARAM = {"OutputExistsError", "ChoiceRequiredError"}
+
+# Errors that are about no argument of the call: a broken invariant of vaelens' own tables, a missing
+# optional dependency, or a state reached by the data. (file under src/vaelens, enclosing function) -> why.
+INTERNAL = {
+    ("contract.py", "_token_packing"): "a registry family whose token patch has more axes than its latent",
+    ("datasets/items.py", "import_av"): "PyAV, an optional dependency, is not installed",
+    ("render/figures.py", "_plt"): "matplotlib, an optional dependency, is not installed",
+    ("datasets/moments.py", "result"): "the data gave no finite latent value to measure",
+}
+# User-facing refusals in a package another change owns this round (tiling/ is being rewritten by the lead).
+PENDING = {
+    ("tiling/api.py", "_module"): "vae= that is not a VAE module",
+    ("tiling/api.py", "_call"): "plan= made for another op or shape",
+}
+
+
+def _error_calls(path: Path):
+    """-> (enclosing function, line, class name, keyword names) of every error-class call in a module."""
+    tree = ast.parse(path.read_text())
+    funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+    def enclosing(line: int) -> str:
+        inner = [f for f in funcs if f.lineno <= line <= (f.end_lineno or f.lineno)]
+        return max(inner, key=lambda f: f.lineno).name if inner else "<module>"
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+            if name in ERROR_CLASSES:
+                yield enclosing(node.lineno), node.lineno, name, {k.arg for k in node.keywords}
+
+
+def test_every_library_refusal_names_its_param():
+    """Every error the library raises about a caller's argument says which (param=), so a front end can name
+    its own spelling; the CLI's own refusals (cli/) are worded in its flags already and are not walked."""
+    missing, seen = [], set()
+    for p in sorted(SRC.rglob("*.py")):
+        rel = p.relative_to(SRC).as_posix()
+        if rel.startswith("cli/") or rel == "errors.py":
+            continue
+        for func, line, name, kws in _error_calls(p):
+            if "param" in kws or None in kws or name in SETS_PARAM:
+                continue
+            key = (rel, func)
+            if key in INTERNAL or key in PENDING:
+                seen.add(key)
+                continue
+            missing.append(f"{rel}:{line} {func}: {name}(...) without param=")
+    assert missing == [], "\n".join(missing)
+    listed = set(INTERNAL) | set(PENDING)
+    assert seen == listed, f"stale allow-list entries: {listed - seen}"
+
+
+def test_the_walker_finds_a_refusal_without_param(tmp_path):
+    bad = tmp_path / "m.py"
+    bad.write_text("def f(x):\n    raise SizeError(f'{x} is odd')\n\n"
+                   "def g(x):\n    raise SizeError('odd', param='x')\n")
+    assert [(f, n, "param" in k) for f, _, n, k in _error_calls(bad)] == [("f", "SizeError", False),
+                                                                           ("g", "SizeError", True)]
+
+
+def test_dataset_refusals_carry_their_fields():
+    from vaelens.datasets import make_bucketing
+    from vaelens.errors import SizeError
+    from vaelens.families import get_family
+
+    spec = get_family("sdxl")
+    cases = [
+        (dict(size=(100, 128)), SizeError, "size", (100, 128)),
+        (dict(size=(128, 128), resolution=512), VaeLensError, "resolution", 512),
+        (dict(step=64), VaeLensError, "step", 64),
+        (dict(resolution=512, step=12), SizeError, "step", 12),
+        (dict(resolution=64, step=128), SizeError, "resolution", 64),
+    ]
+    for kw, cls, param, value in cases:
+        with pytest.raises(cls) as err:
+            make_bucketing(spec, **kw)
+        assert (err.value.param, err.value.value) == (param, value), kw
+    b = make_bucketing(spec, resolution=512, min_size=300, max_aspect=2.0)
+    for (h, w), param in (((200, 640), "min_size"), ((400, 1000), "max_aspect")):
+        with pytest.raises(SizeError) as err:
+            b.place(h, w)
+        assert err.value.param == param and err.value.value == getattr(b, param)

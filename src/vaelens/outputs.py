@@ -177,14 +177,16 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _open_temp(p.parent, p.suffix)
     except OSError as exc:
-        raise OutputError(f"output {str(path)!r} cannot be written: {exc.strerror or exc}") from None
+        raise OutputError(f"output {str(path)!r} cannot be written: {exc.strerror or exc}", param="output",
+                          value=str(path)) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         publish(tmp_path, p)
     except OSError as exc:
-        raise OutputError(f"output {str(path)!r} could not be written: {exc.strerror or exc}") from None
+        raise OutputError(f"output {str(path)!r} could not be written: {exc.strerror or exc}", param="output",
+                          value=str(path)) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -237,7 +239,8 @@ def staged_prefix(prefix: str | Path) -> Iterator[Path]:
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"output {str(prefix)!r} cannot be written: {exc.strerror or exc}") from None
+        raise OutputError(f"output {str(prefix)!r} cannot be written: {exc.strerror or exc}", param="output",
+                          value=str(prefix)) from None
     tmp = final.parent / f".vaelens-tmp-{os.getpid()}-{secrets.token_hex(4)}-{final.name}"
     ok = False
     try:

@@ -165,7 +165,7 @@ def stats_of_records(
     if moments is None:
         from vaelens.errors import VaeLensError
 
-        raise VaeLensError(f"cache {str(out)!r} holds no latents")
+        raise VaeLensError(f"cache {str(out)!r} holds no latents", param="out", value=str(out))
     return moments.result()
 
 

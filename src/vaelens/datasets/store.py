@@ -204,7 +204,8 @@ def exclusive(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise VaeLensError(f"out {str(out)!r} is being written by another vaelens cache run") from None
+            raise VaeLensError(f"out {str(out)!r} is being written by another vaelens cache run", param="out",
+                               value=str(out)) from None
         try:
             yield
         finally:
@@ -237,7 +238,8 @@ class ShardWriter:
 
     def __post_init__(self) -> None:
         if self.latent_dtype not in LATENT_DTYPES:
-            raise VaeLensError(f"latent_dtype {self.latent_dtype!r} is not one of: {', '.join(LATENT_DTYPES)}")
+            raise VaeLensError(f"latent_dtype {self.latent_dtype!r} is not one of: {', '.join(LATENT_DTYPES)}",
+                               param="latent_dtype", value=self.latent_dtype, choices=LATENT_DTYPES)
         (self.out / "shards").mkdir(parents=True, exist_ok=True)
 
     def add(self, record: dict[str, Any], tensors: dict[str, Any]) -> None:
@@ -298,10 +300,11 @@ def read_summary(out: str | Path) -> dict[str, Any]:
         what = "an unfinished cache (no cache.json yet: rerun the same `vaelens cache` to finish it)" if (
             p / "manifest.jsonl"
         ).is_file() else "not a vaelens cache (no cache.json)"
-        raise VaeLensError(f"cache {str(out)!r} is {what}")
+        raise VaeLensError(f"cache {str(out)!r} is {what}", param="out", value=str(out))
     summary = json.loads(path.read_text())
     if summary.get("format") != FORMAT:
-        raise VaeLensError(f"cache {str(out)!r} has format {summary.get('format')!r}; this vaelens reads {FORMAT}")
+        raise VaeLensError(f"cache {str(out)!r} has format {summary.get('format')!r}; this vaelens reads {FORMAT}",
+                           param="out", value=str(out))
     return summary
 
 
