@@ -5,7 +5,7 @@
 
 On CUDA: each component is built with random weights on the GPU (fp32 init, cast to the dtype, the
 library's fp32-kept modules restored), fed the inputs its pipeline passes (vaelens.pipelines.inputs),
-and measured as DESIGN.md defines peak_bytes: torch.cuda.max_memory_allocated() during the second
+and measured as docs/memory.md defines peak_bytes: torch.cuda.max_memory_allocated() during the second
 call minus memory_allocated() just before it, under torch.inference_mode(). The prediction is the
 meta trace replayed through the memory model (vaelens.pipelines.estimate.trace_peak) — the number
 `vaelens pipeline` uses for that stage. Without CUDA only predictions are printed.

@@ -78,7 +78,7 @@ def test_encoded_latent_unwraps_every_output_convention():
     assert torch.equal(encoded_latent(Out(latents=mean)), mean)  # AutoencoderTiny
     assert torch.equal(encoded_latent(mean), mean)  # a bare tensor is the latent, not tensor.mode()
     gen = torch.Generator().manual_seed(4)
-    drawn = encoded_latent(Out(latent_dist=dist), sample=True, generator=gen)
+    drawn = encoded_latent(Out(latent_dist=dist), posterior="sample", generator=gen)
     assert drawn.shape == mean.shape and not torch.equal(drawn, mean)
     assert torch.equal(decoded_pixels(Out(sample=mean)), mean) and torch.equal(decoded_pixels((mean,)), mean)
 

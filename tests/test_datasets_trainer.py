@@ -117,7 +117,35 @@ def test_issue21_3_normalized_posterior_is_in_latent_space(tmp_path, vae, bucket
     b = raw["posterior"].sample(torch.Generator().manual_seed(7)) * scale
     torch.testing.assert_close(a, b)
     with pytest.raises(VaeLensError, match="posterior"):
-        open_cache(out, latent="logvar")
+        open_cache(out, posterior="logvar")
+
+
+def test_open_cache_and_stats_take_posterior_mode_or_sample(tmp_path, vae, bucketing):
+    from vaelens.datasets import stats_of_cache
+    from vaelens.options import Posterior
+
+    data = tmp_path / "data"
+    make_images(data, 3)
+    mode_only, both = tmp_path / "mode", tmp_path / "both"
+    cache_dataset(data, vae, mode_only, options=options(bucketing), encode=SETTINGS)
+    cache_dataset(data, vae, both, options=options(bucketing, logvar=True),
+                  encode=EncodeSettings(threads=1, posterior="sample", seed=3))
+    mode, sample = latents(both), latents(both, posterior=Posterior.SAMPLE)
+    assert mode.keys() == sample.keys()
+    for k in mode:  # the stored sample is a draw of the posterior, not its mode
+        assert not torch.allclose(mode[k], sample[k])
+    first = open_cache(both, normalized=False, posterior="MODE")[0]  # the words in any case, as every Choice
+    torch.testing.assert_close(first["latent"], mode[first["source"]])
+    torch.testing.assert_close(first["posterior"].mean, first["latent"])  # the mode is the posterior's mean
+    with pytest.raises(VaeLensError, match="posterior='sample'") as err:
+        open_cache(mode_only, posterior="sample")
+    assert (err.value.param, err.value.value, err.value.choices) == ("posterior", "sample", ("mode",))
+    with pytest.raises(VaeLensError) as err:
+        open_cache(both, posterior="mean")  # the stored tensor's name is not a posterior choice
+    assert err.value.param == "posterior" and err.value.choices == ("mode", "sample")
+    a, b = stats_of_cache(both), stats_of_cache(both, posterior="sample")
+    assert (a.posterior, b.posterior, a.stored_dtype) == ("mode", "sample", "fp16")
+    assert a.stats.mean != b.stats.mean and a.to_json()["posterior"] == "mode"
 
 
 def test_issue21_3_posterior_per_channel_and_patched_normalisations():

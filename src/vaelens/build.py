@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vaelens.errors import ConfigError
-from vaelens.options import DType
+from vaelens.options import DType, Posterior
 
 
 class ConfigSource(Protocol):
@@ -105,14 +105,16 @@ def build_module(
     return module.eval()
 
 
-def encoded_latent(out: Any, *, sample: bool = False, generator: Any = None):
+def encoded_latent(out: Any, *, posterior: Posterior | str = Posterior.MODE, generator: Any = None):
     """module.encode(...) output -> raw latent [B,C,(F',)h,w].
 
-    KL VAEs: the posterior's mode, or a draw from it with `generator` when `sample`; deterministic
-    VAEs (DC-AE `.latent`, AutoencoderTiny `.latents`) ignore `sample`. A `return_dict=False` tuple
-    gives its first item.
+    KL VAEs: the posterior's mode, or with posterior="sample" a draw from it with `generator`;
+    deterministic VAEs (DC-AE `.latent`, AutoencoderTiny `.latents`) have one latent for either choice.
+    A `return_dict=False` tuple gives its first item.
     """
     import torch
+
+    posterior = Posterior.parse(posterior)
 
     if isinstance(out, tuple):
         out = out[0]
@@ -122,7 +124,7 @@ def encoded_latent(out: Any, *, sample: bool = False, generator: Any = None):
     if dist is None and callable(getattr(out, "mode", None)):
         dist = out  # a bare DiagonalGaussianDistribution
     if dist is not None:
-        return dist.sample(generator=generator) if sample else dist.mode()
+        return dist.sample(generator=generator) if posterior is Posterior.SAMPLE else dist.mode()
     for name in ("latent", "latents", "latent_sample"):
         value = getattr(out, name, None)
         if value is not None:
@@ -137,9 +139,9 @@ def decoded_pixels(out: Any):
     return getattr(out, "sample", out)
 
 
-def run_encode(module, pixels, *, sample: bool = False, generator: Any = None):
+def run_encode(module, pixels, *, posterior: Posterior | str = Posterior.MODE, generator: Any = None):
     """pixels [B,3,(F,)H,W] -> raw latent [B,C,(F',)h,w]: one call of module.encode (see encoded_latent)."""
-    return encoded_latent(module.encode(pixels), sample=sample, generator=generator)
+    return encoded_latent(module.encode(pixels), posterior=posterior, generator=generator)
 
 
 def run_decode(module, latent):

@@ -76,11 +76,44 @@ class OutputError(VaeLensError):
 
 
 class OutputExistsError(OutputError):
-    """An output path that exists; force=True replaces it (never an input). `path` is that path."""
+    """An output path that is in the way; force=True overrides it (never for an input).
 
-    def __init__(self, message: str, path: Any, **fields: Any) -> None:
-        super().__init__(message, **fields)
+    The remedy is data, so a front end says it in its own words: `path` the path, `what` the parameter's
+    word for it ("output", "out"), `reason` what is in the way ("already exists"), `effect` what force does
+    ("replace it"). The message is ``{what} '{path}' {reason}; pass force=True to {effect}``.
+
+    >>> err = OutputExistsError("a.png")
+    >>> (str(err), err.param, err.reason, err.effect)
+    ("output 'a.png' already exists; pass force=True to replace it", 'output', 'already exists', 'replace it')
+    """
+
+    def __init__(self, path: Any, *, what: str = "output", reason: str = "already exists",
+                 effect: str = "replace it", **fields: Any) -> None:
+        fields.setdefault("param", what)
+        fields.setdefault("value", str(path))
+        super().__init__(f"{what} {str(path)!r} {reason}; pass force=True to {effect}", **fields)
         self.path = path
+        self.what = what
+        self.reason = reason
+        self.effect = effect
+
+
+class ChoiceRequiredError(VaeLensError):
+    """A parameter left to the input (None) that the input does not settle: the caller passes one of `choices`.
+
+    `reason` says what the input lacks; the message adds the remedy in parameter words, from `param` and
+    `choices` (a front end says it in its own, e.g. the CLI's flags).
+
+    >>> err = ChoiceRequiredError("z.safetensors does not say", param="normalized", choices=(True, False))
+    >>> str(err), err.reason
+    ('z.safetensors does not say; pass normalized=True or normalized=False', 'z.safetensors does not say')
+    """
+
+    def __init__(self, reason: str, *, param: str, choices: Iterable[Any], value: Any = None, **fields: Any) -> None:
+        choices = tuple(choices)
+        remedy = " or ".join(f"{param}={c!r}" for c in choices)
+        super().__init__(f"{reason}; pass {remedy}", param=param, value=value, choices=choices, **fields)
+        self.reason = reason
 
 
 class MissingModuleError(VaeLensError):

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vaelens.errors import MissingModuleError, VaeLensError
+from vaelens.errors import ChoiceRequiredError, MissingModuleError, VaeLensError
 from vaelens.families.spec import Normalization
 from vaelens.normalization import normalization_from_json, normalization_to_json
 
@@ -464,10 +464,8 @@ def raw_latent_from_file(
     z = lf.latent
     warnings: list[str] = list(lf.warnings)
     if normalized is None and lf.normalized is None:
-        raise VaeLensError(
-            f"{path} does not say whether its latents are normalised; pass normalized=True or normalized=False",
-            param="normalized", value=None, choices=(True, False),
-        )
+        raise ChoiceRequiredError(f"{path} does not say whether its latents are normalised", param="normalized",
+                                  choices=(True, False))
     if lf.normalized if normalized is None else normalized:
         norm = lf.info.normalization
         if vae is not None:

@@ -138,8 +138,7 @@ def check_output(
                           param=what, value=shown)
     if p.exists() or p.is_symlink():
         if not force:
-            raise OutputExistsError(f"{what} {shown!r} already exists; pass force=True to replace it", p,
-                                    param=what, value=shown)
+            raise OutputExistsError(shown, what=what)
     _probe_writable(p.parent, shown, what)
     return p
 
@@ -178,14 +177,16 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _open_temp(p.parent, p.suffix)
     except OSError as exc:
-        raise OutputError(f"output {str(path)!r} cannot be written: {exc.strerror or exc}") from None
+        raise OutputError(f"output {str(path)!r} cannot be written: {exc.strerror or exc}", param="output",
+                          value=str(path)) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         publish(tmp_path, p)
     except OSError as exc:
-        raise OutputError(f"output {str(path)!r} could not be written: {exc.strerror or exc}") from None
+        raise OutputError(f"output {str(path)!r} could not be written: {exc.strerror or exc}", param="output",
+                          value=str(path)) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -238,7 +239,8 @@ def staged_prefix(prefix: str | Path) -> Iterator[Path]:
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"output {str(prefix)!r} cannot be written: {exc.strerror or exc}") from None
+        raise OutputError(f"output {str(prefix)!r} cannot be written: {exc.strerror or exc}", param="output",
+                          value=str(prefix)) from None
     tmp = final.parent / f".vaelens-tmp-{os.getpid()}-{secrets.token_hex(4)}-{final.name}"
     ok = False
     try:

@@ -107,10 +107,7 @@ def early_checks(args: argparse.Namespace) -> None:
     if args.engine == Engine.RAY.value:
         from vaelens.datasets.ray_engine import check_address
 
-        try:
-            check_address(args.address)
-        except VaeLensError as exc:
-            raise VaeLensError(str(exc).replace("address ", "--address ", 1)) from None
+        check_address(args.address)  # its param=address names --address on the error line
 
 
 def _known_family(args: argparse.Namespace) -> tuple[str, bool] | None:

@@ -9,8 +9,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from vaelens.errors import VaeLensError
-from vaelens.outputs import OutputExistsError, prepare_outputs
+from vaelens.errors import ChoiceRequiredError, OutputExistsError, VaeLensError
+from vaelens.outputs import prepare_outputs
 
 
 def add_force(parser: argparse.ArgumentParser) -> None:
@@ -113,25 +113,32 @@ def check_outputs(
         return prepare_outputs(paths, inputs=inputs, force=bool(getattr(args, "force", False)), kind=kind, what=what)
 
 
-# Library errors whose remedy is a choice between CLI flags: the remedy the library words in its
-# parameter ("; pass normalized=True or normalized=False") is said in the flags instead.
-REMEDIES = {"normalized": "pass --raw or --normalized"}
+# How this CLI passes each value of a library parameter that an input may leave open (ChoiceRequiredError):
+# decode's and inspect's --normalized / --raw fill normalized=True / False.
+CHOICE_FLAGS = {("normalized", True): "--normalized", ("normalized", False): "--raw"}
+
+
+def force_message(exc: OutputExistsError, shown: str | None = None) -> str:
+    """An output in the way -> its line in flag words, from the error's fields: what is in the way and
+    what --force does (`shown` names the output as the command does, e.g. '-o'; default: the library's)."""
+    return f"{shown or exc.what} {str(exc.path)!r} {exc.reason}; pass --force to {exc.effect}"
 
 
 @contextlib.contextmanager
 def outputs(what: str = "output") -> Iterator[None]:
-    """An output that exists without --force -> the one-line error naming --force; a remedy in REMEDIES
-    said in flags."""
+    """Library errors whose remedy is a CLI flag -> that remedy said in flags, built from the error's fields
+    (never by editing its message): an output in the way names --force; a choice the input leaves open
+    names the flags that make it (CHOICE_FLAGS)."""
     try:
         yield
     except OutputExistsError as exc:
-        raise VaeLensError(f"{what} {str(exc.path)!r} already exists; pass --force to replace it",
-                           param="force", value=False) from None
-    except VaeLensError as exc:
-        if exc.param not in REMEDIES or "; pass " not in str(exc):
+        raise VaeLensError(force_message(exc, what), param="force", value=False) from None
+    except ChoiceRequiredError as exc:
+        flags = [CHOICE_FLAGS[exc.param, c] for c in exc.choices if (exc.param, c) in CHOICE_FLAGS]
+        if not flags:
             raise
-        text = str(exc).split("; pass ")[0] + "; " + REMEDIES[exc.param]
-        raise type(exc)(text, param=exc.param, value=exc.value, choices=exc.choices) from None
+        raise VaeLensError(f"{exc.reason}; pass {' or '.join(flags)}", param=exc.param, value=exc.value,
+                           choices=exc.choices) from None
 
 
 def bar_enabled(args: argparse.Namespace) -> bool:

@@ -17,8 +17,9 @@ from vaelens.cli._dataargs import (
     load_data_vae,
     progress_for,
 )
-from vaelens.cli._io import add_force
+from vaelens.cli._io import add_force, force_message
 from vaelens.cli.common import add_json, emit_json
+from vaelens.cli.flags import feeds
 from vaelens.errors import VaeLensError
 
 
@@ -34,9 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "every shard's sha256. Read the cache in training code with vaelens.open_cache(OUT).",
     )
     add_data_args(p, data_required=False)
-    p.add_argument("-o", "--output", metavar="OUT",
-                   help="cache folder (created; resumed if it is a vaelens cache; refused if it is another "
-                   "non-empty folder, unless --force)")
+    feeds(p.add_argument("-o", "--output", metavar="OUT",
+                         help="cache folder (created; resumed if it is a vaelens cache; refused if it is another "
+                         "non-empty folder, unless --force)"), "out")
     p.add_argument("--latent-dtype", default="fp16", choices=("fp32", "fp16", "bf16"),
                    help="dtype of the stored latents (default fp16)")
     p.add_argument("--logvar", action="store_true", help="store the posterior log-variance too")
@@ -101,15 +102,16 @@ def run(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _claim(args: argparse.Namespace) -> Iterator[Any]:
-    """claim_cache with its refusals in flag words (-o, --force)."""
+    """claim_cache; its refusals name -o through their param (out=, which -o fills), and a folder in the way
+    says what --force does (from the error's fields)."""
     from vaelens.datasets.store import claim_cache
-    from vaelens.errors import OutputError
+    from vaelens.errors import OutputExistsError
 
     try:
         cm = claim_cache(args.data, args.output, force=args.force)
         claimed = cm.__enter__()
-    except OutputError as exc:
-        raise VaeLensError(str(exc).replace("force=True", "--force").replace("out ", "-o ", 1)) from None
+    except OutputExistsError as exc:
+        raise VaeLensError(force_message(exc), param=exc.param, value=exc.value) from None
     try:
         yield claimed
     except BaseException:

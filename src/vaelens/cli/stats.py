@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:  # checked before any work: an error after encoding everything would waste it
         [plot] = check_outputs(args, [args.plot], inputs=_inputs(args.data), kind="figure", what="--plot")
     if (Path(args.data) / "cache.json").is_file():
-        report = stats_of_cache(args.data)
+        report = stats_of_cache(args.data, posterior=getattr(args, "posterior", "mode"))
     else:
         early_checks(args)
         from vaelens.datasets.items import list_items

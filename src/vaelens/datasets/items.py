@@ -204,7 +204,7 @@ def _video_header(path: Path) -> tuple[tuple[int, int], int]:
     av = import_av()
     with av.open(str(path)) as container:
         if not container.streams.video:
-            raise VaeLensError("no video stream")
+            raise VaeLensError("no video stream", param="data", value=str(path))
         stream = container.streams.video[0]
         return (int(stream.height), int(stream.width)), int(stream.frames or 0)
 

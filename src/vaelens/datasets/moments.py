@@ -30,7 +30,8 @@ def channel_rows(latent) -> np.ndarray:
     """latent [B,C,(F,)h,w] (torch or numpy) -> float64 array [N, C] of every position's channel vector."""
     a = latent.detach().cpu().double().numpy() if hasattr(latent, "detach") else np.asarray(latent, np.float64)
     if a.ndim < 3:
-        raise VaeLensError(f"latent shape {list(a.shape)} is not [B, C, (F,) h, w]")
+        raise VaeLensError(f"latent shape {list(a.shape)} is not [B, C, (F,) h, w]", param="latent",
+                           value=list(a.shape))
     return np.moveaxis(a, 1, -1).reshape(-1, a.shape[1])
 
 
@@ -64,7 +65,8 @@ class Moments:
         """latent [B,C,(F,)h,w] -> self, updated (the batch's own moments, then one Chan merge)."""
         x = channel_rows(latent)
         if x.shape[1] != self.channels:
-            raise VaeLensError(f"latent has {x.shape[1]} channels; these statistics have {self.channels}")
+            raise VaeLensError(f"latent has {x.shape[1]} channels; these statistics have {self.channels}",
+                               param="latent", value=x.shape[1], choices=(self.channels,))
         ok = np.isfinite(x).all(axis=1)
         self.nonfinite += int((~ok).sum())
         self.samples += int(samples if samples is not None else np.asarray(latent.shape)[0])
@@ -92,7 +94,8 @@ class Moments:
         if (other.channels, other.hist_range, other.hist_bins) != (self.channels, self.hist_range, self.hist_bins):
             raise VaeLensError(
                 f"cannot merge statistics of {other.channels} channels / range ±{other.hist_range} / "
-                f"{other.hist_bins} bins into {self.channels} / ±{self.hist_range} / {self.hist_bins}"
+                f"{other.hist_bins} bins into {self.channels} / ±{self.hist_range} / {self.hist_bins}",
+                param="other", value=(other.channels, other.hist_range, other.hist_bins),
             )
         self.nonfinite += other.nonfinite
         self.samples += other.samples

@@ -96,15 +96,17 @@ class Bucketing:
         """(height, width) -> Placement in this rule's bucket (SizeError when smaller than one multiple or
         left out by a filter; the message is the reason the file is skipped)."""
         if self.min_size is not None and min(height, width) < self.min_size:
-            raise SizeError(f"image {width}x{height}: shorter side below min_size={self.min_size}")
+            raise SizeError(f"image {width}x{height}: shorter side below min_size={self.min_size}", param="min_size",
+                            value=self.min_size)
         aspect = max(height, width) / max(1, min(height, width))
         if self.max_aspect is not None and aspect > self.max_aspect:
-            raise SizeError(f"image {width}x{height}: aspect {aspect:.2f}:1 above max_aspect={self.max_aspect:g}")
+            raise SizeError(f"image {width}x{height}: aspect {aspect:.2f}:1 above max_aspect={self.max_aspect:g}",
+                            param="max_aspect", value=self.max_aspect)
         p = self._place(height, width)
         scale = p.resized_size[0] / height
         if scale > 1.0 and not self.upscale:
             raise SizeError(f"image {width}x{height} is smaller than its bucket {p.bucket[1]}x{p.bucket[0]} "
-                            f"(upscale={scale:.2f}×; upscale=False)")
+                            f"(upscale={scale:.2f}×; upscale=False)", param="upscale", value=False)
         warnings = []
         if scale > UPSCALE_WARN:
             warnings.append(f"upscaled {scale:.1f}× (above {UPSCALE_WARN:g}×) from {width}x{height} "
@@ -123,7 +125,8 @@ class Bucketing:
         if self.mode == BucketMode.NATIVE:
             bh, bw = height // m * m, width // m * m
             if bw == 0 or bh == 0:
-                raise SizeError(f"image {width}x{height} is smaller than the multiple of {m} pixels per side")
+                raise SizeError(f"image {width}x{height} is smaller than the multiple of {m} pixels per side",
+                                param="width" if bw == 0 else "height", value=width if bw == 0 else height)
             return Placement(
                 original_size=(height, width),
                 resized_size=(height, width),
@@ -178,21 +181,24 @@ def make_bucketing(
     if spec.size_rule.raise_multiple:
         m = math.lcm(m, spec.size_rule.raise_multiple)
     if size is not None and resolution is not None:
-        raise VaeLensError(f"size={size} and resolution={resolution}: give one (fixed size or area buckets)")
+        raise VaeLensError(f"size={size} and resolution={resolution}: give one (fixed size or area buckets)",
+                           param="resolution", value=resolution)
     if size is not None:
         h, w = size
         if w % m or h % m or w <= 0 or h <= 0:
-            raise SizeError(f"size {w}x{h} is not a multiple of {m} for {spec.name}; choose sides divisible by {m}")
+            raise SizeError(f"size {w}x{h} is not a multiple of {m} for {spec.name}; choose sides divisible by {m}",
+                            param="size", value=size)
         return Bucketing(mode=BucketMode.FIXED, multiple=m, size=(h, w), buckets=((h, w),), **filters)
     if resolution is None:
         if step is not None:
-            raise VaeLensError(f"step={step} applies to area buckets; give resolution= too")
+            raise VaeLensError(f"step={step} applies to area buckets; give resolution= too", param="step", value=step)
         return Bucketing(mode=BucketMode.NATIVE, multiple=m, **filters)
     step = step if step is not None else max(m, 64 if resolution >= 256 else m)
     if step <= 0 or step % m:
-        raise SizeError(f"step {step} is not a positive multiple of {spec.name}'s {m}")
+        raise SizeError(f"step {step} is not a positive multiple of {spec.name}'s {m}", param="step", value=step)
     if resolution < step:
-        raise SizeError(f"resolution {resolution} is smaller than the bucket step {step}")
+        raise SizeError(f"resolution {resolution} is smaller than the bucket step {step}", param="resolution",
+                        value=resolution)
     area = resolution * resolution
     min_side = max(step, (resolution // 2) // step * step)
     max_side = resolution * 2 // step * step
@@ -299,5 +305,5 @@ def decode_clip(path: str, placement: Placement, frames: int) -> np.ndarray:
             if len(out) == frames:
                 break
     if len(out) < frames:
-        raise VaeLensError(f"clip has {len(out)} frames; frames={frames} were asked for")
+        raise VaeLensError(f"clip has {len(out)} frames; frames={frames} were asked for", param="frames", value=frames)
     return np.stack(out)

@@ -28,7 +28,8 @@ def import_ray() -> Any:
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise VaeLensError("engine='ray' needs Ray Data: pip install 'vaelens[ray]'") from None
+        raise VaeLensError("engine='ray' needs Ray Data: pip install 'vaelens[ray]'", param="engine",
+                           value="ray") from None
     return ray
 
 

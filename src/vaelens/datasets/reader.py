@@ -19,6 +19,7 @@ from vaelens.datasets.index import CompactIndex
 from vaelens.datasets.posterior import LatentPosterior
 from vaelens.datasets.store import REPAIR, check_shard, read_summary, shard_header
 from vaelens.errors import VaeLensError
+from vaelens.options import Posterior
 
 
 def normalization_record(vae) -> dict[str, Any]:
@@ -63,29 +64,37 @@ def _torch_dataset_base():
     return Dataset
 
 
-LATENTS = ("mean", "sample")
+# Which stored tensor holds each posterior choice: the mode of a KL VAE's posterior is its mean (the cache
+# stores it under "mean", datasets/cache.py), a seeded sample under "sample".
+TENSOR_OF = {Posterior.MODE: "mean", Posterior.SAMPLE: "sample"}
+
+
+def stored_posteriors(tensors) -> tuple[str, ...]:
+    """A cache's stored tensor names -> the posterior choices it can serve ("mode", "sample")."""
+    return tuple(p.value for p, name in TENSOR_OF.items() if name in tensors)
 
 
 class CacheDataset(_torch_dataset_base()):  # type: ignore[misc]
     """A finished latent cache as a map-style torch Dataset (see the module docstring)."""
 
-    def __init__(self, out: str | Path, *, latent: str = "mean", normalized: bool = True,
+    def __init__(self, out: str | Path, *, posterior: Posterior | str = Posterior.MODE, normalized: bool = True,
                  resolution: int | None = None, verify: bool = True) -> None:
         self.out = Path(out)
         self.summary = read_summary(out)
         stored = self.summary["tensors"]
-        if latent not in LATENTS or latent not in stored:
-            hint = " (the log-variance comes with each item as item['posterior'])" if latent == "logvar" else ""
+        posterior = Posterior.parse(posterior)
+        if TENSOR_OF[posterior] not in stored:
             raise VaeLensError(
-                f"latent={latent!r} is not a latent stored in {str(out)!r}{hint}; stored: "
-                f"{', '.join(t for t in stored if t in LATENTS)}", param="latent", value=latent,
-                choices=tuple(t for t in stored if t in LATENTS))
+                f"posterior={posterior.value!r}: {str(out)!r} stores no such latent (the cache was written "
+                f"with posterior {', '.join(stored_posteriors(stored)) or 'none'})", param="posterior",
+                value=posterior.value, choices=stored_posteriors(stored))
         resolutions = self.summary.get("resolutions") or []
         if resolution is not None and resolution not in resolutions:
             raise VaeLensError(f"resolution={resolution} is not in {str(out)!r}; it holds: "
                                f"{', '.join(map(str, resolutions)) or 'one bucketing without a resolution'}",
                                param="resolution", value=resolution, choices=tuple(resolutions))
-        self.latent = latent
+        self.posterior = posterior
+        self.latent = TENSOR_OF[posterior]  # the stored tensor's name
         self.normalized = normalized
         self.index = CompactIndex.read(self.out / "index.jsonl", resolution=resolution)
         self.skipped = self.index.skipped
@@ -185,14 +194,15 @@ class CacheDataset(_torch_dataset_base()):  # type: ignore[misc]
                                   rank=0, world_size=1))
 
 
-def open_cache(out: str | Path, *, latent: str = "mean", normalized: bool = True, resolution: int | None = None,
-               verify: bool = True) -> CacheDataset:
+def open_cache(out: str | Path, *, posterior: Posterior | str = Posterior.MODE, normalized: bool = True,
+               resolution: int | None = None, verify: bool = True) -> CacheDataset:
     """cache folder -> CacheDataset of {"latent" [C,(F,)h,w], "caption", "original_size", "crop_top_left", …}.
 
-    `latent` is "mean" or "sample" (when the cache stored a fixed-seed sample); `normalized` applies the
+    `posterior` is which latent each item's "latent" is: Posterior.MODE ("mode", the posterior's mean) or
+    Posterior.SAMPLE ("sample", when the cache stored a fixed-seed sample); `normalized` applies the
     family's normalisation recorded in the cache (the latent a denoiser trains on) to the latent and to
     the posterior alike; `resolution` picks one resolution of a multi-resolution cache (default: all).
     Every shard is checked on open (verify=False skips it): a missing or truncated shard is one error
     saying to rerun the cache to repair it, not a FileNotFoundError mid-epoch.
     """
-    return CacheDataset(out, latent=latent, normalized=normalized, resolution=resolution, verify=verify)
+    return CacheDataset(out, posterior=posterior, normalized=normalized, resolution=resolution, verify=verify)

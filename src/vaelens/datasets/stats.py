@@ -27,7 +27,8 @@ class StatsReport:
     family: str
     stats: DatasetStats
     implied: ImpliedNormalization | None
-    latent: str  # "mean" | "sample" | "cached mean" …
+    posterior: str  # which latent was measured: "mode" | "sample" (options.Posterior)
+    stored_dtype: str | None = None  # a cache's stored latent dtype ("bf16"); None for latents encoded now
     files: int
     skipped: tuple[dict[str, str], ...]
     seconds: float
@@ -37,7 +38,8 @@ class StatsReport:
         return {
             "data": self.data,
             "family": self.family,
-            "latent": self.latent,
+            "posterior": self.posterior,
+            "stored_dtype": self.stored_dtype,
             "files": self.files,
             "skipped": list(self.skipped),
             "engine": self.engine,
@@ -92,7 +94,7 @@ def compute_stats(
         family=vae.spec.name,
         stats=stats,
         implied=implied_normalization(stats, vae.spec.normalization, family=vae.spec.name, module=vae.module),
-        latent=encode.posterior.value,
+        posterior=encode.posterior.value,
         files=len(job.scans),
         skipped=tuple({"source": _rel(p, job.root), "reason": r} for p, r in skipped.items()),
         seconds=time.perf_counter() - t0,
@@ -136,12 +138,16 @@ def _rel(path: str, root: str) -> str:
 
 
 def stats_of_records(
-    out: str | Path, records: list[dict[str, Any]], *, vae=None, latent: str = "mean",
+    out: str | Path, records: list[dict[str, Any]], *, vae=None, posterior: Posterior | str = Posterior.MODE,
     hist_range: float = HIST_RANGE, hist_bins: int = HIST_BINS,
 ) -> DatasetStats:
-    """cache folder + index records -> DatasetStats of the stored raw latents, one shard open at a time."""
+    """cache folder + index records -> DatasetStats of the stored raw latents (the posterior's mode or its
+    stored sample), one shard open at a time."""
     from safetensors import safe_open
 
+    from vaelens.datasets.reader import TENSOR_OF
+
+    tensor = TENSOR_OF[Posterior.parse(posterior)]
     moments: Moments | None = None
     by_shard: dict[str, list[dict[str, Any]]] = {}
     seen: set[str] = set()
@@ -152,27 +158,28 @@ def stats_of_records(
     for shard, recs in by_shard.items():
         with safe_open(str(Path(out) / shard), framework="pt") as f:
             for r in recs:
-                z = f.get_tensor(r["tensors"][latent])
+                z = f.get_tensor(r["tensors"][tensor])
                 if moments is None:
                     moments = Moments(z.shape[0], hist_range=hist_range, hist_bins=hist_bins)
                 moments.add(z[None], samples=1)
     if moments is None:
         from vaelens.errors import VaeLensError
 
-        raise VaeLensError(f"cache {str(out)!r} holds no latents")
+        raise VaeLensError(f"cache {str(out)!r} holds no latents", param="out", value=str(out))
     return moments.result()
 
 
-def stats_of_cache(out: str | Path, *, latent: str = "mean") -> StatsReport:
-    """finished cache folder -> StatsReport of its stored latents, with the normalisation it recorded."""
+def stats_of_cache(out: str | Path, *, posterior: Posterior | str = Posterior.MODE) -> StatsReport:
+    """finished cache folder -> StatsReport of its stored latents (`posterior`: "mode" or "sample", when the
+    cache stored a sample), with the normalisation it recorded."""
     from vaelens.datasets.reader import CacheDataset, _normalization
     from vaelens.datasets.store import read_index, read_summary
 
     t0 = time.perf_counter()
-    CacheDataset(out, latent=latent, normalized=False)  # every shard checked: a broken one is one error
+    posterior = CacheDataset(out, posterior=posterior, normalized=False).posterior  # every shard checked
     summary = read_summary(out)
     index = read_index(out)
-    stats = stats_of_records(out, [r for r in index if "key" in r], latent=latent)
+    stats = stats_of_records(out, [r for r in index if "key" in r], posterior=posterior)
     family = summary["vae"]["family"]
     norm = _normalization(summary["normalization"])
     return StatsReport(
@@ -180,7 +187,8 @@ def stats_of_cache(out: str | Path, *, latent: str = "mean") -> StatsReport:
         family=family,
         stats=stats,
         implied=implied_normalization(stats, norm, family=family),
-        latent=f"cached {latent} ({summary['settings']['latent_dtype']})",
+        posterior=posterior.value,
+        stored_dtype=summary["settings"]["latent_dtype"],
         files=len({r["source"] for r in index}),
         skipped=tuple({"source": r["source"], "reason": r["error"]} for r in index if "key" not in r),
         seconds=time.perf_counter() - t0,

@@ -204,7 +204,8 @@ def exclusive(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise VaeLensError(f"out {str(out)!r} is being written by another vaelens cache run") from None
+            raise VaeLensError(f"out {str(out)!r} is being written by another vaelens cache run", param="out",
+                               value=str(out)) from None
         try:
             yield
         finally:
@@ -237,7 +238,8 @@ class ShardWriter:
 
     def __post_init__(self) -> None:
         if self.latent_dtype not in LATENT_DTYPES:
-            raise VaeLensError(f"latent_dtype {self.latent_dtype!r} is not one of: {', '.join(LATENT_DTYPES)}")
+            raise VaeLensError(f"latent_dtype {self.latent_dtype!r} is not one of: {', '.join(LATENT_DTYPES)}",
+                               param="latent_dtype", value=self.latent_dtype, choices=LATENT_DTYPES)
         (self.out / "shards").mkdir(parents=True, exist_ok=True)
 
     def add(self, record: dict[str, Any], tensors: dict[str, Any]) -> None:
@@ -298,10 +300,11 @@ def read_summary(out: str | Path) -> dict[str, Any]:
         what = "an unfinished cache (no cache.json yet: rerun the same `vaelens cache` to finish it)" if (
             p / "manifest.jsonl"
         ).is_file() else "not a vaelens cache (no cache.json)"
-        raise VaeLensError(f"cache {str(out)!r} is {what}")
+        raise VaeLensError(f"cache {str(out)!r} is {what}", param="out", value=str(out))
     summary = json.loads(path.read_text())
     if summary.get("format") != FORMAT:
-        raise VaeLensError(f"cache {str(out)!r} has format {summary.get('format')!r}; this vaelens reads {FORMAT}")
+        raise VaeLensError(f"cache {str(out)!r} has format {summary.get('format')!r}; this vaelens reads {FORMAT}",
+                           param="out", value=str(out))
     return summary
 
 
@@ -322,8 +325,8 @@ def is_cache_folder(out: Path) -> bool:
 
 def check_out(out: Path, *, data_root: Path | None = None, force: bool = False) -> None:
     """OUT before anything is written: not a file, not inside the dataset, and either missing, empty, a
-    vaelens cache, or force=True. Raises OutputError."""
-    from vaelens.errors import OutputError
+    vaelens cache, or force=True. Raises OutputError (OutputExistsError for a folder force=True may use)."""
+    from vaelens.errors import OutputError, OutputExistsError
 
     if out.exists() and not out.is_dir():
         raise OutputError(f"out {str(out)!r} is a file; the cache is a folder", param="out", value=str(out))
@@ -334,9 +337,8 @@ def check_out(out: Path, *, data_root: Path | None = None, force: bool = False) 
                 f"out {str(out)!r} is inside data {str(data_root)!r}; a cache there would be read as part of the "
                 "dataset: put it elsewhere", param="out", value=str(out))
     if out.is_dir() and not is_cache_folder(out) and any(p.name != ".lock" for p in out.iterdir()) and not force:
-        raise OutputError(
-            f"out {str(out)!r} is a non-empty folder that is not a vaelens cache; give an empty or new folder "
-            "(force=True writes into it anyway)", param="out", value=str(out))
+        raise OutputExistsError(str(out), what="out", reason="is a non-empty folder that is not a vaelens cache "
+                                "(give an empty or new folder)", effect="write into it anyway")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -32,7 +32,8 @@ def build_component(spec: ComponentSpec, *, dtype: DType | str = DType.BF16):
                 module = _construct(spec)
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise ConfigError(
-                f"{spec.library.value} {spec.class_name} could not be built from {spec.config_source}: {exc}"
+                f"{spec.library.value} {spec.class_name} could not be built from {spec.config_source}: {exc}",
+                param="spec", value=spec.class_name,
             ) from None
         module = module.to(dtype=dtype.torch)
     keep_fp32(module, spec.library, dtype)

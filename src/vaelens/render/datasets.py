@@ -25,8 +25,10 @@ def _shifted(shift: float) -> str:
 def render_stats(report) -> str:
     """StatsReport -> text: per-channel table, strongest correlation, implied normalisation."""
     s = report.stats
+    cached = f", cached as {report.stored_dtype}" if report.stored_dtype else ""
     lines = [
-        f"{report.family}: raw latents ({report.latent}) of {s.samples} samples from {report.data} "
+        f"{report.family}: raw latents (posterior {report.posterior}{cached}) of {s.samples} samples from "
+        f"{report.data} "
         f"({s.positions:,} positions per channel)",
     ]
     pick = [p for p in (1.0, 50.0, 99.0) if p in s.percentiles]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaelens.errors import VaeLensError, WeightsError
+from vaelens.errors import ChoiceRequiredError, WeightsError
 from vaelens.options import Posterior
 from vaelens.progress import Bar, null_bar
 from vaelens.run.inputs import check_batch_size, check_fps, expand, loaded, read_inputs, weights_paths
@@ -184,8 +184,8 @@ def decode_file(
     notes = list(lf.warnings) + _provenance(lf, vae, str(latents), strict=strict)
     if normalized is None:
         if lf.normalized is None:
-            raise VaeLensError(f"{latents} does not say whether its latents are normalised; pass normalized=True "
-                               "or normalized=False", param="normalized", value=None, choices=(True, False))
+            raise ChoiceRequiredError(f"{latents} does not say whether its latents are normalised",
+                                      param="normalized", choices=(True, False))
         normalized = lf.normalized
     norm, note = recorded_normalization(lf.info.normalization, vae) if normalized else (None, None)
     notes += [note] if note else []

@@ -328,7 +328,8 @@ def _mismatch(path: str, ckpt: Mapping[str, Any], spec: FamilySpec, fit: Fit) ->
     chans = f"the file has {hint} latent channels; " if hint is not None else ""
     also = f"families it fits: {', '.join(fits)}" if fits else "no registry family fits it"
     return WeightsError(
-        f"weights {path!r} are not {spec.name} ({spec.latent_channels} latent channels): {fit.problem}; {chans}{also}"
+        f"weights {path!r} are not {spec.name} ({spec.latent_channels} latent channels): {fit.problem}; {chans}{also}",
+        param="family", value=spec.name, choices=fits,
     )
 
 
