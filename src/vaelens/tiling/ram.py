@@ -15,13 +15,14 @@ turns the dynamic rule off) keeps every tensor above it in its own mapping.
     rss_bytes() / peak_rss_bytes() / reset_peak_rss()   this process (Linux /proc/self)
     available_ram_bytes()                               MemAvailable, capped by a cgroup memory limit
     bound_malloc()                                      the glibc settings above (once per process)
-    cpu_ram_policy(plan, ...)                           where a CPU run's spilled maps go, or why not
+    host_policy(plan, ...)                              where a run's spilled maps go (RAM or files), or why not
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,7 @@ def available_ram_bytes() -> int | None:
     return avail
 
 
+@functools.cache
 def _libc() -> Any:
     name = ctypes.util.find_library("c")
     if os.name != "posix" or name is None:
@@ -125,6 +127,7 @@ def _libc() -> Any:
         libc = ctypes.CDLL(name)
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         libc.gnu_get_libc_version  # noqa: B018  (glibc only; musl and macOS lack mallopt or ignore it)
     except (OSError, AttributeError):
         return None
@@ -153,8 +156,9 @@ def trim() -> None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RamPolicy:
-    """Where a CPU run's spilled maps go: `spill_dir` (memory-mapped files) or RAM (None); the RAM it may
-    hold (`ram_bytes`: the budget, plus host_bytes when they stay in RAM); one-line `warnings`."""
+    """Where a run's spilled maps go: memory-mapped files in `spill_dir`, or RAM (`spill_dir` None); the RAM
+    the run may hold (`ram_bytes`: on a CPU the budget, plus host_bytes while they stay in RAM); one-line
+    `warnings` (a bound this platform cannot keep)."""
 
     spill_dir: Path | None
     ram_bytes: int
@@ -162,33 +166,54 @@ class RamPolicy:
     warnings: tuple[str, ...] = ()
 
 
-def cpu_ram_policy(plan: Any, *, spill_dir: str | Path | None = None, fallback_dir: str | Path | None = None,
-                   available: int | None = None) -> RamPolicy:
-    """A CPU plan (budget_bytes, host_bytes) -> where its spilled maps go, or BudgetError when RAM cannot hold
-    even the budget's resident side.
+def host_policy(plan: Any, *, cpu: bool, spill_dir: str | Path | None = None,
+                available: int | None = None) -> RamPolicy:
+    """A tiled plan (budget_bytes, host_bytes, predicted_peak_bytes) -> where its spilled maps go.
 
-    `spill_dir` given: spilled maps go there (files). Otherwise they stay in RAM when budget + host_bytes fit
-    the available RAM, and go to `fallback_dir` (the output's folder; else the system temporary folder)
-    when they do not. `available` overrides available_ram_bytes() (tests)."""
+    They stay in RAM while the RAM side fits what is available (on a CPU the budget's resident side is RAM
+    too: budget + host_bytes; on a GPU host_bytes); otherwise they go to memory-mapped files in `spill_dir`
+    (the output's folder where the caller has one; default the system temporary folder). On a CPU, a
+    resident side larger than the available RAM cannot be honoured even with the disk: BudgetError.
+    `available` overrides available_ram_bytes() (tests)."""
     import tempfile
 
     from vaelens.render.tables import human_bytes
 
     avail = available_ram_bytes() if available is None else available
     budget, host = int(plan.budget_bytes), int(plan.host_bytes)
+    resident = int(plan.predicted_peak_bytes) if cpu else 0
     warnings: list[str] = []
-    if not bound_malloc():
+    if cpu and not bound_malloc():
         warnings.append(f"budget={human_bytes(budget)} bounds live tensors, not RSS, on this platform "
                         "(no glibc mallopt: freed memory may stay with the process)")
-    resident = int(plan.predicted_peak_bytes)
     if avail is not None and resident > avail:
         raise BudgetError(f"budget={human_bytes(budget)} cannot be honoured on this CPU: the run holds up to "
                           f"{human_bytes(resident)} in RAM and {human_bytes(avail)} is available; give a "
                           "smaller budget", param="budget", value=budget, needed_bytes=None)
-    if spill_dir is not None:
-        return RamPolicy(spill_dir=Path(spill_dir), ram_bytes=budget, available_bytes=avail,
-                         warnings=tuple(warnings))
-    if host == 0 or avail is None or budget + host <= avail:
-        return RamPolicy(spill_dir=None, ram_bytes=budget + host, available_bytes=avail, warnings=tuple(warnings))
-    where = Path(fallback_dir) if fallback_dir is not None else Path(tempfile.gettempdir())
-    return RamPolicy(spill_dir=where, ram_bytes=budget, available_bytes=avail, warnings=tuple(warnings))
+    own = budget if cpu else 0
+    if host == 0 or avail is None or own + host <= avail:
+        return RamPolicy(spill_dir=None, ram_bytes=own + host, available_bytes=avail, warnings=tuple(warnings))
+    where = Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
+    return RamPolicy(spill_dir=where, ram_bytes=own, available_bytes=avail, warnings=tuple(warnings))
+
+
+_MADV_DONTNEED = 4  # linux/mman.h
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def drop_pages(host: Any, file: Any, *, sync: bool = False) -> None:
+    """A tensor memory-mapped from `file` (torch.from_file, MAP_SHARED) -> its pages unmapped from this
+    process (madvise MADV_DONTNEED keeps a shared file mapping's data in the file and page cache, and takes
+    it out of RSS); `sync`: first written back (fdatasync), then dropped from the page cache
+    (posix_fadvise DONTNEED), so the spilled data stops taking RAM at all. Nothing where unsupported."""
+    libc = _libc()
+    addr, n = host.data_ptr(), host.numel() * host.element_size()
+    start = addr - addr % _PAGE
+    if libc is not None and n:  # unmapped first: the page cache cannot drop pages a process still maps
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(addr + n - start), _MADV_DONTNEED)
+    if sync:
+        try:
+            os.fdatasync(file.fileno())
+            os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        except (OSError, AttributeError):
+            pass

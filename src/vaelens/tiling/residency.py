@@ -34,6 +34,8 @@ class Buf:
     birth: int
     death: int | None = None
     host: torch.Tensor | None = None  # uint8 [nbytes] on the host while spilled
+    file: Any = None  # the spill file behind `host` (a memory-mapped temporary file), when spilled to disk
+    dirty: bool = False  # `host` was written in the current event (its file pages to write back)
     aliases: dict[int, weakref.ref] = field(default_factory=dict)
 
 
@@ -96,6 +98,7 @@ class Residency:
         self._out_host = False
         self.inplace: frozenset[int] = frozenset()  # events whose pointwise output overwrites its input
         self._files: list[Any] = []
+        self.spill_files = 0  # spill files created (memory-mapped, in spill_dir)
 
     # ------------------------------------------------------------------ buffers
     def buf(self, t: torch.Tensor) -> Buf | None:
@@ -126,7 +129,7 @@ class Residency:
         b.death = self.k
         if b.host is not None:
             self.host_live -= b.nbytes
-            b.host = None
+            self._release_host(b)
         if self.by_key.get(b.key) is b:
             del self.by_key[b.key]
 
@@ -140,10 +143,12 @@ class Residency:
         b.key = storage._cdata
         self.by_key[b.key] = b
 
-    def _host_empty(self, n: int) -> torch.Tensor:
+    def _host_empty(self, n: int, b: Buf) -> torch.Tensor:
         if self.spill_dir is not None:  # a memory-mapped file: the host side is bounded by disk, not RAM
             f = tempfile.NamedTemporaryFile(dir=self.spill_dir, prefix="vaelens-spill-", suffix=".bin")
             self._files.append(f)
+            self.spill_files += 1
+            b.file = f
             return torch.from_file(f.name, shared=True, size=max(1, n), dtype=torch.uint8)[:n]
         if self.pin:
             try:
@@ -152,6 +157,28 @@ class Residency:
                 self.pin = False
                 self.warnings.append(f"pinned host memory unavailable ({exc}); copies use pageable memory")
         return torch.empty(n, dtype=torch.uint8)
+
+    def _release_host(self, b: Buf) -> None:
+        """Drop a buffer's host copy; its spill file (if any) is deleted now, not at the end of the run (the
+        mapping, freed with the copy, keeps the data until then)."""
+        b.host = None
+        if b.file is not None:
+            if b.file in self._files:
+                self._files.remove(b.file)
+            b.file.close()
+            b.file = None
+        b.dirty = False
+
+    def _unmap_pages(self, b: Buf, *, written: bool = False) -> None:
+        """A file-backed host copy's pages leave this process's RSS (they stay in the file / page cache).
+        Dirty MAP_SHARED pages count in RSS until unmapped, so without this a disk spill would hold in RSS
+        every page it wrote or read. `written`: also write them back and drop them from the page cache,
+        so the spilled side does not sit in RAM as dirty cache either."""
+        if b.file is None or b.host is None:
+            return
+        from vaelens.tiling.ram import drop_pages
+
+        drop_pages(b.host, b.file, sync=written)
 
     def _null(self, n: int) -> Any:
         """A storage of n bytes with no memory behind it, on the device (only its size is ever read)."""
@@ -171,12 +198,13 @@ class Residency:
         """Device -> host copy; the device memory is freed (its tensors point at a placeholder)."""
         if b.host is not None:
             return
-        host = self._host_empty(b.nbytes)
+        host = self._host_empty(b.nbytes, b)
         host.copy_(self._u8(self._any_alias(b).untyped_storage()))
         self.d2h_bytes += b.nbytes
         b.host = host
         self._host_add(b.nbytes)
         self._repoint(b, self._null(b.nbytes))
+        self._unmap_pages(b, written=True)
 
     def fetch(self, b: Buf) -> None:
         """Host -> device copy; the host copy is released."""
@@ -186,7 +214,7 @@ class Residency:
         real.copy_(b.host)
         self.h2d_bytes += b.nbytes
         self._repoint(b, real.untyped_storage())
-        b.host = None
+        self._release_host(b)
         self.host_live -= b.nbytes
 
     def _host_add(self, n: int) -> None:
@@ -225,8 +253,13 @@ class Residency:
         return None
 
     def end(self) -> None:
-        """The current event is over (views made between events belong to none)."""
+        """The current event is over (views made between events belong to none); spill files it wrote
+        are written back."""
         self.current = None
+        for b in self.by_key.values():
+            if b.dirty:
+                self._unmap_pages(b, written=True)
+                b.dirty = False
 
     def need(self, t: torch.Tensor) -> torch.Tensor:
         """A tensor the current event reads whole on the device."""
@@ -254,6 +287,7 @@ class Residency:
             piece = self.host_view(src, b)[index]
             moved = piece.to(self.device, copy=True)
             self.h2d_bytes += moved.numel() * moved.element_size()
+            self._unmap_pages(b)
             return moved
         return src[index]
 
@@ -265,7 +299,7 @@ class Residency:
             t.set_(self._null(n), 0, torch.Size(shape), _contiguous_strides(shape))
             b = self.buf(t)
             assert b is not None
-            b.host = self._host_empty(n)
+            b.host = self._host_empty(n, b)
             self._host_add(n)
             return t
         t = torch.empty(shape, dtype=dtype, device=self.device)
@@ -285,6 +319,9 @@ class Residency:
         if b is not None and b.host is not None and self.decisions is not None:
             self.host_view(holder, b)[index] = res
             self.d2h_bytes += res.numel() * res.element_size()
+            if b.file is not None:
+                b.dirty = True
+                self._unmap_pages(b)
             return
         holder[index] = res
 
