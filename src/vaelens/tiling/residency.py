@@ -67,6 +67,11 @@ class Decision:
     out_host: bool = False
 
 
+# Bytes a copy to or from a spill file moves before its pages are unmapped: RSS holds at most this much of
+# a file-backed buffer during a spill or fetch. A multiple of every page size in use (4 KiB-64 KiB).
+_CHUNK = 4 << 20
+
+
 def _key(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
 
@@ -199,7 +204,7 @@ class Residency:
         if b.host is not None:
             return
         host = self._host_empty(b.nbytes, b)
-        host.copy_(self._u8(self._any_alias(b).untyped_storage()))
+        self._copy(host, self._u8(self._any_alias(b).untyped_storage()), b.file, host)
         self.d2h_bytes += b.nbytes
         b.host = host
         self._host_add(b.nbytes)
@@ -211,11 +216,26 @@ class Residency:
         if b.host is None:
             return
         real = torch.empty(b.nbytes, dtype=torch.uint8, device=self.device)
-        real.copy_(b.host)
+        self._copy(real, b.host, b.file, b.host)
         self.h2d_bytes += b.nbytes
         self._repoint(b, real.untyped_storage())
         self._release_host(b)
         self.host_live -= b.nbytes
+
+    def _copy(self, dst: torch.Tensor, src: torch.Tensor, file: Any, mapped: torch.Tensor) -> None:
+        """dst <- src (uint8, same length). With a spill file behind `mapped` (dst or src), in chunks whose
+        file pages leave RSS as soon as each is copied: a whole-buffer copy would hold the buffer twice
+        in RSS (its live copy and all its mapped file pages) — measured +105 MiB over the budget at
+        1024x768 (benchmarks/tiled_cpu.py, x0.25:disk), the size of the largest map."""
+        if file is None:
+            dst.copy_(src)
+            return
+        from vaelens.tiling.ram import drop_pages
+
+        n = dst.numel()
+        for a in range(0, n, _CHUNK):
+            dst[a:a + _CHUNK].copy_(src[a:a + _CHUNK])
+            drop_pages(mapped[a:a + _CHUNK], file)
 
     def _host_add(self, n: int) -> None:
         self.host_live += n
