@@ -154,10 +154,10 @@ def test_a_platform_without_glibc_controls_says_so_in_one_warning(monkeypatch):
 @linux
 def test_peak_rss_stays_within_budget_plus_host_bytes(tmp_path):
     """Measured in fresh processes (benchmarks/tiled_cpu.py): a reduced SD decoder at 256x192, where the
-    untiled decode needs several times the budgets, at two budgets and with the spilled maps on disk."""
+    untiled decode needs 2.5-5x the budgets, at two budgets, the smaller with its spilled maps on disk."""
     out = tmp_path / "rows.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tiled_cpu.py"), "--size", "256x192",
-                        "--budgets", "x0.5,x0.25,x0.25:disk", "--json", str(out)],
+                        "--budgets", "x0.4,x0.2:disk", "--json", str(out)],
                        capture_output=True, text=True, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     rows = json.loads(out.read_text())
@@ -169,7 +169,7 @@ def test_peak_rss_stays_within_budget_plus_host_bytes(tmp_path):
         assert row["psnr_db"] == "inf" or row["psnr_db"] >= 60
     assert tiled[0]["budget_bytes"] > tiled[1]["budget_bytes"]
     assert max(row["rss_above_baseline"] for row in tiled) < untiled["rss_above_baseline"]
-    disk = tiled[2]
-    assert disk["spill_files"] > 0 and disk["spill_left"] == 0
+    disk = tiled[1]
+    assert disk["host_bytes"] > 0 and disk["spill_files"] > 0 and disk["spill_left"] == 0
     assert disk["rss_above_baseline"] <= int(disk["budget_bytes"] * 1.1)
     assert "not honoured" not in r.stdout
