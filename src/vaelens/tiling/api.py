@@ -9,6 +9,7 @@ replaces enable_tiling(). disable_budgeted_vae undoes it; budgeted_vae is the sa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -97,14 +98,33 @@ def run_plan(module: Any, plan: TilingPlan, method: Any, x: Any, *args: Any, cou
         if prev is not None:
             module.use_tiling = False  # the exact path must not take diffusers' blended tiles
         device = next(iter(module.parameters())).device
+        spill_dir, notes = _spill_to(plan, device, spill_dir, counts is not None)
         xd = x.to(device)
         out = run_tiled(module, lambda: method(xd, *args, **kwargs), fraction=plan.fraction,
                         decisions=plan.decisions, spill_dir=spill_dir, counts=counts, inputs=[xd],
                         inplace=plan.inplace_events, recompute=plan.recompute)
+        if notes and counts:
+            counts[-1] = dataclasses.replace(counts[-1], warnings=(*notes, *counts[-1].warnings))
         return _move(out, x.device)
     finally:
         if prev is not None:
             module.use_tiling = prev
+
+
+def _spill_to(plan: TilingPlan, device: Any, spill_dir: Any, counted: bool) -> tuple[Any, tuple[str, ...]]:
+    """-> where the run's spilled maps go (None: RAM, while they fit the available RAM; else `spill_dir`,
+    as files: vaelens.tiling.ram.host_policy) and its one-line warnings (a bound this platform cannot
+    keep), which go to the run's counts when it has them, else to `warnings`. A CPU budget that RAM
+    cannot honour raises BudgetError."""
+    import warnings
+
+    from vaelens.tiling.ram import host_policy
+
+    policy = host_policy(plan, cpu=device.type == "cpu", spill_dir=spill_dir)
+    if not counted:
+        for line in policy.warnings:
+            warnings.warn(line, stacklevel=4)
+    return policy.spill_dir, policy.warnings
 
 
 def _call(module: Any, op: str, x: Any, *, budget: int | str | None, plan: TilingPlan | None):

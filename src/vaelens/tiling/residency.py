@@ -37,6 +37,8 @@ class Buf:
     death: int | None = None
     host: torch.Tensor | None = None  # uint8 [nbytes] on the host while spilled
     dropped: bool = False  # released because nothing reads it again
+    file: Any = None  # the spill file behind `host` (a memory-mapped temporary file), when spilled to disk
+    dirty: bool = False  # `host` was written in the current event (its file pages to write back)
     aliases: dict[int, weakref.ref] = field(default_factory=dict)
 
 
@@ -68,6 +70,11 @@ class Decision:
     fetch: tuple[int, ...] = ()
     out_host: bool = False
     drop: tuple[int, ...] = ()  # buffers no later event reads: memory freed, nothing copied
+
+
+# Bytes a copy to or from a spill file moves before its pages are unmapped: RSS holds at most this much of
+# a file-backed buffer during a spill or fetch. A multiple of every page size in use (4 KiB-64 KiB).
+_CHUNK = 4 << 20
 
 
 def _key(t: torch.Tensor) -> int:
@@ -103,6 +110,7 @@ class Residency:
         self._out_host = False
         self.inplace: frozenset[int] = frozenset()  # events whose pointwise output overwrites its input
         self._files: list[Any] = []
+        self.spill_files = 0  # spill files created (memory-mapped, in spill_dir)
 
     # ------------------------------------------------------------------ buffers
     def buf(self, t: torch.Tensor) -> Buf | None:
@@ -146,20 +154,42 @@ class Residency:
         b.key = storage._cdata
         self.by_key[b.key] = b
 
-    def _host_empty(self, n: int) -> torch.Tensor:
+    def _host_empty(self, n: int, b: Buf) -> torch.Tensor:
         if self.spill_dir is not None:  # a memory-mapped file: the host side is bounded by disk, not RAM
             f = tempfile.NamedTemporaryFile(dir=self.spill_dir, prefix="vaelens-spill-", suffix=".bin")
             self._files.append(f)
+            self.spill_files += 1
+            b.file = f
             return torch.from_file(f.name, shared=True, size=max(1, n), dtype=torch.uint8)[:n]
         return self.copier.host_empty(n)
 
     def _release_host(self, b: Buf) -> None:
-        """A host copy no longer needed: back to the copier's pool once no copy touches it."""
+        """A host copy no longer needed: a spill file is deleted now, not at the end of the run (the mapping,
+        freed with the copy, keeps the data until then); page-locked memory goes back to the copier's pool
+        once no copy touches it."""
         assert b.host is not None
-        self.copier.settle(b.index)
-        self.copier.release(b.host)
+        if b.file is not None:
+            if b.file in self._files:
+                self._files.remove(b.file)
+            b.file.close()
+            b.file = None
+        else:
+            self.copier.settle(b.index)
+            self.copier.release(b.host)
         b.host = None
+        b.dirty = False
         self.host_live -= b.nbytes
+
+    def _unmap_pages(self, b: Buf, *, written: bool = False) -> None:
+        """A file-backed host copy's pages leave this process's RSS (they stay in the file / page cache).
+        Dirty MAP_SHARED pages count in RSS until unmapped, so without this a disk spill would hold in RSS
+        every page it wrote or read. `written`: also write them back and drop them from the page cache,
+        so the spilled side does not sit in RAM as dirty cache either."""
+        if b.file is None or b.host is None:
+            return
+        from vaelens.tiling.ram import drop_pages
+
+        drop_pages(b.host, b.file, sync=written)
 
     def _null(self, n: int) -> Any:
         """A storage of n bytes with no memory behind it, on the device (only its size is ever read)."""
@@ -179,12 +209,17 @@ class Residency:
         """Device -> host copy; the device memory is freed (its tensors point at a placeholder)."""
         if b.host is not None:
             return
-        host = self._host_empty(b.nbytes)
-        self.copier.to_host(host, self._u8(self._any_alias(b).untyped_storage()), key=b.index)
+        host = self._host_empty(b.nbytes, b)
+        data = self._u8(self._any_alias(b).untyped_storage())
+        if b.file is not None:
+            self._copy(host, data, b.file, host)
+        else:
+            self.copier.to_host(host, data, key=b.index)
         self.d2h_bytes += b.nbytes
         b.host = host
         self._host_add(b.nbytes)
         self._repoint(b, self._null(b.nbytes))
+        self._unmap_pages(b, written=True)
 
     def drop(self, b: Buf) -> None:
         """A buffer no later operation reads: its memory is released (device or host), nothing is copied.
@@ -199,11 +234,31 @@ class Residency:
         """Host -> device copy; the host copy is released."""
         if b.host is None:
             return
-        real = self.copier.fetch(b.host, self.device, key=b.index)  # the copier owns the host block now
+        if b.file is not None:
+            real = torch.empty(b.nbytes, dtype=torch.uint8, device=self.device)
+            self._copy(real, b.host, b.file, b.host)
+            self._release_host(b)
+        else:  # the copier takes the host block back once its copy has read it
+            real = self.copier.fetch(b.host, self.device, key=b.index)
+            b.host = None
+            self.host_live -= b.nbytes
         self.h2d_bytes += b.nbytes
         self._repoint(b, real.untyped_storage())
-        b.host = None
-        self.host_live -= b.nbytes
+
+    def _copy(self, dst: torch.Tensor, src: torch.Tensor, file: Any, mapped: torch.Tensor) -> None:
+        """dst <- src (uint8, same length). With a spill file behind `mapped` (dst or src), in chunks whose
+        file pages leave RSS as soon as each is copied: a whole-buffer copy would hold the buffer twice
+        in RSS (its live copy and all its mapped file pages) — measured +105 MiB over the budget at
+        1024x768 (benchmarks/tiled_cpu.py, x0.25:disk), the size of the largest map."""
+        if file is None:
+            dst.copy_(src)
+            return
+        from vaelens.tiling.ram import drop_pages
+
+        n = dst.numel()
+        for a in range(0, n, _CHUNK):
+            dst[a:a + _CHUNK].copy_(src[a:a + _CHUNK])
+            drop_pages(mapped[a:a + _CHUNK], file)
 
     def _host_add(self, n: int) -> None:
         self.host_live += n
@@ -244,8 +299,13 @@ class Residency:
         return None
 
     def end(self) -> None:
-        """The current event is over (views made between events belong to none)."""
+        """The current event is over (views made between events belong to none); spill files it wrote
+        are written back."""
         self.current = None
+        for b in self.by_key.values():
+            if b.dirty:
+                self._unmap_pages(b, written=True)
+                b.dirty = False
 
     def need(self, t: torch.Tensor) -> torch.Tensor:
         """A tensor the current event reads whole on the device."""
@@ -275,6 +335,7 @@ class Residency:
             piece = self.host_view(src, b)[index]
             moved = self.copier.to_device(piece, self.device, key=b.index)
             self.h2d_bytes += moved.numel() * moved.element_size()
+            self._unmap_pages(b)
             return moved
         return src[index]
 
@@ -286,7 +347,7 @@ class Residency:
             t.set_(self._null(n), 0, torch.Size(shape), _contiguous_strides(shape))
             b = self.buf(t)
             assert b is not None
-            b.host = self._host_empty(n)
+            b.host = self._host_empty(n, b)
             self._host_add(n)
             return t
         t = torch.empty(shape, dtype=dtype, device=self.device)
@@ -306,6 +367,9 @@ class Residency:
         if b is not None and b.host is not None and self.decisions is not None:
             self.copier.to_host_tile(self.host_view(holder, b)[index], res, key=b.index)
             self.d2h_bytes += res.numel() * res.element_size()
+            if b.file is not None:
+                b.dirty = True
+                self._unmap_pages(b)
             return
         holder[index] = res
 
