@@ -455,13 +455,13 @@ def _refuse(common: dict, need: int, what: str) -> None:
 
 
 def plan_ops(model: Any, shapes: Mapping[str, tuple[int, ...]], dtype: DType | str | None,
-             budget: int | str) -> dict[str, TilingPlan | str]:
+             budget: int | str, *, device_profile: Any = None) -> dict[str, TilingPlan | str]:
     """{op: input shape} -> {op: TilingPlan, or the one-line reason nothing fits} (for reports that
-    show every op, e.g. `memory --budget`)."""
+    show every op, e.g. `memory --budget`), each timed on `device_profile` (see plan_tiling)."""
     out: dict[str, TilingPlan | str] = {}
     for op, shape in shapes.items():
         try:
-            out[op] = plan_tiling(model, tuple(shape), dtype, budget, op=op)
+            out[op] = plan_tiling(model, tuple(shape), dtype, budget, op=op, device_profile=device_profile)
         except BudgetError as exc:
             out[op] = str(exc)
     return out
