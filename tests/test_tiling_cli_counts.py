@@ -189,3 +189,21 @@ def test_the_profile_changes_the_plans_time_not_its_exactness():
     assert {p: r.tiling.device_profile for p, r in runs.items()} == {"h100": "h100", "cpu": "cpu"}
     assert runs["h100"].tiling.predicted_seconds != runs["cpu"].tiling.predicted_seconds
     torch.testing.assert_close(runs["h100"].pixels, runs["cpu"].pixels, rtol=1e-4, atol=1e-5)
+
+
+def test_the_tiling_layer_takes_the_same_arguments():
+    """vaelens.tiling.decode(..., device_profile=, spill_dir=, counts=): the counts of the run its plan made;
+    a profile without a budget is refused there too."""
+    from vaelens.tiling import decode, plan_tiling
+
+    m, x = _module("kl"), _input("kl")
+    budget = _budget("kl", 1.05)
+    plan = plan_tiling(m, tuple(x.shape), budget=budget, device_profile=PROFILE)
+    counts: list = []
+    with torch.inference_mode():
+        decode(m, x, budget=budget, device_profile=PROFILE, counts=counts)
+    assert plan.transfer_bytes > 0 and counts[0].transfer_bytes == plan.transfer_bytes
+    assert counts[0].host_peak_bytes == plan.host_bytes
+    with pytest.raises(VaeLensError) as err:
+        decode(m, x, device_profile=PROFILE)
+    assert err.value.param == "device_profile"

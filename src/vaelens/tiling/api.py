@@ -154,6 +154,10 @@ def _call(module: Any, op: str, x: Any, *, budget: int | str | None, plan: Tilin
         method = types.MethodType(state.originals[op], module)
     with torch.inference_mode():
         if plan is None and budget is None:
+            for name, value in (("device_profile", device_profile), ("spill_dir", spill_dir)):
+                if value is not None:  # it would change nothing: refused, not ignored
+                    raise VaeLensError(f"{name}={str(value)!r} applies to a budgeted call; give budget= too",
+                                       param=name, value=value)
             return call_op(_Bound(method, op), Op.parse(op), [x])
         spill = check_spill_dir(spill_dir)
         if plan is None:
