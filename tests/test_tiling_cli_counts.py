@@ -207,3 +207,20 @@ def test_the_tiling_layer_takes_the_same_arguments():
     with pytest.raises(VaeLensError) as err:
         decode(m, x, device_profile=PROFILE)
     assert err.value.param == "device_profile"
+
+
+def test_a_runs_warnings_reach_the_result(monkeypatch):
+    """What the executor says about a run (RunCounts.warnings, e.g. pinned memory unavailable) is in
+    Decoded.warnings, not lost with the counts."""
+    from vaelens.tiling import residency
+
+    original = residency.Residency._host_empty
+
+    def noisy(self, n):
+        self.warnings.append("host copies use pageable memory (test)")
+        return original(self, n)
+
+    monkeypatch.setattr(residency.Residency, "_host_empty", noisy)
+    result = vaelens.decode(_module("kl"), _input("kl"), normalized=False, budget=_budget("kl", 1.05),
+                            device_profile=PROFILE)
+    assert result.counts.warnings and result.warnings == ("host copies use pageable memory (test)",)

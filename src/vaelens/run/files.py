@@ -122,6 +122,7 @@ def encode_files(
     if comfy and out.suffix != ".latent":
         notes.append(f"ComfyUI's LoadLatent lists files ending in .latent; wrote {out}")
     tiling, counts = plans.last()
+    notes += plans.warnings()
     return EncodeRun(output=out, format=fmt, vae=vae, metadata=metadata, latent=latent, infos=tuple(read.infos),
                      reports=tuple(reports), tiling=tiling, counts=counts, warnings=tuple(dict.fromkeys(notes)))
 
@@ -232,6 +233,7 @@ def decode_file(
         notes.append(f"decoded size {pixel_shape[-1]}x{pixel_shape[-2]} differs from the {recorded[-1]}x"
                      f"{recorded[-2]} the file records as its pixel_shape")
     tiling, counts = plans.last()
+    notes += plans.warnings()
     return DecodeRun(source=str(latents), latents=lf, vae=vae, normalized=normalized,
                      pixel_shape=tuple(pixel_shape or ()), outputs=tuple(paths), report=merge_steps(reports),
                      tiling=tiling, counts=counts, warnings=tuple(dict.fromkeys(notes)))

@@ -116,6 +116,12 @@ class PlanLog(Sequence):
     def __len__(self) -> int:
         return len(self._plans())
 
+    def warnings(self) -> tuple[str, ...]:
+        """The one-line warnings of the block's runs (RunCounts.warnings: e.g. pinned memory unavailable),
+        each once."""
+        counts = self._state.counts[self._start :] if self._state is not None else []
+        return tuple(dict.fromkeys(w for c in counts if c is not None for w in c.warnings))
+
     def last(self, op: str | None = None, start: int = 0) -> tuple[Any, Any]:
         """-> (the TilingPlan, its RunCounts or None) of the last call of `op` (any op when None) from the
         block's call number `start` on; (None, None) when there is none."""
@@ -251,7 +257,8 @@ def decode(
     with budgeted(loaded.module, budget, plan, device_profile=device_profile, spill_dir=spill_dir) as plans:
         pixels, report = decode_step(loaded, z, upcast=upcast)
     tiling, counts = plans.last("decode")
-    return Decoded(pixels=pixels, normalized=normalized, report=report, tiling=tiling, counts=counts)
+    return Decoded(pixels=pixels, normalized=normalized, report=report, tiling=tiling, counts=counts,
+                   warnings=plans.warnings())
 
 
 def _check_normalized(normalized: Any) -> None:
