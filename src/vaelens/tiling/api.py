@@ -103,7 +103,7 @@ def check_spill_dir(spill_dir: str | os.PathLike | None) -> Path | None:
                           "memory-mapped spill files", param="spill_dir", value=str(spill_dir))
     import tempfile
 
-    try:  # os.access says yes to root on a read-only mount: try it
+    try:  # creating a file is the one check that covers permissions, ACLs and read-only mounts alike
         with tempfile.TemporaryFile(dir=path, prefix="vaelens-spill-check-"):
             pass
     except OSError as exc:
