@@ -79,7 +79,7 @@ class Report:
     estimates: tuple[MemoryEstimate, ...]  # encode, decode
     budget_bytes: int | None = None
     budget: Any = None  # vaelens.memory.budget's report for the VAE (fits, largest batch / square)
-    tiling: dict[str, Any] = field(default_factory=dict)  # op -> vaelens.tiling.TilingPlan | why none fits
+    tiling: dict[str, Any] = field(default_factory=dict)  # op -> vaelens.tiling TilingPlan | NoTiling (none fits)
     real: RealWeights | None = None
     pipeline: Any = None  # vaelens.pipelines.PipelineEstimate
     precision: Any = None  # vaelens.precision.PrecisionReport (with vae= and image=)
@@ -161,6 +161,7 @@ def build_report(
     `pipeline_dtype` (default bf16, as pipelines run); with both `vae` and `image` the fp16/bf16 analysis
     of vaelens.precision on that image. `progress(done, total, what)` is called per step.
     """
+    from vaelens.memory.context import MetaContext
     from vaelens.memory.estimate import estimate_memory
 
     if image is not None and vae is None:
@@ -193,16 +194,17 @@ def build_report(
         from vaelens.pipelines import get_pipeline
 
         pipe_spec = get_pipeline(pipeline)
+    ctx = MetaContext.of(spec, request.dtype).add_plan(plan)  # one meta module for estimates, budget and tiles
     estimates = []
     for op in ("encode", "decode"):
         step(f"tracing {op}")
-        estimates.append(estimate_memory(spec, request, op=op))
+        estimates.append(estimate_memory(ctx, request, op=op))
     warnings = list(plan.warnings)
     budget = None
     tiling: dict[str, Any] = {}
     if budget_bytes is not None:
         step("checking the budget")
-        budget, tiling = _budget_and_tiling(spec, plan, budget_bytes, device_profile)
+        budget, tiling = _budget_and_tiling(ctx, plan, budget_bytes, device_profile)
     real = None
     if vae is not None:
         step("round trip with real weights")
@@ -227,16 +229,17 @@ def build_report(
                   warnings=tuple(warnings))
 
 
-def _budget_and_tiling(spec: FamilySpec, plan: Any, budget_bytes: int,
+def _budget_and_tiling(ctx: Any, plan: Any, budget_bytes: int,
                        device_profile: Any = None) -> tuple[Any, dict[str, Any]]:
-    """-> (the VAE budget verdict, {op: the tiling plan that fits}) at plan's request."""
+    """MetaContext + ShapePlan -> (the VAE budget verdict, {op: TilingPlan | NoTiling}) at plan's request,
+    the tiling timed on `device_profile`."""
     from vaelens.memory.budget import check_vae_budget
     from vaelens.tiling.plan import plan_ops
 
     request = plan.request
-    budget = check_vae_budget(spec, request, budget_bytes, step=spec.size_rule.multiple)
-    tiling = plan_ops(spec, {"encode": plan.pixel_shape, "decode": plan.latent_shape}, request.dtype,
-                      budget_bytes, device_profile=device_profile)
+    budget = check_vae_budget(ctx, request, budget_bytes, step=ctx.spec.size_rule.multiple)
+    tiling = plan_ops(ctx.spec, {"encode": plan.pixel_shape, "decode": plan.latent_shape}, request.dtype,
+                      budget_bytes, context=ctx, device_profile=device_profile)
     return budget, tiling
 
 

@@ -1,4 +1,4 @@
-"""`vaelens inspect [LATENTS | IMAGE --vae …]`: parse -> vaelens.run.inspect_files -> render: a latent as
+"""`vaelens inspect [LATENTS | IMAGE --vae …]`: parse -> vaelens.run.inspect_files -> draw and render: a latent as
 channels (per-channel statistics, the implied scaling factor, channel correlations, a heat-map grid, a
 labelled RGB approximation). Without arguments: the demo VAE on its sample image."""
 
@@ -39,15 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vaelens.cli._vaeargs import weights_from_args
-    from vaelens.render.latents import inspect_json, render_inspection
+    from vaelens.render.latents import draw_inspection, inspect_json, render_inspection
     from vaelens.run import inspect_files
 
     with bar_for(args, "inspect", unit="input") as bar, outputs(), loading():
-        result = inspect_files(
+        result = draw_inspection(inspect_files(
             args.input or ["demo"], args.out, vae=weights_from_args(args) if args.vae else None,
             normalized=True if args.normalized else (False if args.raw else None), index=args.index,
             upcast=args.upcast, strict=args.strict, force=args.force, progress=bar,
-        )
+        ))  # the engine returns data and the figure paths; render draws
     results = []
     for item in result.items:
         insp = item.inspection

@@ -112,7 +112,7 @@ def _budget(args: argparse.Namespace, spec, plan, ops, budget: int, ctx, bar):
     bar.advance(1)
     bar.stage("tiling plan")
     tiling = plan_ops(spec, {op: plan.latent_shape if op == "decode" else plan.pixel_shape for op in ops},
-                      plan.request.dtype, budget, device_profile=device_profile_from_args(args))
+                      plan.request.dtype, budget, context=ctx, device_profile=device_profile_from_args(args))
     bar.advance(1)
     return report, tiling
 
@@ -149,11 +149,12 @@ def _print(spec, plan, estimates, measured, report, tiling, plot) -> None:
         from dataclasses import replace
 
         from vaelens.render.memory import render_budget
+        from vaelens.tiling.plan import NoTiling
 
         print()
         # name the size the estimates ran at (a floor family's size rule may have changed it)
         print(render_budget(report, replace(plan.request, height=plan.used_size[0], width=plan.used_size[1])))
-        if any(isinstance(t, str) or t.tiled for t in tiling.values()):
+        if any(isinstance(t, NoTiling) or t.tiled for t in tiling.values()):
             from vaelens.render.tiling import render_plans
 
             print()

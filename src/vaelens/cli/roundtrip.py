@@ -1,4 +1,4 @@
-"""`vaelens roundtrip [IMAGE] [--vae …]`: parse -> vaelens.run.roundtrip_files -> render. Without --vae /
+"""`vaelens roundtrip [IMAGE] [--vae …]`: parse -> vaelens.run.roundtrip_files -> draw and render. Without --vae /
 IMAGE: the built-in demo VAE and its held-out sample image."""
 
 from __future__ import annotations
@@ -59,16 +59,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vaelens.render.codec import render_roundtrip, roundtrip_json, tiling_json, tiling_lines
+    from vaelens.render.codec import draw_roundtrip, render_roundtrip, roundtrip_json, tiling_json, tiling_lines
     from vaelens.run import roundtrip_files
 
     with bar_for(args, "roundtrip", unit="image") as bar, outputs(), loading():
-        result = roundtrip_files(
+        result = draw_roundtrip(roundtrip_files(
             args.image or ["demo"], args.out, vae=weights_from_args(args), size=args.size,
             posterior="sample" if args.sample else "mode", seed=args.seed, batch_size=args.batch_size,
             upcast=args.upcast, budget=args.budget, device_profile=device_profile_from_args(args),
             spill_dir=args.spill_dir, strict=args.strict, force=args.force, progress=bar,
-        )
+        ))  # the engine returns data and the figure paths; render draws
     vae, results, failed = result.vae, [], False
     for note in result.warnings:
         warn(note)

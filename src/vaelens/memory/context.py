@@ -52,19 +52,19 @@ def diffusers_modes(module: Any, *, tiled: bool = False, sliced: bool = False) -
 def _module_and_spec(model: Any, dtype: DType) -> tuple[Any, Any]:
     """FamilySpec | name | config path | config dict | nn.Module | LoadedVae -> (meta module, spec or None).
 
-    A module with real weights (or a LoadedVae's) is traced as a meta copy at `dtype`; the original is
-    untouched. A module wrapped by vaelens.enable_budgeted_vae is traced without the wrapper.
+    A module (or a LoadedVae's) is traced as a meta copy at `dtype`; the original is untouched. A module
+    wrapped by vaelens.enable_budgeted_vae is traced without the wrapper.
     """
     import torch
 
-    from vaelens.build import build_module, meta_copy
+    from vaelens.build import build_module
     from vaelens.families.spec import FamilySpec
 
     loaded = getattr(model, "module", None), getattr(model, "spec", None)  # a LoadedVae
     if isinstance(loaded[0], torch.nn.Module) and isinstance(loaded[1], FamilySpec):
-        return _unwrapped(loaded[0], meta_copy(loaded[0], dtype.torch)), loaded[1]
+        return _meta_twin(loaded[0], dtype), loaded[1]
     if isinstance(model, torch.nn.Module):
-        return _unwrapped(model, meta_copy(model, dtype.torch)), None
+        return _meta_twin(model, dtype), None
     if isinstance(model, Mapping):
         return build_module(model, device="meta", dtype=dtype), None
     if isinstance(model, (str, FamilySpec)):
@@ -82,18 +82,21 @@ def _module_and_spec(model: Any, dtype: DType) -> tuple[Any, Any]:
 _WRAPPER = ("decode", "encode", "_vaelens_budget")  # what vaelens.tiling.api's enable_budgeted_vae sets
 
 
-def _unwrapped(original: Any, meta: Any) -> Any:
-    """A module and its meta copy -> a meta module without enable_budgeted_vae's instance-level encode/decode
-    (the class's own methods are what is traced); a module already on meta is copied first, not changed."""
-    if not any(name in meta.__dict__ for name in _WRAPPER):
-        return meta
-    if meta is original:
-        import copy
+def _meta_twin(module: Any, dtype: DType) -> Any:
+    """A module (weights anywhere, or already on meta) -> a copy of it on meta at `dtype`, in eval mode, without
+    enable_budgeted_vae's instance-level encode/decode (the class's own methods are what is traced). The
+    caller's module is never changed: the context toggles its copy's tiling and slicing switches."""
+    import copy
 
-        meta = copy.deepcopy(original)
+    from vaelens.build import meta_copy, quiet_diffusers
+
+    meta = meta_copy(module, dtype.torch)
+    if meta is module:  # already on meta: meta_copy hands it back as it is
+        with quiet_diffusers():
+            meta = copy.deepcopy(module).to(dtype.torch)
     for name in _WRAPPER:
         meta.__dict__.pop(name, None)
-    return meta
+    return meta.eval()
 
 
 class MetaContext:
@@ -110,7 +113,7 @@ class MetaContext:
         self.dtype = dtype
         self.module, self.spec = _module_and_spec(model, dtype)
         self._shapes: dict[PixelRequest, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-        self._traces: dict[Any, Trace] = {}
+        self._traces: dict[Any, tuple[Trace, bool]] = {}  # key -> (trace, every event detailed)
         self._estimates: dict[Any, Any] = {}
         self.hits = 0  # calls answered from the context (tests read it)
 
@@ -159,28 +162,33 @@ class MetaContext:
         pixel, latent = self.shapes(request)
         return pixel if op is Op.ENCODE else latent
 
-    def trace(self, shape: tuple[int, ...], op: Op, *, tiled: bool = False, sliced: bool = False) -> Trace:
-        """input shape + op -> Trace of the meta module's encode or decode (with diffusers' modes as asked)."""
+    def trace(self, shape: tuple[int, ...], op: Op, *, tiled: bool = False, sliced: bool = False,
+              full: bool = False) -> Trace:
+        """input shape + op -> Trace of the meta module's encode or decode (with diffusers' modes as asked).
+
+        The events keep their inputs' metadata for the operators the memory rules read; `full=True` keeps it
+        for every operator (the time model, vaelens.tiling.cost, prices them all), and answers both asks."""
         import torch
 
         from vaelens.memory.rules import RULES
         from vaelens.trace import trace_module
 
         key = (op, tuple(shape), tiled, sliced)
-        if key in self._traces:
+        if key in self._traces and (self._traces[key][1] or not full):
             self.hits += 1
-            return self._traces[key]
+            return self._traces[key][0]
         try:
             with diffusers_modes(self.module, tiled=tiled, sliced=sliced):
                 tr = trace_module(self.module, [torch.empty(shape, device="meta", dtype=self.dtype.torch)], op=op,
-                                  detail=RULES.keys())
-        except RuntimeError as exc:  # a diffusers code path that fails for this config (not a vaelens error)
+                                  detail=None if full else RULES.keys())
+        except (RuntimeError, ValueError, IndexError) as exc:  # the module refuses the input (diffusers' own check)
             mode = " with enable_tiling()" if tiled else " with enable_slicing()" if sliced else ""
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise VaeLensError(
-                f"diffusers {type(self.module).__name__}.{op.value}{mode} fails on input {list(shape)}: "
-                f"{str(exc).splitlines()[0]}", param="size", value=list(shape),
-            ) from None
-        self._traces[key] = tr
+                f"diffusers {type(self.module).__name__}.{op.value}{mode} fails on input {list(shape)}: {first}",
+                param="size", value=list(shape),
+            ) from exc  # the cause stays readable: tiling/plan.py words it for a shape
+        self._traces[key] = (tr, full)
         return tr
 
     def estimate(self, shape: tuple[int, ...], op: Op, *, tiled: bool = False, sliced: bool = False) -> Any:

@@ -150,3 +150,30 @@ def render_roundtrip(vae, rt, *, name: str, pixel_shape, files: dict[str, str]) 
         "  " + step_line(rt.decode),
     ]
     return "\n".join(lines + [f"wrote {path} ({name.replace('_', ' ')})" for name, path in files.items()])
+
+
+def draw_roundtrip(run: Any) -> Any:
+    """RoundtripRun (vaelens.run.roundtrip_files) -> the same run, after each item's `files` are written:
+    reconstruction (the decoded image), error_map and comparison (input | reconstruction | error), each
+    atomically (vaelens.outputs); titled with the family, the image, its size and its scores."""
+    from pathlib import Path
+
+    from vaelens.images import save_image
+    from vaelens.outputs import atomic_write
+    from vaelens.render.figures import plot_comparison, plot_error_map
+
+    for item in run.items:
+        rt, files = item.result, item.files
+        h, w = item.pixel_shape[-2:]
+        score = f"SSIM {rt.ssim[0]:.4f}" if rt.ssim[0] is not None else "SSIM n/a"
+        title = f"{run.vae.family}: {Path(item.source).name} {w}x{h}  PSNR {rt.psnr[0]:.2f} dB  {score}"
+        writers = {
+            "reconstruction": lambda t, rt=rt: save_image(rt.reconstruction[0], t),
+            "error_map": lambda t, rt=rt, title=title: plot_error_map(rt.error[0], t, title=title),
+            "comparison": lambda t, rt=rt, item=item, title=title: plot_comparison(
+                item.image, rt.reconstruction[0], rt.error[0], t, title=title),
+        }
+        for key, write in writers.items():
+            with atomic_write(Path(files[key])) as tmp:
+                write(tmp)
+    return run

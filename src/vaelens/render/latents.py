@@ -89,3 +89,21 @@ def _correlation_lines(insp: LatentInspection) -> list[str]:
     if stats.channels <= 8:
         lines += ["   " + " ".join("    –" if v is None else f"{v:+.2f}" for v in row) for row in stats.correlation]
     return lines
+
+
+def draw_inspection(run: Any) -> Any:
+    """InspectRun (vaelens.run.inspect_files) -> the same run with each item's figures written (its `files`:
+    PREFIX_channels.png, PREFIX_rgb_approx.png) and its channel grid (GridInfo) set; every file of an item is
+    staged and renamed into place together (vaelens.outputs.staged_prefix)."""
+    from dataclasses import replace
+
+    from vaelens.outputs import staged_prefix, unstage
+
+    items = []
+    for item in run.items:
+        with staged_prefix(item.prefix) as tmp:
+            grid, files = plot_inspection(item.inspection, tmp, index=item.index)
+        files = {k: unstage(v, tmp, item.prefix) for k, v in files.items()}
+        grid = replace(grid, path=unstage(grid.path, tmp, item.prefix))
+        items.append(replace(item, grid=grid, files=files))
+    return replace(run, items=tuple(items))

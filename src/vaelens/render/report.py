@@ -18,6 +18,7 @@ from vaelens.render.svg import contract_states, contract_svg, esc, pipeline_svg,
 from vaelens.render.tables import human_bytes, norm_formula, shape_str
 from vaelens.render.timeline import memory_timeline, shared_top, timeline_svg
 from vaelens.report import RealWeights, Report
+from vaelens.tiling.plan import NoTiling, TilingMethod
 
 DISPLAY_SIDE = 768  # images wider or taller than this are shown downscaled (the metrics use full size)
 
@@ -200,8 +201,8 @@ def _verdict(rep: Report) -> str:
     if all(o.fits for o in rep.budget.ops):
         return "fits"
     plans = list(rep.tiling.values())
-    if plans and not any(isinstance(p, str) for p in plans):
-        approximate = any(p.method == "approximate" for p in plans)
+    if plans and not any(isinstance(p, NoTiling) for p in plans):
+        approximate = any(p.method is TilingMethod.APPROXIMATE for p in plans)
         return f"fits with {'approximate' if approximate else 'exact'} tiles"
     return "does not fit"
 
@@ -222,31 +223,32 @@ def _budget(rep: Report) -> str:
                "not counted).</p>")
     out = verdict + _table(("op", "needs", "verdict", "largest batch", f"largest square at batch "
                             f"{rep.plan.request.batch}", "with diffusers enable_tiling()"), rows, numeric=(1,))
-    if rep.tiling and any(isinstance(p, str) or p.tiled for p in rep.tiling.values()):
-        none_fits = any(isinstance(p, str) for p in rep.tiling.values())
+    if rep.tiling and any(isinstance(p, NoTiling) or p.tiled for p in rep.tiling.values()):
+        none_fits = any(isinstance(p, NoTiling) for p in rep.tiling.values())
         out += (f"<h3>{'Tiling plans' if none_fits else 'Tiling plan that fits'} (vaelens.tiling)</h3>"
                 + _tiling(rep))
     return out
 
 
 def _tiling(rep: Report) -> str:
-    """op -> TilingPlan | reason: a table, each plan's text, and the tile grid over the full-size image."""
+    """op -> TilingPlan | NoTiling: a table, each plan's text, and the tile grid over the full-size image."""
     from vaelens.render.tiling import render_plan
 
     rows, texts, grids = [], [], []
     # plans that fit first, then the ops for which none does
-    for op, p in sorted(rep.tiling.items(), key=lambda item: isinstance(item[1], str)):
-        if isinstance(p, str):
+    for op, p in sorted(rep.tiling.items(), key=lambda item: isinstance(item[1], NoTiling)):
+        if isinstance(p, NoTiling):
             rows.append((op, "none fits", "-", "-", "-", "-"))
-            texts.append(p)
+            texts.append(p.message)
             continue
         h, w = p.tile_shape or (0, 0)
-        rows.append((op, p.method, p.tiles if p.tiled else 1, f"{w}×{h}" if p.tiled and p.tile_shape else "-",
+        rows.append((op, p.method.value, p.tiles if p.tiled else 1, f"{w}×{h}" if p.tiled and p.tile_shape else "-",
                      human_bytes(p.predicted_peak_bytes), human_bytes(p.untiled_peak_bytes)))
         texts.append(render_plan(p))
         if p.tiled and p.tile_shape:
             full = p.output_shape if op == "decode" else p.input_shape
-            grids.append(tile_grid_svg((full[-2], full[-1]), p.tile_shape, label=f"{op}: {p.tiles} {p.method} tiles"))
+            label = f"{op}: {p.tiles} {p.method.value} tiles"
+            grids.append(tile_grid_svg((full[-2], full[-1]), p.tile_shape, label=label))
     return (_table(("op", "method", "tiles", "tile (px)", "predicted device peak", "untiled needs"), rows,
                    numeric=(2, 4, 5))
             + '<div class="imgs">' + "".join(f'<div class="fig">{g}</div>' for g in grids) + "</div>"

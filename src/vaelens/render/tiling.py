@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vaelens.render.tables import human_bytes, shape_str
+from vaelens.tiling.plan import NoTiling
 
 
 def tiling_json(plan: Any) -> dict[str, Any] | None:
@@ -71,16 +72,16 @@ def render_plan(plan: Any) -> str:
 
 
 def render_plans(plans: Mapping[str, Any]) -> str:
-    """{op: TilingPlan | error message} -> the `memory --budget` tiling section."""
+    """{op: TilingPlan | NoTiling} -> the `memory --budget` tiling section."""
     out = ["tiling that fits the budget (vaelens.decode/encode(..., budget=…), --budget on decode/encode/roundtrip):"]
     for op, plan in plans.items():
-        if isinstance(plan, str):
-            out.append(f"  {op} does not fit at any tile size: {plan}")
+        if isinstance(plan, NoTiling):
+            out.append(f"  {op} does not fit at any tile size: {plan.message}")
         else:
             out.extend("  " + line for line in render_plan(plan).splitlines())
     return "\n".join(out)
 
 
 def plans_json(plans: Mapping[str, Any]) -> dict[str, Any]:
-    """{op: TilingPlan | error message} -> {op: tiling block | null | {"error": message}}."""
-    return {op: {"error": p} if isinstance(p, str) else tiling_json(p) for op, p in plans.items()}
+    """{op: TilingPlan | NoTiling} -> {op: tiling block | null | {"error": message}}."""
+    return {op: {"error": p.message} if isinstance(p, NoTiling) else tiling_json(p) for op, p in plans.items()}

@@ -1,12 +1,13 @@
 """`vaelens inspect` as a library call: latent files or images -> the latent's channels, drawn and scored.
 
 latent files (.safetensors / ComfyUI .latent) | images (encoded with the VAE) -> raw latent z
--> LatentInspection (vaelens.latents) + PREFIX_channels.png, PREFIX_rgb_approx.png per input.
+-> LatentInspection (vaelens.latents) and where its figures go (PREFIX_channels.png, PREFIX_rgb_approx.png);
+vaelens.render.latents.draw_inspection(run) draws them (the engine returns data; the CLI draws).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,15 @@ LATENT_SUFFIXES = (".safetensors", ".latent")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InspectItem:
-    """One input inspected: the inspection, the grid drawn and the files written."""
+    """One input inspected: the inspection, the batch item to draw, where its figures go (`files`:
+    channels, rgb_approximation when there is one) and, once drawn, the channel grid (GridInfo)."""
 
     source: str
     inspection: Any  # LatentInspection
-    grid: Any  # GridInfo
     files: dict[str, str]
+    prefix: str = ""  # PREFIX of the figures
+    index: int = 0
+    grid: Any = None  # vaelens.render.figures.GridInfo, set by vaelens.render.latents.draw_inspection
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,8 +54,9 @@ def inspect_files(
     force: bool = False,
     progress: Any = None,
 ) -> InspectRun:
-    """latent files / images / folders / globs -> InspectRun (PREFIX_channels.png and PREFIX_rgb_approx.png
-    per input; several inputs: PREFIX_<name>_…).
+    """latent files / images / folders / globs -> InspectRun: each input's LatentInspection and where its
+    figures go (PREFIX_channels.png and PREFIX_rgb_approx.png; several inputs: PREFIX_<name>_…), checked
+    writable up front and drawn by vaelens.render.latents.draw_inspection(run).
 
     vae: needed to encode images (default then: the demo VAE) and to draw the RGB approximation of a latent
     file; a latent file alone gives its statistics. normalized: True/False overrides what a file says.
@@ -90,8 +95,6 @@ def param_is(exc: VaeLensError, name: str) -> bool:
 
 def _inspect_one(source: str, prefix: Path, vae, *, normalized, index: int, upcast) -> InspectItem:
     from vaelens.latents import inspect_latent, raw_latent_from_file
-    from vaelens.outputs import staged_prefix, unstage
-    from vaelens.render.latents import plot_inspection
 
     if is_latent_file(source):
         raw, lf, notes = raw_latent_from_file(source, vae=vae, normalized=normalized)
@@ -106,8 +109,7 @@ def _inspect_one(source: str, prefix: Path, vae, *, normalized, index: int, upca
     if not 0 <= index < raw.shape[0]:
         raise VaeLensError(f"index {index} is outside the batch of {raw.shape[0]}", param="index", value=index)
     insp = inspect_latent(raw, vae=vae, family=family, warnings=tuple(notes), upcast=upcast)
-    with staged_prefix(prefix) as tmp:
-        grid, files = plot_inspection(insp, tmp, index=index)
-    files = {k: unstage(v, tmp, prefix) for k, v in files.items()}
-    return InspectItem(source=source, inspection=insp, grid=replace(grid, path=unstage(grid.path, tmp, prefix)),
-                       files=files)
+    files = {"channels": f"{prefix}_channels.png"}
+    if insp.projection is not None and insp.approximation is not None:
+        files["rgb_approximation"] = f"{prefix}_rgb_approx.png"
+    return InspectItem(source=source, inspection=insp, files=files, prefix=str(prefix), index=index)

@@ -152,13 +152,15 @@ FILES = {"reconstruction": "recon", "error_map": "error", "comparison": "compare
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RoundtripItem:
-    """One image's round trip: its info, the scores, the pixels it went in as, the figures written."""
+    """One image's round trip: its info, the scores, the pixels it went in as, and where its figures go
+    (`files`: reconstruction, error_map, comparison; vaelens.render.codec.draw_roundtrip writes them)."""
 
     source: str
     info: Any  # ImageInfo
     result: Roundtrip
     pixel_shape: tuple[int, ...]
     files: dict[str, str]
+    image: np.ndarray | None = None  # [H,W,3] in [0,1]: the input as it was encoded (the comparison's left panel)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -200,15 +202,17 @@ def roundtrip_files(
     force: bool = False,
     progress: Any = None,
 ) -> RoundtripRun:
-    """images / folder / glob -> a round trip per image, scored, with PREFIX_recon.png, PREFIX_error.png and
-    PREFIX_compare.png (several images: PREFIX_<name>_recon.png, …).
+    """images / folder / glob -> RoundtripRun: a round trip per image, scored, and the figures each item's
+    `files` names (PREFIX_recon.png, PREFIX_error.png and PREFIX_compare.png; several images:
+    PREFIX_<name>_recon.png, …), checked writable up front and drawn by
+    vaelens.render.codec.draw_roundtrip(run) (the engine returns data; the CLI draws).
 
     Of several inputs, one that cannot be read is skipped and listed in `skipped` (strict=True: raised at
     the first); a single input's error is raised.
     """
     from pathlib import Path
 
-    from vaelens.images import read_for_family, to_pixels
+    from vaelens.images import from_pixels, read_for_family, to_pixels
     from vaelens.outputs import prepare_outputs
     from vaelens.progress import null_bar
     from vaelens.run.inputs import check_batch_size, expand, loaded, stems, weights_paths
@@ -253,33 +257,11 @@ def roundtrip_files(
                 runs = {op: plans.last(op, start) for op in ("encode", "decode")}
                 rt = replace(rt, tiling={op: plan for op, (plan, _) in runs.items()},
                              counts={op: counts for op, (_, counts) in runs.items()})
+            shown = from_pixels(pixels)
             for j, i in enumerate(group):
-                files = _plot(rt, j, images[i], pixels, paths[i], vae)
                 items.append(RoundtripItem(source=images[i], info=read[i][1], result=rt.item(j),
-                                           pixel_shape=tuple(pixels[j : j + 1].shape), files=files))
+                                           pixel_shape=tuple(pixels[j : j + 1].shape), image=shown[j],
+                                           files={k: str(p) for k, p in paths[i].items()}))
                 bar.advance(1)
     return RoundtripRun(vae=vae, items=tuple(items), skipped=skipped, warnings=tuple(notes))
 
-
-def _plot(rt: Roundtrip, i: int, image: str, pixels, paths: dict, vae) -> dict[str, str]:
-    """Batch item i -> {"reconstruction", "error_map", "comparison"} written (atomically) to paths."""
-    from pathlib import Path
-
-    from vaelens.images import from_pixels, save_image
-    from vaelens.outputs import atomic_write
-    from vaelens.render.figures import plot_comparison, plot_error_map
-
-    h, w = pixels.shape[-2:]
-    score = f"SSIM {rt.ssim[i]:.4f}" if rt.ssim[i] is not None else "SSIM n/a"
-    title = f"{vae.family}: {Path(image).name} {w}x{h}  PSNR {rt.psnr[i]:.2f} dB  {score}"
-    writers = {
-        "reconstruction": lambda t: save_image(rt.reconstruction[i], t),
-        "error_map": lambda t: plot_error_map(rt.error[i], t, title=title),
-        "comparison": lambda t: plot_comparison(
-            from_pixels(pixels[i : i + 1])[0], rt.reconstruction[i], rt.error[i], t, title=title
-        ),
-    }
-    for key, write in writers.items():
-        with atomic_write(paths[key]) as tmp:
-            write(tmp)
-    return {key: str(paths[key]) for key in writers}

@@ -1,6 +1,7 @@
 """Plan a budgeted encode/decode on the meta device: which tiles fit, and what they cost.
 
-model + input shape + dtype + budget -> TilingPlan. No weights: the module is built on meta, the
+model + input shape + dtype + budget -> TilingPlan. No weights: the module is the meta module of a
+MetaContext (vaelens.memory.context, built once per model and dtype and shared with the estimates), the
 tiled executor (vaelens.tiling.execute) runs once per candidate tile size recording each operation's
 largest tile, and the memory model (vaelens.memory) prices every distinct device step. "Fits" means,
 as for vaelens' other budgets, weights + input + the call's peak <= budget (CUDA context not counted).
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from vaelens.errors import BudgetError, VaeLensError
-from vaelens.options import DType, parse_bytes
+from vaelens.memory.context import MetaContext, diffusers_modes
+from vaelens.options import Choice, DType, parse_bytes
+from vaelens.trace.records import Op
 
 # Classes tested tiled == untiled (tests/test_tiling.py). The executor is generic (any operation it
 # does not know runs whole, exactly), so the list is the classes whose equality has been checked.
@@ -24,7 +27,21 @@ EXACT_CLASSES = frozenset({
     "AutoencoderKLMochi",
 })
 
-UNTILED, EXACT, APPROXIMATE = "untiled", "exact", "approximate"
+
+
+class TilingMethod(Choice):
+    """How a budgeted call runs: whole, in vaelens' exact tiles, or in the class's own (approximate) tiling."""
+
+    UNTILED = "untiled"
+    EXACT = "exact"
+    APPROXIMATE = "approximate"
+
+    # printed and formatted as its value, as enum.StrEnum does (tables and JSON show the word)
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+UNTILED, EXACT, APPROXIMATE = TilingMethod.UNTILED, TilingMethod.EXACT, TilingMethod.APPROXIMATE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,7 +56,7 @@ class TilingPlan:
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     budget_bytes: int
-    method: str  # "untiled" | "exact" | "approximate"
+    method: TilingMethod
     tile_shape: tuple[int, int] | None
     tiles: int
     halo: int  # pixels each convolution reads beyond its tile, at its own resolution
@@ -63,11 +80,11 @@ class TilingPlan:
 
     @property
     def tiled(self) -> bool:
-        return self.method != UNTILED
+        return self.method is not TilingMethod.UNTILED
 
     @property
     def exact(self) -> bool:
-        return self.method != APPROXIMATE
+        return self.method is not TilingMethod.APPROXIMATE
 
     def to_json(self) -> dict[str, Any] | None:
         """The `tiling` block of --json output; None when the call runs untiled."""
@@ -81,7 +98,7 @@ class TilingPlan:
             "budget_bytes": self.budget_bytes,
             "host_bytes": self.host_bytes,
             "exact": self.exact,
-            "method": self.method,
+            "method": self.method.value,
             "approximate_reason": self.approximate_reason,
             "untiled_peak_bytes": self.untiled_peak_bytes,
             "transfer_bytes": self.transfer_bytes,
@@ -102,50 +119,6 @@ def _device_need(est: Any, weights: int, inputs: int) -> int:
     """weights + input + peak (high end); the memory model's simulated OOM threshold when it ran one
     (min_device_bytes is 0 when the estimate skipped the cap search)."""
     return max(weights + inputs + _high(est), int(est.min_device_bytes))
-
-
-def meta_module(model: Any, dtype: DType | str | None = None):
-    """nn.Module (real or meta) | LoadedVae | family name | FamilySpec | config dict -> the same
-    diffusers class built on the meta device at `dtype` (no weights), and that dtype."""
-    import torch
-
-    from vaelens.build import build_module
-
-    model = getattr(model, "module", model)  # LoadedVae
-    if isinstance(model, torch.nn.Module):
-        import copy
-
-        from vaelens.build import meta_copy, quiet_diffusers
-
-        first = next(iter(model.parameters()), None)
-        dt = DType.parse(dtype) if dtype is not None else _dtype_of(first)
-        meta = meta_copy(model, dt.torch)  # the same class and settings, no weights
-        if meta is model:  # already on meta: copy it anyway, the flags below are ours to change
-            with quiet_diffusers():
-                meta = copy.deepcopy(model).to(dt.torch)
-        for name in ("decode", "encode", "_vaelens_budget"):  # an enable_budgeted_vae wrapper: not traced
-            meta.__dict__.pop(name, None)
-        if hasattr(meta, "use_tiling"):
-            meta.use_tiling = False
-        return meta.eval(), dt
-    dt = DType.parse(dtype) if dtype is not None else DType.FP32
-    if isinstance(model, Mapping):
-        return build_module(model, device="meta", dtype=dt), dt
-    from vaelens.contract import resolve_model
-    from vaelens.families.spec import FamilySpec
-
-    if isinstance(model, (str, FamilySpec)):
-        return build_module(resolve_model(model), device="meta", dtype=dt), dt
-    raise VaeLensError(f"vae {type(model).__name__} is not supported; give a diffusers VAE module, a "
-                       "LoadedVae, a family name, a FamilySpec or a config dict with _class_name")
-
-
-def _dtype_of(t: Any) -> DType:
-    import torch
-
-    if t is None:
-        return DType.FP32
-    return {torch.float16: DType.FP16, torch.bfloat16: DType.BF16}.get(t.dtype, DType.FP32)
 
 
 class _Step:
@@ -268,26 +241,6 @@ def _evaluate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, fraction: t
                  inplace=inplace)
 
 
-def _untiled(meta: Any, op: str, shape: tuple[int, ...], dt: DType, *, tiled: bool = False):
-    import torch
-
-    from vaelens.memory.estimate import simulate
-    from vaelens.trace import trace_module
-
-    x = torch.empty(shape, device="meta", dtype=dt.torch)
-    prev = getattr(meta, "use_tiling", None)
-    if tiled:
-        meta.enable_tiling()
-    elif prev is not None:
-        meta.use_tiling = False
-    try:
-        tr = trace_module(meta, [x], op=op, detail=None)  # every event: the time model prices them all
-    finally:
-        if prev is not None:
-            meta.use_tiling = prev
-    return tr, simulate(tr, dtype=dt, tiled=tiled)
-
-
 def smallest_budget_text(need: int) -> str:
     """bytes -> a budget string that parses back to at least `need` ('1.24GiB', '350MiB')."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
@@ -300,18 +253,21 @@ def smallest_budget_text(need: int) -> str:
 
 
 def plan_tiling(vae: Any, shape: tuple[int, ...], dtype: DType | str | None = None, budget: int | str = "8GiB",
-                *, op: str = "decode", tile: int | None = None, device_profile: Any = None) -> TilingPlan:
+                *, op: str = "decode", tile: int | None = None, device_profile: Any = None,
+                context: MetaContext | None = None) -> TilingPlan:
     """input [B,C,(F,)h,w] of `op` + dtype + budget -> TilingPlan (meta device, no weights).
 
     `vae` is a diffusers VAE module (real or meta), a LoadedVae, a family name, a FamilySpec or a
     config dict. The untiled call is chosen when it fits; otherwise the tile size (a multiple of the
     spatial factor, at full resolution) with the least predicted time on `device_profile` (a name or a
     DeviceProfile; default: the module's device, detected) whose schedule fits; `tile` forces a tile
-    side. Raises BudgetError, with the smallest budget that works, when nothing fits.
+    side. Raises BudgetError, with the smallest budget that works, when nothing fits. `context`: the
+    MetaContext of `vae` (vaelens.memory.context) to share its meta module and traces with the estimates;
+    one is built when not given. `dtype` None: the context's, else the module's own (fp32 for a name).
 
     >>> plan = plan_tiling("sdxl", (1, 4, 256, 256), "bf16", "2GiB", device_profile="h100")
     >>> plan.method, plan.tiles > 1, plan.predicted_peak_bytes <= plan.budget_bytes
-    ('exact', True, True)
+    (<TilingMethod.EXACT: 'exact'>, True, True)
     """
     from vaelens.tiling.cost import untiled_seconds
     from vaelens.tiling.profiles import detect_profile, get_profile
@@ -322,33 +278,77 @@ def plan_tiling(vae: Any, shape: tuple[int, ...], dtype: DType | str | None = No
     if op not in ("encode", "decode"):
         raise VaeLensError(f"op {op!r} is not supported; choose one of: encode, decode", param="op", value=op,
                            choices=("encode", "decode"))
-    profile = get_profile(device_profile) if device_profile is not None else detect_profile(_device_of(vae))
-    meta, dt = meta_module(vae, dtype)
+    ctx_given = context if context is not None else vae if isinstance(vae, MetaContext) else None
+    where = _device_of(ctx_given.source if ctx_given is not None else vae)  # a context's: its source module's
+    profile = get_profile(device_profile) if device_profile is not None else detect_profile(where)
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (4, 5) or min(shape) <= 0:
         raise VaeLensError(f"shape {list(shape)} is not [B, C, (F,) h, w] with positive sides", param="shape",
                            value=list(shape))
-    try:
-        tr, est = _untiled(meta, op, shape, dt)
-    except VaeLensError:
-        raise
-    except (RuntimeError, ValueError, IndexError) as exc:  # the module's own check, e.g. a wrong channel count
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VaeLensError(f"shape {list(shape)} is not an input {type(meta).__name__}.{op} takes ({first})",
-                           param="shape", value=list(shape)) from None
+    ctx = _context(vae, dtype, context)
+    meta, dt = ctx.module, ctx.dtype
+    # the user's slicing switch stays as set (the untiled call is the module's own); tiling is what we plan
+    sliced = bool(getattr(meta, "use_slicing", False))
+    tr, est = _untiled(ctx, op, shape, sliced)
     weights, inputs = tr.weights_bytes, tr.input_bytes
     untiled = _device_need(est, weights, inputs)
     out_shape = tuple(tr.output_shape or ())
-    plain = untiled_seconds(tr, profile, dt) if untiled <= profile.memory_bytes else None
+    plain = None
+    if untiled <= profile.memory_bytes:  # every event's metadata: the time model prices them all
+        plain = untiled_seconds(ctx.trace(shape, Op(op), sliced=sliced, full=True), profile, dt)
     common = dict(op=op, module_class=type(meta).__name__, dtype=dt, input_shape=shape, output_shape=out_shape,
                   budget_bytes=budget_bytes, weights_bytes=weights, input_bytes=inputs,
                   untiled_peak_bytes=untiled, device_profile=profile.name, untiled_seconds=plain)
     if tile is None and untiled <= budget_bytes:
-        return TilingPlan(**common, method=UNTILED, tile_shape=None, tiles=1, halo=0, fraction=(1.0, 1.0),
-                          predicted_peak_bytes=untiled, transfer_bytes=0, host_bytes=0, extra_compute=0.0,
-                          peak_step=est.peak_at, predicted_seconds=plain)
+        return TilingPlan(**common, method=TilingMethod.UNTILED, tile_shape=None, tiles=1, halo=0,
+                          fraction=(1.0, 1.0), predicted_peak_bytes=untiled, transfer_bytes=0, host_bytes=0,
+                          extra_compute=0.0, peak_step=est.peak_at, predicted_seconds=plain)
     if type(meta).__name__ not in EXACT_CLASSES:
-        return _approximate(meta, op, shape, dt, common, untiled)
+        return _approximate(ctx, op, shape, sliced, common, untiled)
+    with diffusers_modes(meta, tiled=False, sliced=sliced):  # the executor runs the class's untiled code
+        return _exact(meta, op, shape, dt, common, tile, profile)
+
+
+def _context(vae: Any, dtype: DType | str | None, context: MetaContext | None) -> MetaContext:
+    """-> the MetaContext to plan on: `context` (at `dtype` when one is given), else one built for `vae`."""
+    if context is not None:
+        return context if dtype is None else MetaContext.of(context, dtype)
+    if isinstance(vae, MetaContext):
+        return vae if dtype is None else MetaContext.of(vae, dtype)
+    return MetaContext.of(vae, dtype if dtype is not None else _dtype_of(vae))
+
+
+def _dtype_of(vae: Any) -> DType:
+    """The dtype of a module's first parameter (fp32 for names, configs and other dtypes)."""
+    module = getattr(vae, "module", vae)
+    first = next(iter(module.parameters()), None) if hasattr(module, "parameters") else None
+    if first is None:
+        return DType.FP32
+    try:
+        return DType.of(first.dtype)
+    except VaeLensError:
+        return DType.FP32
+
+
+def _untiled(ctx: MetaContext, op: str, shape: tuple[int, ...], sliced: bool, *, tiled: bool = False):
+    """-> (Trace, MemoryEstimate) of the module's own call (diffusers' tiling when `tiled`), from the context's
+    caches; an input the module refuses raises naming the shape."""
+    try:
+        return (ctx.trace(shape, Op(op), tiled=tiled, sliced=sliced),
+                ctx.estimate(shape, Op(op), tiled=tiled, sliced=sliced))
+    except VaeLensError as exc:
+        cause = exc.__cause__
+        if tiled or cause is None:
+            raise
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise VaeLensError(f"shape {list(shape)} is not an input {type(ctx.module).__name__}.{op} takes ({first})",
+                           param="shape", value=list(shape)) from None
+
+
+def _exact(meta: Any, op: str, shape: tuple[int, ...], dt: DType, common: dict, tile: int | None,
+           profile: Any) -> TilingPlan:
+    """The exact tiling of a class in EXACT_CLASSES: the fastest tile size whose schedule fits (or `tile`)."""
+    weights, budget_bytes, out_shape = common["weights_bytes"], common["budget_bytes"], common["output_shape"]
     full = out_shape if op == "decode" else shape
     small = shape if op == "decode" else out_shape
     height, width = full[-2], full[-1]
@@ -370,7 +370,7 @@ def plan_tiling(vae: Any, shape: tuple[int, ...], dtype: DType | str | None = No
     if not chosen.tiled:  # every operation fits whole: one tile, op by op
         tshape = (height, width)
     sched = chosen.schedule
-    return TilingPlan(**common, method=EXACT, tile_shape=tshape, tiles=count((height, width), tshape),
+    return TilingPlan(**common, method=TilingMethod.EXACT, tile_shape=tshape, tiles=count((height, width), tshape),
                       halo=chosen.halo, fraction=fraction, predicted_peak_bytes=chosen.peak,
                       transfer_bytes=sched.transfer_bytes, host_bytes=sched.host_bytes, extra_compute=chosen.extra,
                       peak_step=chosen.peak_step, predicted_seconds=chosen.seconds, decisions=sched.decisions,
@@ -419,12 +419,14 @@ def _search(ev: Any, kmax: int, budget_bytes: int, tile: int | None, factor: int
     return best, seen[best]
 
 
-def _approximate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, common: dict, untiled: int) -> TilingPlan:
+def _approximate(ctx: MetaContext, op: str, shape: tuple[int, ...], sliced: bool, common: dict,
+                 untiled: int) -> TilingPlan:
     """A class vaelens cannot tile exactly: its own enable_tiling(), labelled approximate."""
+    meta = ctx.module
     name = type(meta).__name__
     if not hasattr(meta, "enable_tiling"):
         _refuse(common, untiled, f"untiled ({name} has no tiling, exact or approximate)")
-    tr, est = _untiled(meta, op, shape, dt, tiled=True)
+    tr, est = _untiled(ctx, op, shape, sliced, tiled=True)
     need = _device_need(est, tr.weights_bytes, tr.input_bytes)
     if need > common["budget_bytes"]:
         _refuse(common, min(need, untiled), f"{name}.enable_tiling() (approximate)")
@@ -435,9 +437,9 @@ def _approximate(meta: Any, op: str, shape: tuple[int, ...], dt: DType, common: 
     from vaelens.tiling.grid import count
 
     tiles = count((full[-2], full[-1]), tshape) if tshape else 0
-    return TilingPlan(**common, method=APPROXIMATE, tile_shape=tshape, tiles=tiles, halo=0, fraction=(1.0, 1.0),
-                      predicted_peak_bytes=need, transfer_bytes=0, host_bytes=0, extra_compute=0.0,
-                      peak_step=est.peak_at,
+    return TilingPlan(**common, method=TilingMethod.APPROXIMATE, tile_shape=tshape, tiles=tiles, halo=0,
+                      fraction=(1.0, 1.0), predicted_peak_bytes=need, transfer_bytes=0, host_bytes=0,
+                      extra_compute=0.0, peak_step=est.peak_at,
                       approximate_reason=f"vaelens has no exact tiling for {name}; diffusers' enable_tiling() "
                       "runs normalisation per tile and blends overlaps (seams possible)")
 
@@ -454,14 +456,30 @@ def _refuse(common: dict, need: int, what: str) -> None:
         f"{smallest_budget_text(need)}", param="budget", value=common["budget_bytes"], needed_bytes=need)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NoTiling:
+    """The refusal of one op in plan_ops: nothing fits the budget; `needed_bytes` is the smallest budget that
+    works and `message` the BudgetError's sentence."""
+
+    op: str
+    budget_bytes: int
+    needed_bytes: int | None
+    message: str
+
+
 def plan_ops(model: Any, shapes: Mapping[str, tuple[int, ...]], dtype: DType | str | None,
-             budget: int | str, *, device_profile: Any = None) -> dict[str, TilingPlan | str]:
-    """{op: input shape} -> {op: TilingPlan, or the one-line reason nothing fits} (for reports that
-    show every op, e.g. `memory --budget`), each timed on `device_profile` (see plan_tiling)."""
-    out: dict[str, TilingPlan | str] = {}
+             budget: int | str, *, context: MetaContext | None = None,
+             device_profile: Any = None) -> dict[str, TilingPlan | NoTiling]:
+    """{op: input shape} -> {op: TilingPlan, or NoTiling when nothing fits} (for reports that show every op,
+    e.g. `memory --budget`); every op is planned on one MetaContext (`context`, or one built for `model`)
+    and timed on `device_profile` (see plan_tiling)."""
+    ctx = _context(model, dtype, context)
+    budget_bytes = parse_bytes(budget) if isinstance(budget, str) else int(budget)
+    out: dict[str, TilingPlan | NoTiling] = {}
     for op, shape in shapes.items():
         try:
-            out[op] = plan_tiling(model, tuple(shape), dtype, budget, op=op, device_profile=device_profile)
+            out[op] = plan_tiling(model, tuple(shape), ctx.dtype, budget_bytes, op=op, context=ctx,
+                                  device_profile=device_profile)
         except BudgetError as exc:
-            out[op] = str(exc)
+            out[op] = NoTiling(op=op, budget_bytes=budget_bytes, needed_bytes=exc.needed_bytes, message=str(exc))
     return out
