@@ -224,3 +224,22 @@ def test_a_runs_warnings_reach_the_result(monkeypatch):
     result = vaelens.decode(_module("kl"), _input("kl"), normalized=False, budget=_budget("kl", 1.05),
                             device_profile=PROFILE)
     assert result.counts.warnings and result.warnings == ("host copies use pageable memory (test)",)
+
+
+def test_a_runs_warnings_reach_the_round_trip(monkeypatch, tmp_path):
+    from vaelens.run import roundtrip_files
+    from vaelens.tiling import residency
+
+    original = residency.Residency._host_empty
+
+    def noisy(self, n):
+        self.warnings.append("host copies use pageable memory (test)")
+        return original(self, n)
+
+    monkeypatch.setattr(residency.Residency, "_host_empty", noisy)
+    from vaelens.weights.demo import load_demo_vae
+
+    demo = load_demo_vae(device="cpu").module
+    budget = int(_least_budget(demo, (1, 4, 8, 12), "decode") * 1.05)
+    run = roundtrip_files("demo", tmp_path / "rt", vae="demo", size=(32, 48), budget=budget, device_profile=PROFILE)
+    assert run.warnings.count("host copies use pageable memory (test)") == 1

@@ -263,5 +263,6 @@ def roundtrip_files(
                                            pixel_shape=tuple(pixels[j : j + 1].shape), image=shown[j],
                                            files={k: str(p) for k, p in paths[i].items()}))
                 bar.advance(1)
-    return RoundtripRun(vae=vae, items=tuple(items), skipped=skipped, warnings=tuple(notes))
+    notes += plans.warnings()  # what the tiled runs said about themselves (RunCounts.warnings)
+    return RoundtripRun(vae=vae, items=tuple(items), skipped=skipped, warnings=tuple(dict.fromkeys(notes)))
 
