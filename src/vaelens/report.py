@@ -152,10 +152,11 @@ def precision_report(vae: str | Path, image: str | Path) -> Any:
 def build_report(
     model: str | FamilySpec, request: PixelRequest, *, budget_bytes: int | str | None = None,
     vae: str | Path | None = None, image: str | Path | None = None, pipeline: str | None = None,
-    pipeline_dtype: DType | str | None = None, progress: ProgressFn | None = None,
+    pipeline_dtype: DType | str | None = None, progress: ProgressFn | None = None, device_profile: Any = None,
 ) -> Report:
     """MODEL + PixelRequest -> Report: the contract, encode and decode memory per layer; with
-    `budget_bytes` the verdict and the tiling plan that fits (vaelens.tiling); with `vae` (weights, or
+    `budget_bytes` the verdict and the tiling plan that fits (vaelens.tiling; timed on `device_profile`,
+    default this machine's GPU, else cpu); with `vae` (weights, or
     'demo') a round trip of `image`; with `pipeline` (a built-in name) its stages per offload mode, at
     `pipeline_dtype` (default bf16, as pipelines run); with both `vae` and `image` the fp16/bf16 analysis
     of vaelens.precision on that image. `progress(done, total, what)` is called per step.
@@ -170,6 +171,13 @@ def build_report(
         from vaelens.units import budget_bytes as as_bytes
 
         budget_bytes = as_bytes(budget_bytes, param="budget_bytes")
+    if device_profile is not None:
+        from vaelens.tiling.profiles import get_profile
+
+        if budget_bytes is None:
+            raise VaeLensError(f"device_profile={device_profile!r} times the tiling plan of a budget; give "
+                               "budget_bytes= too", param="device_profile", value=device_profile)
+        get_profile(device_profile)  # an unknown name is refused before any tracing
     total = 2 + (budget_bytes is not None) + (vae is not None) + (pipeline is not None) + (image is not None)
     done = 0
 
@@ -196,7 +204,7 @@ def build_report(
     tiling: dict[str, Any] = {}
     if budget_bytes is not None:
         step("checking the budget")
-        budget, tiling = _budget_and_tiling(ctx, plan, budget_bytes)
+        budget, tiling = _budget_and_tiling(ctx, plan, budget_bytes, device_profile)
     real = None
     if vae is not None:
         step("round trip with real weights")
@@ -221,15 +229,17 @@ def build_report(
                   warnings=tuple(warnings))
 
 
-def _budget_and_tiling(ctx: Any, plan: Any, budget_bytes: int) -> tuple[Any, dict[str, Any]]:
-    """MetaContext + ShapePlan -> (the VAE budget verdict, {op: TilingPlan | NoTiling}) at plan's request."""
+def _budget_and_tiling(ctx: Any, plan: Any, budget_bytes: int,
+                       device_profile: Any = None) -> tuple[Any, dict[str, Any]]:
+    """MetaContext + ShapePlan -> (the VAE budget verdict, {op: TilingPlan | NoTiling}) at plan's request,
+    the tiling timed on `device_profile`."""
     from vaelens.memory.budget import check_vae_budget
     from vaelens.tiling.plan import plan_ops
 
     request = plan.request
     budget = check_vae_budget(ctx, request, budget_bytes, step=ctx.spec.size_rule.multiple)
     tiling = plan_ops(ctx.spec, {"encode": plan.pixel_shape, "decode": plan.latent_shape}, request.dtype,
-                      budget_bytes, context=ctx)
+                      budget_bytes, context=ctx, device_profile=device_profile)
     return budget, tiling
 
 

@@ -38,6 +38,31 @@ def add_size(parser: argparse.ArgumentParser, *, video: bool = True) -> None:
 BUDGET_UNITS_HELP = "GB = 10^9 bytes, GiB = 2^30 bytes; a bare 8G is refused as ambiguous; at most 1 PiB"
 
 
+def add_device_profile(parser: argparse.ArgumentParser) -> None:
+    """--device-profile NAME: the profile (vaelens.tiling.profiles) a --budget's tiling plan is timed on."""
+    from vaelens.tiling.profiles import profile_names
+
+    parser.add_argument(
+        "--device-profile", type=str.lower, choices=("auto", *profile_names()), default="auto", metavar="NAME",
+        help="with --budget: the device the tiling plan minimises predicted time for: "
+        f"{', '.join(profile_names())}, or auto (default: the device the call runs on; the GPU of this machine "
+        "when planning without weights, else cpu)")
+
+
+def device_profile_from_args(args: argparse.Namespace) -> str | None:
+    """--device-profile -> the library's device_profile= (None: auto, detected)."""
+    name = getattr(args, "device_profile", "auto")
+    return None if name in (None, "auto") else name
+
+
+def add_spill_dir(parser: argparse.ArgumentParser) -> None:
+    """--spill-dir DIR: where a --budget run's spilled host copies go as memory-mapped files."""
+    parser.add_argument(
+        "--spill-dir", metavar="DIR",
+        help="with --budget: keep the maps the plan spills off the device in memory-mapped files in DIR (an "
+        "existing, writable folder; removed after the run) instead of RAM")
+
+
 def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 

@@ -7,7 +7,14 @@ import argparse
 from vaelens.cli._budget import add_budget
 from vaelens.cli._io import add_force, add_fps, add_quiet, add_strict, bar_for, batch_size_type, outputs, print_lines
 from vaelens.cli._vaeargs import add_vae, loading, weights_from_args
-from vaelens.cli.common import add_json, emit_json, warn
+from vaelens.cli.common import (
+    add_device_profile,
+    add_json,
+    add_spill_dir,
+    device_profile_from_args,
+    emit_json,
+    warn,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--normalized", action="store_true",
                    help="treat the latents as normalised (undoing the normalisation the file records, else the VAE's)")
     add_budget(p)
+    add_device_profile(p)
+    add_spill_dir(p)
     add_json(p)
     p.set_defaults(func=run)
 
@@ -52,19 +61,21 @@ def run(args: argparse.Namespace) -> int:
             args.latents, args.output, vae=weights_from_args(args),
             normalized=True if args.normalized else (False if args.raw else None), batch_size=args.batch_size,
             save_frames=args.save_frames, fps=args.fps, upcast=args.upcast, budget=args.budget,
+            device_profile=device_profile_from_args(args), spill_dir=args.spill_dir,
             strict=args.strict, force=args.force, progress=bar,
         )
     plans = {"decode": result.tiling} if args.budget else {}
+    counts = {"decode": result.counts}
     shown = {"normalized": result.normalized, "pixel_shape": list(result.pixel_shape),
              "outputs": [str(p) for p in result.outputs]}
     for note in result.warnings:
         warn(note)
     if args.json:
         data = decode_json(result.vae, result.latents, result.report, source=args.latents, **shown)
-        emit_json({**data, **tiling_json(plans)} if plans else data)
+        emit_json({**data, **tiling_json(plans, counts)} if plans else data)
     else:
         print(render_decode(result.vae, result.latents, result.report, **shown))
-        print_lines(tiling_lines(plans))
+        print_lines(tiling_lines(plans, counts))
     if result.report.nonfinite:
         warn(f"{result.report.nonfinite} NaN/Inf values in the decoded pixels (written as clamped values)")
     return 0

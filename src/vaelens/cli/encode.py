@@ -17,7 +17,14 @@ from vaelens.cli._io import (
     print_lines,
 )
 from vaelens.cli._vaeargs import add_vae, loading, weights_from_args
-from vaelens.cli.common import add_json, emit_json, warn
+from vaelens.cli.common import (
+    add_device_profile,
+    add_json,
+    add_spill_dir,
+    device_profile_from_args,
+    emit_json,
+    warn,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,6 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_force(p)
     add_quiet(p)
     add_budget(p)
+    add_device_profile(p)
+    add_spill_dir(p)
     add_json(p)
     p.set_defaults(func=run)
 
@@ -63,18 +72,20 @@ def run(args: argparse.Namespace) -> int:
             args.images, args.output, vae=weights_from_args(args), normalized=not args.raw, comfy=args.comfy,
             posterior="sample" if args.sample else "mode", seed=args.seed, size=args.size,
             batch_size=args.batch_size, video=args.video, fps=args.fps, max_frames=args.max_frames,
-            upcast=args.upcast, budget=args.budget, force=args.force, progress=bar,
+            upcast=args.upcast, budget=args.budget,
+            device_profile=device_profile_from_args(args), spill_dir=args.spill_dir, force=args.force, progress=bar,
         )
     plans = {"encode": result.tiling} if args.budget else {}
+    counts = {"encode": result.counts}
     if args.json:
         data = encode_json(result.vae, result.metadata, result.infos, result.reports, output=result.output,
                            fmt=result.format)
-        emit_json({**data, **tiling_json(plans)} if plans else data)
+        emit_json({**data, **tiling_json(plans, counts)} if plans else data)
     else:
         for note in result.warnings:
             warn(note)
         print(render_encode(result.vae, result.metadata, result.reports, output=result.output, fmt=result.format))
-        print_lines(tiling_lines(plans))
+        print_lines(tiling_lines(plans, counts))
     if result.nonfinite:
         warn(f"{result.nonfinite} NaN/Inf values in the latent; {nonfinite_advice(args)}")
     return 0

@@ -6,7 +6,16 @@ from __future__ import annotations
 import argparse
 
 from vaelens.cli._io import add_force, add_quiet, bar_enabled
-from vaelens.cli.common import BUDGET_UNITS_HELP, add_json, add_model, add_size, check_plot, emit_json
+from vaelens.cli.common import (
+    BUDGET_UNITS_HELP,
+    add_device_profile,
+    add_json,
+    add_model,
+    add_size,
+    check_plot,
+    device_profile_from_args,
+    emit_json,
+)
 from vaelens.progress import progress_bar
 
 
@@ -19,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sliced", action="store_true", help="predict diffusers' enable_slicing() (batch > 1)")
     p.add_argument("--budget", metavar="SIZE", help="e.g. 8GiB: does it fit, largest batch / square size that fit "
                    f"({BUDGET_UNITS_HELP})")
+    add_device_profile(p)
     p.add_argument("--measure", action="store_true",
                    help="also run the real module (random weights) on CUDA: allocated and reserved peak beside "
                         "the predictions")
@@ -102,7 +112,7 @@ def _budget(args: argparse.Namespace, spec, plan, ops, budget: int, ctx, bar):
     bar.advance(1)
     bar.stage("tiling plan")
     tiling = plan_ops(spec, {op: plan.latent_shape if op == "decode" else plan.pixel_shape for op in ops},
-                      plan.request.dtype, budget, context=ctx)
+                      plan.request.dtype, budget, context=ctx, device_profile=device_profile_from_args(args))
     bar.advance(1)
     return report, tiling
 

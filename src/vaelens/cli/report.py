@@ -6,7 +6,15 @@ from __future__ import annotations
 import argparse
 
 from vaelens.cli._io import add_force, add_quiet, bar_enabled, check_outputs, weights_inputs
-from vaelens.cli.common import BUDGET_UNITS_HELP, add_json, add_model, add_size, emit_json
+from vaelens.cli.common import (
+    BUDGET_UNITS_HELP,
+    add_device_profile,
+    add_json,
+    add_model,
+    add_size,
+    device_profile_from_args,
+    emit_json,
+)
 from vaelens.errors import VaeLensError
 
 EXAMPLES = [
@@ -25,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_size(p)
     p.add_argument("--budget", metavar="SIZE", help="e.g. 8GiB: the verdict, and the tiling plan that fits "
                    f"({BUDGET_UNITS_HELP})")
+    add_device_profile(p)
     p.add_argument("--vae", metavar="WEIGHTS",
                    help="real weights for a round trip (a diffusers folder, .safetensors file, cached repo id, "
                    "or 'demo' for vaelens' demo VAE)")
@@ -64,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar("report", enabled=bar_enabled(args)) as bar:
         rep = build_report(spec, plan.request, budget_bytes=budget, vae=args.vae, image=image,
                            pipeline=args.pipeline, pipeline_dtype=None if args.dtype == "fp32" else args.dtype,
-                           progress=bar)
+                           progress=bar, device_profile=device_profile_from_args(args))
     path = save_report(render_report(rep), out, overwrite=args.force)
     if args.json:
         emit_json({"output": str(path), "bytes": path.stat().st_size, **report_json(rep)})

@@ -20,7 +20,14 @@ from vaelens.cli._io import (
     report_skipped,
 )
 from vaelens.cli._vaeargs import add_vae, loading, weights_from_args
-from vaelens.cli.common import add_json, emit_json, warn
+from vaelens.cli.common import (
+    add_device_profile,
+    add_json,
+    add_spill_dir,
+    device_profile_from_args,
+    emit_json,
+    warn,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_force(p)
     add_quiet(p)
     add_budget(p)
+    add_device_profile(p)
+    add_spill_dir(p)
     add_json(p)
     p.set_defaults(func=run)
 
@@ -57,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         result = draw_roundtrip(roundtrip_files(
             args.image or ["demo"], args.out, vae=weights_from_args(args), size=args.size,
             posterior="sample" if args.sample else "mode", seed=args.seed, batch_size=args.batch_size,
-            upcast=args.upcast, budget=args.budget, strict=args.strict, force=args.force, progress=bar,
+            upcast=args.upcast, budget=args.budget, device_profile=device_profile_from_args(args),
+            spill_dir=args.spill_dir, strict=args.strict, force=args.force, progress=bar,
         ))  # the engine returns data and the figure paths; render draws
     vae, results, failed = result.vae, [], False
     for note in result.warnings:
@@ -65,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     for item in result.items:
         rt = item.result
         failed = failed or not rt.finite
-        extra = tiling_json(rt.tiling, roundtrip=True) if args.budget else {}
+        extra = tiling_json(rt.tiling, rt.counts, roundtrip=True) if args.budget else {}
         if args.json:
             results.append({**roundtrip_json(vae, item.info, rt, pixel_shape=item.pixel_shape, files=item.files),
                             **extra})
@@ -74,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                 warn(note)
             print(render_roundtrip(vae, rt, name=Path(item.source).name, pixel_shape=item.pixel_shape,
                                    files=item.files))
-            print_lines(tiling_lines(rt.tiling))
+            print_lines(tiling_lines(rt.tiling, rt.counts))
         if rt.encode.nonfinite or rt.decode.nonfinite or not rt.finite:
             warn(f"NaN/Inf values appeared in the round trip of {Path(item.source).name}; {nonfinite_advice(args)}")
     if args.json:

@@ -113,22 +113,30 @@ def _ssim_text(rt) -> str:
     return f"SSIM {rt.ssim[0]:.4f}" if rt.ssim[0] is not None else f"SSIM n/a ({rt.ssim_reason})"
 
 
-def tiling_json(plans: dict[str, Any], *, roundtrip: bool = False) -> dict[str, Any]:
-    """{op: TilingPlan | None} of a run with a budget -> the JSON's "tiling" block(s) (null: no plan ran):
-    `tiling` is decode's for a round trip, which adds `tiling_encode`."""
-    def block(plan):
-        return None if plan is None else plan.to_json()
+def tiling_json(plans: dict[str, Any], counts: dict[str, Any] | None = None, *,
+                roundtrip: bool = False) -> dict[str, Any]:
+    """{op: TilingPlan | None} of a run with a budget (+ {op: the run's RunCounts | None}) -> the JSON's
+    "tiling" block(s): the plan's figures beside what the run counted (`measured_transfer_bytes`,
+    `measured_host_bytes`); null where the call ran untiled. `tiling` is decode's for a round trip, which
+    adds `tiling_encode`."""
+    from vaelens.run.verbs import run_tiling_json
+
+    counts = counts or {}
+
+    def block(op: str | None):
+        return run_tiling_json(plans.get(op), counts.get(op)) if op is not None else None
 
     if roundtrip:
-        return {"tiling": block(plans.get("decode")), "tiling_encode": block(plans.get("encode"))}
-    return {"tiling": block(next(iter(plans.values()), None))}
+        return {"tiling": block("decode"), "tiling_encode": block("encode")}
+    return {"tiling": block(next(iter(plans), None))}
 
 
-def tiling_lines(plans: dict[str, Any]) -> list[str]:
-    """{op: TilingPlan | None} -> one line per op that ran under a budget."""
+def tiling_lines(plans: dict[str, Any], counts: dict[str, Any] | None = None) -> list[str]:
+    """{op: TilingPlan | None} (+ {op: RunCounts | None}) -> one line per op that ran under a budget."""
     from vaelens.render.tiling import tiling_line
 
-    return ["  " + tiling_line(plan) for plan in plans.values() if plan is not None]
+    counts = counts or {}
+    return ["  " + tiling_line(plan, counts.get(op)) for op, plan in plans.items() if plan is not None]
 
 
 def render_roundtrip(vae, rt, *, name: str, pixel_shape, files: dict[str, str]) -> str:

@@ -15,16 +15,25 @@ def tiling_json(plan: Any) -> dict[str, Any] | None:
     return None if plan is None else plan.to_json()
 
 
-def tiling_line(plan: Any) -> str:
-    """TilingPlan -> one line for encode/decode/roundtrip output."""
+def tiling_line(plan: Any, counts: Any = None) -> str:
+    """TilingPlan (+ the run's RunCounts) -> one line for encode/decode/roundtrip output: the method, the
+    tiles, the predicted peak against the budget, the predicted time on the plan's device profile, and
+    what the run copied beside what the plan said it would."""
     budget = human_bytes(plan.budget_bytes)
     if not plan.tiled:
         return f"{plan.op}: untiled (predicted peak {human_bytes(plan.predicted_peak_bytes)} fits the {budget} budget)"
     h, w = plan.tile_shape or (0, 0)
     kind = "exact tiles" if plan.exact else "APPROXIMATE tiles (diffusers enable_tiling(); seams possible)"
-    return (f"{plan.op}: {kind}, {plan.tiles} of {w}x{h} px, predicted peak "
+    line = (f"{plan.op}: {kind}, {plan.tiles} of {w}x{h} px, predicted peak "
             f"{human_bytes(plan.predicted_peak_bytes)} <= {budget} (untiled needs "
             f"{human_bytes(plan.untiled_peak_bytes)})")
+    if plan.predicted_seconds is not None:
+        line += f"; predicted {plan.predicted_seconds:.3g} s on the {plan.device_profile} profile"
+    if counts is not None:
+        line += (f"; copied {human_bytes(counts.transfer_bytes)} host<->device (plan "
+                 f"{human_bytes(plan.transfer_bytes)}), host peak {human_bytes(counts.host_peak_bytes)} (plan "
+                 f"{human_bytes(plan.host_bytes)})")
+    return line
 
 
 def _tiles(n: int) -> str:

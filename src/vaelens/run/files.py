@@ -30,6 +30,7 @@ class EncodeRun:
     infos: tuple[Any, ...]  # ImageInfo per image | one VideoInfo
     reports: tuple[StepReport, ...]
     tiling: Any = None  # the TilingPlan of the last call (with a budget)
+    counts: Any = None  # what that call's exact run copied (RunCounts; None untiled or approximate)
     warnings: tuple[str, ...] = field(default=())
 
     @property
@@ -53,6 +54,8 @@ def encode_files(
     max_frames: int | None = None,
     upcast: Upcast | str = Upcast.AUTO,
     budget: int | str | None = None,
+    device_profile: Any = None,
+    spill_dir: Any = None,
     force: bool = False,
     progress: Bar | None = None,
 ) -> EncodeRun:
@@ -61,6 +64,8 @@ def encode_files(
     vae: LoadedVae, diffusers module, Weights or a source ("demo", a folder, a file, a cached repo id).
     comfy=True writes ComfyUI's .latent (raw latents). size=(H, W) resizes every image first. Item i's
     posterior sample is seeded seed + i. The output is checked before any work and written atomically.
+    budget / device_profile / spill_dir: every call inside the budget (vaelens.encode); `tiling` and
+    `counts` are the last call's plan and what its run copied.
 
     >>> run = encode_files("demo", "coffee.safetensors", vae="demo")  # doctest: +SKIP
     """
@@ -72,6 +77,7 @@ def encode_files(
 
     batch_size, fps = check_batch_size(batch_size), check_fps(fps)
     posterior = Posterior.parse(posterior)
+    _check_tiling(budget, device_profile, spill_dir)
     files = expand(inputs)
     prepare_outputs([output], inputs=files + weights_paths(vae), force=force, kind="comfy" if comfy else "latent")
     vae = loaded(vae)
@@ -93,7 +99,7 @@ def encode_files(
     unit = "clip" if read.clip else "image"
     bar(0, 1 if read.clip else len(read.arrays), "")
     chunks, reports, done = [], [], 0
-    with budgeted(vae.module, budget) as plans:
+    with budgeted(vae.module, budget, device_profile=device_profile, spill_dir=spill_dir) as plans:
         for batch in groups:
             bar.stage(f"{unit} {done + 1}" + (f"-{done + len(batch)}" if len(batch) > 1 else ""))
             enc = encode(vae, batch, normalized=normalized, posterior=posterior, seed=seed + done, upcast=upcast)
@@ -115,9 +121,18 @@ def encode_files(
     out, fmt = _write_latents(Path(output), latent, metadata, comfy=comfy)
     if comfy and out.suffix != ".latent":
         notes.append(f"ComfyUI's LoadLatent lists files ending in .latent; wrote {out}")
+    tiling, counts = plans.last()
+    notes += plans.warnings()
     return EncodeRun(output=out, format=fmt, vae=vae, metadata=metadata, latent=latent, infos=tuple(read.infos),
-                     reports=tuple(reports), tiling=next((p for p in reversed(plans)), None),
-                     warnings=tuple(dict.fromkeys(notes)))
+                     reports=tuple(reports), tiling=tiling, counts=counts, warnings=tuple(dict.fromkeys(notes)))
+
+
+def _check_tiling(budget: Any, device_profile: Any, spill_dir: Any) -> None:
+    """budget= / device_profile= / spill_dir= refused before any work (a profile or a spill folder without a
+    budget, an unknown profile, a spill folder that is missing or not writable)."""
+    from vaelens.run.verbs import check_tiling
+
+    check_tiling(budget, device_profile, spill_dir)
 
 
 def _write_latents(out: Path, latent, metadata, *, comfy: bool) -> tuple[Path, str]:
@@ -146,7 +161,8 @@ class DecodeRun:
     pixel_shape: tuple[int, ...]
     outputs: tuple[Path, ...]
     report: StepReport  # the decode calls merged
-    tiling: Any = None
+    tiling: Any = None  # the TilingPlan of the last call (with a budget)
+    counts: Any = None  # what that call's exact run copied (RunCounts; None untiled or approximate)
     warnings: tuple[str, ...] = field(default=())
 
 
@@ -161,6 +177,8 @@ def decode_file(
     fps: float | None = None,
     upcast: Upcast | str = Upcast.AUTO,
     budget: int | str | None = None,
+    device_profile: Any = None,
+    spill_dir: Any = None,
     strict: bool = False,
     force: bool = False,
     progress: Bar | None = None,
@@ -170,6 +188,7 @@ def decode_file(
 
     normalized: None takes what the file says (a file that does not say is refused). A file encoded with
     other weights (its recorded weights_sha256 or family differ) is a warning, refused with strict=True.
+    budget / device_profile / spill_dir: as encode_files.
     """
     from vaelens.latents import load_latents
     from vaelens.outputs import prepare_outputs
@@ -177,6 +196,7 @@ def decode_file(
     from vaelens.run.verbs import budgeted, decode, recorded_normalization
 
     fps = check_fps(fps)
+    _check_tiling(budget, device_profile, spill_dir)
     lf = load_latents(latents)
     names = output_names(Path(output), lf, save_frames=save_frames, source=str(latents))
     prepare_outputs([p for _, files in names for p in files], inputs=[latents, *weights_paths(vae)], force=force)
@@ -196,7 +216,7 @@ def decode_file(
     reports, paths, pixel_shape = [], [], None
     mp4 = Path(output).suffix.lower() == ".mp4"
     frame_rate = fps if fps is not None or not mp4 or lf.metadata.get("fps") is None else check_fps(lf.metadata["fps"])
-    with budgeted(vae.module, budget) as plans:
+    with budgeted(vae.module, budget, device_profile=device_profile, spill_dir=spill_dir) as plans:
         for start in range(0, total, batch):
             bar.stage(f"items {start + 1}-{min(start + batch, total)} of {total}")
             dec = decode(vae, lf.latent[start : start + batch], normalized=normalized, normalization=norm,
@@ -212,9 +232,11 @@ def decode_file(
     if recorded and pixel_shape and tuple(recorded[-2:]) != tuple(pixel_shape[-2:]):
         notes.append(f"decoded size {pixel_shape[-1]}x{pixel_shape[-2]} differs from the {recorded[-1]}x"
                      f"{recorded[-2]} the file records as its pixel_shape")
+    tiling, counts = plans.last()
+    notes += plans.warnings()
     return DecodeRun(source=str(latents), latents=lf, vae=vae, normalized=normalized,
                      pixel_shape=tuple(pixel_shape or ()), outputs=tuple(paths), report=merge_steps(reports),
-                     tiling=next((p for p in reversed(plans)), None), warnings=tuple(dict.fromkeys(notes)))
+                     tiling=tiling, counts=counts, warnings=tuple(dict.fromkeys(notes)))
 
 
 def _provenance(lf, vae, source: str, *, strict: bool) -> list[str]:

@@ -35,6 +35,7 @@ class Roundtrip:
     max_abs_error: tuple[float, ...] = ()
     ssim_reason: str | None = None
     tiling: dict[str, Any] = field(default_factory=dict)  # op -> TilingPlan the call ran under (with a budget)
+    counts: dict[str, Any] = field(default_factory=dict)  # op -> what its exact run copied (RunCounts | None)
 
     def item(self, i: int) -> Roundtrip:
         """-> the Roundtrip of batch item i alone (its encode/decode reports are the whole call's)."""
@@ -100,9 +101,14 @@ def roundtrip(
     seed: int = 0,
     upcast: Upcast | str = Upcast.AUTO,
     budget: int | str | None = None,
+    device_profile: Any = None,
+    spill_dir: Any = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> Roundtrip:
     """pixels [B,3,H,W] in [-1,1] -> Roundtrip (the latent passes through the family's normalisation).
+
+    budget / device_profile / spill_dir: both calls inside the budget (vaelens.encode); `tiling` and
+    `counts` hold each op's plan and what its run copied.
 
     on_stage("encode" | "decode" | "metrics") is called as each stage starts (a progress display).
     """
@@ -111,7 +117,7 @@ def roundtrip(
 
     loaded = as_loaded(vae)
     stage = on_stage or (lambda name: None)
-    with budgeted(loaded.module, budget) as plans:
+    with budgeted(loaded.module, budget, device_profile=device_profile, spill_dir=spill_dir) as plans:
         stage("encode")
         enc = encode(loaded, pixels, normalized=True, posterior=posterior, seed=seed, upcast=upcast)
         stage("decode")
@@ -123,7 +129,7 @@ def roundtrip(
                            param="pixels", value=list(pixels.shape))
     diff = np.abs(src - rec)
     reason = ssim_unavailable(src.shape[1:])
-    tiling = {op: next((p for p in reversed(plans) if p.op == op), None) for op in ("encode", "decode")}
+    runs = {op: plans.last(op) for op in ("encode", "decode")}
     return Roundtrip(
         max_abs_error=tuple(float(d.max()) for d in diff),
         latent=enc.latent,
@@ -134,7 +140,8 @@ def roundtrip(
         ssim_reason=reason,
         encode=enc.report,
         decode=dec.report,
-        tiling=tiling if budget is not None else {},
+        tiling={op: plan for op, (plan, _) in runs.items()} if budget is not None else {},
+        counts={op: counts for op, (_, counts) in runs.items()} if budget is not None else {},
     )
 
 
@@ -189,6 +196,8 @@ def roundtrip_files(
     batch_size: int = 1,
     upcast: Upcast | str = Upcast.AUTO,
     budget: int | str | None = None,
+    device_profile: Any = None,
+    spill_dir: Any = None,
     strict: bool = False,
     force: bool = False,
     progress: Any = None,
@@ -208,9 +217,10 @@ def roundtrip_files(
     from vaelens.progress import null_bar
     from vaelens.run.inputs import check_batch_size, expand, loaded, stems, weights_paths
     from vaelens.run.steps import posterior_label
-    from vaelens.run.verbs import budgeted
+    from vaelens.run.verbs import budgeted, check_tiling
 
     batch_size = check_batch_size(batch_size)
+    check_tiling(budget, device_profile, spill_dir)
     posterior = Posterior.parse(posterior)
     images = expand(inputs)
     prefixes = [Path(prefix)] if len(images) == 1 else [Path(f"{prefix}_{n}") for n in stems(images)]
@@ -235,7 +245,7 @@ def roundtrip_files(
     bar = progress or null_bar()
     bar(0, len(order), "")
     items = []
-    with budgeted(vae.module, budget) as plans:
+    with budgeted(vae.module, budget, device_profile=device_profile, spill_dir=spill_dir) as plans:
         for positions in group_same_size(order, lambda i: read[i][0].shape, batch_size):
             group = [order[k] for k in positions]
             pixels = to_pixels([read[i][0] for i in group])
@@ -244,13 +254,15 @@ def roundtrip_files(
             rt = roundtrip(vae, pixels, posterior=posterior, seed=seed, upcast=upcast,
                            on_stage=lambda stage, label=label: bar.stage(f"{stage} {label}"))
             if budget is not None:
-                rt = replace(rt, tiling={op: next((p for p in reversed(plans[start:]) if p.op == op), None)
-                                         for op in ("encode", "decode")})
+                runs = {op: plans.last(op, start) for op in ("encode", "decode")}
+                rt = replace(rt, tiling={op: plan for op, (plan, _) in runs.items()},
+                             counts={op: counts for op, (_, counts) in runs.items()})
             shown = from_pixels(pixels)
             for j, i in enumerate(group):
                 items.append(RoundtripItem(source=images[i], info=read[i][1], result=rt.item(j),
                                            pixel_shape=tuple(pixels[j : j + 1].shape), image=shown[j],
                                            files={k: str(p) for k, p in paths[i].items()}))
                 bar.advance(1)
-    return RoundtripRun(vae=vae, items=tuple(items), skipped=skipped, warnings=tuple(notes))
+    notes += plans.warnings()  # what the tiled runs said about themselves (RunCounts.warnings)
+    return RoundtripRun(vae=vae, items=tuple(items), skipped=skipped, warnings=tuple(dict.fromkeys(notes)))
 

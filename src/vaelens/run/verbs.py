@@ -6,7 +6,9 @@ latent [B,C,(F',)h,w] -> decode(vae, latent, normalized=…) -> Decoded(pixels, 
 `vae` is a LoadedVae (vaelens.load_vae) or any diffusers VAE module (pipe.vae). `normalized` has no
 default: it says whether the latent is (made) raw — the module's own units, what `vae.decode` takes —
 or normalised with the family's scaling (what a diffusion model sees). `budget=` runs the call inside a
-device memory budget with vaelens.tiling (untiled when that fits, exact tiles otherwise).
+device memory budget with vaelens.tiling (untiled when that fits, exact tiles otherwise); `device_profile=`
+names the profile the plan is timed on, `spill_dir=` a folder for memory-mapped spill files. The result
+carries the plan (`tiling`) and what the exact run counted (`counts`: bytes copied, host peak).
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ class Encoded:
     posterior: str  # "mode" | "sample" | "deterministic" (a VAE without a posterior)
     report: StepReport
     tiling: Any = None  # the TilingPlan the call ran under (None without a budget)
+    counts: Any = None  # the exact run's RunCounts (None: no budget, untiled, or approximate tiles)
 
     def to_json(self) -> dict[str, Any]:
         return {"latent_shape": list(self.latent.shape), "normalized": self.normalized, "posterior": self.posterior,
-                "encode": self.report.to_json(), "tiling": self.tiling.to_json() if self.tiling else None}
+                "encode": self.report.to_json(), "tiling": run_tiling_json(self.tiling, self.counts)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,12 +49,26 @@ class Decoded:
     normalized: bool
     report: StepReport
     tiling: Any = None
+    counts: Any = None  # see Encoded.counts
     warnings: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
         return {"pixel_shape": list(self.pixels.shape), "normalized": self.normalized,
-                "decode": self.report.to_json(), "tiling": self.tiling.to_json() if self.tiling else None,
+                "decode": self.report.to_json(), "tiling": run_tiling_json(self.tiling, self.counts),
                 "warnings": list(self.warnings)}
+
+
+def run_tiling_json(plan: Any, counts: Any = None) -> dict[str, Any] | None:
+    """TilingPlan (+ the run's RunCounts) -> the `tiling` block of a run: the plan's figures, and what the
+    run counted beside the plan's: `measured_transfer_bytes` (bytes copied host <-> device, both ways) and
+    `measured_host_bytes` (the peak of spilled-and-live host bytes); null where the run did not count
+    (the class's own approximate tiling). None when there is no plan or the call ran untiled."""
+    block = plan.to_json() if plan is not None else None
+    if block is None:
+        return None
+    block["measured_transfer_bytes"] = counts.transfer_bytes if counts is not None else None
+    block["measured_host_bytes"] = counts.host_peak_bytes if counts is not None else None
+    return block
 
 
 def as_loaded(vae: Any):
@@ -85,45 +102,83 @@ def as_loaded(vae: Any):
 
 class PlanLog(Sequence):
     """The plans of the calls made inside a `budgeted` block, in order (read live: vaelens.tiling appends
-    each call's plan as it runs)."""
+    each call's plan as it runs, and what the run counted beside it)."""
 
-    def __init__(self, plans: list | None = None, start: int = 0) -> None:
-        self._plans, self._start = plans if plans is not None else [], start
+    def __init__(self, state: Any = None, start: int = 0) -> None:
+        self._state, self._start = state, start
+
+    def _plans(self) -> list:
+        return self._state.plans[self._start :] if self._state is not None else []
 
     def __getitem__(self, i):  # type: ignore[override]
-        return self._plans[self._start :][i]
+        return self._plans()[i]
 
     def __len__(self) -> int:
-        return len(self._plans) - self._start
+        return len(self._plans())
+
+    def warnings(self) -> tuple[str, ...]:
+        """The one-line warnings of the block's runs (RunCounts.warnings: e.g. pinned memory unavailable),
+        each once."""
+        counts = self._state.counts[self._start :] if self._state is not None else []
+        return tuple(dict.fromkeys(w for c in counts if c is not None for w in c.warnings))
+
+    def last(self, op: str | None = None, start: int = 0) -> tuple[Any, Any]:
+        """-> (the TilingPlan, its RunCounts or None) of the last call of `op` (any op when None) from the
+        block's call number `start` on; (None, None) when there is none."""
+        if self._state is None:
+            return None, None
+        plans, counts = self._state.plans, self._state.counts
+        for i in range(len(plans) - 1, self._start + start - 1, -1):
+            if op is None or plans[i].op == op:
+                return plans[i], counts[i] if i < len(counts) else None
+        return None, None
+
+
+def check_tiling(budget: Any, device_profile: Any = None, spill_dir: Any = None) -> None:
+    """Refuse, before any work, a device_profile or spill_dir without a budget (it would change nothing), an
+    unknown profile (the error names the profiles) and a spill folder that is missing or not writable."""
+    for name, value in (("device_profile", device_profile), ("spill_dir", spill_dir)):
+        if value is not None and budget is None:
+            raise VaeLensError(f"{name}={str(value)!r} applies to a budgeted call (it sets how the tiling plan is "
+                               "timed or where it spills); give budget= too", param=name, value=value)
+    if device_profile is not None:
+        from vaelens.tiling.profiles import get_profile
+
+        get_profile(device_profile)
+    from vaelens.tiling.api import check_spill_dir
+
+    check_spill_dir(spill_dir)
 
 
 @contextlib.contextmanager
-def budgeted(module: Any, budget: int | str | None, plan: Any = None) -> Iterator[PlanLog]:
-    """Within the block module.encode/decode run inside `budget` (or `plan`'s budget); yields the PlanLog of
-    the block's calls (empty without a budget). A module the caller has budgeted already keeps its own
-    budget after the block."""
+def budgeted(module: Any, budget: int | str | None, plan: Any = None, *, device_profile: Any = None,
+             spill_dir: Any = None) -> Iterator[PlanLog]:
+    """Within the block module.encode/decode run inside `budget` (or `plan`'s budget, timed on its
+    profile), planned on `device_profile`, spilling to memory-mapped files in `spill_dir`; yields the
+    PlanLog of the block's calls. Without a budget: the calls of a module budgeted outside the block
+    (enable_budgeted_vae, an enclosing block), else an empty log; a profile or spill folder without a
+    budget is refused (it would change nothing). A module the caller has budgeted already keeps its own
+    settings after the block."""
     if plan is not None:
         budget = plan.budget_bytes
+        device_profile = device_profile if device_profile is not None else plan.device_profile
+    prior = getattr(module, _BUDGET_ATTR, None)
     if budget is None:
-        yield PlanLog()
+        check_tiling(budget, device_profile, spill_dir)
+        yield PlanLog(prior, len(prior.plans)) if prior is not None else PlanLog()
         return
     from vaelens.tiling.api import disable_budgeted_vae, enable_budgeted_vae
 
-    prior = getattr(module, _BUDGET_ATTR, None)
-    kept = (prior.budget, prior.cache) if prior is not None else None
+    kept = (prior.budget, prior.device_profile, prior.spill_dir, prior.cache) if prior is not None else None
     start = len(prior.plans) if prior is not None else 0
-    state = enable_budgeted_vae(module, budget)
+    state = enable_budgeted_vae(module, budget, device_profile=device_profile, spill_dir=spill_dir)
     try:
-        yield PlanLog(state.plans, start)
+        yield PlanLog(state, start)
     finally:
         if prior is not None and kept is not None:
-            prior.budget, prior.cache = kept
+            prior.budget, prior.device_profile, prior.spill_dir, prior.cache = kept
         else:
             disable_budgeted_vae(module)
-
-
-def _last(plans: Sequence, op: str):
-    return next((p for p in reversed(plans) if p.op == op), None)
 
 
 def encode(
@@ -136,12 +191,16 @@ def encode(
     upcast: Upcast | str = Upcast.AUTO,
     budget: int | str | None = None,
     plan: Any = None,
+    device_profile: Any = None,
+    spill_dir: Any = None,
 ) -> Encoded:
     """pixels [B,3,(F,)H,W] in [-1,1] -> Encoded(latent [B,C,(F',)h,w], normalised when normalized=True).
 
     posterior: "mode" (the mean of a KL VAE's posterior) or "sample" (item i drawn with seed + i); a VAE
     without a posterior has one deterministic latent. A batch item that comes out NaN/Inf at fp16/bf16 is
-    redone alone in fp32 (upcast="auto"). budget (bytes or "4GiB") / plan: run inside it (vaelens.tiling).
+    redone alone in fp32 (upcast="auto"). budget (bytes or "4GiB") / plan: run inside it (vaelens.tiling),
+    the plan timed on device_profile (a vaelens.tiling.profiles name; default: the module's device),
+    spilled host copies as memory-mapped files in spill_dir (an existing, writable folder).
 
     >>> import torch, vaelens
     >>> from vaelens.weights.demo import load_demo_vae
@@ -153,13 +212,14 @@ def encode(
     loaded = as_loaded(vae)
     _check_normalized(normalized)
     posterior = Posterior.parse(posterior)
-    with budgeted(loaded.module, budget, plan) as plans:
+    with budgeted(loaded.module, budget, plan, device_profile=device_profile, spill_dir=spill_dir) as plans:
         z, report = encode_step(loaded, pixels, posterior=posterior, seeds=[seed + i for i in range(len(pixels))],
                                 upcast=upcast)
     if normalized:
         z = normalize(z, loaded.spec.normalization, module=loaded.module).float().cpu()
+    tiling, counts = plans.last("encode")
     return Encoded(latent=z, normalized=normalized, posterior=posterior_label(loaded, posterior), report=report,
-                   tiling=_last(plans, "encode"))
+                   tiling=tiling, counts=counts)
 
 
 def decode(
@@ -171,11 +231,14 @@ def decode(
     upcast: Upcast | str = Upcast.AUTO,
     budget: int | str | None = None,
     plan: Any = None,
+    device_profile: Any = None,
+    spill_dir: Any = None,
 ) -> Decoded:
     """latent [B,C,(F',)h,w] (raw, or normalised when normalized=True) -> Decoded(pixels [B,3,(F,)H,W]).
 
     normalization: the one to undo (e.g. what a latent file records); default the VAE's own. A batch item
-    that comes out NaN/Inf at fp16/bf16 is redone alone in fp32 (upcast="auto"). budget / plan: see encode.
+    that comes out NaN/Inf at fp16/bf16 is redone alone in fp32 (upcast="auto"). budget / plan /
+    device_profile / spill_dir: see encode.
 
     >>> import torch, vaelens
     >>> from vaelens.weights.demo import load_demo_vae
@@ -191,9 +254,11 @@ def decode(
     if normalized:
         z = denormalize(latent.to(loaded.device), normalization or loaded.spec.normalization,
                         module=loaded.module).float()
-    with budgeted(loaded.module, budget, plan) as plans:
+    with budgeted(loaded.module, budget, plan, device_profile=device_profile, spill_dir=spill_dir) as plans:
         pixels, report = decode_step(loaded, z, upcast=upcast)
-    return Decoded(pixels=pixels, normalized=normalized, report=report, tiling=_last(plans, "decode"))
+    tiling, counts = plans.last("decode")
+    return Decoded(pixels=pixels, normalized=normalized, report=report, tiling=tiling, counts=counts,
+                   warnings=plans.warnings())
 
 
 def _check_normalized(normalized: Any) -> None:

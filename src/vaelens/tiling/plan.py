@@ -539,15 +539,18 @@ class NoTiling:
 
 
 def plan_ops(model: Any, shapes: Mapping[str, tuple[int, ...]], dtype: DType | str | None,
-             budget: int | str, *, context: MetaContext | None = None) -> dict[str, TilingPlan | NoTiling]:
+             budget: int | str, *, context: MetaContext | None = None,
+             device_profile: Any = None) -> dict[str, TilingPlan | NoTiling]:
     """{op: input shape} -> {op: TilingPlan, or NoTiling when nothing fits} (for reports that show every op,
-    e.g. `memory --budget`); every op is planned on one MetaContext (`context`, or one built for `model`)."""
+    e.g. `memory --budget`); every op is planned on one MetaContext (`context`, or one built for `model`)
+    and timed on `device_profile` (see plan_tiling)."""
     ctx = _context(model, dtype, context)
     budget_bytes = parse_bytes(budget) if isinstance(budget, str) else int(budget)
     out: dict[str, TilingPlan | NoTiling] = {}
     for op, shape in shapes.items():
         try:
-            out[op] = plan_tiling(model, tuple(shape), ctx.dtype, budget_bytes, op=op, context=ctx)
+            out[op] = plan_tiling(model, tuple(shape), ctx.dtype, budget_bytes, op=op, context=ctx,
+                                  device_profile=device_profile)
         except BudgetError as exc:
             out[op] = NoTiling(op=op, budget_bytes=budget_bytes, needed_bytes=exc.needed_bytes, message=str(exc))
     return out
