@@ -147,9 +147,9 @@ def run_plan(module: Any, plan: TilingPlan, method: Any, x: Any, *args: Any, cou
 
 def _spill_to(plan: TilingPlan, device: Any, spill_dir: Any, counted: bool) -> tuple[Any, tuple[str, ...]]:
     """-> where the run's spilled maps go (`spill_dir` when the caller names one; else None, RAM, while they
-    fit the available RAM, or files in the temporary folder: vaelens.tiling.ram.host_policy) and its one-line warnings (a bound this platform cannot
-    keep), which go to the run's counts when it has them, else to `warnings`. A CPU budget that RAM
-    cannot honour raises BudgetError."""
+    fit the available RAM, or files in the temporary folder: vaelens.tiling.ram.host_policy) and its one-line
+    warnings (a bound this platform cannot keep), which go to the run's counts when it has them, else to
+    `warnings`. A CPU budget that RAM cannot honour raises BudgetError."""
     import warnings
 
     from vaelens.tiling.ram import host_policy
