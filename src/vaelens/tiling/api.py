@@ -50,7 +50,8 @@ def _module(vae: Any):
 
     module = getattr(vae, "module", vae)  # LoadedVae -> its diffusers module
     if not isinstance(module, torch.nn.Module) or not hasattr(module, "decode"):
-        raise VaeLensError(f"vae {type(vae).__name__} is not a diffusers VAE module (nor a LoadedVae)")
+        raise VaeLensError(f"vae {type(vae).__name__} is not a diffusers VAE module (nor a LoadedVae)", param="vae",
+                           value=type(vae).__name__)
     return module
 
 
@@ -184,7 +185,8 @@ def _call(module: Any, op: str, x: Any, *, budget: int | str | None, plan: Tilin
         if plan is None:
             plan = plan_tiling(module, tuple(x.shape), _dtype(module), budget, op=op, device_profile=device_profile)
         elif plan.op != op or tuple(plan.input_shape) != tuple(x.shape):
-            raise VaeLensError(f"plan is for {plan.op} of {list(plan.input_shape)}, not {op} of {list(x.shape)}")
+            raise VaeLensError(f"plan is for {plan.op} of {list(plan.input_shape)}, not {op} of {list(x.shape)}",
+                               param="plan", value=f"{plan.op} {list(plan.input_shape)}")
         return call_op(_Bound(lambda t: run_plan(module, plan, method, t, counts=counts, spill_dir=spill), op),
                        Op.parse(op), [x])
 
