@@ -177,7 +177,7 @@ def host_policy(plan: Any, *, cpu: bool, spill_dir: str | Path | None = None,
     `available` overrides available_ram_bytes() (tests)."""
     import tempfile
 
-    from vaelens.render.tables import human_bytes
+    from vaelens.units import human_bytes
 
     avail = available_ram_bytes() if available is None else available
     budget, host = int(plan.budget_bytes), int(plan.host_bytes)
