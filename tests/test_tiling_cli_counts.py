@@ -29,8 +29,9 @@ MODELS = {
     "wan21": ("decode", (1, 4, 2, 6, 8)),
     "sana": ("decode", (1, 4, 8, 10)),
 }
-# budget = the least that works x this: two budgets per model, both below what keeps every map resident
-BUDGETS = (1.0, 1.05)
+# budget = the least that works x this. The chained executor keeps every map resident a few per cent above
+# the least budget on these small models (nothing to count), so the counts are checked at the least.
+BUDGETS = (1.0,)
 
 _LEAST: dict[str, int] = {}
 
@@ -100,7 +101,7 @@ def test_cli_roundtrip_counts_both_calls(cli, tmp_path):
     from vaelens.weights.demo import load_demo_vae
 
     demo = load_demo_vae(device="cpu").module
-    budget = f"{int(_least_budget(demo, (1, 4, 8, 12), 'decode') * 1.05)}B"
+    budget = f"{int(_least_budget(demo, (1, 4, 8, 12), 'decode') * 1.0)}B"
     res = cli("roundtrip", "--size", "48x32", "-o", str(tmp_path / "a"), "--budget", budget, "--device-profile",
               PROFILE, "--json", "-q")
     assert res.code == 0, res.err
@@ -112,7 +113,7 @@ def test_cli_roundtrip_counts_both_calls(cli, tmp_path):
 
 def test_cli_text_names_the_profile_and_the_counted_copies(cli, weights, tmp_path):
     res = cli("decode", str(weights / "kl.latent"), "--vae", str(weights / "kl"), "-o", str(tmp_path / "out.png"),
-              "--budget", f"{_budget('kl', 1.05)}B", "--device-profile", "a100", "-q")
+              "--budget", f"{_budget('kl', 1.0)}B", "--device-profile", "a100", "-q")
     assert res.code == 0, res.err
     line = next(s for s in res.out.splitlines() if s.strip().startswith("decode: exact tiles"))
     assert "s on the a100 profile" in line and "host<->device (plan" in line and "host peak" in line
@@ -167,8 +168,8 @@ def test_spill_dir_holds_the_spilled_maps_while_the_run_lasts_and_none_after(wei
     seen: list[str] = []
     original = residency.Residency._host_empty
 
-    def spy(self, n):
-        out = original(self, n)
+    def spy(self, n, *rest):
+        out = original(self, n, *rest)
         seen.extend(p.name for p in tmp_path.iterdir())
         return out
 
@@ -184,7 +185,7 @@ def test_the_profile_changes_the_plans_time_not_its_exactness():
     """Two profiles, one input and budget: each plan names its profile and predicts its own time; both
     runs give the same pixels."""
     m, x = _module("kl"), _input("kl")
-    budget = _budget("kl", 1.05)
+    budget = _budget("kl", 1.0)
     runs = {p: vaelens.decode(m, x, normalized=False, budget=budget, device_profile=p) for p in ("h100", "cpu")}
     assert {p: r.tiling.device_profile for p, r in runs.items()} == {"h100": "h100", "cpu": "cpu"}
     assert runs["h100"].tiling.predicted_seconds != runs["cpu"].tiling.predicted_seconds
@@ -197,7 +198,7 @@ def test_the_tiling_layer_takes_the_same_arguments():
     from vaelens.tiling import decode, plan_tiling
 
     m, x = _module("kl"), _input("kl")
-    budget = _budget("kl", 1.05)
+    budget = _budget("kl", 1.0)
     plan = plan_tiling(m, tuple(x.shape), budget=budget, device_profile=PROFILE)
     counts: list = []
     with torch.inference_mode():
@@ -216,12 +217,12 @@ def test_a_runs_warnings_reach_the_result(monkeypatch):
 
     original = residency.Residency._host_empty
 
-    def noisy(self, n):
+    def noisy(self, n, *rest):
         self.warnings.append("host copies use pageable memory (test)")
-        return original(self, n)
+        return original(self, n, *rest)
 
     monkeypatch.setattr(residency.Residency, "_host_empty", noisy)
-    result = vaelens.decode(_module("kl"), _input("kl"), normalized=False, budget=_budget("kl", 1.05),
+    result = vaelens.decode(_module("kl"), _input("kl"), normalized=False, budget=_budget("kl", 1.0),
                             device_profile=PROFILE)
     assert result.counts.warnings and result.warnings == ("host copies use pageable memory (test)",)
 
@@ -232,14 +233,14 @@ def test_a_runs_warnings_reach_the_round_trip(monkeypatch, tmp_path):
 
     original = residency.Residency._host_empty
 
-    def noisy(self, n):
+    def noisy(self, n, *rest):
         self.warnings.append("host copies use pageable memory (test)")
-        return original(self, n)
+        return original(self, n, *rest)
 
     monkeypatch.setattr(residency.Residency, "_host_empty", noisy)
     from vaelens.weights.demo import load_demo_vae
 
     demo = load_demo_vae(device="cpu").module
-    budget = int(_least_budget(demo, (1, 4, 8, 12), "decode") * 1.05)
+    budget = int(_least_budget(demo, (1, 4, 8, 12), "decode") * 1.0)
     run = roundtrip_files("demo", tmp_path / "rt", vae="demo", size=(32, 48), budget=budget, device_profile=PROFILE)
     assert run.warnings.count("host copies use pageable memory (test)") == 1

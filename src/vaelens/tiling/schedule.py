@@ -168,7 +168,8 @@ class _Run:
         h2d += sum(n for b, n in ev.uses.items() if loc.get(b))
         if ev.out is not None and loc.get(ev.out):
             d2h += ev.out_bytes
-        self.host_peak = max(self.host_peak, self.host_live)
+        # the run spills before it fetches (device room first): the fetched copies were still on the host
+        self.host_peak = max(self.host_peak, self.host_live + sum(sizes[b] for b in fetch))
         self.device_peak = max(self.device_peak, self.fixed + self.working[j] + total)
         self.moved += h2d + d2h
         self.decisions.append(Decision(spill=tuple(spill), fetch=tuple(fetch), out_host=out_host, drop=tuple(drop)))
