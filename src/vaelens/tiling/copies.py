@@ -177,10 +177,7 @@ class AsyncCopier:
             self.s.sync(st.event)  # the copy that used it last must be over before it is overwritten
             st.event = None
         if st.writeback is not None:
-            dst, _ = st.writeback
-            st.writeback = None
-            assert st.buf is not None
-            dst.copy_(st.buf[:dst.numel() * dst.element_size()].view(dst.dtype).view(dst.shape))
+            _unpack(st)
         if st.buf is None or st.buf.numel() < n:
             st.buf = self._pinned_or_not(n)
         return st
@@ -230,12 +227,17 @@ class AsyncCopier:
             if st.writeback is not None and (key is None or st.writeback[1] == key):
                 self.s.sync(st.event)
                 st.event = None
-                dst, _ = st.writeback
-                st.writeback = None
-                assert st.buf is not None
-                dst.copy_(st.buf[:dst.numel() * dst.element_size()].view(dst.dtype).view(dst.shape))
+                _unpack(st)
         if key is None:
             self._reap()
+
+
+def _unpack(st: _Stage) -> None:
+    """A staged output tile (its copy complete) -> its box in the host map."""
+    assert st.writeback is not None and st.buf is not None
+    dst, _ = st.writeback
+    st.writeback = None
+    dst.copy_(st.buf[:dst.numel() * dst.element_size()].view(dst.dtype).view(dst.shape))
 
 
 def make_copier(device: torch.device, pin: bool) -> SyncCopier | AsyncCopier:

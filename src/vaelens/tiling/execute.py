@@ -42,7 +42,7 @@ from vaelens.tiling.chain import Node
 from vaelens.tiling.cost import op_flops
 from vaelens.tiling.grid import splits, tile_size
 from vaelens.tiling.ops import DENSE, HANDLERS
-from vaelens.tiling.residency import Decision, Residency
+from vaelens.tiling.residency import Decision, Residency, _contiguous_strides
 from vaelens.tiling.util import Region, map_tensors, nbytes, one_tile, output_tensors, tensors
 
 # Metadata and views: run as is (no data read); their tensor results alias what they came from.
@@ -226,7 +226,7 @@ class Executor:
         else:
             n = math.prod(shape) * torch.empty((), dtype=node.dtype).element_size()
             t = torch.empty(0, dtype=node.dtype, device=self.device)
-            t.set_(self.res._null(n), 0, torch.Size(shape), _strides(shape))
+            t.set_(self.res._null(n), 0, torch.Size(shape), _contiguous_strides(shape))
         node.bind(t)
         self.lazy[id(t)] = node
         weakref.finalize(t, self.lazy.pop, id(t), None)
@@ -582,14 +582,6 @@ def _tile_stats(t: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tenso
 def _getter(func: Any) -> str:
     """Tensor.<property>.__get__ -> the property's name."""
     return getattr(getattr(func, "__self__", None), "__name__", "")
-
-
-def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    out, acc = [], 1
-    for s in reversed(shape):
-        out.append(acc)
-        acc *= max(1, int(s))
-    return tuple(reversed(out))
 
 
 class _Cast:
